@@ -1,0 +1,131 @@
+"""The Backend protocol: start / bind / invoke / stop / stats.
+
+A backend turns a deployed function version into *instances*: sandboxes that
+run the worker loop of :mod:`jupyter_functionai.sandbox.worker`.  The runtime
+(session routing, pools, the store) is the same for every backend; every
+backend passes ``tests/test_backend_contract.py`` unchanged.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..spec import FunctionSpec
+
+ProgressCallback = Callable[[float, str], Any]
+ChunkCallback = Callable[[Any], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class FunctionVersion:
+    """One deployed version of a function, as a backend needs it."""
+
+    name: str
+    version: int
+    spec: FunctionSpec
+    code_path: str | None  # the module file for code/file sources
+    code_dir: str  # directory sandboxes may read the code from
+
+
+@dataclass(frozen=True)
+class Binding:
+    """What ties an instance to one session."""
+
+    session_id: str | None
+    uid: int | None
+    workdir: str
+    state_json: str = "{}"
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class CallOutcome:
+    value: Any = None
+    streamed: bool = False
+    error: dict[str, Any] | None = None
+    logs: str = ""
+    logs_dropped: int = 0
+    duration_ms: float = 0.0
+    state_json: str | None = None  # set when the session state changed
+
+
+class Instance(abc.ABC):
+    """A started sandbox. Created ready and unbound; bound once to one session."""
+
+    id: str
+    fv: FunctionVersion
+    backend: str
+    path: str  # "template-fork" | "fresh" (the pool relabels its hits "warm-pool")
+    pid: int | None
+    isolation: dict[str, Any]
+    spawn_ms: float
+    init_ms: float
+    bound_session: str | None
+
+    @abc.abstractmethod
+    async def bind(self, binding: Binding) -> None:
+        """Attach to a session (uid, working directory, state); raises on failure."""
+
+    @abc.abstractmethod
+    async def call(
+        self,
+        call_id: str,
+        event: Any,
+        *,
+        timeout: float,
+        on_progress: ProgressCallback | None = None,
+        on_chunk: ChunkCallback | None = None,
+    ) -> CallOutcome:
+        """Run one call. Raises FunctionTimeout / OutOfMemory / InstanceCrashed
+        when the instance could not answer; user errors come back in
+        ``CallOutcome.error``."""
+
+    @abc.abstractmethod
+    async def stop(self, reason: str = "stopped") -> None:
+        """Stop the instance and everything it started; idempotent."""
+
+    @property
+    @abc.abstractmethod
+    def alive(self) -> bool: ...
+
+    @abc.abstractmethod
+    def stats(self) -> dict[str, Any]:
+        """Memory (rss/uss bytes where known), pid, and what the backend knows."""
+
+
+class Backend(abc.ABC):
+    name: str = "abstract"
+
+    @abc.abstractmethod
+    async def start(self, fv: FunctionVersion) -> Instance:
+        """Start a ready, unbound instance of ``fv``."""
+
+    @abc.abstractmethod
+    async def prepare(self, fv: FunctionVersion) -> None:
+        """Make starting instances of ``fv`` fast (e.g. start its template).
+        Raises UserError when the function's module cannot be loaded."""
+
+    @abc.abstractmethod
+    async def retire(self, fv: FunctionVersion) -> None:
+        """``fv`` will start no more instances (its template may go)."""
+
+    @abc.abstractmethod
+    def capabilities(self, spec: FunctionSpec) -> dict[str, str]:
+        """Isolation layers this backend can give ``spec``: layer -> '' when
+        available, else the reason it is not."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Stop every instance and helper process."""
+
+    def on_instance_exit(self, callback: Callable[[Instance, str], None]) -> None:
+        """Register a callback for instances that end on their own (crash, OOM kill)."""
+        self._exit_callback = callback
+
+    def _notify_exit(self, inst: Instance, reason: str) -> None:
+        cb = getattr(self, "_exit_callback", None)
+        if cb is not None:
+            cb(inst, reason)

@@ -1,0 +1,617 @@
+"""Process backend: template (zygote) processes fork isolated instances.
+
+Per function version one template process imports the function's module once
+(:mod:`jupyter_functionai.sandbox.template`).  An instance is one fork of it
+that isolates itself (namespaces, cgroup, per-session uid, private /tmp and a
+masked filesystem view) before any session data reaches it.  When a template
+cannot be made (it crashed while starting, or templates are switched off) an
+instance is started ``fresh``: a new interpreter that loads the module and
+forks exactly one instance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+from typing import Any
+
+from ..errors import (
+    FunctionAIError,
+    FunctionTimeout,
+    InstanceCrashed,
+    OutOfMemory,
+    UserError,
+)
+from ..sandbox import isolation as iso
+from ..sandbox.protocol import FrameError, encode, read_frame
+from ..spec import FunctionSpec
+from .base import (
+    Backend,
+    Binding,
+    CallOutcome,
+    ChunkCallback,
+    FunctionVersion,
+    Instance,
+    ProgressCallback,
+)
+
+_PKG_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+READY_TIMEOUT = 60.0
+TEMPLATE_TIMEOUT = 300.0
+
+
+class _Template:
+    """A running template process and its control socket."""
+
+    def __init__(self, backend: ProcessBackend, fv: FunctionVersion, single_shot: bool = False) -> None:
+        self.backend = backend
+        self.fv = fv
+        self.single_shot = single_shot
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.ctl: socket.socket | None = None
+        self.ready: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.forked: dict[str, asyncio.Future[int]] = {}
+        self.import_ms = 0.0
+        self.pid_ns = False
+        self.closed = False
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        spec = self.fv.spec
+        tspec = {
+            "function": self.fv.name,
+            "version": self.fv.version,
+            "handler": spec.handler,
+            "code_path": self.fv.code_path,
+            "module": spec.source.module.split(":")[0] if spec.source.kind == "module" else None,
+            "sys_path": [self.fv.code_dir],
+        }
+        env = dict(os.environ)
+        env.update({"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+        env.update(dict(spec.env))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PKG_PARENT, env.get("PYTHONPATH", "")) if p)
+        log = open(os.path.join(self.backend.log_dir, f"template-{self.fv.name}-v{self.fv.version}.log"), "ab")
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "jupyter_functionai.sandbox.template", "--control", str(b.fileno()), "--spec", json.dumps(tspec)],
+                pass_fds=(b.fileno(),),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=env,
+                cwd=self.fv.code_dir,
+                start_new_session=True,
+            )
+        finally:
+            b.close()
+            log.close()
+        a.setblocking(False)
+        self.ctl = a
+        loop.add_reader(a.fileno(), self._on_readable)
+        try:
+            msg = await asyncio.wait_for(asyncio.shield(self.ready), TEMPLATE_TIMEOUT)
+        except asyncio.TimeoutError:
+            self.close()
+            raise InstanceCrashed(f"the template of {self.fv.name} v{self.fv.version} did not start within {TEMPLATE_TIMEOUT:.0f}s") from None
+        self.import_ms = float(msg.get("import_ms", 0.0))
+        self.pid_ns = bool(msg.get("pid_ns"))
+
+    def _on_readable(self) -> None:
+        assert self.ctl is not None
+        try:
+            data, fds, _f, _a = socket.recv_fds(self.ctl, 1 << 20, 4)
+        except BlockingIOError:
+            return
+        except OSError:
+            data, fds = b"", []
+        for fd in fds:
+            os.close(fd)
+        if not data:
+            self._lost()
+            return
+        msg = json.loads(data)
+        op = msg.get("op")
+        if op == "ready":
+            if not self.ready.done():
+                self.ready.set_result(msg)
+        elif op == "error":
+            if not self.ready.done():
+                self.ready.set_exception(FunctionAIError.from_dict(msg["error"]))
+        elif op == "forked":
+            fut = self.forked.pop(msg["iid"], None)
+            if fut is not None and not fut.done():
+                fut.set_result(int(msg["pid"]))
+        elif op == "exited":
+            self.backend._on_exit(int(msg["pid"]), int(msg["status"]))
+            if self.single_shot:
+                self.close()
+
+    def _lost(self) -> None:
+        if self.closed:
+            return
+        code = self.proc.poll() if self.proc else None
+        err = InstanceCrashed(f"the template of {self.fv.name} v{self.fv.version} exited (status {code})")
+        if not self.ready.done():
+            self.ready.set_exception(err)
+        for fut in self.forked.values():
+            if not fut.done():
+                fut.set_exception(err)
+        self.forked.clear()
+        self.close()
+
+    async def fork(self, cfg: dict[str, Any], sock: socket.socket) -> int:
+        assert self.ctl is not None
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.forked[cfg["instance_id"]] = fut
+        try:
+            socket.send_fds(self.ctl, [json.dumps({"op": "fork", "cfg": cfg}).encode()], [sock.fileno()])
+        except OSError as exc:
+            self.forked.pop(cfg["instance_id"], None)
+            raise InstanceCrashed(f"the template of {self.fv.name} is gone: {exc}") from None
+        return await asyncio.wait_for(fut, READY_TIMEOUT)
+
+    @property
+    def alive(self) -> bool:
+        return not self.closed and self.proc is not None and self.proc.poll() is None
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.ctl is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self.ctl.fileno())
+            self.ctl.close()
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(OSError):
+                self.proc.send_signal(signal.SIGKILL)
+            with contextlib.suppress(Exception):
+                self.proc.wait(timeout=5)
+
+
+class _Pending:
+    __slots__ = ("fut", "on_chunk", "on_progress")
+
+    def __init__(self, fut: asyncio.Future[dict[str, Any]], on_progress: ProgressCallback | None, on_chunk: ChunkCallback | None) -> None:
+        self.fut = fut
+        self.on_progress = on_progress
+        self.on_chunk = on_chunk
+
+
+class ProcessInstance(Instance):
+    backend = "process"
+
+    def __init__(self, owner: ProcessBackend, fv: FunctionVersion, iid: str, path: str, cgroup: str | None) -> None:
+        self.owner = owner
+        self.fv = fv
+        self.id = iid
+        self.path = path
+        self.pid: int | None = None
+        self.isolation: dict[str, Any] = {}
+        self.spawn_ms = 0.0
+        self.init_ms = 0.0
+        self.bound_session: str | None = None
+        self.cgroup = cgroup
+        self.template: _Template | None = None
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self._control: asyncio.Future[dict[str, Any]] | None = None
+        self._pending: dict[str, _Pending] = {}
+        self._exit: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._stop_reason: str | None = None
+        self._dead = False
+        self._reader_task: asyncio.Task[None] | None = None
+
+    # -- plumbing -----------------------------------------------------------
+
+    async def _open(self, sock: socket.socket) -> None:
+        self.reader, self.writer = await asyncio.open_unix_connection(sock=sock, limit=1 << 20)
+        self._control = asyncio.get_running_loop().create_future()
+        self._reader_task = asyncio.get_running_loop().create_task(self._read_loop(), name=f"fai-instance-{self.id}")
+
+    async def _read_loop(self) -> None:
+        assert self.reader is not None
+        limit = self.fv.spec.limits.max_result_bytes + (1 << 16)
+        try:
+            while True:
+                msg = await read_frame(self.reader, limit=max(limit, self.fv.spec.limits.max_state_bytes + (1 << 16)))
+                if msg is None:
+                    break
+                op = msg.get("op")
+                cid = msg.get("id")
+                if op in ("ready", "bound"):
+                    if self._control is not None and not self._control.done():
+                        self._control.set_result(msg)
+                elif op == "progress" and cid in self._pending:
+                    cb = self._pending[cid].on_progress
+                    if cb is not None:
+                        with contextlib.suppress(Exception):
+                            res = cb(float(msg.get("fraction", 0.0)), str(msg.get("message", "")))
+                            if asyncio.iscoroutine(res):
+                                await res
+                elif op == "chunk" and cid in self._pending:
+                    cb2 = self._pending[cid].on_chunk
+                    if cb2 is not None:
+                        await cb2(msg.get("data"))
+                elif op in ("result", "error") and cid is not None:
+                    p = self._pending.pop(cid, None)
+                    if p is not None and not p.fut.done():
+                        p.fut.set_result(msg)
+                elif op == "error":
+                    err = FunctionAIError.from_dict(msg.get("error", {}))
+                    if self._control is not None and not self._control.done():
+                        self._control.set_exception(err)
+        except (FrameError, ConnectionError, OSError) as exc:
+            self.owner.log_event(f"instance {self.id}: bad stream: {exc}")
+        except asyncio.CancelledError:
+            pass
+        await self._died()
+
+    async def _died(self) -> None:
+        if self._dead:
+            return
+        self._dead = True
+        if self._stop_reason is None and self.pid is not None:
+            # ended on its own: wait (briefly) for the exit status to classify it
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._exit), 2.0)
+        err = self._death_error()
+        for p in self._pending.values():
+            if not p.fut.done():
+                p.fut.set_exception(err)
+        self._pending.clear()
+        if self._control is not None and not self._control.done():
+            self._control.set_exception(err)
+        if self.writer is not None:
+            self.writer.close()
+        if self._stop_reason is None:
+            self._stop_reason = err.kind
+            self.owner._notify_exit(self, err.kind)
+        self._kill()
+
+    def _death_error(self) -> FunctionAIError:
+        if self._stop_reason == "timeout":
+            return FunctionTimeout(f"the call exceeded the timeout of {self.fv.spec.timeout_s:g}s; the instance was stopped")
+        if self._stop_reason is not None:
+            return InstanceCrashed(f"the instance was stopped ({self._stop_reason})", instance_id=self.id)
+        if self.cgroup and self.owner.cgroups.oom_killed(self.cgroup):
+            return OutOfMemory(
+                f"the instance exceeded its memory limit of {self.fv.spec.resources.memory_mb} MiB and was killed",
+                instance_id=self.id,
+            )
+        if self._exit.done():
+            st = self._exit.result()
+            if os.WIFSIGNALED(st):
+                sig = os.WTERMSIG(st)
+                try:
+                    name = signal.Signals(sig).name
+                except ValueError:
+                    name = str(sig)
+                return InstanceCrashed(f"the instance was killed by {name}", instance_id=self.id, signal=sig)
+            return InstanceCrashed(f"the instance exited with code {os.WEXITSTATUS(st)}", instance_id=self.id, exit_code=os.WEXITSTATUS(st))
+        return InstanceCrashed("the instance closed its connection", instance_id=self.id)
+
+    def _kill(self) -> None:
+        if self.pid is not None and not self._exit.done():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(self.pid, signal.SIGKILL)
+
+    async def _send(self, msg: dict[str, Any]) -> None:
+        if self._dead or self.writer is None:
+            raise self._death_error()
+        self.writer.write(encode(msg))
+        await self.writer.drain()
+
+    async def _await_control(self, what: str) -> dict[str, Any]:
+        assert self._control is not None
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._control), READY_TIMEOUT)
+        except asyncio.TimeoutError:
+            await self.stop(f"{what} timed out")
+            raise InstanceCrashed(f"the instance did not become {what} within {READY_TIMEOUT:.0f}s") from None
+
+    # -- Instance API ----------------------------------------------------------
+
+    async def bind(self, binding: Binding) -> None:
+        t0 = time.perf_counter()
+        self._control = asyncio.get_running_loop().create_future()
+        await self._send(
+            {
+                "op": "bind",
+                "session_id": binding.session_id,
+                "uid": binding.uid,
+                "workdir": binding.workdir,
+                "state_json": binding.state_json,
+                "env": binding.env,
+                "masks": self.owner.mask_plan(self.fv, binding.workdir),
+                "writable": [binding.workdir],
+            }
+        )
+        msg = await self._await_control("bound")
+        self.isolation = msg.get("isolation", self.isolation)
+        self.bound_session = binding.session_id
+        self.init_ms += (time.perf_counter() - t0) * 1000
+
+    async def call(
+        self,
+        call_id: str,
+        event: Any,
+        *,
+        timeout: float,
+        on_progress: ProgressCallback | None = None,
+        on_chunk: ChunkCallback | None = None,
+    ) -> CallOutcome:
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[call_id] = _Pending(fut, on_progress, on_chunk)
+        try:
+            await self._send({"op": "call", "id": call_id, "event": event})
+            msg = await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except asyncio.TimeoutError:
+            self._pending.pop(call_id, None)
+            await self.stop("timeout")
+            raise FunctionTimeout(f"the call exceeded the timeout of {timeout:g}s; the instance was stopped") from None
+        except asyncio.CancelledError:
+            self._pending.pop(call_id, None)
+            await self.stop("cancelled")
+            raise
+        out = CallOutcome(
+            logs=msg.get("logs", ""),
+            logs_dropped=int(msg.get("logs_dropped", 0)),
+            duration_ms=float(msg.get("duration_ms", 0.0)),
+            state_json=msg.get("state_json"),
+        )
+        if msg["op"] == "error":
+            out.error = msg.get("error") or {"kind": "error", "message": "unknown error"}
+        else:
+            out.value = msg.get("value")
+            out.streamed = bool(msg.get("streamed"))
+        return out
+
+    async def stop(self, reason: str = "stopped") -> None:
+        if self._stop_reason is None:
+            self._stop_reason = reason
+        self._kill()
+        if self.writer is not None:
+            self.writer.close()
+        if self._reader_task is not None and not self._reader_task.done():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._reader_task), 5.0)
+        await self._died()
+
+    @property
+    def alive(self) -> bool:
+        return not self._dead
+
+    def stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"pid": self.pid, "alive": self.alive}
+        if self.pid is not None:
+            out.update(smaps_rollup(self.pid))
+        if self.cgroup:
+            out["cgroup_memory"] = self.owner.cgroups.memory_usage(self.cgroup)
+        return out
+
+
+def smaps_rollup(pid: int) -> dict[str, int]:
+    """rss / pss / uss of one process, in bytes (0s when unreadable)."""
+    vals: dict[str, int] = {}
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 2 and parts[0].endswith(":") and parts[1].isdigit():
+                    vals[parts[0][:-1]] = int(parts[1]) * 1024
+    except OSError:
+        return {"rss": 0, "pss": 0, "uss": 0}
+    return {
+        "rss": vals.get("Rss", 0),
+        "pss": vals.get("Pss", 0),
+        "uss": vals.get("Private_Clean", 0) + vals.get("Private_Dirty", 0),
+    }
+
+
+class ProcessBackend(Backend):
+    """Sandboxes as forked processes. ``use_templates=False`` forces the fresh path."""
+
+    name = "process"
+
+    def __init__(self, state_dir: str, *, use_templates: bool = True, cgroups: bool = True, isolate: bool = True) -> None:
+        self.isolate = isolate
+        self.state_dir = os.path.realpath(state_dir)
+        self.log_dir = os.path.join(self.state_dir, "logs")
+        os.makedirs(self.log_dir, exist_ok=True)
+        self.use_templates = use_templates
+        self.cgroups = iso.CgroupManager() if cgroups else iso.CgroupManager(root="/nonexistent")
+        if not cgroups:
+            self.cgroups.version, self.cgroups.reason = None, "cgroups disabled by configuration"
+        self.namespaces = iso.probe_namespaces()
+        self._templates: dict[tuple[str, int], _Template] = {}
+        self._starting: dict[tuple[str, int], asyncio.Task[_Template]] = {}
+        self._by_pid: dict[int, ProcessInstance] = {}
+        self._instances: dict[str, ProcessInstance] = {}
+        self._pending_cgroups: set[str] = set()
+        self._keep_paths = _python_paths()
+        self._events: list[str] = []
+        self._seq = 0
+
+    def log_event(self, text: str) -> None:
+        self._events.append(text)
+        del self._events[:-200]
+
+    # -- capabilities --------------------------------------------------------
+
+    def capabilities(self, spec: FunctionSpec) -> dict[str, str]:
+        caps = dict(self.namespaces)
+        caps["tmp"] = caps.get("mount", "")
+        caps["cgroup"] = "" if self.cgroups.version else (self.cgroups.reason or "cgroups unavailable")
+        caps["rlimits"] = "" if sys.platform == "linux" else "not Linux"
+        caps["user"] = "not used: sessions get their own uid instead of a user namespace"
+        caps["seccomp"] = "not implemented by the process backend"
+        if spec.network == "host":
+            caps["net"] = "the spec's network policy is 'host'"
+        return caps
+
+    # -- templates -----------------------------------------------------------
+
+    async def prepare(self, fv: FunctionVersion) -> None:
+        if self.use_templates:
+            await self._template(fv)
+
+    async def _template(self, fv: FunctionVersion) -> _Template:
+        key = (fv.name, fv.version)
+        t = self._templates.get(key)
+        if t is not None and t.alive:
+            return t
+        task = self._starting.get(key)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._start_template(fv))
+            self._starting[key] = task
+        try:
+            return await asyncio.shield(task)
+        finally:
+            if task.done():
+                self._starting.pop(key, None)
+
+    async def _start_template(self, fv: FunctionVersion) -> _Template:
+        t = _Template(self, fv)
+        await t.start()
+        self._templates[(fv.name, fv.version)] = t
+        return t
+
+    async def retire(self, fv: FunctionVersion) -> None:
+        t = self._templates.pop((fv.name, fv.version), None)
+        if t is not None:
+            t.close()
+
+    # -- instances -------------------------------------------------------------
+
+    async def start(self, fv: FunctionVersion) -> Instance:
+        t0 = time.perf_counter()
+        self._seq += 1
+        iid = f"i-{os.getpid():x}{int(time.time() * 1000) & 0xFFFFFFF:07x}{self._seq:05x}"
+        path = "template-fork"
+        template: _Template | None = None
+        if self.use_templates:
+            try:
+                template = await self._template(fv)
+            except UserError:
+                raise
+            except FunctionAIError as exc:
+                self.log_event(f"template for {fv.name} v{fv.version} unavailable ({exc}); starting fresh")
+                template = None
+        if template is None:
+            path = "fresh"
+            template = _Template(self, fv, single_shot=True)
+            await template.start()
+        spec = fv.spec
+        cg_procs: list[str] = []
+        cg_err = self.cgroups.reason
+        if self.cgroups.version and self.isolate:
+            try:
+                cg_procs = self.cgroups.create(iid, cpu=spec.resources.cpu, memory_mb=spec.resources.memory_mb, pids=spec.limits.max_pids)
+            except OSError as exc:
+                cg_err = f"creating the cgroup failed: {exc}"
+        inst = ProcessInstance(self, fv, iid, path, iid if cg_procs else None)
+        inst.template = template
+        cfg = {
+            "instance_id": iid,
+            "isolate": self.isolate,
+            "function": fv.name,
+            "version": fv.version,
+            "network": spec.network,
+            "required": sorted(spec.isolation_required),
+            "cgroup_procs": cg_procs,
+            "cgroup_version": self.cgroups.version,
+            "cgroup_error": cg_err,
+            "memory_mb": spec.resources.memory_mb,
+            "max_pids": spec.limits.max_pids,
+            "max_output_bytes": spec.limits.max_output_bytes,
+            "max_result_bytes": spec.limits.max_result_bytes,
+            "max_state_bytes": spec.limits.max_state_bytes,
+            "max_payload_bytes": spec.limits.max_payload_bytes,
+            "concurrency": spec.concurrency,
+            "env": dict(spec.env),
+            "tmp_mb": min(spec.resources.memory_mb, 1024),
+        }
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            await inst._open(ours)
+            pid = await template.fork(cfg, theirs)
+        except BaseException:
+            theirs.close()
+            await inst.stop("start failed")
+            self._cleanup_cgroup(iid)
+            raise
+        theirs.close()
+        inst.pid = pid
+        self._by_pid[pid] = inst
+        self._instances[iid] = inst
+        msg = await inst._await_control("ready")
+        inst.isolation = msg.get("isolation", {})
+        elapsed = (time.perf_counter() - t0) * 1000
+        if path == "fresh":
+            inst.init_ms = template.import_ms
+            inst.spawn_ms = max(0.0, elapsed - template.import_ms)
+        else:
+            inst.spawn_ms = elapsed
+        return inst
+
+    def _on_exit(self, pid: int, status: int) -> None:
+        inst = self._by_pid.pop(pid, None)
+        if inst is None:
+            return
+        if not inst._exit.done():
+            inst._exit.set_result(status)
+        self._instances.pop(inst.id, None)
+        if inst.cgroup:
+            self._cleanup_cgroup(inst.cgroup)
+
+    def _cleanup_cgroup(self, name: str) -> None:
+        if not self.cgroups.version:
+            return
+        if not self.cgroups.remove(name):
+            self._pending_cgroups.add(name)
+        # retry earlier leftovers (processes of a killed PID namespace exit asynchronously)
+        for n in list(self._pending_cgroups):
+            if self.cgroups.remove(n):
+                self._pending_cgroups.discard(n)
+
+    def mask_plan(self, fv: FunctionVersion, workdir: str) -> list[tuple[str, list[str]]]:
+        keep = [*self._keep_paths, fv.code_dir, workdir]
+        always = ["/tmp", "/dev/shm", "/var/tmp", self.state_dir]
+        return iso.plan_masks(keep, always)
+
+    async def close(self) -> None:
+        for inst in list(self._instances.values()):
+            await inst.stop("backend closed")
+        for t in list(self._templates.values()):
+            t.close()
+        self._templates.clear()
+        for task in self._starting.values():
+            task.cancel()
+        # give the killed PID namespaces a moment to empty, then remove their cgroups
+        for _ in range(50):
+            if not self._pending_cgroups:
+                break
+            await asyncio.sleep(0.02)
+            for n in list(self._pending_cgroups):
+                if self.cgroups.remove(n):
+                    self._pending_cgroups.discard(n)
+
+
+def _python_paths() -> list[str]:
+    """Paths a sandbox needs to keep importing after its uid drop."""
+    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, _PKG_PARENT}
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        with contextlib.suppress(KeyError):
+            paths.add(sysconfig.get_paths()[key])
+    paths.update(p for p in sys.path if p and os.path.isabs(p))
+    return sorted(p for p in paths if os.path.exists(p))

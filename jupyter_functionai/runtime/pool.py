@@ -1,0 +1,139 @@
+"""InstancePool: pre-forked, fully isolated, not yet bound instances.
+
+Per function version the pool keeps ``spec.min_instances`` instances ready so
+a new session's first call skips the fork and the sandbox setup.  Taking one
+schedules a refill in the background; instances that die while pooled are
+dropped and replaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+
+from ..backends.base import Backend, FunctionVersion, Instance
+from ..errors import FunctionAIError
+
+log = logging.getLogger("jupyter_functionai.pool")
+
+
+class _Slot:
+    def __init__(self, fv: FunctionVersion) -> None:
+        self.fv = fv
+        self.ready: deque[Instance] = deque()
+        self.filling: asyncio.Task[None] | None = None
+        self.failures = 0
+        self.last_error: str | None = None
+
+
+class InstancePool:
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self._slots: dict[str, _Slot] = {}
+        self._closed = False
+
+    def configure(self, fv: FunctionVersion) -> None:
+        """Make ``fv`` the pooled version of its function (draining an older one)."""
+        slot = self._slots.get(fv.name)
+        if slot is not None and slot.fv.version != fv.version:
+            self._drain(slot)
+            slot = None
+        if slot is None:
+            slot = self._slots[fv.name] = _Slot(fv)
+        self._refill(slot)
+
+    def remove(self, name: str) -> None:
+        slot = self._slots.pop(name, None)
+        if slot is not None:
+            self._drain(slot)
+
+    def acquire(self, fv: FunctionVersion) -> Instance | None:
+        """A ready instance of exactly ``fv``, or None (a miss)."""
+        slot = self._slots.get(fv.name)
+        if slot is None or slot.fv.version != fv.version:
+            return None
+        inst = None
+        while slot.ready:
+            cand = slot.ready.popleft()
+            if cand.alive:
+                inst = cand
+                break
+        self._refill(slot)
+        if inst is not None:
+            inst.path = "warm-pool"
+        return inst
+
+    def sizes(self) -> dict[str, dict[str, object]]:
+        return {
+            n: {"version": s.fv.version, "ready": sum(1 for i in s.ready if i.alive), "target": s.fv.spec.min_instances, "last_error": s.last_error}
+            for n, s in self._slots.items()
+        }
+
+    async def wait_full(self, name: str, timeout: float = 60.0) -> None:
+        """Wait until the pool of ``name`` holds its target (for tests and benchmarks)."""
+        slot = self._slots.get(name)
+        if slot is None:
+            return
+        async with asyncio.timeout(timeout) if hasattr(asyncio, "timeout") else _nullctx():
+            while sum(1 for i in slot.ready if i.alive) < slot.fv.spec.min_instances:
+                if slot.filling is None or slot.filling.done():
+                    self._refill(slot)
+                    if slot.filling is None:
+                        return
+                await asyncio.wait({slot.filling})
+
+    def _refill(self, slot: _Slot) -> None:
+        if self._closed or (slot.filling is not None and not slot.filling.done()):
+            return
+        if sum(1 for i in slot.ready if i.alive) >= slot.fv.spec.min_instances:
+            return
+        slot.filling = asyncio.get_running_loop().create_task(self._fill(slot), name=f"fai-pool-{slot.fv.name}")
+
+    async def _fill(self, slot: _Slot) -> None:
+        while not self._closed and self._slots.get(slot.fv.name) is slot:
+            slot.ready = deque(i for i in slot.ready if i.alive)
+            if len(slot.ready) >= slot.fv.spec.min_instances:
+                return
+            try:
+                inst = await self.backend.start(slot.fv)
+            except FunctionAIError as exc:
+                slot.failures += 1
+                slot.last_error = str(exc)
+                log.warning("pool refill for %s failed: %s", slot.fv.name, exc)
+                if slot.failures >= 3:
+                    return
+                await asyncio.sleep(0.2 * slot.failures)
+                continue
+            slot.failures = 0
+            if self._closed or self._slots.get(slot.fv.name) is not slot:
+                await inst.stop("pool drained")
+                return
+            slot.ready.append(inst)
+
+    def _drain(self, slot: _Slot) -> None:
+        if slot.filling is not None:
+            slot.filling.cancel()
+        for inst in slot.ready:
+            asyncio.get_running_loop().create_task(inst.stop("pool drained"))
+        slot.ready.clear()
+
+    async def close(self) -> None:
+        self._closed = True
+        tasks = []
+        for slot in self._slots.values():
+            if slot.filling is not None:
+                slot.filling.cancel()
+                tasks.append(slot.filling)
+            for inst in slot.ready:
+                await inst.stop("runtime closed")
+        for t in tasks:
+            with contextlib.suppress(BaseException):
+                await t
+        self._slots.clear()
+
+
+@contextlib.asynccontextmanager
+async def _nullctx():  # pragma: no cover - Python 3.10 has no asyncio.timeout
+    yield

@@ -1,0 +1,768 @@
+"""The Runtime facade: deploy functions, invoke them in sessions, watch them.
+
+Usable without Jupyter::
+
+    async with Runtime.open("~/.functionai") as rt:
+        await rt.deploy(FunctionSpec.from_code("hello", "def handler(e, ctx): return e"))
+        r = await rt.invoke("hello", {"x": 1}, session="s1")
+
+The store is the single source of truth after a crash: ``open`` reconciles
+what it says with what is alive (instances that were running are marked
+lost; their sessions become resumable).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import resource
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ..backends.base import (
+    Backend,
+    Binding,
+    CallOutcome,
+    ChunkCallback,
+    FunctionVersion,
+    Instance,
+    ProgressCallback,
+)
+from ..errors import (
+    BadPayload,
+    FunctionAIError,
+    FunctionTimeout,
+    InstanceCrashed,
+    IsolationUnavailable,
+    NotFound,
+    OutOfMemory,
+    PayloadTooLarge,
+    SessionClosed,
+)
+from ..spec import FunctionSpec
+from ..store import Store
+from .pool import InstancePool
+from .sessions import (
+    CLOSED,
+    ENDED,
+    EXPIRED,
+    LIVE,
+    PAUSED,
+    LiveSession,
+    UidAllocator,
+    check_session_id,
+    make_workdir,
+    remove_tree,
+)
+
+log = logging.getLogger("jupyter_functionai.runtime")
+
+UID_BASE = 200_000
+UID_SPAN = 100_000
+EPHEMERAL_UID_SPAN = 50_000
+MAX_LOG_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class ColdStart:
+    """Timing record of one instance start."""
+
+    instance_id: str
+    function: str
+    version: int
+    path: str  # "warm-pool" | "template-fork" | "fresh"
+    spawn_ms: float
+    init_ms: float
+    first_call_ms: float
+    session_id: str | None = None
+
+    @property
+    def total_ms(self) -> float:
+        return self.spawn_ms + self.init_ms + self.first_call_ms
+
+    def header(self) -> str:
+        return f"{self.path};ms={self.total_ms:.2f}"
+
+
+@dataclass
+class InvokeResult:
+    value: Any
+    function: str
+    version: int
+    session_id: str | None
+    instance_id: str
+    cold_start: ColdStart | None
+    logs: str
+    logs_dropped: int
+    duration_ms: float
+    streamed: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        return d
+
+
+class Runtime:
+    """Sandbox functions with sessions, on one backend, over one store."""
+
+    def __init__(
+        self,
+        state_dir: str | os.PathLike[str],
+        *,
+        store_url: str | None = None,
+        backend: Backend | str = "process",
+        reap_interval: float = 1.0,
+        uid_base: int = UID_BASE,
+        uid_span: int = UID_SPAN,
+        use_templates: bool = True,
+        isolate: bool = True,
+    ) -> None:
+        self.state_dir = os.path.realpath(os.path.expanduser(os.fspath(state_dir)))
+        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+        os.chmod(self.state_dir, 0o700)
+        self.store = Store(store_url) if store_url else Store.open(os.path.join(self.state_dir, "functionai.db"))
+        if isinstance(backend, str):
+            backend = _make_backend(backend, self.state_dir, use_templates=use_templates, isolate=isolate)
+        self.backend = backend
+        self.backend.on_instance_exit(self._instance_exited)
+        self.pool = InstancePool(self.backend)
+        self.reap_interval = reap_interval
+        self._uid_base, self._uid_span = uid_base, uid_span
+        self._active: dict[str, FunctionVersion] = {}
+        self._sessions: dict[str, LiveSession] = {}
+        self._deploy_lock = asyncio.Lock()
+        self._writes: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
+        self._invocations: list[dict[str, Any]] = []
+        self._flush_event = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._eph_next = 0
+        self._eph_in_use: set[int] = set()
+        self._closed = False
+        self.uids = UidAllocator(uid_base, uid_span, set())
+
+    # -- lifecycle -------------------------------------------------------------
+
+    @classmethod
+    def open(cls, state_dir: str | os.PathLike[str], **kw: Any) -> _Opener:
+        """``async with Runtime.open(path) as rt`` (or ``rt = await Runtime.open(path)``)."""
+        return _Opener(cls, state_dir, kw)
+
+    async def start(self) -> None:
+        _raise_nofile_limit()
+        await asyncio.to_thread(self._reconcile)
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._reaper(), name="fai-reaper"))
+        self._tasks.append(loop.create_task(self._flusher(), name="fai-flusher"))
+        for f in self.store.list_functions():
+            try:
+                fv = self._load_version(f["name"], f["active_version"])
+            except FunctionAIError as exc:
+                log.warning("function %s could not be loaded: %s", f["name"], exc)
+                continue
+            if fv.spec.min_instances:
+                self.pool.configure(fv)
+
+    def _reconcile(self) -> None:
+        """Make the store agree with reality after a stop or a crash."""
+        now = time.time()
+        for inst in self.store.list_instances(status="running"):
+            self.store.update_instance(inst["id"], status="lost", stopped_at=now, exit_reason="runtime restarted")
+        in_use: set[int] = set()
+        for s in self.store.list_sessions(status=("new", LIVE, PAUSED)):
+            if s["expires_at"] <= now:
+                self.store.update_session(s["id"], status=EXPIRED, closed_at=now, close_reason="max lifetime", instance_id=None)
+                remove_tree(os.path.dirname(s["workdir"]))
+                continue
+            if s["status"] != PAUSED:
+                self.store.update_session(s["id"], status=PAUSED, instance_id=None)
+            if s["uid"] is not None:
+                in_use.add(int(s["uid"]))
+        self.uids = UidAllocator(self._uid_base, self._uid_span, in_use)
+        remove_tree(os.path.join(self.state_dir, "ephemeral"))
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(BaseException):
+                await t
+        await self.pool.close()
+        for sess in list(self._sessions.values()):
+            if sess.instance is not None:
+                await self._pause(sess, "runtime closed")
+        await self.backend.close()
+        await self._flush()
+        self.store.close()
+
+    async def __aenter__(self) -> Runtime:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- functions -------------------------------------------------------------
+
+    async def deploy(self, spec: FunctionSpec | dict[str, Any]) -> dict[str, Any]:
+        """Deploy a new version (and make it active). The module is loaded in
+        a template first: a module that fails to import is refused with its
+        traceback and no version is recorded."""
+        if not isinstance(spec, FunctionSpec):
+            spec = FunctionSpec.from_dict(spec)
+        self._check_isolation(spec)
+        source = spec.load_text()
+        async with self._deploy_lock:
+            versions = []
+            with contextlib.suppress(NotFound):
+                versions = self.store.list_versions(spec.name)
+            version = (versions[-1]["version"] + 1) if versions else 1
+            fv = self._materialize(spec.name, version, spec, source)
+            try:
+                await self.backend.prepare(fv)
+            except BaseException:
+                remove_tree(fv.code_dir)
+                raise
+            row = await asyncio.to_thread(self.store.deploy, spec.name, spec.to_dict(), source)
+            if row["version"] != version:  # another process deployed meanwhile
+                await self.backend.retire(fv)
+                fv = self._materialize(spec.name, row["version"], spec, source)
+            self._activate(fv)
+            return row
+
+    def _check_isolation(self, spec: FunctionSpec) -> None:
+        caps = self.backend.capabilities(spec)
+        missing = {k: caps.get(k, "unknown layer") for k in spec.isolation_required if caps.get(k, "unknown layer")}
+        if missing:
+            raise IsolationUnavailable(
+                f"function {spec.name!r} requires isolation this system cannot give: "
+                + "; ".join(f"{k}: {v}" for k, v in sorted(missing.items())),
+                missing=missing,
+            )
+
+    def _materialize(self, name: str, version: int, spec: FunctionSpec, source: str | None) -> FunctionVersion:
+        code_dir = os.path.join(self.state_dir, "functions", name, f"v{version}")
+        os.makedirs(code_dir, exist_ok=True)
+        os.chmod(code_dir, 0o755)
+        code_path = None
+        if source is not None:
+            code_path = os.path.join(code_dir, f"{name.replace('-', '_')}.py")
+            with open(code_path, "w") as f:
+                f.write(source)
+            os.chmod(code_path, 0o644)
+        return FunctionVersion(name=name, version=version, spec=spec, code_path=code_path, code_dir=code_dir)
+
+    def _load_version(self, name: str, version: int | None = None) -> FunctionVersion:
+        row = self.store.get_function(name, version)
+        spec = FunctionSpec.from_dict(row["spec"]) if row["spec"]["source"]["kind"] != "file" else _spec_with_code(row)
+        fv = self._materialize(name, row["version"], spec, row["source"])
+        if version is None or row.get("active"):
+            self._active[name] = fv
+        return fv
+
+    def _activate(self, fv: FunctionVersion) -> None:
+        old = self._active.get(fv.name)
+        self._active[fv.name] = fv
+        if fv.spec.min_instances:
+            self.pool.configure(fv)
+        else:
+            self.pool.remove(fv.name)
+        if old is not None and old.version != fv.version:
+            asyncio.get_running_loop().create_task(self._retire_if_unused(old))
+
+    async def _retire_if_unused(self, fv: FunctionVersion) -> None:
+        if not any(s.instance is not None and s.instance.fv.version == fv.version and s.function == fv.name for s in self._sessions.values()):
+            await self.backend.retire(fv)
+
+    def function(self, name: str) -> FunctionVersion:
+        fv = self._active.get(name)
+        if fv is None:
+            fv = self._load_version(name)
+        return fv
+
+    def functions(self) -> list[dict[str, Any]]:
+        return self.store.list_functions()
+
+    def versions(self, name: str) -> list[dict[str, Any]]:
+        return self.store.list_versions(name)
+
+    async def rollback(self, name: str, version: int) -> dict[str, Any]:
+        async with self._deploy_lock:
+            row = await asyncio.to_thread(self.store.rollback, name, version)
+            fv = self._load_version(name, version)
+            await self.backend.prepare(fv)
+            self._activate(fv)
+            return row
+
+    async def delete(self, name: str) -> None:
+        async with self._deploy_lock:
+            self.store.get_function(name)
+            for sess in [s for s in self._sessions.values() if s.function == name]:
+                await self.close_session(sess.id, reason="function deleted")
+            self.pool.remove(name)
+            fv = self._active.pop(name, None)
+            if fv is not None:
+                await self.backend.retire(fv)
+            await asyncio.to_thread(self.store.delete_function, name)
+
+    # -- invocation --------------------------------------------------------------
+
+    async def invoke(
+        self,
+        name: str,
+        event: Any = None,
+        *,
+        session: str | None = None,
+        timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+        on_chunk: ChunkCallback | None = None,
+    ) -> InvokeResult:
+        """Call ``name`` with ``event``. With ``session`` the call reaches that
+        session's instance (created or resumed as needed); without, it runs in
+        an ephemeral instance that is discarded afterwards."""
+        if self._closed:
+            raise InstanceCrashed("the runtime is closed")
+        fv = self.function(name)
+        size = _payload_size(event, fv.spec.limits.max_payload_bytes)
+        limit = fv.spec.timeout_s if timeout is None else min(float(timeout), fv.spec.timeout_s)
+        if session is not None:
+            check_session_id(session)
+        if session is None or not fv.spec.session.enabled:
+            return await self._invoke_ephemeral(fv, event, size, limit, on_progress, on_chunk)
+        sess = await self._session(session, fv)
+        async with sess.slots:
+            if sess.ended:
+                raise SessionClosed(f"session {sess.id!r} was {sess.ended}", session_id=sess.id)
+            sess.busy += 1
+            try:
+                async with sess.start_lock:
+                    inst, fresh = await self._ensure_instance(sess)
+                try:
+                    outcome, elapsed = await self._call(inst, event, limit, on_progress, on_chunk)
+                except (FunctionTimeout, OutOfMemory, InstanceCrashed) as exc:
+                    await self._lost_instance(sess, inst, exc)
+                    self._log_invocation(inst, sess.id, time.time(), 0.0, exc.kind, size, 0, "")
+                    raise
+            finally:
+                sess.busy -= 1
+                sess.last_used = time.time()
+            sess.calls += 1
+            if outcome.state_json is not None:
+                sess.state_json = outcome.state_json
+            self._defer(
+                self.store.update_session,
+                sess.id,
+                **({"state": json.loads(outcome.state_json)} if outcome.state_json is not None else {}),
+                last_used_at=sess.last_used,
+                calls=sess.calls,
+            )
+            return self._finish(inst, sess.id, outcome, elapsed, fresh, size)
+
+    async def _invoke_ephemeral(self, fv: FunctionVersion, event: Any, size: int, limit: float, on_progress: ProgressCallback | None, on_chunk: ChunkCallback | None) -> InvokeResult:
+        inst = await self._new_instance(fv)
+        uid = self._ephemeral_uid()
+        root = os.path.join(self.state_dir, "ephemeral", inst.id)
+        try:
+            workdir = make_workdir(root, uid)
+            await inst.bind(Binding(session_id=None, uid=uid, workdir=workdir))
+            self._record_instance(inst, None)
+            try:
+                outcome, elapsed = await self._call(inst, event, limit, on_progress, on_chunk)
+            except (FunctionTimeout, OutOfMemory, InstanceCrashed) as exc:
+                self._log_invocation(inst, None, time.time(), 0.0, exc.kind, size, 0, "")
+                raise
+            return self._finish(inst, None, outcome, elapsed, True, size)
+        finally:
+            asyncio.get_running_loop().create_task(self._discard(inst, root, uid))
+
+    async def _discard(self, inst: Instance, root: str, uid: int) -> None:
+        await inst.stop("ephemeral call done")
+        self._defer(self.store.update_instance, inst.id, status="stopped", stopped_at=time.time(), exit_reason="ephemeral call done")
+        remove_tree(root)
+        self._eph_in_use.discard(uid)
+
+    def _ephemeral_uid(self) -> int:
+        base = self._uid_base + self._uid_span
+        for _ in range(EPHEMERAL_UID_SPAN):
+            uid = base + self._eph_next
+            self._eph_next = (self._eph_next + 1) % EPHEMERAL_UID_SPAN
+            if uid not in self._eph_in_use:
+                self._eph_in_use.add(uid)
+                return uid
+        raise InstanceCrashed("no free ephemeral uid")
+
+    async def stream(self, name: str, event: Any = None, *, session: str | None = None, timeout: float | None = None) -> AsyncIterator[Any]:
+        """Yield a generator handler's items as they are produced (a plain
+        handler yields its one result)."""
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(maxsize=64)
+
+        async def on_chunk(item: Any) -> None:
+            await queue.put(("item", item))
+
+        task = asyncio.get_running_loop().create_task(self.invoke(name, event, session=session, timeout=timeout, on_chunk=on_chunk))
+        try:
+            while True:
+                getter = asyncio.ensure_future(queue.get())
+                done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+                if getter in done:
+                    yield getter.result()[1]
+                    continue
+                getter.cancel()
+                while not queue.empty():
+                    yield queue.get_nowait()[1]
+                result = task.result()
+                if not result.streamed:
+                    yield result.value
+                return
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+
+    async def _call(self, inst: Instance, event: Any, limit: float, on_progress: ProgressCallback | None, on_chunk: ChunkCallback | None) -> tuple[CallOutcome, float]:
+        chunks: list[Any] | None = None
+        if on_chunk is None:
+            chunks = []
+
+            async def on_chunk(item: Any) -> None:
+                chunks.append(item)
+
+        t0 = time.perf_counter()
+        outcome = await inst.call(uuid.uuid4().hex[:16], event, timeout=limit, on_progress=on_progress, on_chunk=on_chunk)
+        elapsed = (time.perf_counter() - t0) * 1000
+        if outcome.streamed and chunks is not None:
+            outcome.value = chunks
+        return outcome, elapsed
+
+    def _finish(self, inst: Instance, session_id: str | None, outcome: CallOutcome, elapsed: float, fresh: bool, size: int) -> InvokeResult:
+        started = time.time() - elapsed / 1000
+        cold = None
+        if fresh:
+            cold = ColdStart(inst.id, inst.fv.name, inst.fv.version, inst.path, inst.spawn_ms, inst.init_ms, elapsed, session_id)
+            self._defer(
+                self.store.add_coldstart,
+                inst.id, inst.fv.name, inst.fv.version, inst.path, inst.spawn_ms, inst.init_ms, elapsed, session_id,
+            )
+        out_bytes = 0 if outcome.error else len(json.dumps(outcome.value, separators=(",", ":"), ensure_ascii=False))
+        logs = outcome.logs
+        if outcome.logs_dropped:
+            logs += f"\n[functionai: {outcome.logs_dropped} more bytes of output dropped (cap {inst.fv.spec.limits.max_output_bytes} bytes)]"
+        self._log_invocation(inst, session_id, started, elapsed, outcome.error["kind"] if outcome.error else "ok", size, out_bytes, logs)
+        if outcome.error:
+            err = FunctionAIError.from_dict(outcome.error)
+            err.details.update(instance_id=inst.id, session_id=session_id, logs=logs)
+            raise err
+        return InvokeResult(
+            value=outcome.value,
+            function=inst.fv.name,
+            version=inst.fv.version,
+            session_id=session_id,
+            instance_id=inst.id,
+            cold_start=cold,
+            logs=logs,
+            logs_dropped=outcome.logs_dropped,
+            duration_ms=elapsed,
+            streamed=outcome.streamed,
+        )
+
+    def _log_invocation(self, inst: Instance, session_id: str | None, started: float, ms: float, outcome: str, bytes_in: int, bytes_out: int, logs: str) -> None:
+        self._invocations.append(
+            {
+                "id": uuid.uuid4().hex,
+                "function": inst.fv.name,
+                "version": inst.fv.version,
+                "session_id": session_id,
+                "instance_id": inst.id,
+                "started_at": started,
+                "duration_ms": ms,
+                "outcome": "ok" if outcome == "ok" else "error",
+                "error_kind": None if outcome == "ok" else outcome,
+                "bytes_in": bytes_in,
+                "bytes_out": bytes_out,
+                "logs": logs[-MAX_LOG_BYTES:],
+            }
+        )
+        self._flush_event.set()
+
+    # -- sessions ------------------------------------------------------------------
+
+    async def _session(self, session_id: str, fv: FunctionVersion) -> LiveSession:
+        sess = self._sessions.get(session_id)
+        if sess is not None:
+            if sess.function != fv.name:
+                raise _wrong_function(session_id, sess.function, fv.name)
+            return sess
+        try:
+            row = await asyncio.to_thread(self.store.get_session, session_id)
+        except NotFound:
+            row = None
+        if row is not None:
+            if row["function"] != fv.name:
+                raise _wrong_function(session_id, row["function"], fv.name)
+            if row["status"] in ENDED:
+                raise SessionClosed(f"session {session_id!r} was {row['status']} ({row.get('close_reason') or 'closed'})", session_id=session_id)
+            sess = LiveSession(
+                id=session_id,
+                function=fv.name,
+                uid=row["uid"],
+                workdir=row["workdir"],
+                created_at=row["created_at"],
+                expires_at=row["expires_at"],
+                idle_ttl=fv.spec.session.idle_ttl_s,
+                state_json=json.dumps(row["state"], separators=(",", ":"), ensure_ascii=False, sort_keys=True),
+                calls=row["calls"],
+                last_used=row["last_used_at"],
+            )
+            if sess.uid is not None:
+                self.uids.in_use.add(sess.uid)
+        else:
+            now = time.time()
+            uid = self.uids.allocate() if os.geteuid() == 0 else None
+            root = os.path.join(self.state_dir, "sessions", session_id)
+            workdir = make_workdir(root, uid)
+            sess = LiveSession(
+                id=session_id,
+                function=fv.name,
+                uid=uid,
+                workdir=workdir,
+                created_at=now,
+                expires_at=now + fv.spec.session.max_lifetime_s,
+                idle_ttl=fv.spec.session.idle_ttl_s,
+                last_used=now,
+            )
+            await asyncio.to_thread(self.store.create_session, session_id, fv.name, fv.version, uid, workdir, sess.expires_at)
+        sess.slots = asyncio.Semaphore(fv.spec.concurrency)
+        existing = self._sessions.setdefault(session_id, sess)
+        return existing
+
+    async def _ensure_instance(self, sess: LiveSession) -> tuple[Instance, bool]:
+        if sess.instance is not None and sess.instance.alive:
+            return sess.instance, False
+        fv = self.function(sess.function)
+        inst = await self._new_instance(fv)
+        try:
+            await inst.bind(Binding(session_id=sess.id, uid=sess.uid, workdir=sess.workdir, state_json=sess.state_json))
+        except BaseException:
+            await inst.stop("bind failed")
+            raise
+        sess.instance = inst
+        sess.status = LIVE
+        sess.idle_ttl = fv.spec.session.idle_ttl_s
+        self._record_instance(inst, sess.id)
+        self._defer(self.store.update_session, sess.id, status=LIVE, instance_id=inst.id, version=fv.version)
+        return inst, True
+
+    async def _new_instance(self, fv: FunctionVersion) -> Instance:
+        inst = self.pool.acquire(fv)
+        if inst is None:
+            inst = await self.backend.start(fv)
+        return inst
+
+    def _record_instance(self, inst: Instance, session_id: str | None) -> None:
+        self._defer(
+            self.store.add_instance,
+            inst.id, inst.fv.name, inst.fv.version, self.backend.name, inst.path, inst.pid, inst.isolation, session_id, time.time() - (inst.spawn_ms + inst.init_ms) / 1000,
+        )
+
+    async def _lost_instance(self, sess: LiveSession, inst: Instance, exc: FunctionAIError) -> None:
+        """The session's instance is gone (timeout, OOM, crash): the session stays resumable."""
+        if sess.instance is inst:
+            sess.instance = None
+            sess.status = PAUSED
+        await inst.stop(exc.kind)
+        self._defer(self.store.update_instance, inst.id, status="stopped", stopped_at=time.time(), exit_reason=exc.kind)
+        self._defer(self.store.update_session, sess.id, status=PAUSED, instance_id=None)
+
+    def _instance_exited(self, inst: Instance, reason: str) -> None:
+        """An instance ended on its own (e.g. killed by the OOM killer between calls)."""
+        for sess in self._sessions.values():
+            if sess.instance is inst:
+                sess.instance = None
+                sess.status = PAUSED
+                self._defer(self.store.update_session, sess.id, status=PAUSED, instance_id=None)
+        self._defer(self.store.update_instance, inst.id, status="stopped", stopped_at=time.time(), exit_reason=reason)
+
+    async def _pause(self, sess: LiveSession, reason: str) -> None:
+        inst, sess.instance = sess.instance, None
+        sess.status = PAUSED
+        if inst is not None:
+            await inst.stop(reason)
+            self._defer(self.store.update_instance, inst.id, status="stopped", stopped_at=time.time(), exit_reason=reason)
+        self._defer(self.store.update_session, sess.id, status=PAUSED, instance_id=None)
+
+    async def close_session(self, session_id: str, *, reason: str = "closed") -> None:
+        """End a session: its instance stops, its state and working directory are deleted."""
+        check_session_id(session_id)
+        sess = self._sessions.pop(session_id, None)
+        status = EXPIRED if reason == "max lifetime" else CLOSED
+        if sess is None:
+            row = await asyncio.to_thread(self.store.get_session, session_id)
+            if row["status"] in ENDED:
+                return
+            workdir, uid = row["workdir"], row["uid"]
+        else:
+            sess.ended = status
+            if sess.instance is not None:
+                await sess.instance.stop(reason)
+                self._defer(self.store.update_instance, sess.instance.id, status="stopped", stopped_at=time.time(), exit_reason=reason)
+                sess.instance = None
+            workdir, uid = sess.workdir, sess.uid
+        self._defer(self.store.update_session, session_id, status=status, closed_at=time.time(), close_reason=reason, instance_id=None, state={})
+        remove_tree(os.path.dirname(workdir))
+        self.uids.release(uid)
+
+    async def describe_session(self, session_id: str) -> dict[str, Any]:
+        check_session_id(session_id)
+        await self._flush()
+        row = await asyncio.to_thread(self.store.get_session, session_id)
+        return self._describe(row)
+
+    async def sessions(self, function: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
+        await self._flush()
+        rows = await asyncio.to_thread(self.store.list_sessions, function, status)
+        return [self._describe(r) for r in rows]
+
+    def _describe(self, row: dict[str, Any]) -> dict[str, Any]:
+        now = time.time()
+        sess = self._sessions.get(row["id"])
+        out = dict(row)
+        out["age_s"] = now - row["created_at"]
+        out["idle_s"] = now - (sess.last_used if sess else row["last_used_at"])
+        inst = sess.instance if sess else None
+        out["instance"] = None
+        if inst is not None and inst.alive:
+            out["status"] = LIVE
+            out["instance"] = {"id": inst.id, "pid": inst.pid, "path": inst.path, "isolation": inst.isolation, **inst.stats()}
+        out["busy"] = bool(sess and sess.busy)
+        return out
+
+    async def coldstarts(self, function: str | None = None, limit: int = 500) -> list[dict[str, Any]]:
+        await self._flush()
+        return await asyncio.to_thread(self.store.list_coldstarts, function, limit)
+
+    async def invocations(self, function: str | None = None, session_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        await self._flush()
+        return await asyncio.to_thread(self.store.list_invocations, function, session_id, limit)
+
+    def live_instances(self) -> list[Instance]:
+        return [s.instance for s in self._sessions.values() if s.instance is not None and s.instance.alive]
+
+    # -- background --------------------------------------------------------------------
+
+    async def _reaper(self) -> None:
+        """Stop idle instances (sessions stay resumable); end sessions past max lifetime."""
+        while True:
+            await asyncio.sleep(self.reap_interval)
+            try:
+                await self.reap()
+            except Exception:  # keep reaping whatever happened
+                log.exception("reaper failed")
+
+    async def reap(self) -> None:
+        now = time.time()
+        for sess in list(self._sessions.values()):
+            if sess.expires_at <= now:
+                await self.close_session(sess.id, reason="max lifetime")
+            elif sess.instance is not None and not sess.busy and now - sess.last_used >= sess.idle_ttl:
+                await self._pause(sess, "idle")
+
+    def _defer(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> None:
+        self._writes.append((fn, args, kw))
+        self._flush_event.set()
+
+    async def _flusher(self) -> None:
+        while True:
+            await self._flush_event.wait()
+            await asyncio.sleep(0.02)  # group commit: gather what arrives meanwhile
+            await self._flush()
+
+    async def _flush(self) -> None:
+        self._flush_event.clear()
+        writes, self._writes = self._writes, []
+        invocations, self._invocations = self._invocations, []
+        if not writes and not invocations:
+            return
+
+        def run() -> None:
+            for fn, args, kw in writes:
+                try:
+                    fn(*args, **kw)
+                except FunctionAIError as exc:
+                    log.warning("store write %s failed: %s", getattr(fn, "__name__", fn), exc)
+            if invocations:
+                self.store.log_invocations(invocations)
+
+        await asyncio.to_thread(run)
+
+
+class _Opener:
+    def __init__(self, cls: type[Runtime], state_dir: str | os.PathLike[str], kw: dict[str, Any]) -> None:
+        self.cls, self.state_dir, self.kw = cls, state_dir, kw
+        self.rt: Runtime | None = None
+
+    async def _open(self) -> Runtime:
+        rt = self.cls(self.state_dir, **self.kw)
+        try:
+            await rt.start()
+        except BaseException:
+            await rt.close()
+            raise
+        return rt
+
+    def __await__(self) -> Any:
+        return self._open().__await__()
+
+    async def __aenter__(self) -> Runtime:
+        self.rt = await self._open()
+        return self.rt
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.rt is not None:
+            await self.rt.close()
+
+
+def _make_backend(name: str, state_dir: str, *, use_templates: bool, isolate: bool) -> Backend:
+    if name == "process":
+        from ..backends.process import ProcessBackend
+
+        return ProcessBackend(state_dir, use_templates=use_templates, isolate=isolate)
+    raise NotFound(f"unknown backend {name!r} (available: process)")
+
+
+def _payload_size(event: Any, limit: int) -> int:
+    try:
+        size = len(json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode())
+    except (TypeError, ValueError) as exc:
+        raise BadPayload(f"the event is not JSON-serialisable: {exc}") from None
+    if size > limit:
+        raise PayloadTooLarge(f"the event is {size} bytes, over the function's limit of {limit} bytes")
+    return size
+
+
+def _wrong_function(session_id: str, owner: str, asked: str) -> FunctionAIError:
+    from ..errors import Conflict
+
+    return Conflict(f"session {session_id!r} belongs to function {owner!r}, not {asked!r}", session_id=session_id)
+
+
+def _spec_with_code(row: dict[str, Any]) -> FunctionSpec:
+    """A stored file-source spec whose file may be gone: run the stored source text."""
+    d = dict(row["spec"])
+    d["source"] = {"kind": "code", "code": row["source"]}
+    return FunctionSpec.from_dict(d)
+
+
+def _raise_nofile_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 65536
+    if soft < want:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))

@@ -1,0 +1,422 @@
+"""Linux isolation primitives for process sandboxes.
+
+Everything here is best effort unless a layer is *required*: each step
+records what it achieved in an :class:`IsolationReport`, and a step that
+fails records why instead of raising.  The worker refuses to run when a
+required layer is missing.
+
+Python 3.10/3.11 have no ``os.unshare``/``os.setns``/``mount``; they are
+called through libc with ctypes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import os
+import random
+import resource
+import socket
+import stat
+import struct
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+
+PR_SET_PDEATHSIG = 1
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_CHILD_SUBREAPER = 36
+
+_libc: Any = None
+
+
+def libc() -> Any:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        _libc.mount.argtypes = [
+            ctypes.c_char_p,
+            ctypes.c_char_p,
+            ctypes.c_char_p,
+            ctypes.c_ulong,
+            ctypes.c_char_p,
+        ]
+    return _libc
+
+
+def _check(ret: int, what: str) -> None:
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def unshare(flags: int) -> None:
+    _check(libc().unshare(flags), "unshare")
+
+
+def setns(fd: int, nstype: int) -> None:
+    _check(libc().setns(fd, nstype), "setns")
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    enc = (lambda s: s.encode() if s is not None else None)
+    _check(libc().mount(enc(source), enc(target), enc(fstype), flags, enc(data)), f"mount {target}")
+
+
+def prctl(option: int, arg: int) -> None:
+    _check(libc().prctl(option, ctypes.c_ulong(arg), 0, 0, 0), "prctl")
+
+
+def close_fds_except(keep: Iterable[int]) -> None:
+    """Close every inherited descriptor except ``keep`` (and 0-2)."""
+    keep_set = sorted({k for k in keep if k > 2})
+    lo = 3
+    for k in [*keep_set, None]:
+        hi = (k - 1) if k is not None else None
+        if hi is None:
+            try:
+                _check(libc().syscall(436, lo, ctypes.c_uint(0xFFFFFFFF), 0), "close_range")
+            except OSError:
+                os.closerange(lo, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+        elif hi >= lo:
+            os.closerange(lo, hi + 1)
+        if k is not None:
+            lo = k + 1
+
+
+def loopback_up() -> None:
+    """Bring ``lo`` up in the current network namespace."""
+    siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        req = struct.pack("16sh", b"lo", 0)
+        flags = struct.unpack("16sh", fcntl.ioctl(s, siocgifflags, req))[1]
+        fcntl.ioctl(s, siocsifflags, struct.pack("16sh", b"lo", flags | iff_up))
+
+
+# -- cgroups ---------------------------------------------------------------
+
+CGROUP_ROOT = "/sys/fs/cgroup"
+V1_CONTROLLERS = ("memory", "cpu", "pids")
+
+
+@dataclass
+class CgroupManager:
+    """Creates one cgroup per instance under ``<root>/functionai``.
+
+    v2 where the unified hierarchy has the controllers, else v1 with one
+    directory per controller.  ``version`` is ``None`` when neither is
+    writable (then rlimits are the fallback).
+    """
+
+    root: str = CGROUP_ROOT
+    prefix: str = "functionai"
+    version: int | None = None
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        self.version, self.reason = self._detect()
+
+    def _detect(self) -> tuple[int | None, str]:
+        if sys.platform != "linux":
+            return None, "not Linux"
+        if os.geteuid() != 0:
+            return None, "not root: cgroups are not writable"
+        v2 = os.path.join(self.root, "cgroup.controllers")
+        if os.path.exists(v2):
+            try:
+                have = open(v2).read().split()
+                if {"memory", "cpu", "pids"} <= set(have):
+                    base = os.path.join(self.root, self.prefix)
+                    os.makedirs(base, exist_ok=True)
+                    with open(os.path.join(self.root, "cgroup.subtree_control"), "w") as f:
+                        f.write("+memory +cpu +pids")
+                    with open(os.path.join(base, "cgroup.subtree_control"), "w") as f:
+                        f.write("+memory +cpu +pids")
+                    return 2, ""
+                return None, f"cgroup v2 lacks controllers (has {' '.join(have)})"
+            except OSError as exc:
+                return None, f"cgroup v2 not writable: {exc}"
+        try:
+            for c in V1_CONTROLLERS:
+                os.makedirs(os.path.join(self.root, c, self.prefix), exist_ok=True)
+            return 1, ""
+        except OSError as exc:
+            return None, f"cgroup v1 not writable: {exc}"
+
+    def create(self, name: str, *, cpu: float, memory_mb: int, pids: int) -> list[str]:
+        """Make the cgroup(s) with limits; returns the ``cgroup.procs`` paths to join."""
+        mem = str(memory_mb * 1024 * 1024)
+        if self.version == 2:
+            d = os.path.join(self.root, self.prefix, name)
+            os.makedirs(d, exist_ok=True)
+            _write(d, "memory.max", mem)
+            _write(d, "memory.swap.max", "0", optional=True)
+            _write(d, "cpu.max", f"{max(1000, int(cpu * 100000))} 100000")
+            _write(d, "pids.max", str(pids))
+            return [os.path.join(d, "cgroup.procs")]
+        if self.version == 1:
+            out = []
+            for c in V1_CONTROLLERS:
+                d = os.path.join(self.root, c, self.prefix, name)
+                os.makedirs(d, exist_ok=True)
+                out.append(os.path.join(d, "cgroup.procs"))
+            m = os.path.join(self.root, "memory", self.prefix, name)
+            _write(m, "memory.limit_in_bytes", mem)
+            _write(m, "memory.memsw.limit_in_bytes", mem, optional=True)
+            c = os.path.join(self.root, "cpu", self.prefix, name)
+            _write(c, "cpu.cfs_period_us", "100000")
+            _write(c, "cpu.cfs_quota_us", str(max(1000, int(cpu * 100000))))
+            _write(os.path.join(self.root, "pids", self.prefix, name), "pids.max", str(pids))
+            return out
+        return []
+
+    def oom_killed(self, name: str) -> bool:
+        if self.version == 2:
+            path = os.path.join(self.root, self.prefix, name, "memory.events")
+        elif self.version == 1:
+            path = os.path.join(self.root, "memory", self.prefix, name, "memory.oom_control")
+        else:
+            return False
+        try:
+            for line in open(path).read().splitlines():
+                k, _, v = line.partition(" ")
+                if k == "oom_kill" and int(v) > 0:
+                    return True
+        except OSError:
+            pass
+        return False
+
+    def memory_usage(self, name: str) -> int | None:
+        if self.version == 2:
+            path = os.path.join(self.root, self.prefix, name, "memory.current")
+        elif self.version == 1:
+            path = os.path.join(self.root, "memory", self.prefix, name, "memory.usage_in_bytes")
+        else:
+            return None
+        try:
+            return int(open(path).read())
+        except (OSError, ValueError):
+            return None
+
+    def remove(self, name: str) -> bool:
+        """Remove the instance's cgroup(s); False while processes remain."""
+        if self.version == 2:
+            dirs = [os.path.join(self.root, self.prefix, name)]
+        elif self.version == 1:
+            dirs = [os.path.join(self.root, c, self.prefix, name) for c in V1_CONTROLLERS]
+        else:
+            return True
+        ok = True
+        for d in dirs:
+            try:
+                os.rmdir(d)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                ok = False
+        return ok
+
+
+def _write(d: str, fname: str, value: str, optional: bool = False) -> None:
+    try:
+        with open(os.path.join(d, fname), "w") as f:
+            f.write(value)
+    except OSError:
+        if not optional:
+            raise
+
+
+# -- capability probe -----------------------------------------------------
+
+
+def probe_namespaces() -> dict[str, str]:
+    """Which namespace layers this process may create: layer -> '' or reason."""
+    out: dict[str, str] = {}
+    if sys.platform != "linux":
+        return {k: "not Linux" for k in ("mount", "pid", "ipc", "uts", "net", "uid")}
+    root = os.geteuid() == 0
+    for k in ("mount", "pid", "ipc", "uts", "net"):
+        out[k] = "" if root else "not root (namespaces need CAP_SYS_ADMIN)"
+    out["uid"] = "" if root else "not root: cannot switch to a per-session uid"
+    return out
+
+
+# -- filesystem view -------------------------------------------------------
+
+
+def _others_can_traverse(path: str) -> bool:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return bool(st.st_mode & stat.S_IXOTH)
+
+
+def plan_masks(keep: Iterable[str], always: Iterable[str]) -> list[tuple[str, list[str]]]:
+    """Plan tmpfs masks: which directories to hide and which paths to re-expose.
+
+    ``always`` are directories hidden in every sandbox (``/tmp``, the state
+    root).  Ancestors of a ``keep`` path that a per-session uid could not
+    traverse (e.g. ``/root`` holding a pyenv Python) are masked too, so the
+    kept path stays reachable after the uid drop.  Returns ``(mask, keeps)``
+    pairs, outermost first; ``keeps`` includes deeper mask points.
+    """
+    keep_paths = sorted({os.path.realpath(k) for k in keep if k and os.path.exists(k)})
+    masks = {os.path.realpath(a) for a in always if os.path.isdir(a)}
+    for k in keep_paths:
+        parts = k.split(os.sep)
+        for i in range(2, len(parts)):
+            anc = os.sep.join(parts[:i])
+            if not _others_can_traverse(anc):
+                masks.add(anc)
+                break
+    ordered = sorted(masks, key=lambda p: (p.count(os.sep), p))
+    plan = []
+    for m in ordered:
+        inner = [p for p in [*keep_paths, *ordered] if p != m and p.startswith(m + os.sep)]
+        # drop paths covered by another kept path or by a deeper mask under m
+        def covered(p: str, pool: list[str]) -> bool:
+            return any(q != p and p.startswith(q + os.sep) for q in pool)
+
+        direct = [p for p in inner if not covered(p, inner)]
+        plan.append((m, direct))
+    return plan
+
+
+def apply_masks(plan: list[tuple[str, list[str]]], writable: Iterable[str] = (), tmp_size_mb: int = 64) -> None:
+    """Mount a private tmpfs on each mask and bind the kept paths back (read-only
+    unless listed in ``writable``).  Must run inside a private mount namespace."""
+    rw = {os.path.realpath(w) for w in writable}
+    for m, keeps in plan:
+        fds = []
+        for k in keeps:
+            try:
+                fds.append((k, os.open(k, os.O_PATH)))
+            except OSError:
+                continue
+        size = f"{tmp_size_mb}m" if m == "/tmp" else "4m"
+        mode = "1777" if m == "/tmp" else "0755"
+        mount("tmpfs", m, "tmpfs", MS_NOSUID | MS_NODEV, f"mode={mode},size={size}")
+        for k, fd in fds:
+            try:
+                if stat.S_ISDIR(os.fstat(fd).st_mode):
+                    os.makedirs(k, exist_ok=True)
+                else:
+                    os.makedirs(os.path.dirname(k), exist_ok=True)
+                    open(k, "a").close()
+                mount(f"/proc/self/fd/{fd}", k, None, MS_BIND | MS_REC)
+                if k not in rw and k not in {p for p, _ in plan}:
+                    mount(None, k, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+            finally:
+                os.close(fd)
+
+
+# -- random sources --------------------------------------------------------
+
+
+def reseed_random_sources(extra_modules: Iterable[Any] = ()) -> list[str]:
+    """Give the process fresh randomness after a fork from a template.
+
+    Re-seeds the ``random`` module, ``numpy.random``'s global state when numpy
+    is imported, and every ``random.Random`` / numpy ``RandomState`` /
+    ``Generator`` found at module level of ``extra_modules`` (the function's
+    own module).  ``secrets``/``os.urandom`` read the kernel and need nothing.
+    """
+    done = ["random"]
+    random.seed(os.urandom(32))
+    np = sys.modules.get("numpy")
+    np_types: tuple[type, ...] = ()
+    if np is not None:
+        try:
+            np.random.seed(int.from_bytes(os.urandom(4), "little"))
+            np_types = (np.random.RandomState, np.random.Generator)
+            done.append("numpy.random")
+        except Exception:  # pragma: no cover - exotic numpy builds
+            pass
+    for mod in extra_modules:
+        for name, val in list(vars(mod).items()):
+            if isinstance(val, random.Random) and val is not random._inst:  # type: ignore[attr-defined]
+                val.seed(os.urandom(32))
+                done.append(f"{mod.__name__}.{name}")
+            elif np_types and isinstance(val, np_types):
+                seed = int.from_bytes(os.urandom(8), "little")
+                if isinstance(val, np.random.Generator):
+                    val.bit_generator.state = type(val.bit_generator)(seed).state
+                else:
+                    val.seed(seed & 0xFFFFFFFF)
+                done.append(f"{mod.__name__}.{name}")
+    return done
+
+
+def set_rlimit(which: int, value: int) -> None:
+    _soft, hard = resource.getrlimit(which)
+    if hard != resource.RLIM_INFINITY and value > hard:
+        value = hard
+    resource.setrlimit(which, (value, value))
+
+
+def errno_name(exc: OSError) -> str:
+    return errno.errorcode.get(exc.errno or 0, str(exc.errno))
+
+
+@dataclass
+class IsolationReport:
+    """What one instance actually achieved."""
+
+    namespaces: dict[str, bool] = field(default_factory=dict)
+    cgroup: str | None = None  # "v1" | "v2" | None
+    rlimits: list[str] = field(default_factory=list)
+    uid: int | None = None
+    network: str = "host"
+    private_tmp: bool = False
+    fs_masked: list[str] = field(default_factory=list)
+    fds_closed: bool = False
+    reseeded: list[str] = field(default_factory=list)
+    no_new_privs: bool = False
+    missing: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "namespaces": dict(self.namespaces),
+            "cgroup": self.cgroup,
+            "rlimits": list(self.rlimits),
+            "uid": self.uid,
+            "network": self.network,
+            "private_tmp": self.private_tmp,
+            "fs_masked": list(self.fs_masked),
+            "fds_closed": self.fds_closed,
+            "reseeded": list(self.reseeded),
+            "no_new_privs": self.no_new_privs,
+            "missing": dict(self.missing),
+        }
+
+    def achieved(self) -> set[str]:
+        out = {k for k, v in self.namespaces.items() if v}
+        if self.cgroup:
+            out.add("cgroup")
+        if self.rlimits:
+            out.add("rlimits")
+        if self.uid is not None:
+            out.add("uid")
+        if self.private_tmp:
+            out.add("tmp")
+        return out

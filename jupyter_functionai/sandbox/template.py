@@ -1,0 +1,204 @@
+"""The per-function-version template (zygote) process.
+
+Started by the process backend as ``python -m jupyter_functionai.sandbox.template``
+with a SOCK_SEQPACKET control socket on ``--control FD``.  It runs the
+function module's top-level code once, freezes the heap (``gc.freeze``) and
+then forks instances on request.  Each instance starts in a new PID namespace
+with a *single* fork: the template calls ``unshare(CLONE_NEWPID)`` (which only
+affects its future children), forks, then ``setns``es back to its own PID
+namespace so the next fork gets a fresh one again.
+
+Control messages (one JSON object per datagram; a ``fork`` carries the
+instance's socket as SCM_RIGHTS)::
+
+    runtime -> template  {"op": "fork", "cfg": {...}}        + [instance socket]
+                         {"op": "exit"}
+    template -> runtime  {"op": "ready", "pid", "import_ms", "pid_ns"}
+                         {"op": "error", "error": {...}}     module failed to load
+                         {"op": "forked", "iid", "pid"}
+                         {"op": "exited", "pid", "status"}   an instance ended
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib
+import importlib.util
+import json
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+import traceback
+from types import ModuleType
+from typing import Any
+
+from . import isolation as iso
+from . import worker
+
+MAX_MSG = 1 << 20
+
+
+def load_handler(spec: dict[str, Any]) -> tuple[ModuleType, Any]:
+    """Import the function's module (running its top-level code) and return
+    ``(module, handler)``."""
+    if spec.get("code_path"):
+        path = spec["code_path"]
+        modname = "fai_" + "".join(c if c.isalnum() else "_" for c in spec.get("function", "fn"))
+        mspec = importlib.util.spec_from_file_location(modname, path)
+        if mspec is None or mspec.loader is None:
+            raise ImportError(f"cannot load {path}")
+        module = importlib.util.module_from_spec(mspec)
+        sys.modules[modname] = module
+        mspec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(spec["module"])
+    name = spec.get("handler", "handler")
+    handler = getattr(module, name, None)
+    if handler is None:
+        raise LookupError(f"the module defines no {name!r} (the spec's handler)")
+    if not callable(handler):
+        raise TypeError(f"{name!r} is a {type(handler).__name__}, not a callable")
+    return module, handler
+
+
+def _send(ctl: socket.socket, msg: dict[str, Any], fds: list[int] | None = None) -> None:
+    data = json.dumps(msg).encode()
+    if fds:
+        socket.send_fds(ctl, [data], fds)
+    else:
+        ctl.send(data)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--control", type=int, required=True)
+    ap.add_argument("--spec", required=True, help="JSON: function, version, code_path|module, handler")
+    args = ap.parse_args(argv)
+    ctl = socket.socket(fileno=args.control)
+    spec = json.loads(args.spec)
+
+    if spec.get("sys_path"):
+        sys.path[:0] = [p for p in spec["sys_path"] if p not in sys.path]
+    t0 = time.perf_counter()
+    try:
+        module, handler = load_handler(spec)
+    except BaseException as exc:
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if "jupyter_functionai" not in f.filename]
+        tb = "Traceback (most recent call last):\n" + "".join(traceback.format_list(frames))
+        tb += "".join(traceback.format_exception_only(type(exc), exc))
+        _send(ctl, {"op": "error", "error": {
+            "kind": "user_exception",
+            "message": f"loading the function failed: {type(exc).__name__}: {exc}",
+            "type": type(exc).__name__,
+            "traceback": tb,
+        }})
+        return 1
+    import_ms = (time.perf_counter() - t0) * 1000
+
+    pid_ns_fd = -1
+    pid_ns_error = ""
+    if sys.platform == "linux" and os.geteuid() == 0:
+        try:
+            pid_ns_fd = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+            iso.prctl(iso.PR_SET_CHILD_SUBREAPER, 1)
+        except OSError as exc:
+            pid_ns_error = str(exc)
+    else:
+        pid_ns_error = "not root (PID namespaces need CAP_SYS_ADMIN)"
+
+    # Freeze what the imports allocated: children never copy those pages
+    # because of a garbage collection.
+    gc.collect()
+    gc.freeze()
+
+    rfd, wfd = os.pipe()
+    os.set_blocking(wfd, False)
+    os.set_blocking(rfd, False)
+    signal.set_wakeup_fd(wfd)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    _send(ctl, {"op": "ready", "pid": os.getpid(), "import_ms": import_ms, "pid_ns": pid_ns_fd >= 0, "pid_ns_error": pid_ns_error})
+
+    sel = selectors.DefaultSelector()
+    sel.register(ctl, selectors.EVENT_READ, "ctl")
+    sel.register(rfd, selectors.EVENT_READ, "sig")
+    instances: set[int] = set()
+    while True:
+        for key, _ in sel.select():
+            if key.data == "sig":
+                try:
+                    os.read(rfd, 4096)
+                except BlockingIOError:
+                    pass
+                _reap(ctl, instances)
+                continue
+            try:
+                data, fds, _flags, _addr = socket.recv_fds(ctl, MAX_MSG, 4)
+            except (ConnectionResetError, OSError):
+                data, fds = b"", []
+            if not data:
+                # the runtime went away: take the instances down with us
+                for pid in list(instances):
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except OSError:
+                        pass
+                return 0
+            msg = json.loads(data)
+            if msg.get("op") == "exit":
+                return 0
+            if msg.get("op") == "fork" and fds:
+                cfg = msg["cfg"]
+                cfg["pid_ns_error"] = pid_ns_error
+                pid = _fork_instance(fds[0], cfg, module, handler, pid_ns_fd, ctl, rfd, wfd)
+                for fd in fds:
+                    os.close(fd)
+                if pid > 0:
+                    instances.add(pid)
+                    _send(ctl, {"op": "forked", "iid": cfg["instance_id"], "pid": pid})
+
+
+def _fork_instance(sock_fd: int, cfg: dict[str, Any], module: ModuleType, handler: Any, pid_ns_fd: int, ctl: socket.socket, rfd: int, wfd: int) -> int:
+    pid_ns = False
+    if pid_ns_fd >= 0:
+        try:
+            iso.unshare(iso.CLONE_NEWPID)
+            pid_ns = True
+        except OSError as exc:
+            cfg["pid_ns_error"] = str(exc)
+    pid = os.fork()
+    if pid == 0:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        worker.child_main(sock_fd, cfg, module, handler, pid_ns)
+        os._exit(5)  # pragma: no cover - child_main never returns
+    if pid_ns:
+        iso.setns(pid_ns_fd, iso.CLONE_NEWPID)
+    return pid
+
+
+def _reap(ctl: socket.socket, instances: set[int]) -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        if pid in instances:
+            instances.discard(pid)
+            try:
+                _send(ctl, {"op": "exited", "pid": pid, "status": status})
+            except OSError:
+                pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,483 @@
+"""The loop inside every instance.
+
+An instance is forked from a template (or started fresh), isolates itself
+(``sandbox_setup``), says ``ready``, is *bound* to one session (uid, working
+directory, state), then serves calls until told to stop or its socket closes.
+
+Messages (see ``protocol``), runtime -> instance::
+
+    {"op": "bind", "session_id", "uid", "workdir", "state_json", "env", "masks", "writable"}
+    {"op": "call", "id", "event"}
+    {"op": "stop"}
+
+instance -> runtime::
+
+    {"op": "ready", "isolation"}            after sandbox setup
+    {"op": "bound", "isolation", "bind_ms"}  after the session binding
+    {"op": "progress", "id", "fraction", "message"}
+    {"op": "chunk", "id", "data"}            one streamed item (generator handlers)
+    {"op": "result", "id", "value", "streamed", "state_json"?, "logs", "logs_dropped", "duration_ms"}
+    {"op": "error", "id"?, "error": {"kind", "message", ...}, "logs", ...}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import io
+import json
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from types import ModuleType
+from typing import Any
+
+from . import isolation as iso
+from .protocol import FrameError, recv_frame, send_frame
+
+SOCK_FD = 3
+_PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class _Capture:
+    """Bounded capture of one call's output; beyond the cap bytes are counted."""
+
+    __slots__ = ("buf", "cap", "dropped", "size")
+
+    def __init__(self, cap: int) -> None:
+        self.buf: list[str] = []
+        self.size = 0
+        self.cap = cap
+        self.dropped = 0
+
+    def write(self, s: str) -> None:
+        n = len(s)
+        room = self.cap - self.size
+        if n <= room:
+            self.buf.append(s)
+            self.size += n
+        else:
+            if room > 0:
+                self.buf.append(s[:room])
+                self.size += room
+            self.dropped += n - max(room, 0)
+
+    def text(self) -> str:
+        return "".join(self.buf)
+
+
+class _Router(io.TextIOBase):
+    """Installed as sys.stdout/sys.stderr: routes writes to the calling
+    thread's capture (so concurrent calls do not mix their output)."""
+
+    def __init__(self, local: threading.local) -> None:
+        self._local = local
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, s: str) -> int:
+        cap = getattr(self._local, "capture", None)
+        if cap is not None:
+            cap.write(s)
+        return len(s)
+
+    def flush(self) -> None:
+        pass
+
+
+class Session:
+    """``ctx.session``: the session's id and its persisted ``state`` dict."""
+
+    def __init__(self, id: str | None, state: dict[str, Any]) -> None:
+        self.id = id
+        self.state = state
+
+
+class Context:
+    """The second argument of every handler."""
+
+    def __init__(self, worker: Worker, call_id: str) -> None:
+        self._worker = worker
+        self.call_id = call_id
+        self.session_id = worker.session.id
+        self.session = worker.session
+        self.workdir = worker.workdir
+        self.instance_id = worker.instance_id
+        self.function = worker.function
+        self.version = worker.version
+        self.log = worker.logger
+
+    @property
+    def state(self) -> dict[str, Any]:
+        return self.session.state
+
+    def progress(self, fraction: float, message: str = "") -> None:
+        """Report progress (0..1) to the caller while the call runs."""
+        f = float(fraction)
+        if not 0.0 <= f <= 1.0:
+            raise ValueError(f"progress fraction must be within [0, 1], got {fraction!r}")
+        self._worker.send({"op": "progress", "id": self.call_id, "fraction": f, "message": str(message)})
+
+
+class Worker:
+    def __init__(self, sock: socket.socket, cfg: dict[str, Any], module: ModuleType | None, handler: Callable[..., Any] | None) -> None:
+        self.sock = sock
+        self.cfg = cfg
+        self.module = module
+        self.handler = handler
+        self.instance_id: str = cfg["instance_id"]
+        self.function: str = cfg.get("function", "")
+        self.version: int = cfg.get("version", 0)
+        self.max_output = int(cfg.get("max_output_bytes", 1 << 20))
+        self.max_result = int(cfg.get("max_result_bytes", 6 << 20))
+        self.max_state = int(cfg.get("max_state_bytes", 16 << 20))
+        self.max_payload = int(cfg.get("max_payload_bytes", 6 << 20))
+        self.concurrency = int(cfg.get("concurrency", 1))
+        self.session = Session(None, {})
+        self.workdir: str | None = None
+        self._state_json = "{}"
+        self._wlock = threading.Lock()
+        self._local = threading.local()
+        self._pool: ThreadPoolExecutor | None = None
+        self.logger = logging.getLogger(f"functionai.{self.function}")
+        self.logger.propagate = False
+        self.logger.setLevel(logging.INFO)
+        handler_ = logging.StreamHandler(_Router(self._local))
+        handler_.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+        self.logger.handlers[:] = [handler_]
+
+    def send(self, msg: dict[str, Any]) -> None:
+        with self._wlock:
+            send_frame(self.sock, msg)
+
+    # -- binding ----------------------------------------------------------
+
+    def bind(self, msg: dict[str, Any], report: iso.IsolationReport) -> None:
+        t0 = time.perf_counter()
+        workdir = msg.get("workdir")
+        uid = msg.get("uid")
+        if workdir:
+            os.makedirs(workdir, exist_ok=True)
+            os.chdir(workdir)  # before /tmp is masked: the workdir may live under /tmp
+        if not self.cfg.get("isolate", True):
+            uid = None
+        elif report.namespaces.get("mount"):
+            try:
+                plan = [(m, list(k)) for m, k in msg.get("masks", [])]
+                iso.apply_masks(plan, writable=msg.get("writable", []), tmp_size_mb=int(self.cfg.get("tmp_mb", 64)))
+                report.fs_masked = [m for m, _ in plan]
+                report.private_tmp = any(m == "/tmp" for m, _ in plan)
+                if workdir:
+                    os.chdir(workdir)
+            except OSError as exc:
+                report.missing["tmp"] = f"filesystem masks failed: {exc}"
+        else:
+            report.missing.setdefault("tmp", "no mount namespace")
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "LANG": os.environ.get("LANG", "C.UTF-8"),
+            "HOME": workdir or "/",
+            "TMPDIR": "/tmp",
+            "FUNCTIONAI_SESSION_ID": msg.get("session_id") or "",
+            "FUNCTIONAI_INSTANCE_ID": self.instance_id,
+            "FUNCTIONAI_FUNCTION": self.function,
+        }
+        env.update(self.cfg.get("env", {}))
+        env.update(msg.get("env", {}))
+        os.environ.clear()
+        os.environ.update(env)
+        if uid is not None and os.geteuid() == 0:
+            try:
+                if self.cfg.get("max_pids"):
+                    iso.set_rlimit(iso.resource.RLIMIT_NPROC, int(self.cfg["max_pids"]))
+                    report.rlimits.append("nproc")
+                os.setgroups([])
+                os.setresgid(uid, uid, uid)
+                os.setresuid(uid, uid, uid)
+                report.uid = uid
+            except OSError as exc:
+                report.missing["uid"] = f"setuid({uid}) failed: {exc}"
+        elif uid is None:
+            report.missing.setdefault("uid", "no per-session uid assigned")
+        if not self.cfg.get("isolate", True):
+            report.reseeded = iso.reseed_random_sources([self.module] if self.module else [])
+            self.session = Session(msg.get("session_id"), json.loads(msg.get("state_json") or "{}"))
+            self._state_json = msg.get("state_json") or "{}"
+            self.workdir = workdir
+            self.send({"op": "bound", "isolation": report.to_dict(), "bind_ms": (time.perf_counter() - t0) * 1000})
+            return
+        else:
+            report.missing.setdefault("uid", "not root: cannot switch uid")
+        try:
+            iso.prctl(iso.PR_SET_NO_NEW_PRIVS, 1)
+            report.no_new_privs = True
+        except OSError:
+            pass
+        report.reseeded = iso.reseed_random_sources([self.module] if self.module else [])
+        self.session = Session(msg.get("session_id"), json.loads(msg.get("state_json") or "{}"))
+        self._state_json = msg.get("state_json") or "{}"
+        self.workdir = workdir
+        missing = set(self.cfg.get("required", [])) - report.achieved()
+        if missing:
+            raise _SetupError(
+                "isolation_unavailable",
+                "required isolation layer(s) not achieved: "
+                + ", ".join(f"{m} ({report.missing.get(m, 'unavailable')})" for m in sorted(missing)),
+            )
+        self.send({"op": "bound", "isolation": report.to_dict(), "bind_ms": (time.perf_counter() - t0) * 1000})
+
+    # -- calls ------------------------------------------------------------
+
+    def serve(self) -> None:
+        while True:
+            try:
+                msg = recv_frame(self.sock, limit=self.max_payload + 65536)
+            except FrameError as exc:
+                self.send({"op": "error", "error": {"kind": "bad_payload", "message": str(exc)}})
+                return
+            if msg is None or msg.get("op") == "stop":
+                return
+            if msg.get("op") == "call":
+                if self.concurrency > 1:
+                    if self._pool is None:
+                        self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="fai-call")
+                    self._pool.submit(self.run_call, msg)
+                else:
+                    self.run_call(msg)
+
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        loop = getattr(self._local, "loop", None)
+        if loop is None:
+            loop = self._local.loop = asyncio.new_event_loop()
+        return loop
+
+    def run_call(self, msg: dict[str, Any]) -> None:
+        cid = msg["id"]
+        cap = _Capture(self.max_output)
+        self._local.capture = cap
+        t0 = time.perf_counter()
+        streamed = False
+        try:
+            ctx = Context(self, cid)
+            assert self.handler is not None
+            value = self.handler(msg.get("event"), ctx)
+            if inspect.iscoroutine(value):
+                value = self._loop().run_until_complete(value)
+            if inspect.isgenerator(value) or inspect.isasyncgen(value):
+                streamed = True
+                self._stream(cid, value)
+                value = None
+            body = {"op": "result", "id": cid, "value": value, "streamed": streamed}
+            try:
+                encoded = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+            except (TypeError, ValueError) as exc:
+                raise _SetupError("bad_payload", f"the handler returned a value that is not JSON-serialisable: {exc}") from None
+            if len(encoded) > self.max_result:
+                raise _SetupError(
+                    "payload_too_large",
+                    f"result is {len(encoded)} bytes, over the limit of {self.max_result}",
+                )
+            self._attach_state(body)
+        except _SetupError as exc:
+            body = {"op": "error", "id": cid, "error": {"kind": exc.kind, "message": exc.message}}
+        except MemoryError:
+            body = {"op": "error", "id": cid, "error": {"kind": "out_of_memory", "message": "the handler ran out of memory (MemoryError)"}}
+        except BaseException as exc:
+            if isinstance(exc, SystemExit) and self.concurrency == 1:
+                pass
+            body = {"op": "error", "id": cid, "error": _user_error(exc)}
+            try:
+                self._attach_state(body)
+            except _SetupError:
+                pass
+        finally:
+            self._local.capture = None
+        body["logs"] = cap.text()
+        body["logs_dropped"] = cap.dropped
+        body["duration_ms"] = (time.perf_counter() - t0) * 1000
+        self.send(body)
+
+    def _stream(self, cid: str, gen: Any) -> None:
+        if inspect.isasyncgen(gen):
+            loop = self._loop()
+            while True:
+                try:
+                    item = loop.run_until_complete(gen.__anext__())
+                except StopAsyncIteration:
+                    break
+                self._send_chunk(cid, item)
+        else:
+            for item in gen:
+                self._send_chunk(cid, item)
+
+    def _send_chunk(self, cid: str, item: Any) -> None:
+        try:
+            encoded = json.dumps(item)
+        except (TypeError, ValueError) as exc:
+            raise _SetupError("bad_payload", f"a streamed item is not JSON-serialisable: {exc}") from None
+        if len(encoded) > self.max_result:
+            raise _SetupError("payload_too_large", f"a streamed item is {len(encoded)} bytes, over the limit of {self.max_result}")
+        self.send({"op": "chunk", "id": cid, "data": item})
+
+    def _attach_state(self, body: dict[str, Any]) -> None:
+        try:
+            text = json.dumps(self.session.state, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+        except (TypeError, ValueError) as exc:
+            raise _SetupError("bad_payload", f"session.state is not JSON-serialisable: {exc}") from None
+        if len(text) > self.max_state:
+            raise _SetupError("payload_too_large", f"session.state is {len(text)} bytes, over the limit of {self.max_state}")
+        if text != self._state_json:
+            self._state_json = text
+            body["state_json"] = text
+
+
+class _SetupError(Exception):
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+def _user_error(exc: BaseException) -> dict[str, Any]:
+    tb = exc.__traceback__
+    frames = [f for f in traceback.extract_tb(tb) if not f.filename.startswith(_PKG_DIR)]
+    text = "Traceback (most recent call last):\n" + "".join(traceback.format_list(frames))
+    text += "".join(traceback.format_exception_only(type(exc), exc))
+    return {
+        "kind": "user_exception",
+        "message": f"{type(exc).__name__}: {exc}",
+        "type": type(exc).__name__,
+        "traceback": text,
+    }
+
+
+def sandbox_setup(cfg: dict[str, Any], pid_ns: bool) -> iso.IsolationReport:
+    """Isolate the current (freshly forked, root) process; record what worked."""
+    report = iso.IsolationReport(network=cfg.get("network", "none"))
+    report.namespaces["pid"] = pid_ns
+    if not pid_ns:
+        report.missing["pid"] = cfg.get("pid_ns_error", "no pid namespace")
+    try:
+        os.setsid()
+    except OSError:
+        pass
+    want = {"mount": iso.CLONE_NEWNS, "ipc": iso.CLONE_NEWIPC, "uts": iso.CLONE_NEWUTS}
+    if cfg.get("network", "none") != "host":
+        want["net"] = iso.CLONE_NEWNET
+    flags = 0
+    for v in want.values():
+        flags |= v
+    try:
+        iso.unshare(flags)
+        report.namespaces.update(dict.fromkeys(want, True))
+    except OSError:
+        for k, v in want.items():
+            try:
+                iso.unshare(v)
+                report.namespaces[k] = True
+            except OSError as exc:
+                report.namespaces[k] = False
+                report.missing[k] = str(exc)
+    if cfg.get("network", "none") == "host":
+        report.namespaces["net"] = False
+    if report.namespaces.get("mount"):
+        try:
+            iso.mount(None, "/", None, iso.MS_REC | iso.MS_PRIVATE)
+            if pid_ns:
+                iso.mount("proc", "/proc", "proc", iso.MS_NOSUID | iso.MS_NODEV | iso.MS_NOEXEC)
+            iso.mount(None, "/", None, iso.MS_REMOUNT | iso.MS_BIND | iso.MS_RDONLY)
+        except OSError as exc:
+            report.missing["mount"] = f"mount setup failed: {exc}"
+    if report.namespaces.get("uts"):
+        try:
+            socket.sethostname(f"fai-{cfg['instance_id'][-8:]}")
+        except OSError:
+            pass
+    if report.namespaces.get("net") and cfg.get("network") == "loopback":
+        try:
+            iso.loopback_up()
+        except OSError as exc:
+            report.missing["net"] = f"could not bring lo up: {exc}"
+    procs = cfg.get("cgroup_procs") or []
+    if procs:
+        try:
+            for p in procs:
+                with open(p, "w") as f:
+                    f.write("0")
+            report.cgroup = f"v{cfg.get('cgroup_version')}"
+        except OSError as exc:
+            report.missing["cgroup"] = f"joining the cgroup failed: {exc}"
+    else:
+        report.missing["cgroup"] = cfg.get("cgroup_error") or "cgroups unavailable"
+    try:
+        iso.set_rlimit(iso.resource.RLIMIT_CORE, 0)
+        report.rlimits.append("core")
+        if not report.cgroup:
+            mem = int(cfg.get("memory_mb", 512)) * 1024 * 1024
+            iso.set_rlimit(iso.resource.RLIMIT_AS, mem)
+            report.rlimits.append("as")
+    except (OSError, ValueError) as exc:
+        report.missing["rlimits"] = str(exc)
+    return report
+
+
+def child_main(sock_fd: int, cfg: dict[str, Any], module: ModuleType | None, handler: Callable[..., Any] | None, pid_ns: bool) -> None:
+    """Entry point of a forked instance; never returns."""
+    code = 0
+    try:
+        if sock_fd != SOCK_FD:
+            os.dup2(sock_fd, SOCK_FD)
+        iso.close_fds_except([SOCK_FD])
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        if devnull > 2:
+            os.close(devnull)
+        sock = socket.socket(fileno=SOCK_FD)
+        sock.setblocking(True)
+        if cfg.get("isolate", True):
+            report = sandbox_setup(cfg, pid_ns)
+        else:
+            report = iso.IsolationReport(network="host")
+            report.missing["all"] = "isolation switched off by configuration"
+        report.fds_closed = True
+        worker = Worker(sock, cfg, module, handler)
+        router = _Router(worker._local)
+        sys.stdout = sys.stderr = router
+        missing = (set(cfg.get("required", [])) - {"uid", "tmp"}) - report.achieved()
+        if missing:
+            raise _SetupError(
+                "isolation_unavailable",
+                "required isolation layer(s) not achieved: "
+                + ", ".join(f"{m} ({report.missing.get(m, 'unavailable')})" for m in sorted(missing)),
+            )
+        worker.send({"op": "ready", "isolation": report.to_dict()})
+        msg = recv_frame(sock)
+        if msg is None or msg.get("op") == "stop":
+            os._exit(0)
+        if msg.get("op") != "bind":
+            raise _SetupError("bad_payload", f"expected bind, got {msg.get('op')!r}")
+        worker.bind(msg, report)
+        worker.serve()
+    except _SetupError as exc:
+        try:
+            send_frame(socket.socket(fileno=os.dup(SOCK_FD)), {"op": "error", "error": {"kind": exc.kind, "message": exc.message}})
+        except OSError:
+            pass
+        code = 3
+    except BaseException as exc:
+        try:
+            err = {"kind": "instance_crashed", "message": f"sandbox setup failed: {type(exc).__name__}: {exc}"}
+            send_frame(socket.socket(fileno=os.dup(SOCK_FD)), {"op": "error", "error": err})
+        except OSError:
+            pass
+        code = 4
+    finally:
+        os._exit(code)

@@ -1,0 +1,799 @@
+"""The store: functions (versioned), sessions, instances, cold starts, invocations.
+
+SQLAlchemy 2 *Core* (tables in one ``MetaData``, no ORM), synchronous, safe
+to share between threads (one ``Engine``; every method is one short
+transaction). Any SQLAlchemy URL works; the default is a SQLite file in WAL
+mode. Timestamps are float epoch seconds; JSON columns are ``TEXT`` holding
+``json.dumps`` output so every backend stores them the same way. Rows come
+back as plain ``dict``s with JSON fields decoded.
+
+This module must not import tornado or anything Jupyter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    select,
+)
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.pool import StaticPool
+
+from .errors import Conflict, InvalidArgument, NotFound
+
+__all__ = ["SESSION_FINAL_STATUSES", "TABLES", "Store", "metadata"]
+
+#: Session statuses whose uid may be handed out again.
+SESSION_FINAL_STATUSES = ("closed", "expired")
+
+metadata = MetaData()
+
+functions = Table(
+    "functions",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("active_version", Integer, nullable=False),
+    Column("latest_version", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+function_versions = Table(
+    "function_versions",
+    metadata,
+    Column(
+        "name",
+        String(64),
+        ForeignKey("functions.name", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("version", Integer, primary_key=True),
+    Column("spec", Text, nullable=False),
+    Column("source", Text, nullable=True),
+    Column("digest", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+# No foreign keys from the tables below to ``functions``: their rows may
+# outlive a deleted function (history, cold-start charts, audit).
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("id", String(128), primary_key=True),
+    Column("function", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("status", String(32), nullable=False),
+    Column("uid", Integer, nullable=True),
+    Column("workdir", Text, nullable=False),
+    Column("state", Text, nullable=False),
+    Column("state_bytes", Integer, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("last_used_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("calls", Integer, nullable=False),
+    Column("instance_id", String(128), nullable=True),
+    Column("closed_at", Float, nullable=True),
+    Column("close_reason", Text, nullable=True),
+    Index("ix_sessions_function", "function"),
+    Index("ix_sessions_status", "status"),
+    Index("ix_sessions_created_at", "created_at"),
+)
+
+counters = Table(
+    "counters",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", Integer, nullable=False),
+)
+
+instances = Table(
+    "instances",
+    metadata,
+    Column("id", String(128), primary_key=True),
+    Column("function", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("backend", String(32), nullable=False),
+    Column("path", String(32), nullable=False),
+    Column("pid", Integer, nullable=True),
+    Column("isolation", Text, nullable=False),
+    Column("session_id", String(128), nullable=True),
+    Column("status", String(32), nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("stopped_at", Float, nullable=True),
+    Column("exit_reason", Text, nullable=True),
+    Index("ix_instances_function", "function"),
+    Index("ix_instances_status", "status"),
+    Index("ix_instances_session_id", "session_id"),
+    Index("ix_instances_started_at", "started_at"),
+)
+
+coldstarts = Table(
+    "coldstarts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("instance_id", String(128), nullable=False),
+    Column("function", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("path", String(32), nullable=False),
+    Column("spawn_ms", Float, nullable=False),
+    Column("init_ms", Float, nullable=False),
+    Column("first_call_ms", Float, nullable=True),
+    Column("session_id", String(128), nullable=True),
+    Column("at", Float, nullable=False),
+    Index("ix_coldstarts_instance_id", "instance_id"),
+    Index("ix_coldstarts_function", "function"),
+    Index("ix_coldstarts_at", "at"),
+)
+
+invocations = Table(
+    "invocations",
+    metadata,
+    Column("id", String(128), primary_key=True),
+    Column("function", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("session_id", String(128), nullable=True),
+    Column("instance_id", String(128), nullable=True),
+    Column("started_at", Float, nullable=False),
+    Column("duration_ms", Float, nullable=False),
+    Column("outcome", String(32), nullable=False),
+    Column("error_kind", String(64), nullable=True),
+    Column("bytes_in", Integer, nullable=False),
+    Column("bytes_out", Integer, nullable=False),
+    Column("logs", Text, nullable=False),
+    Index("ix_invocations_function", "function"),
+    Index("ix_invocations_session_id", "session_id"),
+    Index("ix_invocations_started_at", "started_at"),
+)
+
+_SESSION_UPDATABLE = frozenset(
+    {
+        "status",
+        "state",
+        "last_used_at",
+        "calls",
+        "instance_id",
+        "closed_at",
+        "close_reason",
+        "version",
+    }
+)
+_INSTANCE_UPDATABLE = frozenset(
+    {"status", "pid", "session_id", "stopped_at", "exit_reason", "isolation"}
+)
+_INVOCATION_REQUIRED = frozenset(
+    {
+        "id",
+        "function",
+        "version",
+        "session_id",
+        "instance_id",
+        "started_at",
+        "duration_ms",
+        "outcome",
+        "error_kind",
+        "bytes_in",
+        "bytes_out",
+    }
+)
+_INVOCATION_KEYS = _INVOCATION_REQUIRED | {"logs"}
+_UID_COUNTER = "session_uid"
+_DEPLOY_ATTEMPTS = 5
+
+
+def _dumps(value: Any, what: str) -> str:
+    try:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(f"{what} is not JSON-serialisable: {exc}") from exc
+
+
+def _digest(source: str | None, spec_json: str) -> str:
+    h = hashlib.sha256()
+    h.update((source or "").encode("utf-8"))
+    h.update(b"\0")
+    h.update(spec_json.encode("utf-8"))
+    return h.hexdigest()
+
+
+def _is_sqlite(url: URL) -> bool:
+    return url.get_backend_name() == "sqlite"
+
+
+def _is_sqlite_memory(url: URL) -> bool:
+    return _is_sqlite(url) and (
+        url.database in (None, "", ":memory:") or url.query.get("mode") == "memory"
+    )
+
+
+def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Let SQLAlchemy's "begin" event issue BEGIN itself (pysqlite's implicit
+    # transactions would otherwise defer it and break BEGIN IMMEDIATE).
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=5000")
+    finally:
+        cursor.close()
+
+
+def _on_sqlite_begin(conn: Connection) -> None:
+    # Writers take the write lock up front so that a read-then-write
+    # transaction waits (busy_timeout) instead of failing with SQLITE_BUSY.
+    if conn.get_execution_options().get("functionai_write"):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        conn.exec_driver_sql("BEGIN")
+
+
+class Store:
+    """Persistent state of the runtime; see the module docstring."""
+
+    def __init__(self, url: str | URL, *, clock: Callable[[], float] = time.time) -> None:
+        parsed = make_url(url)
+        self.url: str = parsed.render_as_string(hide_password=False)
+        self._clock = clock
+        self._sqlite = _is_sqlite(parsed)
+        self._lock: contextlib.AbstractContextManager[Any]
+        kwargs: dict[str, Any] = {}
+        if self._sqlite:
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 5.0}
+            if _is_sqlite_memory(parsed):
+                # One shared connection; transactions on it must not interleave.
+                kwargs["poolclass"] = StaticPool
+                self._lock = threading.RLock()
+            else:
+                self._lock = contextlib.nullcontext()
+        else:
+            self._lock = contextlib.nullcontext()
+        self.engine: Engine = create_engine(parsed, **kwargs)
+        if self._sqlite:
+            event.listen(self.engine, "connect", _on_sqlite_connect)
+            event.listen(self.engine, "begin", _on_sqlite_begin)
+        try:
+            metadata.create_all(self.engine)
+        except BaseException:
+            self.engine.dispose()
+            raise
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], **kw: Any) -> Store:
+        """A store in the SQLite file at ``path`` (parent directories are created)."""
+        target = Path(path).expanduser().absolute()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return cls(URL.create("sqlite", database=str(target)), **kw)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Store({self.url!r})"
+
+    # ------------------------------------------------------------------ plumbing
+    @contextlib.contextmanager
+    def _tx(self, write: bool = True) -> Iterator[Connection]:
+        with self._lock, self.engine.connect() as conn:
+            if write:
+                conn.execution_options(functionai_write=True)
+            with conn.begin():
+                yield conn
+
+    def _now(self) -> float:
+        return float(self._clock())
+
+    # ------------------------------------------------------------------ functions
+    def deploy(self, name: str, spec: Mapping[str, Any], source: str | None) -> dict[str, Any]:
+        """Store a new version of ``name`` (previous max + 1, from 1) and activate it."""
+        spec_json = _dumps(dict(spec), "spec")
+        digest = _digest(source, spec_json)
+        for attempt in range(_DEPLOY_ATTEMPTS):
+            try:
+                return self._deploy_once(name, spec_json, source, digest)
+            except IntegrityError:
+                # Another writer deployed the same name at the same moment
+                # (possible on backends without BEGIN IMMEDIATE); try again.
+                if attempt == _DEPLOY_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _deploy_once(
+        self, name: str, spec_json: str, source: str | None, digest: str
+    ) -> dict[str, Any]:
+        now = self._now()
+        with self._tx() as conn:
+            row = conn.execute(
+                select(functions).where(functions.c.name == name).with_for_update()
+            ).first()
+            if row is None:
+                version = 1
+                conn.execute(
+                    functions.insert().values(
+                        name=name,
+                        active_version=version,
+                        latest_version=version,
+                        created_at=now,
+                        updated_at=now,
+                    )
+                )
+            else:
+                version = int(row.latest_version) + 1
+                conn.execute(
+                    functions.update()
+                    .where(functions.c.name == name)
+                    .values(active_version=version, latest_version=version, updated_at=now)
+                )
+            conn.execute(
+                function_versions.insert().values(
+                    name=name,
+                    version=version,
+                    spec=spec_json,
+                    source=source,
+                    digest=digest,
+                    created_at=now,
+                )
+            )
+        return {
+            "name": name,
+            "version": version,
+            "spec": json.loads(spec_json),
+            "source": source,
+            "digest": digest,
+            "created_at": now,
+            "active": True,
+        }
+
+    @staticmethod
+    def _version_row(row: Any, active_version: int) -> dict[str, Any]:
+        return {
+            "name": row.name,
+            "version": int(row.version),
+            "spec": json.loads(row.spec),
+            "source": row.source,
+            "digest": row.digest,
+            "created_at": row.created_at,
+            "active": int(row.version) == active_version,
+        }
+
+    def _function_head(self, conn: Connection, name: str) -> Any:
+        row = conn.execute(select(functions).where(functions.c.name == name)).first()
+        if row is None:
+            raise NotFound(f"function {name!r} not found", name=name)
+        return row
+
+    def get_function(self, name: str, version: int | None = None) -> dict[str, Any]:
+        """A version row of ``name``; ``version=None`` means the active one."""
+        with self._tx(write=False) as conn:
+            head = self._function_head(conn, name)
+            wanted = int(head.active_version) if version is None else version
+            row = conn.execute(
+                select(function_versions).where(
+                    function_versions.c.name == name, function_versions.c.version == wanted
+                )
+            ).first()
+        if row is None:
+            raise NotFound(f"function {name!r} has no version {wanted}", name=name)
+        return self._version_row(row, int(head.active_version))
+
+    def list_functions(self) -> list[dict[str, Any]]:
+        with self._tx(write=False) as conn:
+            rows = conn.execute(select(functions).order_by(functions.c.name)).all()
+        return [
+            {
+                "name": r.name,
+                "active_version": int(r.active_version),
+                "latest_version": int(r.latest_version),
+                "created_at": r.created_at,
+                "updated_at": r.updated_at,
+            }
+            for r in rows
+        ]
+
+    def list_versions(self, name: str) -> list[dict[str, Any]]:
+        with self._tx(write=False) as conn:
+            head = self._function_head(conn, name)
+            rows = conn.execute(
+                select(function_versions)
+                .where(function_versions.c.name == name)
+                .order_by(function_versions.c.version)
+            ).all()
+        return [self._version_row(r, int(head.active_version)) for r in rows]
+
+    def rollback(self, name: str, version: int) -> dict[str, Any]:
+        """Make an existing ``version`` of ``name`` the active one."""
+        now = self._now()
+        with self._tx() as conn:
+            self._function_head(conn, name)
+            row = conn.execute(
+                select(function_versions).where(
+                    function_versions.c.name == name, function_versions.c.version == version
+                )
+            ).first()
+            if row is None:
+                raise NotFound(f"function {name!r} has no version {version}", name=name)
+            conn.execute(
+                functions.update()
+                .where(functions.c.name == name)
+                .values(active_version=version, updated_at=now)
+            )
+        return self._version_row(row, version)
+
+    def delete_function(self, name: str) -> None:
+        """Delete ``name`` and all its versions (sessions, instances, logs stay)."""
+        with self._tx() as conn:
+            self._function_head(conn, name)
+            conn.execute(function_versions.delete().where(function_versions.c.name == name))
+            conn.execute(functions.delete().where(functions.c.name == name))
+
+    # ------------------------------------------------------------------ sessions
+    @staticmethod
+    def _session_row(row: Any) -> dict[str, Any]:
+        out = dict(row._mapping)
+        out["state"] = json.loads(out["state"])
+        return out
+
+    def create_session(
+        self,
+        id: str,
+        function: str,
+        version: int,
+        uid: int | None,
+        workdir: str,
+        expires_at: float,
+    ) -> dict[str, Any]:
+        now = self._now()
+        row = {
+            "id": id,
+            "function": function,
+            "version": version,
+            "status": "new",
+            "uid": uid,
+            "workdir": workdir,
+            "state": {},
+            "state_bytes": 0,
+            "created_at": now,
+            "last_used_at": now,
+            "expires_at": expires_at,
+            "calls": 0,
+            "instance_id": None,
+            "closed_at": None,
+            "close_reason": None,
+        }
+        try:
+            with self._tx() as conn:
+                conn.execute(sessions.insert().values(**{**row, "state": "{}"}))
+        except IntegrityError as exc:
+            raise Conflict(f"session {id!r} already exists", session_id=id) from exc
+        return row
+
+    def get_session(self, id: str) -> dict[str, Any]:
+        with self._tx(write=False) as conn:
+            row = conn.execute(select(sessions).where(sessions.c.id == id)).first()
+        if row is None:
+            raise NotFound(f"session {id!r} not found", session_id=id)
+        return self._session_row(row)
+
+    def update_session(self, id: str, **fields: Any) -> None:
+        """Update some of: status, state, last_used_at, calls, instance_id,
+        closed_at, close_reason, version. ``state`` also sets ``state_bytes``."""
+        unknown = set(fields) - _SESSION_UPDATABLE
+        if unknown:
+            raise ValueError(f"cannot update session field(s): {', '.join(sorted(unknown))}")
+        values = dict(fields)
+        if "state" in values:
+            text = _dumps(values["state"], "session state")
+            values["state"] = text
+            values["state_bytes"] = len(text.encode("utf-8"))
+        self._update(sessions, id, values, "session")
+
+    def _update(self, table: Table, id: str, values: dict[str, Any], what: str) -> None:
+        with self._tx() as conn:
+            if values:
+                result = conn.execute(table.update().where(table.c.id == id).values(**values))
+                found = result.rowcount > 0
+            else:
+                found = conn.execute(select(table.c.id).where(table.c.id == id)).first() is not None
+        if not found:
+            raise NotFound(f"{what} {id!r} not found", **{f"{what}_id": id})
+
+    def list_sessions(
+        self, function: str | None = None, status: str | Iterable[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Sessions, newest first, optionally of one function and status(es)."""
+        query = select(sessions)
+        if function is not None:
+            query = query.where(sessions.c.function == function)
+        if status is not None:
+            if isinstance(status, str):
+                query = query.where(sessions.c.status == status)
+            else:
+                query = query.where(sessions.c.status.in_(list(status)))
+        query = query.order_by(sessions.c.created_at.desc(), sessions.c.id.desc())
+        with self._tx(write=False) as conn:
+            rows = conn.execute(query).all()
+        return [self._session_row(r) for r in rows]
+
+    def allocate_uid(self, base: int, span: int) -> int:
+        """A uid in ``[base, base + span)`` that no live session uses.
+
+        Allocation cycles through the range with a counter kept in the store,
+        so a restarted runtime does not hand out a recently used uid again.
+        Raises :class:`Conflict` when every uid in the range is in use.
+        """
+        if isinstance(base, bool) or not isinstance(base, int) or base < 0:
+            raise InvalidArgument(f"uid base must be a non-negative integer, not {base!r}")
+        if isinstance(span, bool) or not isinstance(span, int) or span < 1:
+            raise InvalidArgument(f"uid span must be a positive integer, not {span!r}")
+        with self._tx() as conn:
+            used = {
+                int(u)
+                for (u,) in conn.execute(
+                    select(sessions.c.uid).where(
+                        sessions.c.uid.is_not(None),
+                        sessions.c.uid >= base,
+                        sessions.c.uid < base + span,
+                        sessions.c.status.not_in(SESSION_FINAL_STATUSES),
+                    )
+                )
+            }
+            row = conn.execute(
+                select(counters.c.value).where(counters.c.name == _UID_COUNTER)
+            ).first()
+            start = int(row.value) if row is not None else 0
+            for step in range(span):
+                offset = (start + step) % span
+                if base + offset in used:
+                    continue
+                following = (offset + 1) % span
+                if row is None:
+                    conn.execute(counters.insert().values(name=_UID_COUNTER, value=following))
+                else:
+                    conn.execute(
+                        counters.update()
+                        .where(counters.c.name == _UID_COUNTER)
+                        .values(value=following)
+                    )
+                return base + offset
+        raise Conflict("no free session uid", base=base, span=span)
+
+    # ------------------------------------------------------------------ instances
+    @staticmethod
+    def _instance_row(row: Any) -> dict[str, Any]:
+        out = dict(row._mapping)
+        out["isolation"] = json.loads(out["isolation"])
+        return out
+
+    def add_instance(
+        self,
+        id: str,
+        function: str,
+        version: int,
+        backend: str,
+        path: str,
+        pid: int | None,
+        isolation: Mapping[str, Any],
+        session_id: str | None,
+        started_at: float,
+    ) -> None:
+        values = {
+            "id": id,
+            "function": function,
+            "version": version,
+            "backend": backend,
+            "path": path,
+            "pid": pid,
+            "isolation": _dumps(dict(isolation), "isolation"),
+            "session_id": session_id,
+            "status": "running",
+            "started_at": started_at,
+            "stopped_at": None,
+            "exit_reason": None,
+        }
+        try:
+            with self._tx() as conn:
+                conn.execute(instances.insert().values(**values))
+        except IntegrityError as exc:
+            raise Conflict(f"instance {id!r} already exists", instance_id=id) from exc
+
+    def update_instance(self, id: str, **fields: Any) -> None:
+        """Update some of: status, pid, session_id, stopped_at, exit_reason, isolation."""
+        unknown = set(fields) - _INSTANCE_UPDATABLE
+        if unknown:
+            raise ValueError(f"cannot update instance field(s): {', '.join(sorted(unknown))}")
+        values = dict(fields)
+        if "isolation" in values:
+            values["isolation"] = _dumps(dict(values["isolation"]), "isolation")
+        self._update(instances, id, values, "instance")
+
+    def get_instance(self, id: str) -> dict[str, Any]:
+        with self._tx(write=False) as conn:
+            row = conn.execute(select(instances).where(instances.c.id == id)).first()
+        if row is None:
+            raise NotFound(f"instance {id!r} not found", instance_id=id)
+        return self._instance_row(row)
+
+    def list_instances(
+        self, function: str | None = None, status: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Instances, newest (by ``started_at``) first."""
+        query = select(instances)
+        if function is not None:
+            query = query.where(instances.c.function == function)
+        if status is not None:
+            query = query.where(instances.c.status == status)
+        query = query.order_by(instances.c.started_at.desc(), instances.c.id.desc())
+        with self._tx(write=False) as conn:
+            rows = conn.execute(query).all()
+        return [self._instance_row(r) for r in rows]
+
+    # ------------------------------------------------------------------ cold starts
+    def add_coldstart(
+        self,
+        instance_id: str,
+        function: str,
+        version: int,
+        path: str,
+        spawn_ms: float,
+        init_ms: float,
+        first_call_ms: float | None = None,
+        session_id: str | None = None,
+        at: float | None = None,
+    ) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                coldstarts.insert().values(
+                    instance_id=instance_id,
+                    function=function,
+                    version=version,
+                    path=path,
+                    spawn_ms=spawn_ms,
+                    init_ms=init_ms,
+                    first_call_ms=first_call_ms,
+                    session_id=session_id,
+                    at=self._now() if at is None else at,
+                )
+            )
+
+    def set_first_call(
+        self, instance_id: str, first_call_ms: float, session_id: str | None = None
+    ) -> None:
+        """Record the first call's latency on the cold start of ``instance_id``."""
+        values: dict[str, Any] = {"first_call_ms": first_call_ms}
+        if session_id is not None:
+            values["session_id"] = session_id
+        with self._tx() as conn:
+            result = conn.execute(
+                coldstarts.update().where(coldstarts.c.instance_id == instance_id).values(**values)
+            )
+        if result.rowcount == 0:
+            raise NotFound(
+                f"no cold start recorded for instance {instance_id!r}", instance_id=instance_id
+            )
+
+    def list_coldstarts(
+        self, function: str | None = None, limit: int = 500
+    ) -> list[dict[str, Any]]:
+        """Cold starts, newest first."""
+        query = select(
+            coldstarts.c.instance_id,
+            coldstarts.c.function,
+            coldstarts.c.version,
+            coldstarts.c.path,
+            coldstarts.c.spawn_ms,
+            coldstarts.c.init_ms,
+            coldstarts.c.first_call_ms,
+            coldstarts.c.session_id,
+            coldstarts.c.at,
+        )
+        if function is not None:
+            query = query.where(coldstarts.c.function == function)
+        query = query.order_by(coldstarts.c.at.desc(), coldstarts.c.id.desc()).limit(limit)
+        with self._tx(write=False) as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    # ------------------------------------------------------------------ invocations
+    def log_invocation(
+        self,
+        id: str,
+        function: str,
+        version: int,
+        session_id: str | None,
+        instance_id: str | None,
+        started_at: float,
+        duration_ms: float,
+        outcome: str,
+        error_kind: str | None,
+        bytes_in: int,
+        bytes_out: int,
+        logs: str = "",
+    ) -> None:
+        self.log_invocations(
+            [
+                {
+                    "id": id,
+                    "function": function,
+                    "version": version,
+                    "session_id": session_id,
+                    "instance_id": instance_id,
+                    "started_at": started_at,
+                    "duration_ms": duration_ms,
+                    "outcome": outcome,
+                    "error_kind": error_kind,
+                    "bytes_in": bytes_in,
+                    "bytes_out": bytes_out,
+                    "logs": logs,
+                }
+            ]
+        )
+
+    def log_invocations(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Insert many invocation rows in one transaction (``executemany``)."""
+        batch: list[dict[str, Any]] = []
+        for row in rows:
+            keys = set(row)
+            missing = _INVOCATION_REQUIRED - keys
+            extra = keys - _INVOCATION_KEYS
+            if missing:
+                raise ValueError(f"invocation row lacks: {', '.join(sorted(missing))}")
+            if extra:
+                raise ValueError(f"unknown invocation field(s): {', '.join(sorted(extra))}")
+            batch.append({"logs": "", **row})
+        if not batch:
+            return
+        try:
+            with self._tx() as conn:
+                conn.execute(invocations.insert(), batch)
+        except IntegrityError as exc:
+            raise Conflict("invocation id already logged") from exc
+
+    def list_invocations(
+        self, function: str | None = None, session_id: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """Invocations, newest (by ``started_at``) first."""
+        query = select(invocations)
+        if function is not None:
+            query = query.where(invocations.c.function == function)
+        if session_id is not None:
+            query = query.where(invocations.c.session_id == session_id)
+        query = query.order_by(invocations.c.started_at.desc(), invocations.c.id.desc()).limit(
+            limit
+        )
+        with self._tx(write=False) as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+
+# Kept importable for callers that want the raw tables (e.g. migrations, tests).
+TABLES = {
+    t.name: t
+    for t in (functions, function_versions, sessions, counters, instances, coldstarts, invocations)
+}
