@@ -208,6 +208,7 @@ class ProcessInstance(Instance):
         self._pending: dict[str, _Pending] = {}
         self._exit: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._stop_reason: str | None = None
+        self.oom_killed = False
         self._dead = False
         self._reader_task: asyncio.Task[None] | None = None
 
@@ -283,7 +284,7 @@ class ProcessInstance(Instance):
             return FunctionTimeout(f"the call exceeded the timeout of {self.fv.spec.timeout_s:g}s; the instance was stopped")
         if self._stop_reason is not None:
             return InstanceCrashed(f"the instance was stopped ({self._stop_reason})", instance_id=self.id)
-        if self.cgroup and self.owner.cgroups.oom_killed(self.cgroup):
+        if self.oom_killed or (self.cgroup and self.owner.cgroups.oom_killed(self.cgroup)):
             return OutOfMemory(
                 f"the instance exceeded its memory limit of {self.fv.spec.resources.memory_mb} MiB and was killed",
                 instance_id=self.id,
@@ -568,11 +569,13 @@ class ProcessBackend(Backend):
         inst = self._by_pid.pop(pid, None)
         if inst is None:
             return
+        if inst.cgroup:
+            # read the OOM verdict before the cgroup (and its counters) goes away
+            inst.oom_killed = self.cgroups.oom_killed(inst.cgroup)
+            self._cleanup_cgroup(inst.cgroup)
         if not inst._exit.done():
             inst._exit.set_result(status)
         self._instances.pop(inst.id, None)
-        if inst.cgroup:
-            self._cleanup_cgroup(inst.cgroup)
 
     def _cleanup_cgroup(self, name: str) -> None:
         if not self.cgroups.version:

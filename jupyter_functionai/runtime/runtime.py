@@ -136,10 +136,12 @@ class Runtime:
         self._uid_base, self._uid_span = uid_base, uid_span
         self._active: dict[str, FunctionVersion] = {}
         self._sessions: dict[str, LiveSession] = {}
+        self._opening: dict[str, asyncio.Lock] = {}
         self._deploy_lock = asyncio.Lock()
         self._writes: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
         self._invocations: list[dict[str, Any]] = []
         self._flush_event = asyncio.Event()
+        self._flush_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._eph_next = 0
         self._eph_in_use: set[int] = set()
@@ -496,10 +498,21 @@ class Runtime:
 
     async def _session(self, session_id: str, fv: FunctionVersion) -> LiveSession:
         sess = self._sessions.get(session_id)
-        if sess is not None:
-            if sess.function != fv.name:
-                raise _wrong_function(session_id, sess.function, fv.name)
-            return sess
+        if sess is None:
+            lock = self._opening.setdefault(session_id, asyncio.Lock())
+            try:
+                async with lock:
+                    sess = self._sessions.get(session_id) or await self._open_session(session_id, fv)
+            finally:
+                if not lock.locked():
+                    self._opening.pop(session_id, None)
+        if sess.function != fv.name:
+            raise _wrong_function(session_id, sess.function, fv.name)
+        return sess
+
+    async def _open_session(self, session_id: str, fv: FunctionVersion) -> LiveSession:
+        """Load a paused session from the store, or create a new one."""
+        await self._flush()  # the store must see this runtime's own pending writes
         try:
             row = await asyncio.to_thread(self.store.get_session, session_id)
         except NotFound:
@@ -540,8 +553,8 @@ class Runtime:
             )
             await asyncio.to_thread(self.store.create_session, session_id, fv.name, fv.version, uid, workdir, sess.expires_at)
         sess.slots = asyncio.Semaphore(fv.spec.concurrency)
-        existing = self._sessions.setdefault(session_id, sess)
-        return existing
+        self._sessions[session_id] = sess
+        return sess
 
     async def _ensure_instance(self, sess: LiveSession) -> tuple[Instance, bool]:
         if sess.instance is not None and sess.instance.alive:
@@ -685,6 +698,12 @@ class Runtime:
             await self._flush()
 
     async def _flush(self) -> None:
+        """Commit every write queued before this call (one flush at a time, so a
+        caller never returns while an earlier batch is still being written)."""
+        async with self._flush_lock:
+            await self._flush_locked()
+
+    async def _flush_locked(self) -> None:
         self._flush_event.clear()
         writes, self._writes = self._writes, []
         invocations, self._invocations = self._invocations, []

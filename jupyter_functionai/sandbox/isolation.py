@@ -143,7 +143,7 @@ class CgroupManager:
         v2 = os.path.join(self.root, "cgroup.controllers")
         if os.path.exists(v2):
             try:
-                have = open(v2).read().split()
+                have = _read(v2).split()
                 if {"memory", "cpu", "pids"} <= set(have):
                     base = os.path.join(self.root, self.prefix)
                     os.makedirs(base, exist_ok=True)
@@ -197,7 +197,7 @@ class CgroupManager:
         else:
             return False
         try:
-            for line in open(path).read().splitlines():
+            for line in _read(path).splitlines():
                 k, _, v = line.partition(" ")
                 if k == "oom_kill" and int(v) > 0:
                     return True
@@ -213,7 +213,7 @@ class CgroupManager:
         else:
             return None
         try:
-            return int(open(path).read())
+            return int(_read(path))
         except (OSError, ValueError):
             return None
 
@@ -234,6 +234,11 @@ class CgroupManager:
             except OSError:
                 ok = False
         return ok
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
 
 
 def _write(d: str, fname: str, value: str, optional: bool = False) -> None:
@@ -313,8 +318,9 @@ def apply_masks(plan: list[tuple[str, list[str]]], writable: Iterable[str] = (),
                 fds.append((k, os.open(k, os.O_PATH)))
             except OSError:
                 continue
-        size = f"{tmp_size_mb}m" if m == "/tmp" else "4m"
-        mode = "1777" if m == "/tmp" else "0755"
+        shared = m in ("/tmp", "/dev/shm", "/var/tmp")
+        size = f"{tmp_size_mb}m" if shared else "4m"
+        mode = "1777" if shared else "0755"
         mount("tmpfs", m, "tmpfs", MS_NOSUID | MS_NODEV, f"mode={mode},size={size}")
         for k, fd in fds:
             try:
@@ -324,8 +330,11 @@ def apply_masks(plan: list[tuple[str, list[str]]], writable: Iterable[str] = (),
                     os.makedirs(os.path.dirname(k), exist_ok=True)
                     open(k, "a").close()
                 mount(f"/proc/self/fd/{fd}", k, None, MS_BIND | MS_REC)
-                if k not in rw and k not in {p for p, _ in plan}:
-                    mount(None, k, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+                # a bind inherits the (read-only) root's flags: set them explicitly
+                flags = MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV
+                if k not in rw:
+                    flags |= MS_RDONLY
+                mount(None, k, None, flags)
             finally:
                 os.close(fd)
 

@@ -206,20 +206,14 @@ class Worker:
                 report.missing["uid"] = f"setuid({uid}) failed: {exc}"
         elif uid is None:
             report.missing.setdefault("uid", "no per-session uid assigned")
-        if not self.cfg.get("isolate", True):
-            report.reseeded = iso.reseed_random_sources([self.module] if self.module else [])
-            self.session = Session(msg.get("session_id"), json.loads(msg.get("state_json") or "{}"))
-            self._state_json = msg.get("state_json") or "{}"
-            self.workdir = workdir
-            self.send({"op": "bound", "isolation": report.to_dict(), "bind_ms": (time.perf_counter() - t0) * 1000})
-            return
         else:
             report.missing.setdefault("uid", "not root: cannot switch uid")
-        try:
-            iso.prctl(iso.PR_SET_NO_NEW_PRIVS, 1)
-            report.no_new_privs = True
-        except OSError:
-            pass
+        if self.cfg.get("isolate", True):
+            try:
+                iso.prctl(iso.PR_SET_NO_NEW_PRIVS, 1)
+                report.no_new_privs = True
+            except OSError:
+                pass
         report.reseeded = iso.reseed_random_sources([self.module] if self.module else [])
         self.session = Session(msg.get("session_id"), json.loads(msg.get("state_json") or "{}"))
         self._state_json = msg.get("state_json") or "{}"

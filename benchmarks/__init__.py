@@ -1,0 +1,1 @@
+"""Benchmarks of jupyter-functionai (run as scripts or through ``functionai bench``)."""

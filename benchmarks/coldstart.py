@@ -1,0 +1,406 @@
+"""Cold start of a new session, end to end, on six paths.
+
+Measured: the time from the caller asking for a *new* session's first call
+until that call's result is back at the caller (``time.perf_counter``), for a
+function whose module imports numpy and pandas at top level and whose handler
+does a small pandas computation.
+
+Paths::
+
+    warm-pool            new session served by a pre-forked, isolated pool instance
+    template-fork        new session forked from the template, full isolation (min_instances=0)
+    template-fork-noiso  the same fork with isolation switched off (isolate=False)
+    fresh                a new interpreter per instance (use_templates=False)
+    jupyter-kernel       a fresh Jupyter kernel per session (start + ready + run the
+                         same imports and handler + result back)
+    fork-floor           this process (imports held) forks; the child runs the handler
+                         and writes the JSON result to a pipe; nothing cheaper can serve
+                         a new session from a forked process
+
+Run: ``python benchmarks/coldstart.py [--n 30] [--json PATH]`` (or
+``functionai bench coldstart ...``).  Every answer is checked against the
+expected value, and every runtime sample's ``cold_start.path`` is checked: a
+mismatch aborts the run.  Goal checks are printed as PASS/MISS and do not
+change the exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+try:  # imported as ``benchmarks.coldstart``
+    from . import _common as common
+except ImportError:  # run as a script, or loaded from the benchmarks directory
+    import _common as common  # type: ignore[no-redef]
+
+PATHS = ("warm-pool", "template-fork", "template-fork-noiso", "fresh", "jupyter-kernel", "fork-floor")
+LETTER = {
+    "warm-pool": "a",
+    "template-fork": "b",
+    "template-fork-noiso": "c",
+    "fresh": "d",
+    "jupyter-kernel": "e",
+    "fork-floor": "f",
+}
+FN = "bench"
+
+
+@dataclass
+class Samples:
+    name: str
+    ms: list[float] = field(default_factory=list)
+    split: dict[str, list[float]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    isolation: dict[str, Any] | None = None
+
+    def add_split(self, **parts: float) -> None:
+        for k, v in parts.items():
+            self.split.setdefault(k, []).append(v)
+
+    @property
+    def p50(self) -> float:
+        return common.percentile(self.ms, 50)
+
+    @property
+    def p95(self) -> float:
+        return common.percentile(self.ms, 95)
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# -- runtime paths (a-d) ------------------------------------------------------------
+
+
+async def _quiesce(rt: Any) -> None:
+    """Let the runtime's deferred store writes land before a timed sample
+    (``coldstarts`` flushes them)."""
+    await rt.coldstarts(FN, limit=1)
+
+
+def _isolation_summary(iso: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "namespaces": sorted(k for k, v in (iso.get("namespaces") or {}).items() if v),
+        "cgroup": iso.get("cgroup"),
+        "uid": iso.get("uid"),
+        "private_tmp": iso.get("private_tmp"),
+        "missing": iso.get("missing") or {},
+    }
+
+
+async def runtime_path(
+    name: str,
+    handler_path: str,
+    state_root: str,
+    n: int,
+    warmup: int,
+    gap_s: float,
+) -> Samples:
+    from jupyter_functionai import FunctionSpec, Runtime
+
+    pooled = name == "warm-pool"
+    kw = {
+        "warm-pool": {"use_templates": True, "isolate": True},
+        "template-fork": {"use_templates": True, "isolate": True},
+        "template-fork-noiso": {"use_templates": True, "isolate": False},
+        "fresh": {"use_templates": False, "isolate": True},
+    }[name]
+    out = Samples(name)
+    state_dir = tempfile.mkdtemp(prefix=f"{name}-", dir=state_root)
+    async with Runtime.open(state_dir, **kw) as rt:
+        await rt.deploy(FunctionSpec.from_file(FN, handler_path, min_instances=2 if pooled else 0))
+        for i in range(warmup + n):
+            timed = i >= warmup
+            sid = f"{name}-{i}"
+            x = i % 50
+            await _quiesce(rt)
+            if pooled:
+                await rt.pool.wait_full(FN)
+                ready = rt.pool.sizes()[FN]["ready"]
+                if not ready:
+                    raise RuntimeError(f"warm-pool: the pool is empty before sample {i}: {rt.pool.sizes()}")
+            if gap_s:
+                await asyncio.sleep(gap_s)
+            t0 = time.perf_counter()
+            r = await rt.invoke(FN, {"x": x}, session=sid)
+            dt = (time.perf_counter() - t0) * 1000
+            cs = r.cold_start
+            if cs is None or cs.path != name.replace("-noiso", ""):
+                raise RuntimeError(
+                    f"{name}: sample {i} took path {cs.path if cs else None!r}, not {name!r} "
+                    f"(pool: {rt.pool.sizes()}): the measurement would be wrong"
+                )
+            common.check_value(name, r.value, x)
+            if out.isolation is None:
+                inst = next((j for j in rt.live_instances() if j.id == r.instance_id), None)
+                if inst is not None:
+                    out.isolation = _isolation_summary(inst.isolation)
+            await rt.close_session(sid)
+            if timed:
+                out.ms.append(dt)
+                if pooled:
+                    # the pool instance's spawn happened before the session existed:
+                    # only bind (init) and the first call are on the critical path
+                    out.add_split(bind=cs.init_ms, first_call=cs.first_call_ms, other=dt - cs.init_ms - cs.first_call_ms)
+                else:
+                    out.add_split(
+                        spawn=cs.spawn_ms,
+                        init=cs.init_ms,
+                        first_call=cs.first_call_ms,
+                        other=dt - cs.total_ms,
+                    )
+    shutil.rmtree(state_dir, ignore_errors=True)
+    return out
+
+
+# -- Jupyter kernel path (e) --------------------------------------------------------------
+
+
+async def kernel_path(n: int, warmup: int) -> Samples:
+    from jupyter_client.manager import AsyncKernelManager
+
+    out = Samples("jupyter-kernel")
+    for i in range(warmup + n):
+        x = i % 50
+        km = AsyncKernelManager(kernel_name="python3")
+        kc = None
+        try:
+            t0 = time.perf_counter()
+            # the kernel's stderr only carries its TCP-without-encryption warning here
+            await km.start_kernel(stderr=subprocess.DEVNULL)
+            t1 = time.perf_counter()
+            kc = km.client()
+            kc.start_channels()
+            await kc.wait_for_ready(timeout=120)
+            t2 = time.perf_counter()
+            text = await common.kernel_execute(kc, common.KERNEL_SETUP, f"_json.dumps(handler({{'x': {x}}}, None))")
+            t3 = time.perf_counter()
+        finally:
+            if kc is not None:
+                kc.stop_channels()
+            await km.shutdown_kernel(now=True)
+        common.check_value("jupyter-kernel", json.loads(text), x)
+        if i >= warmup:
+            out.ms.append((t3 - t0) * 1000)
+            out.add_split(start=(t1 - t0) * 1000, ready=(t2 - t1) * 1000, execute=(t3 - t2) * 1000)
+    return out
+
+
+# -- fork floor (f) ---------------------------------------------------------------------------
+
+
+def _fork_once(handler: Any, x: int) -> tuple[float, Any]:
+    r, w = os.pipe()
+    t0 = time.perf_counter()
+    pid = os.fork()
+    if pid == 0:  # child: run the handler, result over the pipe, exit
+        code = 1
+        try:
+            os.close(r)
+            data = json.dumps(handler({"x": x}, None), separators=(",", ":")).encode() + b"\n"
+            while data:
+                data = data[os.write(w, data):]
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    buf = b""
+    while not buf.endswith(b"\n"):
+        chunk = os.read(r, 65536)
+        if not chunk:
+            break
+        buf += chunk
+    dt = (time.perf_counter() - t0) * 1000
+    os.close(r)
+    _, status = os.waitpid(pid, 0)
+    if status != 0 or not buf:
+        raise RuntimeError(f"fork-floor: the child failed (wait status {status})")
+    return dt, json.loads(buf)
+
+
+def fork_floor(out: Samples, handler: Any, n: int, warmup: int, label: str) -> None:
+    # like the runtime's template: freeze the heap so children do not copy it on a collection
+    gc.collect()
+    gc.freeze()
+    try:
+        for i in range(warmup + n):
+            x = i % 50
+            dt, val = _fork_once(handler, x)
+            common.check_value("fork-floor", val, x)
+            if i >= warmup:
+                out.ms.append(dt)
+                out.add_split(**{f"fork+call ({label})": dt})
+    finally:
+        gc.unfreeze()
+
+
+# -- report --------------------------------------------------------------------------------------
+
+
+def _num(v: float) -> float | None:
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else round(float(v), 4)
+
+
+def build_report(results: dict[str, Samples], meta: dict[str, Any]) -> dict[str, Any]:
+    base = results.get("template-fork")
+    paths: dict[str, Any] = {}
+    ratios: dict[str, Any] = {}
+    for name in PATHS:
+        s = results.get(name)
+        if s is None:
+            continue
+        paths[name] = {
+            "p50_ms": _num(s.p50),
+            "p95_ms": _num(s.p95),
+            "n": len(s.ms),
+            "mean_ms": _num(common.mean(s.ms)),
+            "min_ms": _num(min(s.ms)) if s.ms else None,
+            "max_ms": _num(max(s.ms)) if s.ms else None,
+            "split_mean_ms": {k: _num(common.mean(v)) for k, v in s.split.items()},
+        }
+        if s.isolation is not None:
+            paths[name]["isolation"] = s.isolation
+        if base is not None and base.ms:
+            ratios[f"{name}/template-fork"] = {"p50": _num(s.p50 / base.p50), "p95": _num(s.p95 / base.p95)}
+    goals = {}
+    f, a, e = results.get("fork-floor"), results.get("warm-pool"), results.get("jupyter-kernel")
+    if base is not None and f is not None:
+        goals["(b) p50 <= 2x (f) p50"] = {"value": _num(base.p50 / f.p50), "target": 2.0, "pass": base.p50 <= 2 * f.p50}
+        goals["(b) p95 <= 3x (f) p95"] = {"value": _num(base.p95 / f.p95), "target": 3.0, "pass": base.p95 <= 3 * f.p95}
+    if base is not None and e is not None:
+        goals["(e)/(b) p50 >= 80"] = {"value": _num(e.p50 / base.p50), "target": 80.0, "pass": e.p50 / base.p50 >= 80}
+    if a is not None:
+        goals["(a) p50 <= 1 ms"] = {"value": _num(a.p50), "target": 1.0, "pass": a.p50 <= 1.0}
+    return {"paths": paths, "ratios": ratios, "goals": goals, "meta": meta}
+
+
+def print_report(results: dict[str, Samples], report: dict[str, Any]) -> None:
+    rows = []
+    base = results.get("template-fork")
+    for name in PATHS:
+        s = results.get(name)
+        if s is None:
+            continue
+        r50 = s.p50 / base.p50 if base else math.nan
+        r95 = s.p95 / base.p95 if base else math.nan
+        split = ", ".join(f"{k} {common.mean(v):.2f}" for k, v in s.split.items() if not k.startswith("fork+call"))
+        rows.append(
+            [
+                f"({LETTER[name]}) {name}",
+                len(s.ms),
+                s.p50,
+                s.p95,
+                common.mean(s.ms),
+                min(s.ms),
+                max(s.ms),
+                f"{r50:.2f}x",
+                f"{r95:.2f}x",
+                split or "-",
+            ]
+        )
+    print()
+    print("New session: time until its first result is back at the caller (ms)")
+    print(common.table(["path", "n", "p50", "p95", "mean", "min", "max", "p50 / (b)", "p95 / (b)", "mean split (ms)"], rows))
+    f = results.get("fork-floor")
+    if f is not None:
+        parts = {k: v for k, v in f.split.items()}
+        print("fork-floor runs: " + "; ".join(f"{k}: n={len(v)} p50 {common.percentile(v, 50):.2f} ms" for k, v in parts.items()))
+    for name, s in results.items():
+        if s.isolation is not None:
+            iso = s.isolation
+            print(f"isolation of {name}: namespaces={','.join(iso['namespaces']) or 'none'} cgroup={iso['cgroup']} uid={iso['uid']} private_tmp={iso['private_tmp']}")
+    print()
+    print("Goals (informational):")
+    for goal, g in report["goals"].items():
+        print(f"  {goal:<24} {common.verdict(g['pass'])}  (value {g['value']}, target {g['target']})")
+
+
+# -- main -------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="coldstart", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=30, help="timed samples per path (default 30)")
+    ap.add_argument("--kernel-n", type=int, default=None, help="timed samples for jupyter-kernel (default: --n)")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed samples before each path (default 3)")
+    ap.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated subset of {','.join(PATHS)}")
+    ap.add_argument("--gap-ms", type=float, default=0.0, help="idle pause before each runtime sample (default 0)")
+    ap.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    args = ap.parse_args(argv)
+    if args.n < 1 or (args.kernel_n is not None and args.kernel_n < 1) or args.warmup < 0:
+        ap.error("--n and --kernel-n must be >= 1, --warmup >= 0")
+    chosen = [p.strip() for p in args.paths.split(",") if p.strip()]
+    bad = [p for p in chosen if p not in PATHS]
+    if bad or not chosen:
+        ap.error(f"unknown path(s) {', '.join(bad) or '(none given)'}; choose from {', '.join(PATHS)}")
+    args.paths = chosen
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    n, kn, warmup = args.n, args.kernel_n or args.n, args.warmup
+    gap_s = args.gap_ms / 1000
+    results: dict[str, Samples] = {}
+    root = tempfile.mkdtemp(prefix="fai-coldstart-")
+    os.chmod(root, 0o755)
+    started = time.time()
+    try:
+        handler_path = common.write_handler(root)
+        module = common.load_module(handler_path)
+        if "fork-floor" in args.paths:
+            results["fork-floor"] = Samples("fork-floor")
+            log(f"[coldstart] fork-floor (first), n={n}")
+            fork_floor(results["fork-floor"], module.handler, n, warmup, "first")
+        for name in ("warm-pool", "template-fork", "template-fork-noiso", "fresh"):
+            if name in args.paths:
+                log(f"[coldstart] {name}, n={n}")
+                results[name] = asyncio.run(runtime_path(name, handler_path, root, n, warmup, gap_s))
+        if "jupyter-kernel" in args.paths:
+            log(f"[coldstart] jupyter-kernel, n={kn}")
+            with common.jupyter_sandbox_env(os.path.join(root, "jupyter")):
+                results["jupyter-kernel"] = asyncio.run(kernel_path(kn, warmup))
+        if "fork-floor" in args.paths:
+            log(f"[coldstart] fork-floor (last), n={n}")
+            fork_floor(results["fork-floor"], module.handler, n, warmup, "last")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    meta = {
+        "n": n,
+        "kernel_n": kn,
+        "warmup": warmup,
+        "gap_ms": args.gap_ms,
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "euid": os.geteuid(),
+        "elapsed_s": round(time.time() - started, 1),
+        "definition": "perf_counter from the caller's request for a new session until its first result is back at the caller",
+        "fork-floor": "n samples measured first and n last (all used); timing stops when the result line is read, the child is reaped afterwards",
+    }
+    report = build_report(results, meta)
+    print(f"samples: n={n} per path, jupyter-kernel n={kn}, fork-floor n={len(results['fork-floor'].ms) if 'fork-floor' in results else 0} "
+          f"(warm-up {warmup} untimed per path), {meta['elapsed_s']} s")
+    print_report(results, report)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(report, fh, indent=2, allow_nan=False)
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""Shared fixtures: a real Runtime over a real store and real sandbox processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import textwrap
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from jupyter_functionai import FunctionSpec, Runtime
+
+BACKENDS = ["process"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_name(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+async def rt(tmp_path, backend_name) -> AsyncIterator[Runtime]:
+    async with Runtime.open(tmp_path / "state", backend=backend_name, reap_interval=0.05) as runtime:
+        yield runtime
+
+
+def code(text: str) -> str:
+    return textwrap.dedent(text).lstrip()
+
+
+async def deploy(rt: Runtime, name: str, source: str, **kw) -> dict:
+    return await rt.deploy(FunctionSpec.from_code(name, code(source), **kw))
+
+
+async def wait_for(cond: Callable[[], Awaitable[bool] | bool], timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll ``cond`` until true; fail after ``timeout`` seconds (no fixed sleeps)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        res = cond()
+        if asyncio.iscoroutine(res):
+            res = await res
+        if res:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[1][0] != "Z"
+    except OSError:
+        return False
