@@ -1,0 +1,328 @@
+"""Try to break session isolation from inside a session.
+
+Each test has session A hold something (a file, a process, an env var, a
+/tmp entry) and session B attack it; then A is checked to be untouched.
+A layer this machine lacks is reported by the instance; the tests read that
+report and say which layer was missing instead of asserting blindly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+
+import pytest
+
+from jupyter_functionai import (
+    FunctionSpec,
+    FunctionTimeout,
+    IsolationUnavailable,
+    Runtime,
+    UserError,
+)
+
+from .conftest import deploy
+
+ROOT = os.geteuid() == 0
+needs_root = pytest.mark.skipif(not ROOT, reason="namespaces and per-session uids need root on this machine")
+
+PROBE = """
+import ctypes, ctypes.util, json, os, signal, socket
+
+libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+def attempt(fn):
+    try:
+        return {"ok": True, "value": fn()}
+    except Exception as exc:
+        return {"ok": False, "error": type(exc).__name__ + ": " + str(exc)}
+
+def handler(event, ctx):
+    op = event["op"]
+    if op == "plant":
+        with open(os.path.join(ctx.workdir, "secret.txt"), "w") as f:
+            f.write("A-SECRET")
+        with open("/tmp/planted", "w") as f:
+            f.write("A-TMP")
+        with open("/dev/shm/planted", "w") as f:
+            f.write("A-SHM")
+        os.environ["A_SECRET"] = "A-ENV"
+        return {"workdir": ctx.workdir, "uid": os.getuid(), "host": socket.gethostname()}
+    if op == "read":
+        return attempt(lambda: open(event["path"]).read())
+    if op == "write":
+        def w():
+            with open(event["path"], "w") as f:
+                f.write("B was here")
+        return attempt(w)
+    if op == "listdir":
+        return attempt(lambda: sorted(os.listdir(event["path"])))
+    if op == "kill":
+        return attempt(lambda: os.kill(event["pid"], signal.SIGKILL))
+    if op == "ptrace":
+        def pt():
+            PTRACE_ATTACH = 16
+            if libc.ptrace(PTRACE_ATTACH, event["pid"], 0, 0) != 0:
+                raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+            return "attached"
+        return attempt(pt)
+    if op == "procs":
+        return sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
+    if op == "environ":
+        out = {}
+        for p in os.listdir("/proc"):
+            if p.isdigit():
+                try:
+                    out[p] = open(f"/proc/{p}/environ", "rb").read().decode(errors="replace")
+                except OSError as exc:
+                    out[p] = "ERR " + type(exc).__name__
+        return {"procs": out, "mine": dict(os.environ)}
+    if op == "connect":
+        def c():
+            s = socket.create_connection(("127.0.0.1", event["port"]), timeout=2)
+            data = s.recv(16)
+            s.close()
+            return data.decode()
+        return attempt(c)
+    if op == "loopback_self":
+        def ls():
+            srv = socket.socket()
+            srv.bind(("127.0.0.1", 0))
+            srv.listen(1)
+            cli = socket.create_connection(srv.getsockname(), timeout=2)
+            cli.close()
+            srv.close()
+            return "ok"
+        return attempt(ls)
+    if op == "setuid0":
+        return attempt(lambda: os.setuid(0))
+    if op == "whoami":
+        return {"uid": os.getuid(), "pid": os.getpid(), "host": socket.gethostname()}
+    if op == "spin":
+        while True:
+            pass
+    raise ValueError(op)
+"""
+
+
+@pytest.fixture
+async def probe(rt: Runtime):
+    await deploy(rt, "probe", PROBE, timeout=30)
+    a = await rt.invoke("probe", {"op": "plant"}, session="A")
+    return rt, a.value
+
+
+async def call(rt: Runtime, session: str, **event):
+    return (await rt.invoke("probe", event, session=session)).value
+
+
+def outer_pid(rt: Runtime, session: str) -> int:
+    for inst in rt.live_instances():
+        if inst.bound_session == session:
+            assert inst.pid is not None
+            return inst.pid
+    raise AssertionError(f"no live instance for {session}")
+
+
+async def assert_a_untouched(rt: Runtime, a: dict) -> None:
+    got = await call(rt, "A", op="read", path=os.path.join(a["workdir"], "secret.txt"))
+    assert got == {"ok": True, "value": "A-SECRET"}
+    assert (await call(rt, "A", op="read", path="/tmp/planted"))["value"] == "A-TMP"
+
+
+@needs_root
+async def test_cannot_read_or_write_another_sessions_files(probe):
+    rt, a = probe
+    secret = os.path.join(a["workdir"], "secret.txt")
+    assert os.path.exists(secret)  # it is really there on the host
+    got = await call(rt, "B", op="read", path=secret)
+    assert not got["ok"], got
+    got = await call(rt, "B", op="write", path=secret)
+    assert not got["ok"], got
+    got = await call(rt, "B", op="listdir", path=os.path.dirname(os.path.dirname(a["workdir"])))
+    assert not got["ok"] or got["value"] == ["B"], got  # the sessions dir shows B's own entry at most
+    await assert_a_untouched(rt, a)
+
+
+@needs_root
+async def test_private_tmp_and_shm(probe):
+    rt, a = probe
+    assert not (await call(rt, "B", op="read", path="/tmp/planted"))["ok"]
+    assert not (await call(rt, "B", op="read", path="/dev/shm/planted"))["ok"]
+    assert (await call(rt, "A", op="read", path="/dev/shm/planted"))["value"] == "A-SHM"
+    assert not os.path.exists("/tmp/planted")  # nothing leaked to the host either
+
+
+@needs_root
+async def test_cannot_signal_or_ptrace_another_session(probe):
+    rt, a = probe
+    await call(rt, "B", op="whoami")
+    pid_a = outer_pid(rt, "A")
+    assert (await call(rt, "B", op="kill", pid=pid_a))["ok"] is False
+    assert (await call(rt, "B", op="ptrace", pid=pid_a))["ok"] is False
+    # inside its PID namespace A is pid 1; B's pid 1 is B itself
+    assert (await call(rt, "B", op="kill", pid=os.getpid()))["ok"] is False  # the runtime is invisible
+    await assert_a_untouched(rt, a)
+    assert (await call(rt, "A", op="whoami"))["pid"] == 1
+
+
+@needs_root
+async def test_proc_shows_only_own_processes_and_env(probe):
+    rt, a = probe
+    procs = await call(rt, "B", op="procs")
+    assert procs == [1]
+    env = await call(rt, "B", op="environ")
+    blob = " ".join(env["procs"].values()) + " ".join(f"{k}={v}" for k, v in env["mine"].items())
+    assert "A-ENV" not in blob
+    assert "PYTEST_CURRENT_TEST" not in blob  # the runtime's own environment does not leak either
+    assert env["mine"]["FUNCTIONAI_SESSION_ID"] == "B"
+
+
+@needs_root
+async def test_per_session_uid_and_no_way_back_to_root(probe):
+    rt, a = probe
+    b = await call(rt, "B", op="whoami")
+    assert a["uid"] != b["uid"] and a["uid"] >= 100000 and b["uid"] >= 100000
+    assert a["host"] != b["host"]  # own UTS namespace
+    assert (await call(rt, "B", op="setuid0"))["ok"] is False
+    assert (await call(rt, "B", op="write", path="/etc/functionai-escape"))["ok"] is False
+    assert not os.path.exists("/etc/functionai-escape")
+
+
+@needs_root
+async def test_store_and_runtime_files_are_hidden(probe):
+    rt, a = probe
+    db = os.path.join(rt.state_dir, "functionai.db")
+    assert os.path.exists(db)
+    assert not (await call(rt, "B", op="read", path=db))["ok"]
+
+
+@needs_root
+@pytest.mark.parametrize("policy", ["none", "loopback", "host"])
+async def test_network_policy(rt: Runtime, policy: str):
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    port = srv.getsockname()[1]
+
+    def serve() -> None:
+        srv.settimeout(10)
+        try:
+            conn, _ = srv.accept()
+            conn.sendall(b"hello")
+            conn.close()
+        except OSError:
+            pass
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        await rt.deploy(FunctionSpec.from_code("net", PROBE, network=policy))
+        host = (await rt.invoke("net", {"op": "connect", "port": port}, session="n"))
+        own = (await rt.invoke("net", {"op": "loopback_self"}, session="n")).value
+        if policy == "host":
+            assert host.value == {"ok": True, "value": "hello"}
+            assert own["ok"]
+        else:
+            assert host.value["ok"] is False, host.value
+            assert own["ok"] is (policy == "loopback"), own
+    finally:
+        srv.close()
+        t.join(timeout=15)
+
+
+@needs_root
+async def test_busy_neighbour_does_not_block_others(probe):
+    rt, a = probe
+    spinning = asyncio.ensure_future(rt.invoke("probe", {"op": "spin"}, session="spinner", timeout=5))
+    try:
+        for _ in range(5):
+            assert (await call(rt, "B", op="whoami"))["pid"] == 1
+        assert not spinning.done()
+    finally:
+        with pytest.raises(FunctionTimeout):
+            await spinning
+    await assert_a_untouched(rt, a)
+
+
+async def test_random_sources_are_reseeded_per_instance(rt: Runtime):
+    await deploy(
+        rt,
+        "rnd",
+        """
+        import random, numpy as np
+        MINE = random.Random(42)
+        GEN = np.random.default_rng(7)
+        def handler(event, ctx):
+            return [random.random(), MINE.random(), float(np.random.rand()), float(GEN.random())]
+        """,
+    )
+    draws = [(await rt.invoke("rnd", {}, session=f"r{i}")).value for i in range(3)]
+    for k in range(4):
+        column = [d[k] for d in draws]
+        assert len(set(column)) == 3, (k, column)
+
+
+async def test_required_isolation_is_enforced(rt: Runtime):
+    with pytest.raises(IsolationUnavailable) as ei:
+        await rt.deploy(FunctionSpec.from_code("strict", "def handler(e, ctx):\n    return 1\n", isolation_required={"seccomp"}))
+    assert "seccomp" in str(ei.value)
+    assert rt.functions() == []
+    if ROOT:
+        await rt.deploy(
+            FunctionSpec.from_code(
+                "strict", "def handler(e, ctx):\n    return 1\n", isolation_required={"pid", "net", "mount", "uid", "tmp", "cgroup"}
+            )
+        )
+        r = await rt.invoke("strict", {}, session="s")
+        assert r.value == 1
+        desc = await rt.describe_session("s")
+        assert {"pid", "net", "mount"} <= {k for k, v in desc["instance"]["isolation"]["namespaces"].items() if v}
+
+
+async def test_instance_reports_what_it_achieved(rt: Runtime):
+    await deploy(rt, "echo", "def handler(e, ctx):\n    return 1\n")
+    await rt.invoke("echo", {}, session="rep")
+    iso = (await rt.describe_session("rep"))["instance"]["isolation"]
+    assert set(iso) >= {"namespaces", "cgroup", "rlimits", "uid", "network", "missing"}
+    if ROOT:
+        assert iso["namespaces"] == {"pid": True, "mount": True, "ipc": True, "uts": True, "net": True}
+        assert iso["uid"] is not None and iso["private_tmp"] and iso["fds_closed"]
+        cg = rt.backend.cgroups.version  # type: ignore[attr-defined]
+        assert iso["cgroup"] == (f"v{cg}" if cg else None)
+        if not cg:
+            assert "cgroup" in iso["missing"]  # the report says what this machine lacks
+    else:
+        assert "pid" in iso["missing"]
+
+
+async def test_module_that_fails_to_import_is_refused_at_deploy(rt: Runtime):
+    with pytest.raises(UserError) as ei:
+        await deploy(rt, "broken", "import json\nraise RuntimeError('bad top level')\ndef handler(e, c):\n    return 1\n")
+    assert "bad top level" in str(ei.value)
+    assert "line 2" in ei.value.details["traceback"]
+    assert rt.functions() == []
+    with pytest.raises(UserError) as ei:
+        await deploy(rt, "nohandler", "def other(e, c):\n    return 1\n")
+    assert "'handler'" in str(ei.value)
+
+
+async def test_fresh_path_when_templates_are_off(tmp_path):
+    async with Runtime.open(tmp_path / "s", use_templates=False) as rt:
+        await deploy(rt, "echo", "import os\ndef handler(e, ctx):\n    return os.getpid()\n")
+        r = await rt.invoke("echo", {}, session="f")
+        assert r.cold_start is not None and r.cold_start.path == "fresh"
+        assert r.cold_start.init_ms > 0
+        r2 = await rt.invoke("echo", {}, session="f")
+        assert r2.instance_id == r.instance_id
+
+
+async def test_template_that_dies_is_replaced(rt: Runtime):
+    await deploy(rt, "echo", "import os\ndef handler(e, ctx):\n    return 1\n")
+    for t in list(rt.backend._templates.values()):  # type: ignore[attr-defined]
+        t.proc.kill()
+        t.proc.wait()
+    r = await rt.invoke("echo", {}, session="x")
+    assert r.value == 1 and r.cold_start is not None and r.cold_start.path == "template-fork"
