@@ -148,7 +148,7 @@ async def test_cannot_read_or_write_another_sessions_files(probe):
 
 @needs_root
 async def test_private_tmp_and_shm(probe):
-    rt, a = probe
+    rt, _a = probe
     assert not (await call(rt, "B", op="read", path="/tmp/planted"))["ok"]
     assert not (await call(rt, "B", op="read", path="/dev/shm/planted"))["ok"]
     assert (await call(rt, "A", op="read", path="/dev/shm/planted"))["value"] == "A-SHM"
@@ -170,7 +170,7 @@ async def test_cannot_signal_or_ptrace_another_session(probe):
 
 @needs_root
 async def test_proc_shows_only_own_processes_and_env(probe):
-    rt, a = probe
+    rt, _a = probe
     procs = await call(rt, "B", op="procs")
     assert procs == [1]
     env = await call(rt, "B", op="environ")
@@ -193,7 +193,7 @@ async def test_per_session_uid_and_no_way_back_to_root(probe):
 
 @needs_root
 async def test_store_and_runtime_files_are_hidden(probe):
-    rt, a = probe
+    rt, _a = probe
     db = os.path.join(rt.state_dir, "functionai.db")
     assert os.path.exists(db)
     assert not (await call(rt, "B", op="read", path=db))["ok"]
