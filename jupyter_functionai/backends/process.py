@@ -333,8 +333,6 @@ class ProcessInstance(Instance):
                 "workdir": binding.workdir,
                 "state_json": binding.state_json,
                 "env": binding.env,
-                "masks": self.owner.mask_plan(self.fv, binding.workdir),
-                "writable": [binding.workdir],
             }
         )
         msg = await self._await_control("bound")
@@ -440,6 +438,7 @@ class ProcessBackend(Backend):
         self._instances: dict[str, ProcessInstance] = {}
         self._pending_cgroups: set[str] = set()
         self._keep_paths = _python_paths()
+        self._plans: dict[tuple[str, int], list[tuple[str, list[str]]]] = {}
         self._events: list[str] = []
         self._seq = 0
 
@@ -541,6 +540,8 @@ class ProcessBackend(Backend):
             "concurrency": spec.concurrency,
             "env": dict(spec.env),
             "tmp_mb": min(spec.resources.memory_mb, 1024),
+            "state_dir": self.state_dir,
+            "masks": self.mask_plan(fv),
         }
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -587,10 +588,14 @@ class ProcessBackend(Backend):
             if self.cgroups.remove(n):
                 self._pending_cgroups.discard(n)
 
-    def mask_plan(self, fv: FunctionVersion, workdir: str) -> list[tuple[str, list[str]]]:
-        keep = [*self._keep_paths, fv.code_dir, workdir]
-        always = ["/tmp", "/dev/shm", "/var/tmp", self.state_dir]
-        return iso.plan_masks(keep, always)
+    def mask_plan(self, fv: FunctionVersion) -> list[tuple[str, list[str]]]:
+        """The filesystem view of every instance of ``fv`` (session-independent)."""
+        plan = self._plans.get((fv.name, fv.version))
+        if plan is None:
+            keep = [*self._keep_paths, fv.code_dir]
+            always = ["/tmp", "/dev/shm", "/var/tmp", self.state_dir]
+            plan = self._plans[(fv.name, fv.version)] = iso.plan_masks(keep, always)
+        return plan
 
     async def close(self) -> None:
         for inst in list(self._instances.values()):

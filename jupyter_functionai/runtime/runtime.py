@@ -22,6 +22,7 @@ import resource
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -137,11 +138,13 @@ class Runtime:
         self._active: dict[str, FunctionVersion] = {}
         self._sessions: dict[str, LiveSession] = {}
         self._opening: dict[str, asyncio.Lock] = {}
+        self._stored: dict[str, str] = {}  # id -> status of stored sessions not in memory
         self._deploy_lock = asyncio.Lock()
         self._writes: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
         self._invocations: list[dict[str, Any]] = []
         self._flush_event = asyncio.Event()
         self._flush_lock = asyncio.Lock()
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="fai-store")
         self._tasks: list[asyncio.Task[None]] = []
         self._eph_next = 0
         self._eph_in_use: set[int] = set()
@@ -176,9 +179,14 @@ class Runtime:
         for inst in self.store.list_instances(status="running"):
             self.store.update_instance(inst["id"], status="lost", stopped_at=now, exit_reason="runtime restarted")
         in_use: set[int] = set()
-        for s in self.store.list_sessions(status=("new", LIVE, PAUSED)):
+        stored: dict[str, str] = {}
+        for s in self.store.list_sessions():
+            stored[s["id"]] = s["status"]
+            if s["status"] in ENDED:
+                continue
             if s["expires_at"] <= now:
                 self.store.update_session(s["id"], status=EXPIRED, closed_at=now, close_reason="max lifetime", instance_id=None)
+                stored[s["id"]] = EXPIRED
                 remove_tree(os.path.dirname(s["workdir"]))
                 continue
             if s["status"] != PAUSED:
@@ -186,23 +194,29 @@ class Runtime:
             if s["uid"] is not None:
                 in_use.add(int(s["uid"]))
         self.uids = UidAllocator(self._uid_base, self._uid_span, in_use)
+        self._stored = stored
         remove_tree(os.path.join(self.state_dir, "ephemeral"))
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
+        reaper, flusher = self._tasks or (None, None)
+        if reaper is not None:
+            reaper.cancel()
             with contextlib.suppress(BaseException):
-                await t
+                await reaper
         await self.pool.close()
         for sess in list(self._sessions.values()):
             if sess.instance is not None:
                 await self._pause(sess, "runtime closed")
         await self.backend.close()
+        self._flush_event.set()
+        if flusher is not None:
+            with contextlib.suppress(BaseException):
+                await flusher
         await self._flush()
+        self._writer.shutdown(wait=True)
         self.store.close()
 
     async def __aenter__(self) -> Runtime:
@@ -511,12 +525,15 @@ class Runtime:
         return sess
 
     async def _open_session(self, session_id: str, fv: FunctionVersion) -> LiveSession:
-        """Load a paused session from the store, or create a new one."""
-        await self._flush()  # the store must see this runtime's own pending writes
-        try:
-            row = await asyncio.to_thread(self.store.get_session, session_id)
-        except NotFound:
-            row = None
+        """Load a paused session from the store, or create a new one.
+
+        ``_stored`` indexes every session the store holds that is not in
+        memory, so a brand-new id costs no store round trip on the call path
+        (its row is written behind, in the next group commit)."""
+        known = self._stored.get(session_id)
+        if known in ENDED:
+            raise SessionClosed(f"session {session_id!r} was {known}", session_id=session_id)
+        row = await asyncio.to_thread(self.store.get_session, session_id) if known else None
         if row is not None:
             if row["function"] != fv.name:
                 raise _wrong_function(session_id, row["function"], fv.name)
@@ -551,7 +568,8 @@ class Runtime:
                 idle_ttl=fv.spec.session.idle_ttl_s,
                 last_used=now,
             )
-            await asyncio.to_thread(self.store.create_session, session_id, fv.name, fv.version, uid, workdir, sess.expires_at)
+            self._defer(self.store.create_session, session_id, fv.name, fv.version, uid, workdir, sess.expires_at)
+        self._stored.pop(session_id, None)
         sess.slots = asyncio.Semaphore(fv.spec.concurrency)
         self._sessions[session_id] = sess
         return sess
@@ -590,9 +608,9 @@ class Runtime:
         if sess.instance is inst:
             sess.instance = None
             sess.status = PAUSED
-        await inst.stop(exc.kind)
         self._defer(self.store.update_instance, inst.id, status="stopped", stopped_at=time.time(), exit_reason=exc.kind)
         self._defer(self.store.update_session, sess.id, status=PAUSED, instance_id=None)
+        await inst.stop(exc.kind)
 
     def _instance_exited(self, inst: Instance, reason: str) -> None:
         """An instance ended on its own (e.g. killed by the OOM killer between calls)."""
@@ -606,19 +624,28 @@ class Runtime:
     async def _pause(self, sess: LiveSession, reason: str) -> None:
         inst, sess.instance = sess.instance, None
         sess.status = PAUSED
-        if inst is not None:
-            await inst.stop(reason)
-            self._defer(self.store.update_instance, inst.id, status="stopped", stopped_at=time.time(), exit_reason=reason)
         self._defer(self.store.update_session, sess.id, status=PAUSED, instance_id=None)
+        if inst is not None:
+            self._defer(self.store.update_instance, inst.id, status="stopped", stopped_at=time.time(), exit_reason=reason)
+            await inst.stop(reason)
 
     async def close_session(self, session_id: str, *, reason: str = "closed") -> None:
         """End a session: its instance stops, its state and working directory are deleted."""
         check_session_id(session_id)
         sess = self._sessions.pop(session_id, None)
         status = EXPIRED if reason == "max lifetime" else CLOSED
+        previous = self._stored.get(session_id)
+        self._stored[session_id] = status  # before any await: no call may reopen it
         if sess is None:
-            row = await asyncio.to_thread(self.store.get_session, session_id)
+            await self._flush()
+            try:
+                row = await asyncio.to_thread(self.store.get_session, session_id)
+            except NotFound:
+                if previous is None:
+                    self._stored.pop(session_id, None)
+                raise
             if row["status"] in ENDED:
+                self._stored[session_id] = row["status"]
                 return
             workdir, uid = row["workdir"], row["uid"]
         else:
@@ -692,9 +719,10 @@ class Runtime:
         self._flush_event.set()
 
     async def _flusher(self) -> None:
-        while True:
+        while not self._closed:
             await self._flush_event.wait()
-            await asyncio.sleep(0.02)  # group commit: gather what arrives meanwhile
+            if not self._closed:
+                await asyncio.sleep(0.02)  # group commit: gather what arrives meanwhile
             await self._flush()
 
     async def _flush(self) -> None:
@@ -714,12 +742,17 @@ class Runtime:
             for fn, args, kw in writes:
                 try:
                     fn(*args, **kw)
-                except FunctionAIError as exc:
+                except Exception as exc:
                     log.warning("store write %s failed: %s", getattr(fn, "__name__", fn), exc)
             if invocations:
-                self.store.log_invocations(invocations)
+                try:
+                    self.store.log_invocations(invocations)
+                except Exception as exc:
+                    log.warning("logging %d invocations failed: %s", len(invocations), exc)
 
-        await asyncio.to_thread(run)
+        # One writer thread: batches commit in the order they were queued, and a
+        # cancelled caller never drops a batch (shield).
+        await asyncio.shield(asyncio.get_running_loop().run_in_executor(self._writer, run))
 
 
 class _Opener:

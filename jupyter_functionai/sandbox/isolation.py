@@ -402,6 +402,7 @@ class IsolationReport:
     reseeded: list[str] = field(default_factory=list)
     no_new_privs: bool = False
     missing: dict[str, str] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # ms per setup step
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -416,6 +417,7 @@ class IsolationReport:
             "reseeded": list(self.reseeded),
             "no_new_privs": self.no_new_privs,
             "missing": dict(self.missing),
+            "timings": dict(self.timings),
         }
 
     def achieved(self) -> set[str]:

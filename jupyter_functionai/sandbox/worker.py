@@ -163,23 +163,15 @@ class Worker:
         t0 = time.perf_counter()
         workdir = msg.get("workdir")
         uid = msg.get("uid")
-        if workdir:
-            os.makedirs(workdir, exist_ok=True)
-            os.chdir(workdir)  # before /tmp is masked: the workdir may live under /tmp
         if not self.cfg.get("isolate", True):
             uid = None
-        elif report.namespaces.get("mount"):
+        elif _STATE_FD is not None and workdir:
             try:
-                plan = [(m, list(k)) for m, k in msg.get("masks", [])]
-                iso.apply_masks(plan, writable=msg.get("writable", []), tmp_size_mb=int(self.cfg.get("tmp_mb", 64)))
-                report.fs_masked = [m for m, _ in plan]
-                report.private_tmp = any(m == "/tmp" for m, _ in plan)
-                if workdir:
-                    os.chdir(workdir)
+                _bind_workdir(workdir)
             except OSError as exc:
-                report.missing["tmp"] = f"filesystem masks failed: {exc}"
-        else:
-            report.missing.setdefault("tmp", "no mount namespace")
+                report.missing["tmp"] = f"binding the working directory failed: {exc}"
+            os.chdir(workdir)
+        _close_state_fd()
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "LANG": os.environ.get("LANG", "C.UTF-8"),
@@ -332,6 +324,33 @@ class Worker:
             body["state_json"] = text
 
 
+_STATE_FD: int | None = None
+
+
+def _close_state_fd() -> None:
+    global _STATE_FD
+    if _STATE_FD is not None:
+        os.close(_STATE_FD)
+        _STATE_FD = None
+
+
+def _bind_workdir(workdir: str) -> None:
+    """Expose the session's working directory (read-write) inside the masked
+    state directory; everything else there stays hidden."""
+    assert _STATE_FD is not None
+    state_dir = os.readlink(f"/proc/self/fd/{_STATE_FD}")
+    rel = os.path.relpath(workdir, state_dir)
+    if rel.startswith(".."):
+        raise OSError(f"working directory {workdir} is outside the state directory")
+    fd = os.open(rel, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=_STATE_FD)
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        iso.mount(f"/proc/self/fd/{fd}", workdir, None, iso.MS_BIND)
+        iso.mount(None, workdir, None, iso.MS_REMOUNT | iso.MS_BIND | iso.MS_NOSUID | iso.MS_NODEV)
+    finally:
+        os.close(fd)
+
+
 class _SetupError(Exception):
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
@@ -355,6 +374,14 @@ def _user_error(exc: BaseException) -> dict[str, Any]:
 def sandbox_setup(cfg: dict[str, Any], pid_ns: bool) -> iso.IsolationReport:
     """Isolate the current (freshly forked, root) process; record what worked."""
     report = iso.IsolationReport(network=cfg.get("network", "none"))
+    t_last = time.perf_counter()
+
+    def mark(step: str) -> None:
+        nonlocal t_last
+        now = time.perf_counter()
+        report.timings[step] = round((now - t_last) * 1000, 3)
+        t_last = now
+
     report.namespaces["pid"] = pid_ns
     if not pid_ns:
         report.missing["pid"] = cfg.get("pid_ns_error", "no pid namespace")
@@ -381,6 +408,7 @@ def sandbox_setup(cfg: dict[str, Any], pid_ns: bool) -> iso.IsolationReport:
                 report.missing[k] = str(exc)
     if cfg.get("network", "none") == "host":
         report.namespaces["net"] = False
+    mark("unshare")
     if report.namespaces.get("mount"):
         try:
             iso.mount(None, "/", None, iso.MS_REC | iso.MS_PRIVATE)
@@ -389,6 +417,24 @@ def sandbox_setup(cfg: dict[str, Any], pid_ns: bool) -> iso.IsolationReport:
             iso.mount(None, "/", None, iso.MS_REMOUNT | iso.MS_BIND | iso.MS_RDONLY)
         except OSError as exc:
             report.missing["mount"] = f"mount setup failed: {exc}"
+    if report.namespaces.get("mount") and "mount" not in report.missing and cfg.get("masks"):
+        # Hide /tmp, /dev/shm, the state directory (other sessions, the store)
+        # and unreadable ancestors of the Python installation; keep an O_PATH
+        # handle on the state directory so ``bind`` can expose this session's
+        # working directory (and nothing else) later.
+        global _STATE_FD
+        try:
+            _STATE_FD = os.open(cfg["state_dir"], os.O_PATH | os.O_DIRECTORY)
+            plan = [(m, list(k)) for m, k in cfg["masks"]]
+            iso.apply_masks(plan, tmp_size_mb=int(cfg.get("tmp_mb", 64)))
+            report.fs_masked = [m for m, _ in plan]
+            report.private_tmp = any(m == "/tmp" for m, _ in plan)
+        except OSError as exc:
+            report.missing["tmp"] = f"filesystem masks failed: {exc}"
+            _close_state_fd()
+    elif "mount" in report.missing or not report.namespaces.get("mount"):
+        report.missing.setdefault("tmp", "no mount namespace")
+    mark("mounts")
     if report.namespaces.get("uts"):
         try:
             socket.sethostname(f"fai-{cfg['instance_id'][-8:]}")
@@ -399,6 +445,7 @@ def sandbox_setup(cfg: dict[str, Any], pid_ns: bool) -> iso.IsolationReport:
             iso.loopback_up()
         except OSError as exc:
             report.missing["net"] = f"could not bring lo up: {exc}"
+    mark("uts_net")
     procs = cfg.get("cgroup_procs") or []
     if procs:
         try:
@@ -410,6 +457,7 @@ def sandbox_setup(cfg: dict[str, Any], pid_ns: bool) -> iso.IsolationReport:
             report.missing["cgroup"] = f"joining the cgroup failed: {exc}"
     else:
         report.missing["cgroup"] = cfg.get("cgroup_error") or "cgroups unavailable"
+    mark("cgroup")
     try:
         iso.set_rlimit(iso.resource.RLIMIT_CORE, 0)
         report.rlimits.append("core")

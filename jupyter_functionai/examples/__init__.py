@@ -1,0 +1,1 @@
+"""Example functions (deployed by ``functionai demo``)."""
