@@ -465,6 +465,11 @@ class FunctionSpec:
     isolation_required: frozenset[str] = frozenset()
     limits: Limits = Limits()
     description: str = ""
+    # Name of a module-level callable run (no arguments) once in every
+    # pre-forked warm-pool instance, inside its sandbox, before it serves a
+    # session: "priming" so a pooled instance's first call is as fast as a
+    # warm one (it faults in the pages the handler touches).
+    warmup: str | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -515,6 +520,10 @@ class FunctionSpec:
             raise InvalidSpec("network", network, f"must be one of {', '.join(NETWORK_POLICIES)}")
         _set(self, "isolation_required", _validate_layers(self.isolation_required))
         _str("description", self.description)
+        if self.warmup is not None:
+            warmup = _str("warmup", self.warmup)
+            if not (warmup.isidentifier() and not keyword.iskeyword(warmup)):
+                raise InvalidSpec("warmup", warmup, "must be the name of a module-level callable")
 
     # ------------------------------------------------------------ constructors
     @classmethod
@@ -575,6 +584,7 @@ class FunctionSpec:
             "isolation_required": sorted(self.isolation_required),
             "limits": self.limits.to_dict(),
             "description": self.description,
+            "warmup": self.warmup,
         }
 
     def replace(self, **changes: Any) -> FunctionSpec:

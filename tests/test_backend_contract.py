@@ -431,3 +431,65 @@ async def test_session_ends_at_max_lifetime(rt: Runtime):
     with pytest.raises(SessionClosed) as ei:
         await rt.invoke("echo", {}, session="short")
     assert "expired" in str(ei.value)
+
+
+# -- warm pool ------------------------------------------------------------------------------------
+
+POOLED = """
+import os
+PRIMED = {"n": 0}
+def warm():
+    PRIMED["n"] += 1
+def handler(event, ctx):
+    ctx.session.state["seen"] = ctx.session.state.get("seen", 0) + 1
+    return {"primed": PRIMED["n"], "uid": os.getuid(), "session": ctx.session_id,
+            "env_session": os.environ.get("FUNCTIONAI_SESSION_ID"), "seen": ctx.session.state["seen"],
+            "workdir": ctx.workdir, "cwd": os.getcwd()}
+"""
+
+
+async def test_new_sessions_are_served_from_the_warm_pool(rt: Runtime):
+    await deploy(rt, "pooled", POOLED, min_instances=2, warmup="warm")
+    await rt.pool.wait_full("pooled")
+    ready = [i for i in rt.pool._slots["pooled"].ready]  # the pre-forked instances
+    assert len(ready) == 2 and all(i.alive for i in ready)
+    a = await rt.invoke("pooled", {}, session="pa")
+    b = await rt.invoke("pooled", {}, session="pb")
+    for r, sid in ((a, "pa"), (b, "pb")):
+        assert r.cold_start is not None and r.cold_start.path == "warm-pool"
+        assert r.value["session"] == sid and r.value["env_session"] == sid
+        assert r.value["primed"] == 1  # the warmup hook ran once, in this instance
+        assert r.value["cwd"] == r.value["workdir"]
+    assert {a.instance_id, b.instance_id} == {i.id for i in ready}
+    assert a.value["uid"] != b.value["uid"] or os.geteuid() != 0
+    # the session keeps its instance and its state; the pool refills behind it
+    again = await rt.invoke("pooled", {}, session="pa")
+    assert again.instance_id == a.instance_id and again.value["seen"] == 2
+    await rt.pool.wait_full("pooled")
+    assert rt.pool.sizes()["pooled"]["ready"] == 2
+    # a pooled session resumes like any other, with its state and directory
+    await rt.close_session("pb")
+    assert not os.path.exists(b.value["workdir"])
+    desc = await rt.describe_session("pa")
+    assert desc["workdir"] == a.value["workdir"] and desc["state"] == {"seen": 2}
+
+
+async def test_pooled_instance_that_dies_is_replaced(rt: Runtime):
+    await deploy(rt, "pooled", POOLED, min_instances=1)
+    await rt.pool.wait_full("pooled")
+    victim = rt.pool._slots["pooled"].ready[0]
+    os.kill(victim.pid, 9)
+    await wait_for(lambda: not victim.alive, what="pooled instance to be seen dead")
+    r = await rt.invoke("pooled", {}, session="after")
+    assert r.value["session"] == "after" and r.instance_id != victim.id
+    await rt.pool.wait_full("pooled")
+    assert rt.pool._slots["pooled"].ready[0].alive
+
+
+async def test_failing_warmup_is_reported_and_calls_still_work(rt: Runtime):
+    await deploy(rt, "badwarm", "def warm():\n    raise RuntimeError('no')\ndef handler(e, ctx):\n    return 'served'\n", min_instances=1, warmup="warm")
+    with pytest.raises(Exception) as ei:
+        await rt.pool.wait_full("badwarm", timeout=20)
+    assert "warmup 'warm' failed" in str(ei.value) and "RuntimeError: no" in str(ei.value)
+    r = await rt.invoke("badwarm", {}, session="s")  # falls back to a template fork
+    assert r.value == "served" and r.cold_start.path == "template-fork"

@@ -39,6 +39,7 @@ class Binding:
     workdir: str
     state_json: str = "{}"
     env: dict[str, str] = field(default_factory=dict)
+    warmup: bool = False  # run the spec's warmup hook after binding (warm-pool priming)
 
 
 @dataclass
@@ -64,6 +65,7 @@ class Instance(abc.ABC):
     spawn_ms: float
     init_ms: float
     bound_session: str | None
+    binding: Binding | None = None
 
     @abc.abstractmethod
     async def bind(self, binding: Binding) -> None:
@@ -78,8 +80,10 @@ class Instance(abc.ABC):
         timeout: float,
         on_progress: ProgressCallback | None = None,
         on_chunk: ChunkCallback | None = None,
+        attach: tuple[str | None, str] | None = None,
     ) -> CallOutcome:
-        """Run one call. Raises FunctionTimeout / OutOfMemory / InstanceCrashed
+        """Run one call. ``attach=(session_id, state_json)`` hands a pre-bound
+        (warm-pool) instance to its session as part of the same message. Raises FunctionTimeout / OutOfMemory / InstanceCrashed
         when the instance could not answer; user errors come back in
         ``CallOutcome.error``."""
 

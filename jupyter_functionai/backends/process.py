@@ -200,6 +200,7 @@ class ProcessInstance(Instance):
         self.spawn_ms = 0.0
         self.init_ms = 0.0
         self.bound_session: str | None = None
+        self.binding: Binding | None = None
         self.cgroup = cgroup
         self.template: _Template | None = None
         self.reader: asyncio.StreamReader | None = None
@@ -333,11 +334,13 @@ class ProcessInstance(Instance):
                 "workdir": binding.workdir,
                 "state_json": binding.state_json,
                 "env": binding.env,
+                "warmup": self.fv.spec.warmup if binding.warmup else None,
             }
         )
         msg = await self._await_control("bound")
         self.isolation = msg.get("isolation", self.isolation)
         self.bound_session = binding.session_id
+        self.binding = binding
         self.init_ms += (time.perf_counter() - t0) * 1000
 
     async def call(
@@ -348,11 +351,16 @@ class ProcessInstance(Instance):
         timeout: float,
         on_progress: ProgressCallback | None = None,
         on_chunk: ChunkCallback | None = None,
+        attach: tuple[str | None, str] | None = None,
     ) -> CallOutcome:
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[call_id] = _Pending(fut, on_progress, on_chunk)
+        msg: dict[str, Any] = {"op": "call", "id": call_id, "event": event}
+        if attach is not None:
+            msg["attach"] = {"session_id": attach[0], "state_json": attach[1]}
+            self.bound_session = attach[0]
         try:
-            await self._send({"op": "call", "id": call_id, "event": event})
+            await self._send(msg)
             msg = await asyncio.wait_for(asyncio.shield(fut), timeout)
         except asyncio.TimeoutError:
             self._pending.pop(call_id, None)

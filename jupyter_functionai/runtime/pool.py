@@ -1,9 +1,13 @@
-"""InstancePool: pre-forked, fully isolated, not yet bound instances.
+"""InstancePool: pre-forked, fully isolated, pre-bound instances.
 
 Per function version the pool keeps ``spec.min_instances`` instances ready so
-a new session's first call skips the fork and the sandbox setup.  Taking one
+a new session's first call skips the fork, the sandbox setup and the binding:
+each pooled instance already runs as its own fresh uid in its own working
+directory (``prebind``), re-seeded and optionally primed by the spec's
+``warmup`` hook; the session id and state ride on its first call.  Taking one
 schedules a refill in the background; instances that die while pooled are
-dropped and replaced.
+dropped and replaced; drained ones give their uid and directory back
+(``release``).
 """
 
 from __future__ import annotations
@@ -12,9 +16,10 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Awaitable, Callable
 
 from ..backends.base import Backend, FunctionVersion, Instance
-from ..errors import FunctionAIError
+from ..errors import FunctionAIError, NoCapacity
 
 log = logging.getLogger("jupyter_functionai.pool")
 
@@ -29,8 +34,15 @@ class _Slot:
 
 
 class InstancePool:
-    def __init__(self, backend: Backend) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        prebind: Callable[[Instance], Awaitable[None]],
+        release: Callable[[Instance], None],
+    ) -> None:
         self.backend = backend
+        self._prebind = prebind
+        self._release = release
         self._slots: dict[str, _Slot] = {}
         self._closed = False
 
@@ -76,13 +88,19 @@ class InstancePool:
         slot = self._slots.get(name)
         if slot is None:
             return
-        async with asyncio.timeout(timeout) if hasattr(asyncio, "timeout") else _nullctx():
-            while sum(1 for i in slot.ready if i.alive) < slot.fv.spec.min_instances:
-                if slot.filling is None or slot.filling.done():
-                    self._refill(slot)
-                    if slot.filling is None:
-                        return
-                await asyncio.wait({slot.filling})
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while sum(1 for i in slot.ready if i.alive) < slot.fv.spec.min_instances:
+            if slot.filling is None or slot.filling.done():
+                if slot.failures >= 3:
+                    raise NoCapacity(f"the warm pool of {name!r} cannot be filled: {slot.last_error}")
+                self._refill(slot)
+                if slot.filling is None:
+                    return
+            left = deadline - loop.time()
+            if left <= 0:
+                raise NoCapacity(f"the warm pool of {name!r} was not full within {timeout:g}s")
+            await asyncio.wait({slot.filling}, timeout=left)
 
     def _refill(self, slot: _Slot) -> None:
         if self._closed or (slot.filling is not None and not slot.filling.done()):
@@ -96,9 +114,13 @@ class InstancePool:
             slot.ready = deque(i for i in slot.ready if i.alive)
             if len(slot.ready) >= slot.fv.spec.min_instances:
                 return
+            inst = None
             try:
                 inst = await self.backend.start(slot.fv)
+                await self._prebind(inst)
             except FunctionAIError as exc:
+                if inst is not None:
+                    await self._discard(inst, "prebind failed")
                 slot.failures += 1
                 slot.last_error = str(exc)
                 log.warning("pool refill for %s failed: %s", slot.fv.name, exc)
@@ -108,7 +130,7 @@ class InstancePool:
                 continue
             slot.failures = 0
             if self._closed or self._slots.get(slot.fv.name) is not slot:
-                await inst.stop("pool drained")
+                await self._discard(inst, "pool drained")
                 return
             slot.ready.append(inst)
 
@@ -116,8 +138,12 @@ class InstancePool:
         if slot.filling is not None:
             slot.filling.cancel()
         for inst in slot.ready:
-            asyncio.get_running_loop().create_task(inst.stop("pool drained"))
+            asyncio.get_running_loop().create_task(self._discard(inst, "pool drained"))
         slot.ready.clear()
+
+    async def _discard(self, inst: Instance, reason: str) -> None:
+        await inst.stop(reason)
+        self._release(inst)
 
     async def close(self) -> None:
         self._closed = True
@@ -127,13 +153,9 @@ class InstancePool:
                 slot.filling.cancel()
                 tasks.append(slot.filling)
             for inst in slot.ready:
-                await inst.stop("runtime closed")
+                await self._discard(inst, "runtime closed")
         for t in tasks:
             with contextlib.suppress(BaseException):
                 await t
         self._slots.clear()
 
-
-@contextlib.asynccontextmanager
-async def _nullctx():  # pragma: no cover - Python 3.10 has no asyncio.timeout
-    yield

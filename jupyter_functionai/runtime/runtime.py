@@ -132,7 +132,7 @@ class Runtime:
             backend = _make_backend(backend, self.state_dir, use_templates=use_templates, isolate=isolate)
         self.backend = backend
         self.backend.on_instance_exit(self._instance_exited)
-        self.pool = InstancePool(self.backend)
+        self.pool = InstancePool(self.backend, self._prebind, self._release_prebound)
         self.reap_interval = reap_interval
         self._uid_base, self._uid_span = uid_base, uid_span
         self._active: dict[str, FunctionVersion] = {}
@@ -359,9 +359,9 @@ class Runtime:
             sess.busy += 1
             try:
                 async with sess.start_lock:
-                    inst, fresh = await self._ensure_instance(sess)
+                    inst, fresh, attach = await self._ensure_instance(sess)
                 try:
-                    outcome, elapsed = await self._call(inst, event, limit, on_progress, on_chunk)
+                    outcome, elapsed = await self._call(inst, event, limit, on_progress, on_chunk, attach)
                 except (FunctionTimeout, OutOfMemory, InstanceCrashed) as exc:
                     await self._lost_instance(sess, inst, exc)
                     self._log_invocation(inst, sess.id, time.time(), 0.0, exc.kind, size, 0, "")
@@ -382,12 +382,17 @@ class Runtime:
             return self._finish(inst, sess.id, outcome, elapsed, fresh, size)
 
     async def _invoke_ephemeral(self, fv: FunctionVersion, event: Any, size: int, limit: float, on_progress: ProgressCallback | None, on_chunk: ChunkCallback | None) -> InvokeResult:
-        inst = await self._new_instance(fv)
-        uid = self._ephemeral_uid()
-        root = os.path.join(self.state_dir, "ephemeral", inst.id)
+        inst = self.pool.acquire(fv)
+        pooled = inst is not None
+        uid = None
+        root = ""
+        if inst is None:
+            inst = await self.backend.start(fv)
         try:
-            workdir = make_workdir(root, uid)
-            await inst.bind(Binding(session_id=None, uid=uid, workdir=workdir))
+            if not pooled:
+                uid = self._ephemeral_uid() if os.geteuid() == 0 else None
+                root = os.path.join(self.state_dir, "ephemeral", inst.id)
+                await inst.bind(Binding(session_id=None, uid=uid, workdir=make_workdir(root, uid)))
             self._record_instance(inst, None)
             try:
                 outcome, elapsed = await self._call(inst, event, limit, on_progress, on_chunk)
@@ -398,11 +403,33 @@ class Runtime:
         finally:
             asyncio.get_running_loop().create_task(self._discard(inst, root, uid))
 
-    async def _discard(self, inst: Instance, root: str, uid: int) -> None:
+    async def _discard(self, inst: Instance, root: str, uid: int | None) -> None:
         await inst.stop("ephemeral call done")
         self._defer(self.store.update_instance, inst.id, status="stopped", stopped_at=time.time(), exit_reason="ephemeral call done")
-        remove_tree(root)
-        self._eph_in_use.discard(uid)
+        if root:
+            remove_tree(root)
+            self._eph_in_use.discard(uid)  # type: ignore[arg-type]
+        else:
+            self._release_prebound(inst)
+
+    async def _prebind(self, inst: Instance) -> None:
+        """Bind a warm-pool instance ahead of time: its own uid and directory,
+        re-seeded, primed by the spec's warmup hook; the session attaches later."""
+        uid = self.uids.allocate() if os.geteuid() == 0 else None
+        root = os.path.join(self.state_dir, "sessions", inst.id)
+        try:
+            await inst.bind(Binding(session_id=None, uid=uid, workdir=make_workdir(root, uid), warmup=True))
+        except BaseException:
+            self.uids.release(uid)
+            remove_tree(root)
+            raise
+
+    def _release_prebound(self, inst: Instance) -> None:
+        """Give back what a pre-bound instance held when no session took it."""
+        b = inst.binding
+        if b is not None and inst.bound_session is None:
+            self.uids.release(b.uid)
+            remove_tree(os.path.dirname(b.workdir))
 
     def _ephemeral_uid(self) -> int:
         base = self._uid_base + self._uid_span
@@ -443,7 +470,15 @@ class Runtime:
                 with contextlib.suppress(BaseException):
                     await task
 
-    async def _call(self, inst: Instance, event: Any, limit: float, on_progress: ProgressCallback | None, on_chunk: ChunkCallback | None) -> tuple[CallOutcome, float]:
+    async def _call(
+        self,
+        inst: Instance,
+        event: Any,
+        limit: float,
+        on_progress: ProgressCallback | None,
+        on_chunk: ChunkCallback | None,
+        attach: tuple[str | None, str] | None = None,
+    ) -> tuple[CallOutcome, float]:
         chunks: list[Any] | None = None
         if on_chunk is None:
             chunks = []
@@ -452,7 +487,7 @@ class Runtime:
                 chunks.append(item)
 
         t0 = time.perf_counter()
-        outcome = await inst.call(uuid.uuid4().hex[:16], event, timeout=limit, on_progress=on_progress, on_chunk=on_chunk)
+        outcome = await inst.call(uuid.uuid4().hex[:16], event, timeout=limit, on_progress=on_progress, on_chunk=on_chunk, attach=attach)
         elapsed = (time.perf_counter() - t0) * 1000
         if outcome.streamed and chunks is not None:
             outcome.value = chunks
@@ -554,48 +589,54 @@ class Runtime:
             if sess.uid is not None:
                 self.uids.in_use.add(sess.uid)
         else:
+            # brand new: uid and working directory come with its first instance
             now = time.time()
-            uid = self.uids.allocate() if os.geteuid() == 0 else None
-            root = os.path.join(self.state_dir, "sessions", session_id)
-            workdir = make_workdir(root, uid)
             sess = LiveSession(
                 id=session_id,
                 function=fv.name,
-                uid=uid,
-                workdir=workdir,
+                uid=None,
+                workdir="",
                 created_at=now,
                 expires_at=now + fv.spec.session.max_lifetime_s,
                 idle_ttl=fv.spec.session.idle_ttl_s,
                 last_used=now,
             )
-            self._defer(self.store.create_session, session_id, fv.name, fv.version, uid, workdir, sess.expires_at)
         self._stored.pop(session_id, None)
         sess.slots = asyncio.Semaphore(fv.spec.concurrency)
         self._sessions[session_id] = sess
         return sess
 
-    async def _ensure_instance(self, sess: LiveSession) -> tuple[Instance, bool]:
+    async def _ensure_instance(self, sess: LiveSession) -> tuple[Instance, bool, tuple[str | None, str] | None]:
+        """The session's live instance, or a new one: a warm-pool hit for a
+        brand-new session (it adopts the instance's uid and directory), else a
+        fork bound to the session's uid, directory and saved state (resume)."""
         if sess.instance is not None and sess.instance.alive:
-            return sess.instance, False
+            return sess.instance, False, None
         fv = self.function(sess.function)
-        inst = await self._new_instance(fv)
-        try:
-            await inst.bind(Binding(session_id=sess.id, uid=sess.uid, workdir=sess.workdir, state_json=sess.state_json))
-        except BaseException:
-            await inst.stop("bind failed")
-            raise
+        inst: Instance | None = None
+        attach = None
+        if not sess.workdir:
+            inst = self.pool.acquire(fv)
+            if inst is not None and inst.binding is not None:
+                sess.uid, sess.workdir = inst.binding.uid, inst.binding.workdir
+                attach = (sess.id, sess.state_json)
+            else:
+                sess.uid = self.uids.allocate() if os.geteuid() == 0 else None
+                sess.workdir = make_workdir(os.path.join(self.state_dir, "sessions", sess.id), sess.uid)
+            self._defer(self.store.create_session, sess.id, fv.name, fv.version, sess.uid, sess.workdir, sess.expires_at)
+        if inst is None:
+            inst = await self.backend.start(fv)
+            try:
+                await inst.bind(Binding(session_id=sess.id, uid=sess.uid, workdir=sess.workdir, state_json=sess.state_json))
+            except BaseException:
+                await inst.stop("bind failed")
+                raise
         sess.instance = inst
         sess.status = LIVE
         sess.idle_ttl = fv.spec.session.idle_ttl_s
         self._record_instance(inst, sess.id)
         self._defer(self.store.update_session, sess.id, status=LIVE, instance_id=inst.id, version=fv.version)
-        return inst, True
-
-    async def _new_instance(self, fv: FunctionVersion) -> Instance:
-        inst = self.pool.acquire(fv)
-        if inst is None:
-            inst = await self.backend.start(fv)
-        return inst
+        return inst, True, attach
 
     def _record_instance(self, inst: Instance, session_id: str | None) -> None:
         self._defer(
@@ -655,8 +696,10 @@ class Runtime:
                 self._defer(self.store.update_instance, sess.instance.id, status="stopped", stopped_at=time.time(), exit_reason=reason)
                 sess.instance = None
             workdir, uid = sess.workdir, sess.uid
-        self._defer(self.store.update_session, session_id, status=status, closed_at=time.time(), close_reason=reason, instance_id=None, state={})
-        remove_tree(os.path.dirname(workdir))
+        if workdir:  # a session that never got an instance has no row yet
+            self._defer(self.store.update_session, session_id, status=status, closed_at=time.time(), close_reason=reason, instance_id=None, state={})
+        if workdir:
+            remove_tree(os.path.dirname(workdir))
         self.uids.release(uid)
 
     async def describe_session(self, session_id: str) -> dict[str, Any]:

@@ -217,7 +217,31 @@ class Worker:
                 "required isolation layer(s) not achieved: "
                 + ", ".join(f"{m} ({report.missing.get(m, 'unavailable')})" for m in sorted(missing)),
             )
+        if msg.get("warmup"):
+            self._warmup(msg["warmup"])
         self.send({"op": "bound", "isolation": report.to_dict(), "bind_ms": (time.perf_counter() - t0) * 1000})
+
+    def _warmup(self, name: str) -> None:
+        """Run the module's warmup hook (output discarded) to prime this instance."""
+        fn = getattr(self.module, name, None)
+        if not callable(fn):
+            raise _SetupError("user_exception", f"the spec's warmup {name!r} is not a callable of the module")
+        self._local.capture = _Capture(0)
+        try:
+            res = fn()
+            if inspect.iscoroutine(res):
+                self._loop().run_until_complete(res)
+        except Exception as exc:
+            err = _user_error(exc)
+            raise _SetupError("user_exception", f"warmup {name!r} failed: {err['message']}") from None
+        finally:
+            self._local.capture = None
+
+    def attach(self, info: dict[str, Any]) -> None:
+        """A pre-bound instance takes on its session (first call of a warm-pool hit)."""
+        self.session = Session(info.get("session_id"), json.loads(info.get("state_json") or "{}"))
+        self._state_json = info.get("state_json") or "{}"
+        os.environ["FUNCTIONAI_SESSION_ID"] = info.get("session_id") or ""
 
     # -- calls ------------------------------------------------------------
 
@@ -231,6 +255,8 @@ class Worker:
             if msg is None or msg.get("op") == "stop":
                 return
             if msg.get("op") == "call":
+                if "attach" in msg:
+                    self.attach(msg["attach"])
                 if self.concurrency > 1:
                     if self._pool is None:
                         self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="fai-call")
