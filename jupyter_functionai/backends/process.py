@@ -267,12 +267,14 @@ class ProcessInstance(Instance):
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._exit), 2.0)
         err = self._death_error()
-        for p in self._pending.values():
-            if not p.fut.done():
-                p.fut.set_exception(err)
+        futs = [p.fut for p in self._pending.values()]
         self._pending.clear()
-        if self._control is not None and not self._control.done():
-            self._control.set_exception(err)
+        if self._control is not None:
+            futs.append(self._control)
+        for fut in futs:
+            if not fut.done():
+                fut.set_exception(err)
+                fut.exception()  # a waiter (if any) still gets it; nobody waiting is fine too
         if self.writer is not None:
             self.writer.close()
         if self._stop_reason is None:
@@ -334,6 +336,7 @@ class ProcessInstance(Instance):
                 "workdir": binding.workdir,
                 "state_json": binding.state_json,
                 "env": binding.env,
+                "prime": binding.warmup,
                 "warmup": self.fv.spec.warmup if binding.warmup else None,
             }
         )

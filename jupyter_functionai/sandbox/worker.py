@@ -39,7 +39,7 @@ from types import ModuleType
 from typing import Any
 
 from . import isolation as iso
-from .protocol import FrameError, recv_frame, send_frame
+from .protocol import HEADER, FrameError, decode_body, encode, recv_frame, send_frame
 
 SOCK_FD = 3
 _PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -217,25 +217,34 @@ class Worker:
                 "required isolation layer(s) not achieved: "
                 + ", ".join(f"{m} ({report.missing.get(m, 'unavailable')})" for m in sorted(missing)),
             )
-        if msg.get("warmup"):
-            self._warmup(msg["warmup"])
+        if msg.get("prime"):
+            self._prime(msg.get("warmup"))
         self.send({"op": "bound", "isolation": report.to_dict(), "bind_ms": (time.perf_counter() - t0) * 1000})
 
-    def _warmup(self, name: str) -> None:
-        """Run the module's warmup hook (output discarded) to prime this instance."""
-        fn = getattr(self.module, name, None)
-        if not callable(fn):
-            raise _SetupError("user_exception", f"the spec's warmup {name!r} is not a callable of the module")
-        self._local.capture = _Capture(0)
-        try:
-            res = fn()
-            if inspect.iscoroutine(res):
-                self._loop().run_until_complete(res)
-        except Exception as exc:
-            err = _user_error(exc)
-            raise _SetupError("user_exception", f"warmup {name!r} failed: {err['message']}") from None
-        finally:
-            self._local.capture = None
+    def _prime(self, warmup: str | None) -> None:
+        """Prime a warm-pool instance: drive one synthetic call through the real
+        call path (framing, context, capture, JSON, state) with the module's
+        warmup hook as the handler, so the first real call touches pages this
+        process already owns instead of copy-on-write faulting them in."""
+        fn: Callable[..., Any] = lambda event, ctx: None
+        if warmup:
+            hook = getattr(self.module, warmup, None)
+            if not callable(hook):
+                raise _SetupError("user_exception", f"the spec's warmup {warmup!r} is not a callable of the module")
+
+            def fn(event: Any, ctx: Context) -> Any:
+                res = hook()
+                if inspect.iscoroutine(res):
+                    self._loop().run_until_complete(res)
+
+        sent: list[dict[str, Any]] = []
+        frame = recv_frame_from_bytes(encode({"op": "call", "id": "prime", "event": {"prime": True}}))
+        saved = (self.session, self._state_json)
+        self.run_call(frame, handler=fn, send=sent.append)
+        self.session, self._state_json = saved
+        if sent and sent[0].get("op") == "error":
+            err = sent[0]["error"]
+            raise _SetupError("user_exception", f"warmup {warmup!r} failed: {err.get('message')}")
 
     def attach(self, info: dict[str, Any]) -> None:
         """A pre-bound instance takes on its session (first call of a warm-pool hit)."""
@@ -270,16 +279,22 @@ class Worker:
             loop = self._local.loop = asyncio.new_event_loop()
         return loop
 
-    def run_call(self, msg: dict[str, Any]) -> None:
+    def run_call(
+        self,
+        msg: dict[str, Any],
+        handler: Callable[..., Any] | None = None,
+        send: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
         cid = msg["id"]
+        handler = handler or self.handler
         cap = _Capture(self.max_output)
         self._local.capture = cap
         t0 = time.perf_counter()
         streamed = False
         try:
             ctx = Context(self, cid)
-            assert self.handler is not None
-            value = self.handler(msg.get("event"), ctx)
+            assert handler is not None
+            value = handler(msg.get("event"), ctx)
             if inspect.iscoroutine(value):
                 value = self._loop().run_until_complete(value)
             if inspect.isgenerator(value) or inspect.isasyncgen(value):
@@ -314,6 +329,9 @@ class Worker:
         body["logs"] = cap.text()
         body["logs_dropped"] = cap.dropped
         body["duration_ms"] = (time.perf_counter() - t0) * 1000
+        if send is not None:
+            send(body)
+            return
         self.send(body)
 
     def _stream(self, cid: str, gen: Any) -> None:
@@ -351,6 +369,11 @@ class Worker:
 
 
 _STATE_FD: int | None = None
+
+
+def recv_frame_from_bytes(data: bytes) -> dict[str, Any]:
+    (size,) = HEADER.unpack(data[: HEADER.size])
+    return decode_body(data[HEADER.size : HEADER.size + size])
 
 
 def _close_state_fd() -> None:
