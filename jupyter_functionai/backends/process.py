@@ -72,7 +72,7 @@ class _Template:
             "version": self.fv.version,
             "handler": spec.handler,
             "code_path": self.fv.code_path,
-            "module": spec.source.module.split(":")[0] if spec.source.kind == "module" else None,
+            "module": (spec.source.module or "").split(":")[0] if spec.source.kind == "module" else None,
             "sys_path": [self.fv.code_dir],
         }
         env = dict(os.environ)

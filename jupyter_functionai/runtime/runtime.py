@@ -408,7 +408,8 @@ class Runtime:
         self._defer(self.store.update_instance, inst.id, status="stopped", stopped_at=time.time(), exit_reason="ephemeral call done")
         if root:
             remove_tree(root)
-            self._eph_in_use.discard(uid)  # type: ignore[arg-type]
+            if uid is not None:
+                self._eph_in_use.discard(uid)
         else:
             self._release_prebound(inst)
 

@@ -24,6 +24,7 @@ import struct
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+import typing
 from typing import Any
 
 CLONE_NEWNS = 0x00020000
@@ -78,7 +79,9 @@ def setns(fd: int, nstype: int) -> None:
 
 
 def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
-    enc = (lambda s: s.encode() if s is not None else None)
+    def enc(v: str | None) -> bytes | None:
+        return v.encode() if v is not None else None
+
     _check(libc().mount(enc(source), enc(target), enc(fstype), flags, enc(data)), f"mount {target}")
 
 
@@ -352,7 +355,7 @@ def reseed_random_sources(extra_modules: Iterable[Any] = ()) -> list[str]:
     """
     done = ["random"]
     random.seed(os.urandom(32))
-    np = sys.modules.get("numpy")
+    np: Any = sys.modules.get("numpy")
     np_types: tuple[type, ...] = ()
     if np is not None:
         try:
@@ -363,10 +366,11 @@ def reseed_random_sources(extra_modules: Iterable[Any] = ()) -> list[str]:
             pass
     for mod in extra_modules:
         for name, val in list(vars(mod).items()):
-            if isinstance(val, random.Random) and val is not random._inst:  # type: ignore[attr-defined]
+            if isinstance(val, random.Random) and val is not getattr(random, "_inst", None):
                 val.seed(os.urandom(32))
                 done.append(f"{mod.__name__}.{name}")
             elif np_types and isinstance(val, np_types):
+                val = typing.cast(Any, val)
                 seed = int.from_bytes(os.urandom(8), "little")
                 if isinstance(val, np.random.Generator):
                     val.bit_generator.state = type(val.bit_generator)(seed).state

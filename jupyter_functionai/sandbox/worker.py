@@ -28,6 +28,7 @@ import io
 import json
 import logging
 import os
+import resource
 import socket
 import sys
 import threading
@@ -188,7 +189,7 @@ class Worker:
         if uid is not None and os.geteuid() == 0:
             try:
                 if self.cfg.get("max_pids"):
-                    iso.set_rlimit(iso.resource.RLIMIT_NPROC, int(self.cfg["max_pids"]))
+                    iso.set_rlimit(resource.RLIMIT_NPROC, int(self.cfg["max_pids"]))
                     report.rlimits.append("nproc")
                 os.setgroups([])
                 os.setresgid(uid, uid, uid)
@@ -508,11 +509,11 @@ def sandbox_setup(cfg: dict[str, Any], pid_ns: bool) -> iso.IsolationReport:
         report.missing["cgroup"] = cfg.get("cgroup_error") or "cgroups unavailable"
     mark("cgroup")
     try:
-        iso.set_rlimit(iso.resource.RLIMIT_CORE, 0)
+        iso.set_rlimit(resource.RLIMIT_CORE, 0)
         report.rlimits.append("core")
         if not report.cgroup:
             mem = int(cfg.get("memory_mb", 512)) * 1024 * 1024
-            iso.set_rlimit(iso.resource.RLIMIT_AS, mem)
+            iso.set_rlimit(resource.RLIMIT_AS, mem)
             report.rlimits.append("as")
     except (OSError, ValueError) as exc:
         report.missing["rlimits"] = str(exc)
