@@ -100,12 +100,12 @@ class UserError(InvocationError):
     status = 422
 
 
-class FunctionTimeout(InvocationError, TimeoutError):
+class FunctionTimeout(InvocationError):
     kind = "timeout"
     status = 504
 
 
-class OutOfMemory(InvocationError, MemoryError):
+class OutOfMemory(InvocationError):
     kind = "out_of_memory"
     status = 507
 
