@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from jupyter_functionai import FunctionSpec, InvalidSpec, NotFound, OutOfMemory, Runtime
+from jupyter_functionai import InvalidSpec, NotFound, OutOfMemory, Runtime
 from jupyter_functionai.backends.process import ProcessBackend
 from jupyter_functionai.sandbox.isolation import CgroupManager
 

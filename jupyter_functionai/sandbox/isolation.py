@@ -22,9 +22,9 @@ import socket
 import stat
 import struct
 import sys
+import typing
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-import typing
 from typing import Any
 
 CLONE_NEWNS = 0x00020000
