@@ -74,6 +74,7 @@ class _Template:
             "code_path": self.fv.code_path,
             "module": (spec.source.module or "").split(":")[0] if spec.source.kind == "module" else None,
             "sys_path": [self.fv.code_dir],
+            "warmup": spec.warmup,
         }
         env = dict(os.environ)
         env.update({"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})

@@ -22,6 +22,8 @@ instance's socket as SCM_RIGHTS)::
 from __future__ import annotations
 
 import argparse
+import asyncio
+import inspect
 import gc
 import importlib
 import importlib.util
@@ -86,6 +88,15 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     try:
         module, handler = load_handler(spec)
+        if spec.get("warmup"):
+            # Pre-initialise: lazy imports, caches and first-use state the
+            # handler needs are built once here and shared by every fork.
+            hook = getattr(module, spec["warmup"], None)
+            if not callable(hook):
+                raise LookupError(f"the module defines no callable {spec['warmup']!r} (the spec's warmup)")
+            res = hook()
+            if inspect.iscoroutine(res):
+                asyncio.run(res)
     except BaseException as exc:
         frames = [f for f in traceback.extract_tb(exc.__traceback__) if "jupyter_functionai" not in f.filename]
         tb = "Traceback (most recent call last):\n" + "".join(traceback.format_list(frames))
