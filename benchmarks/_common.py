@@ -30,6 +30,11 @@ def handler(event, ctx):
     x = int(event.get("x", 1))
     sub = df[df["b"] == x % 7]
     return {"x": x, "rows": int(len(sub)), "sum": float((sub["a"] * x).sum()), "mean_c": round(float(sub["c"].mean()), 6)}
+
+
+def warmup():
+    # the spec's warm-pool priming hook (used only where the benchmark turns it on)
+    handler({"x": 0}, None)
 '''
 
 #: The same work as a Jupyter cell: imports + module top level + handler definition.
@@ -177,19 +182,28 @@ def smaps_rollup(pid: int) -> dict[str, int]:
     }
 
 
-def mem_available() -> int:
-    """MemAvailable from /proc/meminfo, bytes (0 when unknown)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 MB = 1024 * 1024
+
+
+def proc_status(pid: int | str = "self") -> dict[str, int]:
+    """VmRSS / VmPTE / Threads of a process from /proc/PID/status (kB, or a count)."""
+    out: dict[str, int] = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                if key in ("VmRSS", "VmPTE", "Threads"):
+                    out[key] = int(rest.split()[0])
+    except (OSError, ValueError):
+        pass
+    return out
+
+
+def loadavg() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
 
 
 # -- output ---------------------------------------------------------------------------
@@ -199,9 +213,10 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A plain-text (Markdown-compatible) table."""
     cells = [[str(h) for h in headers]] + [[_fmt(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    numeric = [all(not isinstance(r[i], str) for r in rows) for i in range(len(headers))]
     out = []
     for j, r in enumerate(cells):
-        out.append("| " + " | ".join(c.rjust(widths[i]) if j else c.ljust(widths[i]) for i, c in enumerate(r)) + " |")
+        out.append("| " + " | ".join(c.rjust(widths[i]) if j and numeric[i] else c.ljust(widths[i]) for i, c in enumerate(r)) + " |")
         if j == 0:
             out.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(out)

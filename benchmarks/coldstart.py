@@ -109,6 +109,7 @@ async def runtime_path(
     n: int,
     warmup: int,
     gap_s: float,
+    pool_warmup: bool = False,
 ) -> Samples:
     from jupyter_functionai import FunctionSpec, Runtime
 
@@ -122,7 +123,8 @@ async def runtime_path(
     out = Samples(name)
     state_dir = tempfile.mkdtemp(prefix=f"{name}-", dir=state_root)
     async with Runtime.open(state_dir, **kw) as rt:
-        await rt.deploy(FunctionSpec.from_file(FN, handler_path, min_instances=2 if pooled else 0))
+        extra = {"warmup": "warmup"} if pooled and pool_warmup else {}
+        await rt.deploy(FunctionSpec.from_file(FN, handler_path, min_instances=2 if pooled else 0, **extra))
         for i in range(warmup + n):
             timed = i >= warmup
             sid = f"{name}-{i}"
@@ -153,9 +155,9 @@ async def runtime_path(
             if timed:
                 out.ms.append(dt)
                 if pooled:
-                    # the pool instance's spawn happened before the session existed:
-                    # only bind (init) and the first call are on the critical path
-                    out.add_split(bind=cs.init_ms, first_call=cs.first_call_ms, other=dt - cs.init_ms - cs.first_call_ms)
+                    # the pool instance was spawned and pre-bound (init) before the
+                    # session existed: only its first call is on the critical path
+                    out.add_split(init_before_session=cs.init_ms, first_call=cs.first_call_ms, other=dt - cs.first_call_ms)
                 else:
                     out.add_split(
                         spawn=cs.spawn_ms,
@@ -163,6 +165,9 @@ async def runtime_path(
                         first_call=cs.first_call_ms,
                         other=dt - cs.total_ms,
                     )
+        # let the template report the last instance's exit before closing: the
+        # runtime removes an instance's cgroup only on that report
+        await asyncio.sleep(0.3)
     shutil.rmtree(state_dir, ignore_errors=True)
     return out
 
@@ -236,6 +241,11 @@ def fork_floor(out: Samples, handler: Any, n: int, warmup: int, label: str) -> N
     # like the runtime's template: freeze the heap so children do not copy it on a collection
     gc.collect()
     gc.freeze()
+    st = common.proc_status()
+    out.notes.append(
+        f"fork-floor ({label}): parent RSS {st.get('VmRSS', 0) / 1024:.0f} MiB, "
+        f"page tables {st.get('VmPTE', 0)} kB, {st.get('Threads', 0)} thread(s)"
+    )
     try:
         for i in range(warmup + n):
             x = i % 50
@@ -274,6 +284,8 @@ def build_report(results: dict[str, Samples], meta: dict[str, Any]) -> dict[str,
         }
         if s.isolation is not None:
             paths[name]["isolation"] = s.isolation
+        if s.notes:
+            paths[name]["notes"] = s.notes
         if base is not None and base.ms:
             ratios[f"{name}/template-fork"] = {"p50": _num(s.p50 / base.p50), "p95": _num(s.p95 / base.p95)}
     goals = {}
@@ -307,8 +319,8 @@ def print_report(results: dict[str, Samples], report: dict[str, Any]) -> None:
                 common.mean(s.ms),
                 min(s.ms),
                 max(s.ms),
-                f"{r50:.2f}x",
-                f"{r95:.2f}x",
+                "-" if math.isnan(r50) else f"{r50:.2f}x",
+                "-" if math.isnan(r95) else f"{r95:.2f}x",
                 split or "-",
             ]
         )
@@ -319,6 +331,8 @@ def print_report(results: dict[str, Samples], report: dict[str, Any]) -> None:
     if f is not None:
         parts = {k: v for k, v in f.split.items()}
         print("fork-floor runs: " + "; ".join(f"{k}: n={len(v)} p50 {common.percentile(v, 50):.2f} ms" for k, v in parts.items()))
+        for note in f.notes:
+            print(note)
     for name, s in results.items():
         if s.isolation is not None:
             iso = s.isolation
@@ -339,6 +353,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=3, help="untimed samples before each path (default 3)")
     ap.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated subset of {','.join(PATHS)}")
     ap.add_argument("--gap-ms", type=float, default=0.0, help="idle pause before each runtime sample (default 0)")
+    ap.add_argument(
+        "--pool-warmup",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="deploy the warm-pool function with the spec's warmup hook (priming each pooled instance "
+        "with one handler call); auto: on when this runtime's FunctionSpec has the field (default)",
+    )
     ap.add_argument("--json", metavar="PATH", help="write the results as JSON")
     args = ap.parse_args(argv)
     if args.n < 1 or (args.kernel_n is not None and args.kernel_n < 1) or args.warmup < 0:
@@ -351,14 +372,27 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def _pool_warmup(choice: str) -> bool:
+    import dataclasses
+
+    from jupyter_functionai import FunctionSpec
+
+    supported = "warmup" in {f.name for f in dataclasses.fields(FunctionSpec)}
+    if choice == "on" and not supported:
+        raise SystemExit("coldstart: --pool-warmup on: this runtime's FunctionSpec has no 'warmup' field")
+    return supported if choice == "auto" else choice == "on"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     n, kn, warmup = args.n, args.kernel_n or args.n, args.warmup
     gap_s = args.gap_ms / 1000
+    pool_warmup = _pool_warmup(args.pool_warmup)
     results: dict[str, Samples] = {}
     root = tempfile.mkdtemp(prefix="fai-coldstart-")
     os.chmod(root, 0o755)
     started = time.time()
+    load0 = common.loadavg()
     try:
         handler_path = common.write_handler(root)
         module = common.load_module(handler_path)
@@ -369,7 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in ("warm-pool", "template-fork", "template-fork-noiso", "fresh"):
             if name in args.paths:
                 log(f"[coldstart] {name}, n={n}")
-                results[name] = asyncio.run(runtime_path(name, handler_path, root, n, warmup, gap_s))
+                results[name] = asyncio.run(runtime_path(name, handler_path, root, n, warmup, gap_s, pool_warmup))
         if "jupyter-kernel" in args.paths:
             log(f"[coldstart] jupyter-kernel, n={kn}")
             with common.jupyter_sandbox_env(os.path.join(root, "jupyter")):
@@ -384,16 +418,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         "kernel_n": kn,
         "warmup": warmup,
         "gap_ms": args.gap_ms,
+        "pool_warmup_hook": pool_warmup,
         "cpus": os.cpu_count(),
         "python": sys.version.split()[0],
         "euid": os.geteuid(),
         "elapsed_s": round(time.time() - started, 1),
+        "loadavg_start": load0,
+        "loadavg_end": common.loadavg(),
         "definition": "perf_counter from the caller's request for a new session until its first result is back at the caller",
         "fork-floor": "n samples measured first and n last (all used); timing stops when the result line is read, the child is reaped afterwards",
     }
     report = build_report(results, meta)
     print(f"samples: n={n} per path, jupyter-kernel n={kn}, fork-floor n={len(results['fork-floor'].ms) if 'fork-floor' in results else 0} "
-          f"(warm-up {warmup} untimed per path), {meta['elapsed_s']} s")
+          f"(warm-up {warmup} untimed per path), {meta['elapsed_s']} s, load average {load0} -> {meta['loadavg_end']}")
+    print(f"warm-pool: min_instances=2, pool refilled before each sample, spec warmup hook {'on' if pool_warmup else 'off'}")
+    print("split: mean of the runtime's ColdStart parts; 'other' = end-to-end minus those parts (the warm-pool's spawn "
+          "happened before the session existed and is left out)")
     print_report(results, report)
     if args.json:
         with open(args.json, "w") as fh:

@@ -8,9 +8,8 @@ reports per-session unique (USS) and resident (RSS) memory from
 For comparison, K Jupyter kernels that ran the same imports and one handler
 call: ``total = sum(USS) + the largest kernel's shared part (RSS - USS)``.
 
-Also printed, as a cross-check: the sum of PSS, and the drop of the system's
-MemAvailable per session (it also counts what the kernel spends per sandbox:
-page tables, namespaces, cgroups; noisy when other work runs).
+Also printed, as a cross-check: the sum of PSS, and the median page-table
+size per process (kernel memory that USS/RSS/PSS do not count).
 
 Run: ``python benchmarks/density.py [--n 100 1000] [--kernels 10] [--json PATH]``
 (or ``functionai bench density ...``).  Sessions are created incrementally in
@@ -47,15 +46,34 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _template_pid(rt: Any) -> int | None:
-    """The template process of the deployed function (a backend internal: no
-    public accessor exists)."""
+def _ppid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _template_pid(rt: Any, live: list[Any]) -> int | None:
+    """The template process the sessions were forked from: the parent of the
+    instances (all must agree), else the backend's own record."""
+    parents = {_ppid(i.pid) for i in live if i.pid}
+    if len(parents) == 1 and None not in parents:
+        return parents.pop()
     templates = getattr(rt.backend, "_templates", {}) or {}
     for (name, _version), t in templates.items():
         proc = getattr(t, "proc", None)
         if name == FN and proc is not None and proc.poll() is None:
             return int(proc.pid)
     return None
+
+
+def _pte_p50(pids: Any) -> float | None:
+    """Median page-table size (kB) of the processes: kernel memory per process
+    that USS/RSS/PSS do not show."""
+    vals = [common.proc_status(p).get("VmPTE") for p in pids if p]
+    vals = [v for v in vals if v is not None]
+    return round(common.percentile(vals, 50), 1) if vals else None
 
 
 def _summary(kind: str, n: int, stats: list[dict[str, Any]], total: float, extra: dict[str, Any]) -> dict[str, Any]:
@@ -88,8 +106,6 @@ async def sessions_run(ns: Sequence[int], handler_path: str, root: str) -> list[
         # one session opened and closed first: everything lazily set up is set up
         await rt.invoke(FN, {"x": 0}, session="warmup")
         await rt.close_session("warmup")
-        await asyncio.sleep(0.5)
-        avail0 = common.mem_available()
         created = 0
         create_ms: list[float] = []
         t_start = time.perf_counter()
@@ -113,16 +129,18 @@ async def sessions_run(ns: Sequence[int], handler_path: str, root: str) -> list[
                 log(f"[density] warning: {len(live)} live instances for {target} sessions")
             stats = [inst.stats() for inst in live]
             stats = [s for s in stats if s.get("rss")]
-            tpid = _template_pid(rt)
+            tpid = _template_pid(rt, live)
+            if tpid is None:
+                raise RuntimeError("cannot find the template process the sessions were forked from")
             tmem = common.smaps_rollup(tpid) if tpid else {"rss": 0, "pss": 0, "uss": 0}
             total = sum(s["uss"] for s in stats) / MB + tmem["rss"] / MB
             cg = [s["cgroup_memory"] / MB for s in stats if s.get("cgroup_memory")]
-            sys_drop = (avail0 - common.mem_available()) / MB
             extra = {
+                "template_pid": tpid,
                 "template_rss_mb": round(tmem["rss"] / MB, 1),
                 "template_pss_mb": round(tmem["pss"] / MB, 1),
                 "cgroup_mb_p50": round(common.percentile(cg, 50), 3) if cg else None,
-                "memavailable_drop_mb_per_unit": round(sys_drop / target, 3) if avail0 else None,
+                "page_tables_kb_p50": _pte_p50(i.pid for i in live),
                 "create_ms_p50": round(common.percentile(create_ms, 50), 2),
                 "create_ms_p95": round(common.percentile(create_ms, 95), 2),
             }
@@ -130,7 +148,16 @@ async def sessions_run(ns: Sequence[int], handler_path: str, root: str) -> list[
             run["pss_mb_sum"] = round(run["pss_mb_sum"] + tmem["pss"] / MB, 1)
             runs.append(run)
             log(f"[density] measured N={target}: USS p50 {run['uss_mb_p50']:.2f} MB, total {run['total_mb']:.0f} MB")
+        # closed one by one (not left to Runtime.close, which pauses them: that
+        # path leaves each instance's cgroup directories behind)
         log(f"[density] closing {created} sessions")
+        t0 = time.perf_counter()
+        for i in range(created):
+            await rt.close_session(f"s{i}")
+            if i % 50 == 49:
+                await asyncio.sleep(0.1)  # let exits be reported while closing goes on
+        log(f"[density] closed {created} sessions in {time.perf_counter() - t0:.1f} s")
+        await asyncio.sleep(2.0)  # the templates report the exits; only then are the cgroups removed
         t0 = time.perf_counter()
     log(f"[density] runtime closed in {time.perf_counter() - t0:.1f} s")
     shutil.rmtree(state_dir, ignore_errors=True)
@@ -142,7 +169,6 @@ async def kernels_run(k: int) -> dict[str, Any]:
 
     kms: list[Any] = []
     kcs: list[Any] = []
-    avail0 = common.mem_available()
     try:
         for i in range(k):
             km = AsyncKernelManager(kernel_name="python3")
@@ -162,7 +188,7 @@ async def kernels_run(k: int) -> dict[str, Any]:
             if pid is None:
                 raise RuntimeError("cannot find a kernel's pid")
             stats.append(common.smaps_rollup(pid))
-        sys_drop = (avail0 - common.mem_available()) / MB
+        pids = [common.kernel_pid(km) for km in kms]
         shared_once = max((s["rss"] - s["uss"]) for s in stats) / MB
         total = sum(s["uss"] for s in stats) / MB + shared_once
         return _summary(
@@ -170,7 +196,7 @@ async def kernels_run(k: int) -> dict[str, Any]:
             k,
             stats,
             total,
-            {"shared_mb_counted_once": round(shared_once, 1), "memavailable_drop_mb_per_unit": round(sys_drop / k, 3) if avail0 else None},
+            {"shared_mb_counted_once": round(shared_once, 1), "page_tables_kb_p50": _pte_p50(pids)},
         )
     finally:
         for kc in kcs:
@@ -191,7 +217,7 @@ def print_report(runs: list[dict[str, Any]]) -> dict[str, Any]:
                 r["total_mb"],
                 r["total_mb_per_unit"],
                 r["pss_mb_sum"],
-                r.get("memavailable_drop_mb_per_unit") if r.get("memavailable_drop_mb_per_unit") is not None else math.nan,
+                r.get("page_tables_kb_p50") if r.get("page_tables_kb_p50") is not None else math.nan,
                 r.get("create_ms_p50", math.nan),
             ]
         )
@@ -199,7 +225,7 @@ def print_report(runs: list[dict[str, Any]]) -> dict[str, Any]:
     print("Idle sessions vs Jupyter kernels (MB = MiB)")
     print(
         common.table(
-            ["kind", "N", "USS p50", "USS p95", "RSS p50", "total", "total / unit", "sum PSS", "MemAvail drop / unit", "create ms p50"],
+            ["kind", "N", "USS p50", "USS p95", "RSS p50", "total", "total / unit", "sum PSS", "page tables kB p50", "create ms p50"],
             rows,
         )
     )
@@ -248,6 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = tempfile.mkdtemp(prefix="fai-density-")
     os.chmod(root, 0o755)
     started = time.time()
+    load0 = common.loadavg()
     runs: list[dict[str, Any]] = []
     try:
         handler_path = common.write_handler(root)
@@ -260,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     goal = print_report(runs)
-    print(f"({time.time() - started:.0f} s)")
+    print(f"({time.time() - started:.0f} s, load average {load0} -> {common.loadavg()})")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"runs": runs, "goal": goal}, fh, indent=2)

@@ -184,3 +184,23 @@ def test_every_error_kind_round_trips_through_its_dict():
         assert err.to_dict() == {"kind": kind, "message": "m", "extra": 1}
     unknown = errors.FunctionAIError.from_dict({"kind": "weird", "message": "x"})
     assert type(unknown) is errors.FunctionAIError
+
+
+async def test_closing_the_runtime_leaves_no_cgroups(tmp_path):
+    async with Runtime.open(tmp_path / "s") as rt:
+        await deploy(rt, "echo", "def handler(e, ctx):\n    return 1\n", min_instances=2)
+        for i in range(3):
+            await rt.invoke("echo", {}, session=f"c{i}")
+        await rt.pool.wait_full("echo")
+        cg = rt.backend.cgroups  # type: ignore[attr-defined]
+        ids = [i.id for i in rt.live_instances()] + [i.id for i in rt.pool._slots["echo"].ready]
+        assert len(ids) == 5
+    if not cg.version:
+        pytest.skip(f"no writable cgroups here ({cg.reason}); nothing to leak")
+    left = [
+        p
+        for iid in ids
+        for p in ([f"{cg.root}/{cg.prefix}/{iid}"] if cg.version == 2 else [f"{cg.root}/{c}/{cg.prefix}/{iid}" for c in ("memory", "cpu", "pids")])
+        if os.path.exists(p)
+    ]
+    assert left == []

@@ -449,6 +449,8 @@ class ProcessBackend(Backend):
         self._by_pid: dict[int, ProcessInstance] = {}
         self._instances: dict[str, ProcessInstance] = {}
         self._pending_cgroups: set[str] = set()
+        self._cgroups_live: set[str] = set()  # created by this backend, not yet removed
+        self.cgroups.sweep()
         self._keep_paths = _python_paths()
         self._plans: dict[tuple[str, int], list[tuple[str, list[str]]]] = {}
         self._events: list[str] = []
@@ -528,6 +530,7 @@ class ProcessBackend(Backend):
         cg_err = self.cgroups.reason
         if self.cgroups.version and self.isolate:
             try:
+                self._cgroups_live.add(iid)
                 cg_procs = self.cgroups.create(iid, cpu=spec.resources.cpu, memory_mb=spec.resources.memory_mb, pids=spec.limits.max_pids)
             except OSError as exc:
                 cg_err = f"creating the cgroup failed: {exc}"
@@ -593,6 +596,7 @@ class ProcessBackend(Backend):
     def _cleanup_cgroup(self, name: str) -> None:
         if not self.cgroups.version:
             return
+        self._cgroups_live.discard(name)
         if not self.cgroups.remove(name):
             self._pending_cgroups.add(name)
         # retry earlier leftovers (processes of a killed PID namespace exit asynchronously)
@@ -610,21 +614,32 @@ class ProcessBackend(Backend):
         return plan
 
     async def close(self) -> None:
-        for inst in list(self._instances.values()):
+        live = list(self._instances.values())
+        for inst in live:
             await inst.stop("backend closed")
+        # the templates reap what was killed and report it (which removes the
+        # cgroups): wait for that before the templates go
+        exits = [i._exit for i in live if not i._exit.done()]
+        if exits:
+            await asyncio.wait(exits, timeout=3.0)
         for t in list(self._templates.values()):
             t.close()
         self._templates.clear()
         for task in self._starting.values():
             task.cancel()
-        # give the killed PID namespaces a moment to empty, then remove their cgroups
-        for _ in range(50):
-            if not self._pending_cgroups:
-                break
-            await asyncio.sleep(0.02)
+        # whatever is left (a PID namespace still emptying, a template that died
+        # first): retry for a few seconds, never leave a cgroup behind silently
+        self._pending_cgroups |= self._cgroups_live
+        for _ in range(150):
             for n in list(self._pending_cgroups):
                 if self.cgroups.remove(n):
                     self._pending_cgroups.discard(n)
+                    self._cgroups_live.discard(n)
+            if not self._pending_cgroups:
+                break
+            await asyncio.sleep(0.02)
+        if self._pending_cgroups:
+            self.log_event(f"{len(self._pending_cgroups)} cgroup(s) could not be removed: {sorted(self._pending_cgroups)[:5]}")
 
 
 def _python_paths() -> list[str]:

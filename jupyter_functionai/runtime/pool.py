@@ -61,8 +61,12 @@ class InstancePool:
         if slot is not None:
             self._drain(slot)
 
-    def acquire(self, fv: FunctionVersion) -> Instance | None:
-        """A ready instance of exactly ``fv``, or None (a miss)."""
+    def acquire(self, fv: FunctionVersion, refill: bool = True) -> Instance | None:
+        """A ready instance of exactly ``fv``, or None (a miss).
+
+        With ``refill=False`` the caller calls :meth:`refill` once the instance
+        has answered, so the replacement's fork does not compete for the CPU
+        with the very call the pool is there to speed up."""
         slot = self._slots.get(fv.name)
         if slot is None or slot.fv.version != fv.version:
             return None
@@ -72,10 +76,16 @@ class InstancePool:
             if cand.alive:
                 inst = cand
                 break
-        self._refill(slot)
+        if refill:
+            self._refill(slot)
         if inst is not None:
             inst.path = "warm-pool"
         return inst
+
+    def refill(self, name: str) -> None:
+        slot = self._slots.get(name)
+        if slot is not None:
+            self._refill(slot)
 
     def sizes(self) -> dict[str, dict[str, object]]:
         return {

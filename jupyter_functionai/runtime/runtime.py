@@ -366,6 +366,9 @@ class Runtime:
                     await self._lost_instance(sess, inst, exc)
                     self._log_invocation(inst, sess.id, time.time(), 0.0, exc.kind, size, 0, "")
                     raise
+                finally:
+                    if attach is not None:  # a warm-pool hit: replace it now that it has answered
+                        self.pool.refill(fv.name)
             finally:
                 sess.busy -= 1
                 sess.last_used = time.time()
@@ -382,7 +385,7 @@ class Runtime:
             return self._finish(inst, sess.id, outcome, elapsed, fresh, size)
 
     async def _invoke_ephemeral(self, fv: FunctionVersion, event: Any, size: int, limit: float, on_progress: ProgressCallback | None, on_chunk: ChunkCallback | None) -> InvokeResult:
-        inst = self.pool.acquire(fv)
+        inst = self.pool.acquire(fv, refill=False)
         pooled = inst is not None
         uid = None
         root = ""
@@ -401,6 +404,8 @@ class Runtime:
                 raise
             return self._finish(inst, None, outcome, elapsed, True, size)
         finally:
+            if pooled:
+                self.pool.refill(fv.name)
             asyncio.get_running_loop().create_task(self._discard(inst, root, uid))
 
     async def _discard(self, inst: Instance, root: str, uid: int | None) -> None:
@@ -617,7 +622,7 @@ class Runtime:
         inst: Instance | None = None
         attach = None
         if not sess.workdir:
-            inst = self.pool.acquire(fv)
+            inst = self.pool.acquire(fv, refill=False)
             if inst is not None and inst.binding is not None:
                 sess.uid, sess.workdir = inst.binding.uid, inst.binding.workdir
                 attach = (sess.id, sess.state_json)

@@ -22,6 +22,7 @@ import socket
 import stat
 import struct
 import sys
+import time
 import typing
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -219,6 +220,35 @@ class CgroupManager:
             return int(_read(path))
         except (OSError, ValueError):
             return None
+
+    def sweep(self, older_than_s: float = 60.0) -> int:
+        """Remove empty instance cgroups left by runtimes that died (a cgroup
+        with processes cannot be removed, so live ones are safe; young ones are
+        skipped in case another runtime is about to use them)."""
+        if self.version == 2:
+            bases = [os.path.join(self.root, self.prefix)]
+        elif self.version == 1:
+            bases = [os.path.join(self.root, c, self.prefix) for c in V1_CONTROLLERS]
+        else:
+            return 0
+        now = time.time()
+        removed = 0
+        for base in bases:
+            try:
+                entries = list(os.scandir(base))
+            except OSError:
+                continue
+            for e in entries:
+                if not (e.name.startswith("i-") and e.is_dir(follow_symlinks=False)):
+                    continue
+                try:
+                    if now - e.stat(follow_symlinks=False).st_mtime < older_than_s:
+                        continue
+                    os.rmdir(e.path)
+                    removed += 1
+                except OSError:
+                    pass
+        return removed
 
     def remove(self, name: str) -> bool:
         """Remove the instance's cgroup(s); False while processes remain."""

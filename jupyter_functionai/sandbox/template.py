@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import inspect
 import gc
 import importlib
 import importlib.util
+import inspect
 import json
 import os
 import selectors
