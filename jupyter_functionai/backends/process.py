@@ -62,6 +62,8 @@ class _Template:
         self.import_ms = 0.0
         self.pid_ns = False
         self.closed = False
+        self.retiring = False
+        self.pids: set[int] = set()  # its instances not yet reaped
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -168,6 +170,9 @@ class _Template:
         if self.closed:
             return
         self.closed = True
+        for pid in self.pids:  # a dead template cannot take its instances down
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
         if self.ctl is not None:
             with contextlib.suppress(Exception):
                 asyncio.get_running_loop().remove_reader(self.ctl.fileno())
@@ -450,6 +455,7 @@ class ProcessBackend(Backend):
         self._instances: dict[str, ProcessInstance] = {}
         self._pending_cgroups: set[str] = set()
         self._cgroups_live: set[str] = set()  # created by this backend, not yet removed
+        self._retiring: set[_Template] = set()
         self.cgroups.sweep()
         self._keep_paths = _python_paths()
         self._plans: dict[tuple[str, int], list[tuple[str, list[str]]]] = {}
@@ -501,8 +507,15 @@ class ProcessBackend(Backend):
         return t
 
     async def retire(self, fv: FunctionVersion) -> None:
+        """No new instances of ``fv``; its template goes once its last instance
+        has been reaped (so exits are still reported and cgroups removed)."""
         t = self._templates.pop((fv.name, fv.version), None)
-        if t is not None:
+        if t is None:
+            return
+        if t.pids:
+            t.retiring = True
+            self._retiring.add(t)
+        else:
             t.close()
 
     # -- instances -------------------------------------------------------------
@@ -569,6 +582,7 @@ class ProcessBackend(Backend):
             raise
         theirs.close()
         inst.pid = pid
+        template.pids.add(pid)
         self._by_pid[pid] = inst
         self._instances[iid] = inst
         msg = await inst._await_control("ready")
@@ -592,6 +606,12 @@ class ProcessBackend(Backend):
         if not inst._exit.done():
             inst._exit.set_result(status)
         self._instances.pop(inst.id, None)
+        t = inst.template
+        if t is not None:
+            t.pids.discard(pid)
+            if t.retiring and not t.pids:
+                self._retiring.discard(t)
+                t.close()
 
     def _cleanup_cgroup(self, name: str) -> None:
         if not self.cgroups.version:
@@ -622,9 +642,10 @@ class ProcessBackend(Backend):
         exits = [i._exit for i in live if not i._exit.done()]
         if exits:
             await asyncio.wait(exits, timeout=3.0)
-        for t in list(self._templates.values()):
+        for t in [*self._templates.values(), *self._retiring]:
             t.close()
         self._templates.clear()
+        self._retiring.clear()
         for task in self._starting.values():
             task.cancel()
         # whatever is left (a PID namespace still emptying, a template that died

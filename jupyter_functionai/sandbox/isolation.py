@@ -167,7 +167,8 @@ class CgroupManager:
             return None, f"cgroup v1 not writable: {exc}"
 
     def create(self, name: str, *, cpu: float, memory_mb: int, pids: int) -> list[str]:
-        """Make the cgroup(s) with limits; returns the ``cgroup.procs`` paths to join."""
+        """Make the cgroup(s) with limits; returns the files the instance writes
+        ``0`` to (from its only thread) to join them."""
         mem = str(memory_mb * 1024 * 1024)
         if self.version == 2:
             d = os.path.join(self.root, self.prefix, name)
@@ -182,7 +183,11 @@ class CgroupManager:
             for c in V1_CONTROLLERS:
                 d = os.path.join(self.root, c, self.prefix, name)
                 os.makedirs(d, exist_ok=True)
-                out.append(os.path.join(d, "cgroup.procs"))
+                # "tasks", not "cgroup.procs": the instance writes "0" (itself)
+                # while still single-threaded, which moves the whole process
+                # without the kernel's global threadgroup lock (an RCU grace
+                # period, 6-20 ms, on every cgroup.procs write after a pause).
+                out.append(os.path.join(d, "tasks"))
             m = os.path.join(self.root, "memory", self.prefix, name)
             _write(m, "memory.limit_in_bytes", mem)
             _write(m, "memory.memsw.limit_in_bytes", mem, optional=True)
