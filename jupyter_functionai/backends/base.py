@@ -104,8 +104,9 @@ class Backend(abc.ABC):
     name: str = "abstract"
 
     @abc.abstractmethod
-    async def start(self, fv: FunctionVersion) -> Instance:
-        """Start a ready, unbound instance of ``fv``."""
+    async def start(self, fv: FunctionVersion, binding: Binding | None = None) -> Instance:
+        """Start a ready instance of ``fv``: unbound, or already bound to
+        ``binding`` (one step, when the session is known up front)."""
 
     @abc.abstractmethod
     async def prepare(self, fv: FunctionVersion) -> None:

@@ -211,7 +211,7 @@ class ProcessInstance(Instance):
         self.template: _Template | None = None
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
-        self._control: asyncio.Future[dict[str, Any]] | None = None
+        self._control: asyncio.Queue[dict[str, Any]] = asyncio.Queue()  # ready / bound / error
         self._pending: dict[str, _Pending] = {}
         self._exit: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._stop_reason: str | None = None
@@ -223,7 +223,6 @@ class ProcessInstance(Instance):
 
     async def _open(self, sock: socket.socket) -> None:
         self.reader, self.writer = await asyncio.open_unix_connection(sock=sock, limit=1 << 20)
-        self._control = asyncio.get_running_loop().create_future()
         self._reader_task = asyncio.get_running_loop().create_task(self._read_loop(), name=f"fai-instance-{self.id}")
 
     async def _read_loop(self) -> None:
@@ -237,8 +236,7 @@ class ProcessInstance(Instance):
                 op = msg.get("op")
                 cid = msg.get("id")
                 if op in ("ready", "bound"):
-                    if self._control is not None and not self._control.done():
-                        self._control.set_result(msg)
+                    self._control.put_nowait(msg)
                 elif op == "progress" and cid in self._pending:
                     cb = self._pending[cid].on_progress
                     if cb is not None:
@@ -255,9 +253,7 @@ class ProcessInstance(Instance):
                     if p is not None and not p.fut.done():
                         p.fut.set_result(msg)
                 elif op == "error":
-                    err = FunctionAIError.from_dict(msg.get("error", {}))
-                    if self._control is not None and not self._control.done():
-                        self._control.set_exception(err)
+                    self._control.put_nowait(msg)
         except (FrameError, ConnectionError, OSError) as exc:
             self.owner.log_event(f"instance {self.id}: bad stream: {exc}")
         except asyncio.CancelledError:
@@ -275,8 +271,7 @@ class ProcessInstance(Instance):
         err = self._death_error()
         futs = [p.fut for p in self._pending.values()]
         self._pending.clear()
-        if self._control is not None:
-            futs.append(self._control)
+        self._control.put_nowait({"op": "dead"})
         for fut in futs:
             if not fut.done():
                 fut.set_exception(err)
@@ -322,35 +317,45 @@ class ProcessInstance(Instance):
         await self.writer.drain()
 
     async def _await_control(self, what: str) -> dict[str, Any]:
-        assert self._control is not None
+        """The next control message (``ready`` / ``bound``); raises the
+        instance's own error, or why it died."""
         try:
-            return await asyncio.wait_for(asyncio.shield(self._control), READY_TIMEOUT)
+            msg = await asyncio.wait_for(self._control.get(), READY_TIMEOUT)
         except asyncio.TimeoutError:
             await self.stop(f"{what} timed out")
             raise InstanceCrashed(f"the instance did not become {what} within {READY_TIMEOUT:.0f}s") from None
+        if msg["op"] == "error":
+            raise FunctionAIError.from_dict(msg.get("error", {}))
+        if msg["op"] == "dead":
+            self._control.put_nowait(msg)  # every later waiter learns it too
+            raise self._death_error()
+        return msg
 
     # -- Instance API ----------------------------------------------------------
 
+    def _bind_message(self, binding: Binding) -> dict[str, Any]:
+        return {
+            "op": "bind",
+            "session_id": binding.session_id,
+            "uid": binding.uid,
+            "workdir": binding.workdir,
+            "state_json": binding.state_json,
+            "env": binding.env,
+            "prime": binding.warmup,
+            "warmup": self.fv.spec.warmup if binding.warmup else None,
+        }
+
     async def bind(self, binding: Binding) -> None:
         t0 = time.perf_counter()
-        self._control = asyncio.get_running_loop().create_future()
-        await self._send(
-            {
-                "op": "bind",
-                "session_id": binding.session_id,
-                "uid": binding.uid,
-                "workdir": binding.workdir,
-                "state_json": binding.state_json,
-                "env": binding.env,
-                "prime": binding.warmup,
-                "warmup": self.fv.spec.warmup if binding.warmup else None,
-            }
-        )
+        await self._send(self._bind_message(binding))
+        await self._bound(binding)
+        self.init_ms += (time.perf_counter() - t0) * 1000
+
+    async def _bound(self, binding: Binding) -> None:
         msg = await self._await_control("bound")
         self.isolation = msg.get("isolation", self.isolation)
         self.bound_session = binding.session_id
         self.binding = binding
-        self.init_ms += (time.perf_counter() - t0) * 1000
 
     async def call(
         self,
@@ -520,7 +525,7 @@ class ProcessBackend(Backend):
 
     # -- instances -------------------------------------------------------------
 
-    async def start(self, fv: FunctionVersion) -> Instance:
+    async def start(self, fv: FunctionVersion, binding: Binding | None = None) -> Instance:
         t0 = time.perf_counter()
         self._seq += 1
         iid = f"i-{os.getpid():x}{int(time.time() * 1000) & 0xFFFFFFF:07x}{self._seq:05x}"
@@ -571,6 +576,8 @@ class ProcessBackend(Backend):
             "state_dir": self.state_dir,
             "masks": self.mask_plan(fv),
         }
+        if binding is not None:  # bind straight after setup: no ready -> bind round trip
+            cfg["bind"] = inst._bind_message(binding)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             await inst._open(ours)
@@ -588,6 +595,14 @@ class ProcessBackend(Backend):
         msg = await inst._await_control("ready")
         inst.isolation = msg.get("isolation", {})
         elapsed = (time.perf_counter() - t0) * 1000
+        if binding is not None:
+            t1 = time.perf_counter()
+            try:
+                await inst._bound(binding)
+            except BaseException:
+                await inst.stop("bind failed")
+                raise
+            inst.init_ms += (time.perf_counter() - t1) * 1000
         if path == "fresh":
             inst.init_ms = template.import_ms
             inst.spawn_ms = max(0.0, elapsed - template.import_ms)

@@ -390,12 +390,16 @@ class Runtime:
         uid = None
         root = ""
         if inst is None:
-            inst = await self.backend.start(fv)
+            uid = self._ephemeral_uid() if os.geteuid() == 0 else None
+            root = os.path.join(self.state_dir, "ephemeral", uuid.uuid4().hex[:16])
+            try:
+                inst = await self.backend.start(fv, Binding(session_id=None, uid=uid, workdir=make_workdir(root, uid)))
+            except BaseException:
+                remove_tree(root)
+                if uid is not None:
+                    self._eph_in_use.discard(uid)
+                raise
         try:
-            if not pooled:
-                uid = self._ephemeral_uid() if os.geteuid() == 0 else None
-                root = os.path.join(self.state_dir, "ephemeral", inst.id)
-                await inst.bind(Binding(session_id=None, uid=uid, workdir=make_workdir(root, uid)))
             self._record_instance(inst, None)
             try:
                 outcome, elapsed = await self._call(inst, event, limit, on_progress, on_chunk)
@@ -631,12 +635,7 @@ class Runtime:
                 sess.workdir = make_workdir(os.path.join(self.state_dir, "sessions", sess.id), sess.uid)
             self._defer(self.store.create_session, sess.id, fv.name, fv.version, sess.uid, sess.workdir, sess.expires_at)
         if inst is None:
-            inst = await self.backend.start(fv)
-            try:
-                await inst.bind(Binding(session_id=sess.id, uid=sess.uid, workdir=sess.workdir, state_json=sess.state_json))
-            except BaseException:
-                await inst.stop("bind failed")
-                raise
+            inst = await self.backend.start(fv, Binding(session_id=sess.id, uid=sess.uid, workdir=sess.workdir, state_json=sess.state_json))
         sess.instance = inst
         sess.status = LIVE
         sess.idle_ttl = fv.spec.session.idle_ttl_s

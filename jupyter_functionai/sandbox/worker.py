@@ -551,7 +551,7 @@ def child_main(sock_fd: int, cfg: dict[str, Any], module: ModuleType | None, han
                 + ", ".join(f"{m} ({report.missing.get(m, 'unavailable')})" for m in sorted(missing)),
             )
         worker.send({"op": "ready", "isolation": report.to_dict()})
-        msg = recv_frame(sock)
+        msg = cfg.pop("bind", None) or recv_frame(sock)
         if msg is None or msg.get("op") == "stop":
             os._exit(0)
         if msg.get("op") != "bind":
