@@ -494,3 +494,22 @@ async def test_failing_warmup_refuses_the_deploy(rt: Runtime):
         await deploy(rt, "nowarm", "def handler(e, ctx):\n    return 1\n", warmup="missing")
     assert "'missing'" in str(ei.value)
     assert rt.functions() == []
+
+
+@pytest.mark.parametrize("pooled", [False, True])
+async def test_open_session_starts_the_sandbox_before_any_call(rt: Runtime, pooled: bool):
+    await deploy(rt, "pooled", POOLED, min_instances=1 if pooled else 0)
+    if pooled:
+        await rt.pool.wait_full("pooled")
+    desc = await rt.open_session("pooled", "early")
+    inst = desc["instance"]
+    assert desc["status"] == "live" and inst is not None and pid_alive(inst["pid"])
+    assert inst["path"] == ("warm-pool" if pooled else "template-fork")
+    assert desc["calls"] == 0
+    r = await rt.invoke("pooled", {}, session="early")
+    assert r.instance_id == inst["id"] and r.value["session"] == "early" and r.value["env_session"] == "early"
+    assert r.cold_start is not None and r.cold_start.path == inst["path"]  # completed by the first call
+    generated = await rt.open_session("pooled")
+    assert generated["id"].startswith("s-") and generated["id"] != "early"
+    with pytest.raises(InvalidArgument):
+        await rt.open_session("pooled", "bad id")

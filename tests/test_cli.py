@@ -158,9 +158,16 @@ def test_bench_density_small_run(tmp_path: Path) -> None:
     p = run_cli("bench", "density", "--n", "2", "5", "--kernels", "1", "--json", str(out), timeout=110)
     assert p.returncode == 0, p.stdout + p.stderr
     runs = json.loads(out.read_text())["runs"]
-    assert [(r["kind"], r["n"]) for r in runs] == [("session", 2), ("session", 5), ("jupyter-kernel", 1)]
+    assert [(r["kind"], r.get("state"), r["n"]) for r in runs] == [
+        ("session", "after-call", 2),
+        ("session", "after-call", 5),
+        ("session", "opened", 2),
+        ("session", "opened", 5),
+        ("jupyter-kernel", None, 1),
+    ]
     for r in runs:
         assert r["measured"] == r["n"]
         assert 0 < r["uss_mb_p50"] <= r["rss_mb_p50"]
         assert r["total_mb"] > 0
-    assert "Goal: 1,000 idle isolated sessions at <= 5 MB USS each: NOT RUN" in p.stdout
+    for st in ("after-call", "opened"):
+        assert f"Goal: 1,000 idle isolated sessions at <= 5 MB USS each, sessions {st}: NOT RUN" in p.stdout

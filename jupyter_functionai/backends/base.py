@@ -88,6 +88,10 @@ class Instance(abc.ABC):
         ``CallOutcome.error``."""
 
     @abc.abstractmethod
+    async def attach(self, session_id: str | None, state_json: str) -> None:
+        """Hand a pre-bound (warm-pool) instance to its session without a call."""
+
+    @abc.abstractmethod
     async def stop(self, reason: str = "stopped") -> None:
         """Stop the instance and everything it started; idempotent."""
 

@@ -397,6 +397,10 @@ class ProcessInstance(Instance):
             out.streamed = bool(msg.get("streamed"))
         return out
 
+    async def attach(self, session_id: str | None, state_json: str) -> None:
+        await self._send({"op": "attach", "session_id": session_id, "state_json": state_json})
+        self.bound_session = session_id
+
     async def stop(self, reason: str = "stopped") -> None:
         if self._stop_reason is None:
             self._stop_reason = reason

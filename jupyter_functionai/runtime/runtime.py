@@ -40,6 +40,7 @@ from ..errors import (
     FunctionAIError,
     FunctionTimeout,
     InstanceCrashed,
+    InvalidArgument,
     IsolationUnavailable,
     NotFound,
     OutOfMemory,
@@ -360,6 +361,7 @@ class Runtime:
             try:
                 async with sess.start_lock:
                     inst, fresh, attach = await self._ensure_instance(sess)
+                fresh, sess.cold_pending = fresh or sess.cold_pending, False
                 try:
                     outcome, elapsed = await self._call(inst, event, limit, on_progress, on_chunk, attach)
                 except (FunctionTimeout, OutOfMemory, InstanceCrashed) as exc:
@@ -674,6 +676,27 @@ class Runtime:
         if inst is not None:
             self._defer(self.store.update_instance, inst.id, status="stopped", stopped_at=time.time(), exit_reason=reason)
             await inst.stop(reason)
+
+    async def open_session(self, name: str, session: str | None = None) -> dict[str, Any]:
+        """Create (or resume) a session and start its sandbox now, without
+        calling the handler; returns its description. ``session=None`` picks a
+        new id. The start is recorded as a ColdStart at the first call."""
+        fv = self.function(name)
+        if not fv.spec.session.enabled:
+            raise InvalidArgument(f"function {name!r} has sessions disabled (spec.session.enabled is false)")
+        session = check_session_id(session) if session is not None else f"s-{uuid.uuid4().hex[:20]}"
+        sess = await self._session(session, fv)
+        async with sess.slots:
+            if sess.ended:
+                raise SessionClosed(f"session {sess.id!r} was {sess.ended}", session_id=sess.id)
+            async with sess.start_lock:
+                inst, fresh, attach = await self._ensure_instance(sess)
+            if attach is not None:
+                await inst.attach(*attach)
+                self.pool.refill(fv.name)
+            sess.cold_pending = sess.cold_pending or fresh
+            sess.last_used = time.time()
+        return await self.describe_session(session)
 
     async def close_session(self, session_id: str, *, reason: str = "closed") -> None:
         """End a session: its instance stops, its state and working directory are deleted."""

@@ -6,8 +6,10 @@ directory, state), then serves calls until told to stop or its socket closes.
 
 Messages (see ``protocol``), runtime -> instance::
 
-    {"op": "bind", "session_id", "uid", "workdir", "state_json", "env", "masks", "writable"}
-    {"op": "call", "id", "event"}
+    {"op": "bind", "session_id", "uid", "workdir", "state_json", "env", "prime", "warmup"}
+                                         (or carried in the fork request's cfg["bind"])
+    {"op": "attach", "session_id", "state_json"}   a pre-bound warm-pool instance meets its session
+    {"op": "call", "id", "event", "attach"?}       (attach may ride on the first call)
     {"op": "stop"}
 
 instance -> runtime::
@@ -264,6 +266,9 @@ class Worker:
                 return
             if msg is None or msg.get("op") == "stop":
                 return
+            if msg.get("op") == "attach":
+                self.attach(msg)
+                continue
             if msg.get("op") == "call":
                 if "attach" in msg:
                     self.attach(msg["attach"])
