@@ -17,6 +17,9 @@ from collections.abc import Iterator, Sequence
 from types import ModuleType
 from typing import Any
 
+# one reading of /proc for the runtime and the benchmarks alike
+from jupyter_functionai.backends.process import smaps_rollup as smaps_rollup
+
 #: The function every benchmark deploys: a module whose top level imports
 #: numpy and pandas and builds a DataFrame; the handler does a small pandas
 #: computation on the event and returns a small JSON dict.
@@ -163,23 +166,6 @@ async def kernel_execute(kc: Any, code: str, expr: str, timeout: float = 120.0) 
 
 # -- memory ------------------------------------------------------------------------
 
-
-def smaps_rollup(pid: int) -> dict[str, int]:
-    """rss / pss / uss of one process in bytes (zeros when unreadable)."""
-    vals: dict[str, int] = {}
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) >= 2 and parts[0].endswith(":") and parts[1].isdigit():
-                    vals[parts[0][:-1]] = int(parts[1]) * 1024
-    except OSError:
-        return {"rss": 0, "pss": 0, "uss": 0}
-    return {
-        "rss": vals.get("Rss", 0),
-        "pss": vals.get("Pss", 0),
-        "uss": vals.get("Private_Clean", 0) + vals.get("Private_Dirty", 0),
-    }
 
 
 MB = 1024 * 1024

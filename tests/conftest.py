@@ -26,6 +26,16 @@ async def rt(tmp_path, backend_name) -> AsyncIterator[Runtime]:
         yield runtime
 
 
+MEMORY_HOG = """
+def handler(event, ctx):
+    if event == "hog":
+        blocks = []
+        while True:
+            blocks.append(bytearray(16 * 1024 * 1024))
+    return "ok"
+"""
+
+
 def code(text: str) -> str:
     return textwrap.dedent(text).lstrip()
 

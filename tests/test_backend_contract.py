@@ -23,7 +23,7 @@ from jupyter_functionai import (
     UserError,
 )
 
-from .conftest import deploy, pid_alive, wait_for
+from .conftest import MEMORY_HOG, deploy, pid_alive, wait_for
 
 ECHO = """
 import os
@@ -236,19 +236,7 @@ async def test_timeout_kills_instance_and_session_resumes(rt: Runtime):
 
 
 async def test_memory_limit_reports_out_of_memory(rt: Runtime):
-    await deploy(
-        rt,
-        "hog",
-        """
-        def handler(event, ctx):
-            if event == "hog":
-                blocks = []
-                while True:
-                    blocks.append(bytearray(16 * 1024 * 1024))
-            return "ok"
-        """,
-        memory=64,
-    )
+    await deploy(rt, "hog", MEMORY_HOG, memory=64)
     with pytest.raises(OutOfMemory) as ei:
         await rt.invoke("hog", "hog", session="m")
     assert "memory" in str(ei.value)

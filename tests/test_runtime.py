@@ -15,7 +15,7 @@ from jupyter_functionai import InvalidSpec, NotFound, OutOfMemory, Runtime
 from jupyter_functionai.backends.process import ProcessBackend
 from jupyter_functionai.sandbox.isolation import CgroupManager
 
-from .conftest import deploy, pid_alive, wait_for
+from .conftest import MEMORY_HOG, deploy, pid_alive, wait_for
 
 VERSIONED = "VERSION = {v}\ndef handler(event, ctx):\n    return VERSION\n"
 
@@ -71,19 +71,7 @@ async def test_instance_killed_behind_the_runtimes_back_is_replaced(rt: Runtime)
 async def test_rlimits_are_the_fallback_without_cgroups(tmp_path):
     backend = ProcessBackend(str(tmp_path / "s"), cgroups=False)
     async with Runtime.open(tmp_path / "s", backend=backend) as rt:
-        await deploy(
-            rt,
-            "hog",
-            """
-            def handler(event, ctx):
-                if event == "hog":
-                    blocks = []
-                    while True:
-                        blocks.append(bytearray(32 * 1024 * 1024))
-                return "ok"
-            """,
-            memory=256,
-        )
+        await deploy(rt, "hog", MEMORY_HOG, memory=256)
         with pytest.raises(OutOfMemory):
             await rt.invoke("hog", "hog", session="h")
         assert (await rt.invoke("hog", "fine", session="h")).value == "ok"

@@ -205,8 +205,7 @@ class Runtime:
         reaper, flusher = self._tasks or (None, None)
         if reaper is not None:
             reaper.cancel()
-            with contextlib.suppress(BaseException):
-                await reaper
+            await asyncio.wait({reaper}, timeout=10)
         await self.pool.close()
         for sess in list(self._sessions.values()):
             if sess.instance is not None:
@@ -214,8 +213,7 @@ class Runtime:
         await self.backend.close()
         self._flush_event.set()
         if flusher is not None:
-            with contextlib.suppress(BaseException):
-                await flusher
+            await asyncio.wait({flusher}, timeout=10)
         await self._flush()
         self._writer.shutdown(wait=True)
         self.store.close()
@@ -770,8 +768,12 @@ class Runtime:
 
     async def _reaper(self) -> None:
         """Stop idle instances (sessions stay resumable); end sessions past max lifetime."""
-        while True:
+        # ``_closed`` ends the loop even when a cancellation was swallowed on
+        # the way (Python 3.11's asyncio.wait_for can lose one)
+        while not self._closed:
             await asyncio.sleep(self.reap_interval)
+            if self._closed:
+                return
             try:
                 await self.reap()
             except Exception:  # keep reaping whatever happened
