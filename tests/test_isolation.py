@@ -352,3 +352,69 @@ async def test_instance_sits_in_its_own_cgroups_with_the_specs_limits(rt: Runtim
             assert [int(p) for p in f.read().split()] == [inst.pid]  # the whole process, nothing else
     else:
         assert f"0::/{cg.prefix}/{inst.id}" in membership
+
+
+ATTACKS = """
+import ctypes, os, sys, time
+def handler(event, ctx):
+    kind = event["attack"]
+    if kind == "neighbour":
+        return {"ok": event["n"]}
+    if kind == "spin":
+        while True:
+            pass
+    if kind == "memory":
+        blocks = []
+        while True:
+            blocks.append(bytearray(16 * 1024 * 1024))
+    if kind == "forkbomb":
+        while True:
+            try:
+                if os.fork() == 0:
+                    time.sleep(60)
+                    os._exit(0)
+            except OSError:
+                time.sleep(0.5)
+                return "contained"
+    if kind == "flood":
+        chunk = "z" * 65536
+        for _ in range(1600):  # 100 MiB
+            sys.stdout.write(chunk)
+        return "flooded"
+    if kind == "crash":
+        ctypes.string_at(0)
+    if kind == "fds":
+        return sorted(int(fd) for fd in os.listdir("/proc/self/fd"))
+"""
+
+
+@pytest.mark.parametrize("attack", ["spin", "memory", "forkbomb", "flood", "crash"])
+async def test_neighbour_keeps_answering_during_each_attack(rt: Runtime, attack: str):
+    await deploy(rt, "att", ATTACKS, timeout=3, memory=128 if attack == "memory" else 512)
+    assert (await rt.invoke("att", {"attack": "neighbour", "n": 0}, session="neighbour")).value == {"ok": 0}
+    bad = asyncio.ensure_future(rt.invoke("att", {"attack": attack}, session="attacker"))
+    answered = 0
+    while not bad.done() and answered < 50:
+        r = await rt.invoke("att", {"attack": "neighbour", "n": answered + 1}, session="neighbour")
+        answered += 1
+        assert r.value == {"ok": answered}
+    assert answered >= 1
+    try:
+        outcome = await bad
+    except Exception as exc:  # each attack ends in its own, precise way
+        outcome = exc
+    expected = {"spin": "FunctionTimeout", "memory": "OutOfMemory", "forkbomb": "contained", "flood": "flooded", "crash": "InstanceCrashed"}[attack]
+    got = type(outcome).__name__ if isinstance(outcome, Exception) else outcome.value
+    assert got == expected, outcome
+    r = await rt.invoke("att", {"attack": "neighbour", "n": 99}, session="neighbour")
+    assert r.value == {"ok": 99}
+    assert len({i.bound_session for i in rt.live_instances()}) == len(rt.live_instances())
+
+
+@needs_root
+async def test_inherited_descriptors_are_closed(rt: Runtime):
+    await deploy(rt, "att", ATTACKS)
+    # the runtime holds many descriptors (store, sockets of other instances)
+    await rt.invoke("att", {"attack": "neighbour", "n": 1}, session="other")
+    fds = (await rt.invoke("att", {"attack": "fds"}, session="x")).value
+    assert fds == [0, 1, 2, 3, 4]  # stdio on /dev/null, the instance socket, and the listing itself
