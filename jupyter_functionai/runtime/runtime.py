@@ -147,8 +147,7 @@ class Runtime:
         self._flush_lock = asyncio.Lock()
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="fai-store")
         self._tasks: list[asyncio.Task[None]] = []
-        self._eph_next = 0
-        self._eph_in_use: set[int] = set()
+        self.ephemeral_uids = UidAllocator(uid_base + uid_span, EPHEMERAL_UID_SPAN, set())
         self._closed = False
         self.uids = UidAllocator(uid_base, uid_span, set())
 
@@ -390,14 +389,13 @@ class Runtime:
         uid = None
         root = ""
         if inst is None:
-            uid = self._ephemeral_uid() if os.geteuid() == 0 else None
+            uid = self.ephemeral_uids.allocate() if os.geteuid() == 0 else None
             root = os.path.join(self.state_dir, "ephemeral", uuid.uuid4().hex[:16])
             try:
                 inst = await self.backend.start(fv, Binding(session_id=None, uid=uid, workdir=make_workdir(root, uid)))
             except BaseException:
                 remove_tree(root)
-                if uid is not None:
-                    self._eph_in_use.discard(uid)
+                self.ephemeral_uids.release(uid)
                 raise
         try:
             self._record_instance(inst, None)
@@ -417,8 +415,7 @@ class Runtime:
         self._defer(self.store.update_instance, inst.id, status="stopped", stopped_at=time.time(), exit_reason="ephemeral call done")
         if root:
             remove_tree(root)
-            if uid is not None:
-                self._eph_in_use.discard(uid)
+            self.ephemeral_uids.release(uid)
         else:
             self._release_prebound(inst)
 
@@ -440,16 +437,6 @@ class Runtime:
         if b is not None and inst.bound_session is None:
             self.uids.release(b.uid)
             remove_tree(os.path.dirname(b.workdir))
-
-    def _ephemeral_uid(self) -> int:
-        base = self._uid_base + self._uid_span
-        for _ in range(EPHEMERAL_UID_SPAN):
-            uid = base + self._eph_next
-            self._eph_next = (self._eph_next + 1) % EPHEMERAL_UID_SPAN
-            if uid not in self._eph_in_use:
-                self._eph_in_use.add(uid)
-                return uid
-        raise InstanceCrashed("no free ephemeral uid")
 
     async def stream(self, name: str, event: Any = None, *, session: str | None = None, timeout: float | None = None) -> AsyncIterator[Any]:
         """Yield a generator handler's items as they are produced (a plain
