@@ -1,5 +1,7 @@
 """jupyter-functionai: session-isolated sandbox functions for AI agents, Jupyter-native."""
 
+from typing import TYPE_CHECKING
+
 from ._version import __version__
 from .errors import (
     BadPayload,
@@ -17,8 +19,32 @@ from .errors import (
     SessionClosed,
     UserError,
 )
-from .runtime import ColdStart, InvokeResult, Runtime
 from .spec import FunctionSpec
+
+if TYPE_CHECKING:
+    from .runtime.runtime import ColdStart, InvokeResult, Runtime
+
+# Heavy names load on first use, so that code running inside sandboxes (which
+# imports jupyter_functionai.sandbox.*) never pulls in SQLAlchemy or Jupyter.
+_LAZY = {
+    "Runtime": "jupyter_functionai.runtime.runtime",
+    "ColdStart": "jupyter_functionai.runtime.runtime",
+    "InvokeResult": "jupyter_functionai.runtime.runtime",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'jupyter_functionai' has no attribute {name!r}")
+
+
+def _jupyter_server_extension_points() -> list[dict[str, object]]:
+    from .server.app import FunctionAI
+
+    return [{"module": "jupyter_functionai.server.app", "app": FunctionAI}]
 
 __all__ = [
     "BadPayload",

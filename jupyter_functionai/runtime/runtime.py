@@ -748,6 +748,24 @@ class Runtime:
         await self._flush()
         return await asyncio.to_thread(self.store.list_invocations, function, session_id, limit)
 
+    # -- function-scoped keys ------------------------------------------------------
+
+    async def create_key(self, function: str, note: str = "") -> dict[str, Any]:
+        """A key that may invoke ``function`` only. The secret is shown once."""
+        self.store.get_function(function)  # NotFound for an unknown function
+        key = await asyncio.to_thread(self.store.create_key, function, note)
+        return {"key": key, "id": key.split("_", 2)[1], "function": function, "note": note}
+
+    async def keys(self, function: str | None = None) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(self.store.list_keys, function)
+
+    async def revoke_key(self, key_id: str) -> None:
+        await asyncio.to_thread(self.store.revoke_key, key_id)
+
+    async def key_function(self, key: str) -> str | None:
+        """The function a valid key is scoped to (None for an unknown or revoked key)."""
+        return await asyncio.to_thread(self.store.check_key, key)
+
     def live_instances(self) -> list[Instance]:
         return [s.instance for s in self._sessions.values() if s.instance is not None and s.instance.alive]
 
