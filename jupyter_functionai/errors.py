@@ -107,7 +107,7 @@ class FunctionTimeout(InvocationError):
 
 class OutOfMemory(InvocationError):
     kind = "out_of_memory"
-    status = 507
+    status = 502
 
 
 class InstanceCrashed(InvocationError):
@@ -122,7 +122,7 @@ class NoCapacity(InvocationError):
 
 class SessionClosed(FunctionAIError):
     kind = "session_closed"
-    status = 410
+    status = 404  # a closed session is gone: the gateway answers as for an unknown one
 
 
 _BY_KIND: dict[str, type[FunctionAIError]] = {

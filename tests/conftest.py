@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+import pytest_asyncio
 
 from jupyter_functionai import FunctionSpec, Runtime
 
@@ -20,7 +21,7 @@ def backend_name(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-@pytest.fixture
+@pytest_asyncio.fixture
 async def rt(tmp_path, backend_name) -> AsyncIterator[Runtime]:
     async with Runtime.open(tmp_path / "state", backend=backend_name, reap_interval=0.05) as runtime:
         yield runtime

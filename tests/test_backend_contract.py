@@ -40,6 +40,7 @@ def handler(event, ctx):
 # -- start / invoke -----------------------------------------------------------
 
 
+@pytest.mark.asyncio
 async def test_invoke_returns_value_and_records_a_cold_start(rt: Runtime):
     await deploy(rt, "echo", ECHO)
     r = await rt.invoke("echo", {"x": 1}, session="s1")
@@ -57,6 +58,7 @@ async def test_invoke_returns_value_and_records_a_cold_start(rt: Runtime):
     assert all(i["bytes_in"] > 0 and i["bytes_out"] > 0 for i in inv)
 
 
+@pytest.mark.asyncio
 async def test_call_without_session_is_ephemeral(rt: Runtime):
     await deploy(rt, "echo", ECHO)
     a = await rt.invoke("echo", {"x": 1})
@@ -66,6 +68,7 @@ async def test_call_without_session_is_ephemeral(rt: Runtime):
     assert a.value["uid"] != b.value["uid"] or os.geteuid() != 0
 
 
+@pytest.mark.asyncio
 async def test_async_handler_and_progress(rt: Runtime):
     await deploy(
         rt,
@@ -88,6 +91,7 @@ async def test_async_handler_and_progress(rt: Runtime):
 # -- stream ---------------------------------------------------------------------
 
 
+@pytest.mark.asyncio
 async def test_generator_handlers_stream(rt: Runtime):
     await deploy(
         rt,
@@ -104,6 +108,7 @@ async def test_generator_handlers_stream(rt: Runtime):
     assert r.streamed and r.value == [{"i": 0}, {"i": 1}, {"i": 2}]
 
 
+@pytest.mark.asyncio
 async def test_async_generator_streams_and_plain_handler_streams_once(rt: Runtime):
     await deploy(
         rt,
@@ -123,6 +128,7 @@ async def test_async_generator_streams_and_plain_handler_streams_once(rt: Runtim
 # -- stop ---------------------------------------------------------------------------
 
 
+@pytest.mark.asyncio
 async def test_close_session_stops_its_instance_and_deletes_its_state(rt: Runtime):
     await deploy(rt, "echo", ECHO)
     r = await rt.invoke("echo", {}, session="bye")
@@ -142,6 +148,7 @@ async def test_close_session_stops_its_instance_and_deletes_its_state(rt: Runtim
 # -- affinity ---------------------------------------------------------------------------
 
 
+@pytest.mark.asyncio
 async def test_affinity_same_session_same_instance(rt: Runtime):
     await deploy(rt, "echo", ECHO)
     a = [await rt.invoke("echo", i, session="A") for i in range(3)]
@@ -154,6 +161,7 @@ async def test_affinity_same_session_same_instance(rt: Runtime):
     assert a[0].value["uid"] != b[0].value["uid"] or os.geteuid() != 0
 
 
+@pytest.mark.asyncio
 async def test_calls_on_one_session_are_serialized(rt: Runtime):
     await deploy(
         rt,
@@ -174,6 +182,7 @@ async def test_calls_on_one_session_are_serialized(rt: Runtime):
     assert len({r.instance_id for r in results}) == 1
 
 
+@pytest.mark.asyncio
 async def test_concurrency_bound_is_respected(rt: Runtime):
     await deploy(
         rt,
@@ -198,6 +207,7 @@ async def test_concurrency_bound_is_respected(rt: Runtime):
     assert 1 < peak <= 3
 
 
+@pytest.mark.asyncio
 async def test_bad_session_ids_are_refused(rt: Runtime):
     await deploy(rt, "echo", ECHO)
     for bad in ["", "../etc", "a b", "x" * 200, "-lead", 5]:
@@ -210,6 +220,7 @@ async def test_bad_session_ids_are_refused(rt: Runtime):
 # -- limits -------------------------------------------------------------------------------
 
 
+@pytest.mark.asyncio
 async def test_timeout_kills_instance_and_session_resumes(rt: Runtime):
     await deploy(
         rt,
@@ -235,6 +246,7 @@ async def test_timeout_kills_instance_and_session_resumes(rt: Runtime):
     assert "timeout" in [i["error_kind"] for i in inv]
 
 
+@pytest.mark.asyncio
 async def test_memory_limit_reports_out_of_memory(rt: Runtime):
     await deploy(rt, "hog", MEMORY_HOG, memory=64)
     with pytest.raises(OutOfMemory) as ei:
@@ -243,6 +255,7 @@ async def test_memory_limit_reports_out_of_memory(rt: Runtime):
     assert (await rt.invoke("hog", "fine", session="m")).value == "ok"
 
 
+@pytest.mark.asyncio
 async def test_fork_bomb_stays_inside(rt: Runtime):
     await deploy(
         rt,
@@ -270,6 +283,7 @@ async def test_fork_bomb_stays_inside(rt: Runtime):
     await rt.close_session("bomb")
 
 
+@pytest.mark.asyncio
 async def test_output_flood_is_capped(rt: Runtime):
     await deploy(
         rt,
@@ -291,6 +305,7 @@ async def test_output_flood_is_capped(rt: Runtime):
     assert "bytes of output dropped" in r.logs
 
 
+@pytest.mark.asyncio
 async def test_payload_limits_and_bad_payloads(rt: Runtime):
     await deploy(
         rt,
@@ -319,6 +334,7 @@ async def test_payload_limits_and_bad_payloads(rt: Runtime):
 # -- crash reporting -------------------------------------------------------------------------
 
 
+@pytest.mark.asyncio
 async def test_user_exception_is_structured(rt: Runtime):
     await deploy(
         rt,
@@ -345,6 +361,7 @@ async def test_user_exception_is_structured(rt: Runtime):
 
 
 @pytest.mark.parametrize("how, expect", [("exit", "exited with code 3"), ("segv", "SIGSEGV")])
+@pytest.mark.asyncio
 async def test_crash_is_reported_and_session_resumes(rt: Runtime, how, expect):
     await deploy(
         rt,
@@ -371,6 +388,7 @@ async def test_crash_is_reported_and_session_resumes(rt: Runtime, how, expect):
 # -- resume -------------------------------------------------------------------------------------
 
 
+@pytest.mark.asyncio
 async def test_idle_instance_is_stopped_and_session_resumes_with_state_and_files(rt: Runtime):
     await deploy(
         rt,
@@ -399,6 +417,7 @@ async def test_idle_instance_is_stopped_and_session_resumes_with_state_and_files
     assert second.value["state"] == {"added": ["one", "two"]}
 
 
+@pytest.mark.asyncio
 async def test_session_survives_runtime_restart(tmp_path, backend_name):
     state = tmp_path / "state"
     async with Runtime.open(state, backend=backend_name) as rt1:
@@ -412,6 +431,7 @@ async def test_session_survives_runtime_restart(tmp_path, backend_name):
         assert (await rt2.describe_session("keep"))["calls"] == 3
 
 
+@pytest.mark.asyncio
 async def test_session_ends_at_max_lifetime(rt: Runtime):
     await deploy(rt, "echo", ECHO, max_lifetime=0.5, idle_ttl=0.5)
     await rt.invoke("echo", {}, session="short")
@@ -436,6 +456,7 @@ def handler(event, ctx):
 """
 
 
+@pytest.mark.asyncio
 async def test_new_sessions_are_served_from_the_warm_pool(rt: Runtime):
     await deploy(rt, "pooled", POOLED, min_instances=2, warmup="warm")
     await rt.pool.wait_full("pooled")
@@ -462,6 +483,7 @@ async def test_new_sessions_are_served_from_the_warm_pool(rt: Runtime):
     assert desc["workdir"] == a.value["workdir"] and desc["state"] == {"seen": 2}
 
 
+@pytest.mark.asyncio
 async def test_pooled_instance_that_dies_is_replaced(rt: Runtime):
     await deploy(rt, "pooled", POOLED, min_instances=1)
     await rt.pool.wait_full("pooled")
@@ -474,6 +496,7 @@ async def test_pooled_instance_that_dies_is_replaced(rt: Runtime):
     assert rt.pool._slots["pooled"].ready[0].alive
 
 
+@pytest.mark.asyncio
 async def test_failing_warmup_refuses_the_deploy(rt: Runtime):
     with pytest.raises(UserError) as ei:
         await deploy(rt, "badwarm", "def warm():\n    raise RuntimeError('no')\ndef handler(e, ctx):\n    return 'served'\n", min_instances=1, warmup="warm")
@@ -485,6 +508,7 @@ async def test_failing_warmup_refuses_the_deploy(rt: Runtime):
 
 
 @pytest.mark.parametrize("pooled", [False, True])
+@pytest.mark.asyncio
 async def test_open_session_starts_the_sandbox_before_any_call(rt: Runtime, pooled: bool):
     await deploy(rt, "pooled", POOLED, min_instances=1 if pooled else 0)
     if pooled:

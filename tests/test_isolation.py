@@ -14,6 +14,7 @@ import socket
 import threading
 
 import pytest
+import pytest_asyncio
 
 from jupyter_functionai import (
     FunctionSpec,
@@ -107,7 +108,7 @@ def handler(event, ctx):
 """
 
 
-@pytest.fixture
+@pytest_asyncio.fixture
 async def probe(rt: Runtime):
     await deploy(rt, "probe", PROBE, timeout=30)
     a = await rt.invoke("probe", {"op": "plant"}, session="A")
@@ -133,6 +134,7 @@ async def assert_a_untouched(rt: Runtime, a: dict) -> None:
 
 
 @needs_root
+@pytest.mark.asyncio
 async def test_cannot_read_or_write_another_sessions_files(probe):
     rt, a = probe
     secret = os.path.join(a["workdir"], "secret.txt")
@@ -147,6 +149,7 @@ async def test_cannot_read_or_write_another_sessions_files(probe):
 
 
 @needs_root
+@pytest.mark.asyncio
 async def test_private_tmp_and_shm(probe):
     rt, _a = probe
     assert not (await call(rt, "B", op="read", path="/tmp/planted"))["ok"]
@@ -156,6 +159,7 @@ async def test_private_tmp_and_shm(probe):
 
 
 @needs_root
+@pytest.mark.asyncio
 async def test_cannot_signal_or_ptrace_another_session(probe):
     rt, a = probe
     await call(rt, "B", op="whoami")
@@ -169,6 +173,7 @@ async def test_cannot_signal_or_ptrace_another_session(probe):
 
 
 @needs_root
+@pytest.mark.asyncio
 async def test_proc_shows_only_own_processes_and_env(probe):
     rt, _a = probe
     procs = await call(rt, "B", op="procs")
@@ -181,6 +186,7 @@ async def test_proc_shows_only_own_processes_and_env(probe):
 
 
 @needs_root
+@pytest.mark.asyncio
 async def test_per_session_uid_and_no_way_back_to_root(probe):
     rt, a = probe
     b = await call(rt, "B", op="whoami")
@@ -192,6 +198,7 @@ async def test_per_session_uid_and_no_way_back_to_root(probe):
 
 
 @needs_root
+@pytest.mark.asyncio
 async def test_store_and_runtime_files_are_hidden(probe):
     rt, _a = probe
     db = os.path.join(rt.state_dir, "functionai.db")
@@ -201,6 +208,7 @@ async def test_store_and_runtime_files_are_hidden(probe):
 
 @needs_root
 @pytest.mark.parametrize("policy", ["none", "loopback", "host"])
+@pytest.mark.asyncio
 async def test_network_policy(rt: Runtime, policy: str):
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
@@ -237,6 +245,7 @@ async def test_network_policy(rt: Runtime, policy: str):
 
 
 @needs_root
+@pytest.mark.asyncio
 async def test_busy_neighbour_does_not_block_others(probe):
     rt, a = probe
     spinning = asyncio.ensure_future(rt.invoke("probe", {"op": "spin"}, session="spinner", timeout=1.5))
@@ -250,6 +259,7 @@ async def test_busy_neighbour_does_not_block_others(probe):
     await assert_a_untouched(rt, a)
 
 
+@pytest.mark.asyncio
 async def test_random_sources_are_reseeded_per_instance(rt: Runtime):
     await deploy(
         rt,
@@ -268,6 +278,7 @@ async def test_random_sources_are_reseeded_per_instance(rt: Runtime):
         assert len(set(column)) == 3, (k, column)
 
 
+@pytest.mark.asyncio
 async def test_required_isolation_is_enforced(rt: Runtime):
     with pytest.raises(IsolationUnavailable) as ei:
         await rt.deploy(FunctionSpec.from_code("strict", "def handler(e, ctx):\n    return 1\n", isolation_required={"seccomp"}))
@@ -285,6 +296,7 @@ async def test_required_isolation_is_enforced(rt: Runtime):
         assert {"pid", "net", "mount"} <= {k for k, v in desc["instance"]["isolation"]["namespaces"].items() if v}
 
 
+@pytest.mark.asyncio
 async def test_instance_reports_what_it_achieved(rt: Runtime):
     await deploy(rt, "echo", "def handler(e, ctx):\n    return 1\n")
     await rt.invoke("echo", {}, session="rep")
@@ -301,6 +313,7 @@ async def test_instance_reports_what_it_achieved(rt: Runtime):
         assert "pid" in iso["missing"]
 
 
+@pytest.mark.asyncio
 async def test_module_that_fails_to_import_is_refused_at_deploy(rt: Runtime):
     with pytest.raises(UserError) as ei:
         await deploy(rt, "broken", "import json\nraise RuntimeError('bad top level')\ndef handler(e, c):\n    return 1\n")
@@ -312,6 +325,7 @@ async def test_module_that_fails_to_import_is_refused_at_deploy(rt: Runtime):
     assert "'handler'" in str(ei.value)
 
 
+@pytest.mark.asyncio
 async def test_fresh_path_when_templates_are_off(tmp_path):
     async with Runtime.open(tmp_path / "s", use_templates=False) as rt:
         await deploy(rt, "echo", "import os\ndef handler(e, ctx):\n    return os.getpid()\n")
@@ -322,6 +336,7 @@ async def test_fresh_path_when_templates_are_off(tmp_path):
         assert r2.instance_id == r.instance_id
 
 
+@pytest.mark.asyncio
 async def test_template_that_dies_is_replaced(rt: Runtime):
     await deploy(rt, "echo", "import os\ndef handler(e, ctx):\n    return 1\n")
     for t in list(rt.backend._templates.values()):  # type: ignore[attr-defined]
@@ -331,6 +346,7 @@ async def test_template_that_dies_is_replaced(rt: Runtime):
     assert r.value == 1 and r.cold_start is not None and r.cold_start.path == "template-fork"
 
 
+@pytest.mark.asyncio
 async def test_instance_sits_in_its_own_cgroups_with_the_specs_limits(rt: Runtime):
     cg = rt.backend.cgroups  # type: ignore[attr-defined]
     await deploy(rt, "cg", "import threading\ndef handler(e, ctx):\n    t = threading.Thread(target=print); t.start(); t.join()\n    return 1\n", memory=96, cpu=0.5)
@@ -389,6 +405,7 @@ def handler(event, ctx):
 
 
 @pytest.mark.parametrize("attack", ["spin", "memory", "forkbomb", "flood", "crash"])
+@pytest.mark.asyncio
 async def test_neighbour_keeps_answering_during_each_attack(rt: Runtime, attack: str):
     await deploy(rt, "att", ATTACKS, timeout=3, memory=128 if attack == "memory" else 512)
     assert (await rt.invoke("att", {"attack": "neighbour", "n": 0}, session="neighbour")).value == {"ok": 0}
@@ -412,6 +429,7 @@ async def test_neighbour_keeps_answering_during_each_attack(rt: Runtime, attack:
 
 
 @needs_root
+@pytest.mark.asyncio
 async def test_inherited_descriptors_are_closed(rt: Runtime):
     await deploy(rt, "att", ATTACKS)
     # the runtime holds many descriptors (store, sockets of other instances)

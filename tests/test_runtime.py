@@ -20,6 +20,7 @@ from .conftest import MEMORY_HOG, deploy, pid_alive, wait_for
 VERSIONED = "VERSION = {v}\ndef handler(event, ctx):\n    return VERSION\n"
 
 
+@pytest.mark.asyncio
 async def test_versions_rollback_and_delete(rt: Runtime):
     await deploy(rt, "v", VERSIONED.format(v=1))
     assert (await rt.invoke("v", {}, session="old")).value == 1
@@ -40,6 +41,7 @@ async def test_versions_rollback_and_delete(rt: Runtime):
     assert rt.live_instances() == []
 
 
+@pytest.mark.asyncio
 async def test_unknown_function_and_bad_spec(rt: Runtime):
     with pytest.raises(NotFound) as ei:
         await rt.invoke("nope", {})
@@ -52,6 +54,7 @@ async def test_unknown_function_and_bad_spec(rt: Runtime):
     assert ei3.value.field == "timeout_s" and "-1" in str(ei3.value)
 
 
+@pytest.mark.asyncio
 async def test_instance_killed_behind_the_runtimes_back_is_replaced(rt: Runtime):
     await deploy(
         rt,
@@ -68,6 +71,7 @@ async def test_instance_killed_behind_the_runtimes_back_is_replaced(rt: Runtime)
     assert desc["calls"] == 2
 
 
+@pytest.mark.asyncio
 async def test_rlimits_are_the_fallback_without_cgroups(tmp_path):
     backend = ProcessBackend(str(tmp_path / "s"), cgroups=False)
     async with Runtime.open(tmp_path / "s", backend=backend) as rt:
@@ -96,6 +100,7 @@ asyncio.run(main())
 """
 
 
+@pytest.mark.asyncio
 async def test_runtime_killed_with_sigkill_recovers_sessions(tmp_path):
     state = tmp_path / "state"
     proc = subprocess.Popen([sys.executable, "-c", RUNNER, str(state)], stdout=subprocess.PIPE, text=True)
@@ -174,6 +179,7 @@ def test_every_error_kind_round_trips_through_its_dict():
     assert type(unknown) is errors.FunctionAIError
 
 
+@pytest.mark.asyncio
 async def test_closing_the_runtime_leaves_no_cgroups(tmp_path):
     async with Runtime.open(tmp_path / "s") as rt:
         await deploy(rt, "echo", "def handler(e, ctx):\n    return 1\n", min_instances=2)

@@ -149,6 +149,7 @@ class Runtime:
         self._tasks: list[asyncio.Task[None]] = []
         self.ephemeral_uids = UidAllocator(uid_base + uid_span, EPHEMERAL_UID_SPAN, set())
         self._closed = False
+        self._start_task: asyncio.Future[None] | None = None
         self.uids = UidAllocator(uid_base, uid_span, set())
 
     # -- lifecycle -------------------------------------------------------------
@@ -157,6 +158,16 @@ class Runtime:
     def open(cls, state_dir: str | os.PathLike[str], **kw: Any) -> _Opener:
         """``async with Runtime.open(path) as rt`` (or ``rt = await Runtime.open(path)``)."""
         return _Opener(cls, state_dir, kw)
+
+    @property
+    def started(self) -> bool:
+        return bool(self._tasks) and not self._closed
+
+    async def ensure_started(self) -> None:
+        """Start once, however many callers ask at the same time."""
+        if self._start_task is None:
+            self._start_task = asyncio.ensure_future(self.start())
+        await asyncio.shield(self._start_task)
 
     async def start(self) -> None:
         _raise_nofile_limit()

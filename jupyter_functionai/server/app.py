@@ -1,0 +1,70 @@
+"""The jupyter-server extension: loads by itself in JupyterLab / Jupyter Server
+once the package is installed, and runs standalone as ``functionai serve``.
+
+Configuration is traitlets, so ``c.FunctionAI.data_dir = ...`` in
+``jupyter_server_config.py``, ``--FunctionAI.data_dir=...`` on the command
+line and the ``FUNCTIONAI_DATA_DIR`` environment variable all work.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from jupyter_core.paths import jupyter_data_dir
+from jupyter_server.extension.application import ExtensionApp
+from traitlets import Bool, Float, Unicode, default
+
+from .._version import __version__
+from ..runtime import Runtime
+from .routes import handlers
+
+
+class FunctionAI(ExtensionApp):
+    """Session-isolated sandbox functions served by Jupyter Server."""
+
+    name = "jupyter_functionai"
+    description = "jupyter-functionai: session-isolated sandbox functions, served by Jupyter"
+    version = __version__
+    load_other_extensions = True
+    extension_url = "/functionai/api/health"
+
+    data_dir = Unicode(
+        config=True,
+        help="Where the store, session directories and logs live "
+        "(default: $FUNCTIONAI_DATA_DIR, else <jupyter data dir>/functionai).",
+    )
+    backend = Unicode("process", config=True, help="Sandbox backend: process.")
+    reap_interval = Float(1.0, config=True, help="Seconds between idle/lifetime checks of sessions.")
+    use_templates = Bool(True, config=True, help="Fork instances from per-function templates (else a fresh interpreter each).")
+
+    aliases = {
+        "data-dir": "FunctionAI.data_dir",
+        "backend": "FunctionAI.backend",
+    }
+
+    @default("data_dir")
+    def _default_data_dir(self) -> str:
+        return os.environ.get("FUNCTIONAI_DATA_DIR") or os.path.join(jupyter_data_dir(), "functionai")
+
+    def initialize_settings(self) -> None:
+        self.runtime = Runtime(
+            self.data_dir,
+            backend=self.backend,
+            reap_interval=self.reap_interval,
+            use_templates=self.use_templates,
+        )
+        self.settings["functionai_runtime"] = self.runtime
+        self.log.info("functionai: data dir %s, backend %s", self.data_dir, self.backend)
+
+    def initialize_handlers(self) -> None:
+        self.handlers.extend(handlers())
+
+    async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
+        await self.runtime.ensure_started()
+
+    async def stop_extension(self) -> None:
+        await self.runtime.close()
+
+
+main = launch_new_instance = FunctionAI.launch_instance

@@ -1,0 +1,366 @@
+"""REST API, invoke gateway and the route table the OpenAPI document is made from.
+
+Handlers are thin: parse, call the Runtime, serialise.  Every verb carries
+``jupyter_auth`` (``@web.authenticated`` + ``@authorized``), except the
+gateway's POST which also accepts a function-scoped key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from tornado import web
+
+from .._version import __version__
+from ..errors import BadPayload, InvalidArgument
+from ..spec import FunctionSpec
+from .base import BaseHandler, jupyter_auth, query_int
+from .gateway import InvokeHandler
+
+API = "/functionai/api"
+NAME = r"(?P<name>[A-Za-z][A-Za-z0-9_-]{0,62})"
+SESSION = r"(?P<session_id>[^/]+)"
+
+
+class HealthHandler(BaseHandler):
+    @jupyter_auth
+    async def get(self) -> None:
+        rt = self.runtime
+        self.write_json(
+            {
+                "status": "ok",
+                "version": __version__,
+                "backend": rt.backend.name,
+                "data_dir": rt.state_dir,
+                "functions": len(rt.functions()),
+                "live_instances": len(rt.live_instances()),
+                "pool": rt.pool.sizes(),
+            }
+        )
+
+
+class FunctionsHandler(BaseHandler):
+    @jupyter_auth
+    async def get(self) -> None:
+        self.write_json(self.runtime.functions())
+
+    @jupyter_auth
+    async def post(self) -> None:
+        body = self.json_body()
+        if not isinstance(body, dict):
+            raise BadPayload("the body must be a FunctionSpec object (JSON)")
+        spec = FunctionSpec.from_dict(body)
+        if spec.source.kind == "file":
+            raise InvalidArgument("source.kind 'file' is not accepted over HTTP: send the code (kind 'code')")
+        row = await self.runtime.deploy(spec)
+        self.write_json(row, status=201)
+
+
+class FunctionHandler(BaseHandler):
+    @jupyter_auth
+    async def get(self, name: str) -> None:
+        rt = self.runtime
+        row = rt.store.get_function(name)
+        row["pool"] = rt.pool.sizes().get(name)
+        row["endpoint"] = self.base_url.rstrip("/") + f"/functionai/invoke/{name}"
+        self.write_json(row)
+
+    @jupyter_auth
+    async def delete(self, name: str) -> None:
+        await self.runtime.delete(name)
+        self.set_status(204)
+        self.finish()
+
+
+class VersionsHandler(BaseHandler):
+    @jupyter_auth
+    async def get(self, name: str) -> None:
+        self.write_json(self.runtime.versions(name))
+
+
+class RollbackHandler(BaseHandler):
+    @jupyter_auth
+    async def post(self, name: str) -> None:
+        body = self.json_body()
+        version = body.get("version") if isinstance(body, dict) else None
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise BadPayload('the body must be {"version": <int>}')
+        self.write_json(await self.runtime.rollback(name, version))
+
+
+class FunctionSessionsHandler(BaseHandler):
+    @jupyter_auth
+    async def post(self, name: str) -> None:
+        """Open a session (its sandbox starts now, no call yet)."""
+        body = self.json_body()
+        sid = body.get("session") if isinstance(body, dict) else None
+        self.write_json(await self.runtime.open_session(name, sid), status=201)
+
+
+class SessionsHandler(BaseHandler):
+    @jupyter_auth
+    async def get(self) -> None:
+        self.write_json(
+            await self.runtime.sessions(self.get_query_argument("function", None), self.get_query_argument("status", None))
+        )
+
+
+class SessionHandler(BaseHandler):
+    @jupyter_auth
+    async def get(self, session_id: str) -> None:
+        self.write_json(await self.runtime.describe_session(session_id))
+
+    @jupyter_auth
+    async def delete(self, session_id: str) -> None:
+        await self.runtime.close_session(session_id)
+        self.set_status(204)
+        self.finish()
+
+
+class InstancesHandler(BaseHandler):
+    @jupyter_auth
+    async def get(self) -> None:
+        out = []
+        for inst in self.runtime.live_instances():
+            out.append(
+                {
+                    "id": inst.id,
+                    "function": inst.fv.name,
+                    "version": inst.fv.version,
+                    "backend": self.runtime.backend.name,
+                    "path": inst.path,
+                    "session_id": inst.bound_session,
+                    "isolation": inst.isolation,
+                    **inst.stats(),
+                }
+            )
+        self.write_json(out)
+
+
+class ColdStartsHandler(BaseHandler):
+    @jupyter_auth
+    async def get(self) -> None:
+        self.write_json(await self.runtime.coldstarts(self.get_query_argument("function", None), query_int(self, "limit", 500)))
+
+
+class InvocationsHandler(BaseHandler):
+    @jupyter_auth
+    async def get(self) -> None:
+        self.write_json(
+            await self.runtime.invocations(
+                self.get_query_argument("function", None), self.get_query_argument("session", None), query_int(self, "limit", 100)
+            )
+        )
+
+
+class KeysHandler(BaseHandler):
+    @jupyter_auth
+    async def get(self) -> None:
+        self.write_json(await self.runtime.keys(self.get_query_argument("function", None)))
+
+    @jupyter_auth
+    async def post(self) -> None:
+        body = self.json_body()
+        if not isinstance(body, dict) or not isinstance(body.get("function"), str):
+            raise BadPayload('the body must be {"function": <name>, "note": <text, optional>}')
+        note = body.get("note", "")
+        if not isinstance(note, str):
+            raise BadPayload("note must be a string")
+        self.write_json(await self.runtime.create_key(body["function"], note), status=201)
+
+
+class KeyHandler(BaseHandler):
+    @jupyter_auth
+    async def delete(self, key_id: str) -> None:
+        await self.runtime.revoke_key(key_id)
+        self.set_status(204)
+        self.finish()
+
+
+class OpenAPIHandler(BaseHandler):
+    @jupyter_auth
+    async def get(self) -> None:
+        self.write_json(openapi())
+
+
+# -- the route table and the OpenAPI document made from it ---------------------------------
+
+
+@dataclass(frozen=True)
+class Op:
+    summary: str
+    body: str | None = None  # schema name of the request body
+    ok: int = 200
+    returns: str | None = None  # schema name of the response
+    query: tuple[str, ...] = ()
+    errors: tuple[int, ...] = (400, 404)
+
+
+@dataclass(frozen=True)
+class Route:
+    pattern: str  # tornado regex, relative to the base URL
+    path: str  # OpenAPI path template
+    handler: type[web.RequestHandler]
+    ops: dict[str, Op] = field(default_factory=dict)
+
+
+ROUTES: list[Route] = [
+    Route(f"{API}/health", "/functionai/api/health", HealthHandler, {"get": Op("Runtime health and pools", returns="Health")}),
+    Route(f"{API}/openapi.json", "/functionai/api/openapi.json", OpenAPIHandler, {"get": Op("This document")}),
+    Route(
+        f"{API}/functions",
+        "/functionai/api/functions",
+        FunctionsHandler,
+        {
+            "get": Op("List functions", returns="FunctionList"),
+            "post": Op("Deploy a new version of a function", body="FunctionSpec", ok=201, returns="FunctionVersion", errors=(400, 422)),
+        },
+    ),
+    Route(
+        f"{API}/functions/{NAME}",
+        "/functionai/api/functions/{name}",
+        FunctionHandler,
+        {"get": Op("Active version of a function", returns="FunctionVersion"), "delete": Op("Delete a function and end its sessions", ok=204)},
+    ),
+    Route(f"{API}/functions/{NAME}/versions", "/functionai/api/functions/{name}/versions", VersionsHandler, {"get": Op("All versions", returns="FunctionVersionList")}),
+    Route(
+        f"{API}/functions/{NAME}/rollback",
+        "/functionai/api/functions/{name}/rollback",
+        RollbackHandler,
+        {"post": Op("Make an earlier version active", body="Rollback", returns="FunctionVersion")},
+    ),
+    Route(
+        f"{API}/functions/{NAME}/sessions",
+        "/functionai/api/functions/{name}/sessions",
+        FunctionSessionsHandler,
+        {"post": Op("Open a session: its sandbox starts now", body="OpenSession", ok=201, returns="Session")},
+    ),
+    Route(f"{API}/sessions", "/functionai/api/sessions", SessionsHandler, {"get": Op("List sessions", returns="SessionList", query=("function", "status"))}),
+    Route(
+        f"{API}/sessions/{SESSION}",
+        "/functionai/api/sessions/{session_id}",
+        SessionHandler,
+        {"get": Op("Describe a session", returns="Session"), "delete": Op("Close a session", ok=204)},
+    ),
+    Route(f"{API}/instances", "/functionai/api/instances", InstancesHandler, {"get": Op("Live instances", returns="AnyList")}),
+    Route(f"{API}/coldstarts", "/functionai/api/coldstarts", ColdStartsHandler, {"get": Op("Cold starts, newest first", returns="AnyList", query=("function", "limit"))}),
+    Route(
+        f"{API}/invocations",
+        "/functionai/api/invocations",
+        InvocationsHandler,
+        {"get": Op("Recent invocations with their logs", returns="AnyList", query=("function", "session", "limit"))},
+    ),
+    Route(
+        f"{API}/keys",
+        "/functionai/api/keys",
+        KeysHandler,
+        {"get": Op("Function-scoped keys (no secrets)", returns="AnyList", query=("function",)), "post": Op("Create a key", body="CreateKey", ok=201, returns="Key")},
+    ),
+    Route(f"{API}/keys/(?P<key_id>[0-9a-f]{{1,32}})", "/functionai/api/keys/{key_id}", KeyHandler, {"delete": Op("Revoke a key", ok=204)}),
+    Route(
+        f"/functionai/invoke/{NAME}",
+        "/functionai/invoke/{name}",
+        InvokeHandler,
+        {
+            "post": Op(
+                "Invoke a function (JSON in, JSON out; SSE with Accept: text/event-stream)",
+                body="Event",
+                returns="Result",
+                query=("session",),
+                errors=(400, 401, 403, 404, 413, 422, 503, 504),
+            )
+        },
+    ),
+]
+
+
+def handlers() -> list[tuple[str, type[web.RequestHandler]]]:
+    return [(r.pattern, r.handler) for r in ROUTES]
+
+
+_ANY = {"type": "object", "additionalProperties": True}
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {"error": {"type": "object", "required": ["kind", "message"], "properties": {"kind": {"type": "string"}, "message": {"type": "string"}}}},
+    },
+    "FunctionSpec": {
+        "type": "object",
+        "required": ["name", "source"],
+        "properties": {
+            "name": {"type": "string", "pattern": "^[A-Za-z][A-Za-z0-9_-]{0,62}$"},
+            "source": {
+                "type": "object",
+                "required": ["kind"],
+                "properties": {"kind": {"type": "string", "enum": ["code", "module"]}, "code": {"type": "string"}, "module": {"type": "string"}},
+            },
+            "handler": {"type": "string"},
+            "resources": _ANY,
+            "timeout_s": {"type": "number"},
+            "concurrency": {"type": "integer"},
+            "session": _ANY,
+            "min_instances": {"type": "integer"},
+            "env": {"type": "object", "additionalProperties": {"type": "string"}},
+            "network": {"type": "string", "enum": ["none", "loopback", "host"]},
+            "isolation_required": {"type": "array", "items": {"type": "string"}},
+            "limits": _ANY,
+            "description": {"type": "string"},
+            "warmup": {"type": ["string", "null"]},
+        },
+    },
+    "FunctionVersion": _ANY,
+    "FunctionList": {"type": "array", "items": _ANY},
+    "FunctionVersionList": {"type": "array", "items": _ANY},
+    "Rollback": {"type": "object", "required": ["version"], "properties": {"version": {"type": "integer", "minimum": 1}}},
+    "OpenSession": {"type": "object", "properties": {"session": {"type": "string"}}},
+    "Session": _ANY,
+    "SessionList": {"type": "array", "items": _ANY},
+    "AnyList": {"type": "array", "items": _ANY},
+    "Health": _ANY,
+    "CreateKey": {"type": "object", "required": ["function"], "properties": {"function": {"type": "string"}, "note": {"type": "string"}}},
+    "Key": {"type": "object", "properties": {"key": {"type": "string"}, "id": {"type": "string"}, "function": {"type": "string"}}},
+    "Event": {},
+    "Result": {},
+}
+
+
+def openapi() -> dict[str, Any]:
+    """The OpenAPI 3.1 document, generated from ``ROUTES`` (never written by hand)."""
+    paths: dict[str, Any] = {}
+    for r in ROUTES:
+        item: dict[str, Any] = {}
+        params = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}} for p in _path_params(r.path)]
+        for verb, op in r.ops.items():
+            o: dict[str, Any] = {"summary": op.summary, "operationId": f"{verb}_{r.handler.__name__}"}
+            o["parameters"] = params + [{"name": q, "in": "query", "required": False, "schema": {"type": "string"}} for q in op.query]
+            if op.body:
+                o["requestBody"] = {"required": op.body not in ("Event",), "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{op.body}"}}}}
+            ok: dict[str, Any] = {"description": "OK"}
+            if op.returns and op.ok != 204:
+                ok["content"] = {"application/json": {"schema": {"$ref": f"#/components/schemas/{op.returns}"}}}
+            responses: dict[str, Any] = {str(op.ok): ok}
+            for code in sorted({*op.errors, 403}):
+                responses[str(code)] = {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+            o["responses"] = responses
+            item[verb] = o
+        paths[r.path] = item
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "jupyter-functionai", "version": __version__},
+        "paths": paths,
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {
+                "jupyterToken": {"type": "apiKey", "in": "header", "name": "Authorization", "description": "Authorization: token <jupyter server token>"},
+                "functionKey": {"type": "http", "scheme": "bearer", "description": "a function-scoped key fai_... (invoke gateway only)"},
+            },
+        },
+        "security": [{"jupyterToken": []}],
+    }
+
+
+def _path_params(path: str) -> list[str]:
+    return [seg[1:-1] for seg in path.split("/") if seg.startswith("{")]
+

@@ -1,0 +1,255 @@
+"""The server extension against a real Jupyter server (pytest-jupyter), with
+the base URL ``/a%40b/`` and authentication on."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pytest
+from tornado.httpclient import AsyncHTTPClient, HTTPRequest
+
+ECHO = (
+    "import os\n"
+    "def handler(event, ctx):\n"
+    "    ctx.session.state['n'] = ctx.session.state.get('n', 0) + 1\n"
+    "    if event == 'boom':\n"
+    "        raise KeyError('missing thing')\n"
+    "    if event == 'loop':\n"
+    "        while True:\n"
+    "            pass\n"
+    "    return {'event': event, 'n': ctx.session.state['n'], 'pid': os.getpid()}\n"
+)
+GEN = "def handler(event, ctx):\n    for i in range(event['n']):\n        yield {'i': i}\n"
+
+
+@pytest.fixture
+def jp_server_config(tmp_path):
+    return {
+        "ServerApp": {"jpserver_extensions": {"jupyter_functionai": True}},
+        "FunctionAI": {"data_dir": str(tmp_path / "fai"), "reap_interval": 0.05},
+    }
+
+
+@pytest.fixture
+def api(jp_fetch):
+    async def call(*parts: str, method: str = "GET", body: Any = None, headers: dict[str, str] | None = None, raw: bool = False, **kw: Any):
+        data = None if body is None else (body if isinstance(body, (str, bytes)) else json.dumps(body))
+        if method in ("POST", "PUT", "PATCH") and data is None:
+            data = ""
+        r = await jp_fetch(*parts, method=method, body=data, headers=headers or {}, raise_error=False, allow_nonstandard_methods=True, **kw)
+        if raw:
+            return r
+        return r.code, (json.loads(r.body) if r.body else None)
+
+    return call
+
+
+async def deploy(api, name: str, code: str, **spec: Any) -> dict:
+    code_, body = await api("functionai", "api", "functions", method="POST", body={"name": name, "source": {"kind": "code", "code": code}, **spec})
+    assert code_ == 201, body
+    return body
+
+
+async def invoke(api, name: str, event: Any, session: str | None = None, **headers: str):
+    h = dict(headers)
+    if session is not None:
+        h["X-Functionai-Session-Id"] = session
+    return await api("functionai", "invoke", name, method="POST", body=json.dumps(event), headers=h, raw=True)
+
+
+async def test_health_and_extension_loaded(api, jp_serverapp):
+    code, body = await api("functionai", "api", "health")
+    assert code == 200 and body["status"] == "ok" and body["backend"] == "process"
+    assert "jupyter_functionai" in jp_serverapp.extension_manager.extensions
+
+
+async def test_function_lifecycle_over_rest(api):
+    v1 = await deploy(api, "echo", ECHO)
+    assert v1["version"] == 1
+    await deploy(api, "echo", ECHO.replace("'n':", "'v2': True, 'n':"))
+    code, fns = await api("functionai", "api", "functions")
+    assert code == 200 and [f["name"] for f in fns] == ["echo"] and fns[0]["active_version"] == 2
+    code, one = await api("functionai", "api", "functions", "echo")
+    assert code == 200 and one["version"] == 2 and one["endpoint"].endswith("/functionai/invoke/echo")
+    code, versions = await api("functionai", "api", "functions", "echo", "versions")
+    assert [v["version"] for v in versions] == [1, 2]
+    code, rb = await api("functionai", "api", "functions", "echo", "rollback", method="POST", body={"version": 1})
+    assert code == 200 and rb["version"] == 1
+    r = await invoke(api, "echo", 1, session="after-rollback")
+    assert "v2" not in json.loads(r.body)
+    code, _ = await api("functionai", "api", "functions", "echo", "rollback", method="POST", body={"version": 9})
+    assert code == 404
+    code, _ = await api("functionai", "api", "functions", "echo", method="DELETE")
+    assert code == 204
+    code, err = await api("functionai", "api", "functions", "echo")
+    assert code == 404 and err["error"]["kind"] == "not_found"
+
+
+async def test_bad_specs_are_precise_400s(api):
+    code, err = await api("functionai", "api", "functions", method="POST", body={"name": "x y", "source": {"kind": "code", "code": "x=1"}})
+    assert code == 400 and err["error"]["kind"] == "invalid_spec" and err["error"]["field"] == "name"
+    code, err = await api("functionai", "api", "functions", method="POST", body="{nope")
+    assert code == 400 and err["error"]["kind"] == "bad_payload"
+    code, err = await api("functionai", "api", "functions", method="POST", body={"name": "f", "source": {"kind": "file", "path": "/etc/passwd"}})
+    assert code == 400
+    code, err = await api("functionai", "api", "functions", method="POST", body={"name": "broken", "source": {"kind": "code", "code": "raise ValueError('top')\ndef handler(e, c):\n    return 1\n"}})
+    assert code == 422 and err["error"]["kind"] == "user_exception" and "top" in err["error"]["message"]
+
+
+async def test_gateway_session_affinity_and_headers(api):
+    await deploy(api, "echo", ECHO)
+    a1 = await invoke(api, "echo", "x", session="A")
+    a2 = await invoke(api, "echo", "y", session="A")
+    b1 = await invoke(api, "echo", "z", session="B")
+    assert a1.code == a2.code == b1.code == 200
+    assert a1.headers["X-Functionai-Session-Id"] == "A"
+    assert a1.headers["X-Functionai-Instance-Id"] == a2.headers["X-Functionai-Instance-Id"]
+    assert a1.headers["X-Functionai-Instance-Id"] != b1.headers["X-Functionai-Instance-Id"]
+    assert re.fullmatch(r"(template-fork|warm-pool|fresh);ms=[0-9.]+", a1.headers["X-Functionai-Cold-Start"])
+    assert "X-Functionai-Cold-Start" not in a2.headers
+    assert [json.loads(r.body)["n"] for r in (a1, a2, b1)] == [1, 2, 1]
+    assert json.loads(a2.body)["event"] == "y"
+
+
+async def test_gateway_assigns_a_session_and_honours_cookie_and_query(api):
+    await deploy(api, "echo", ECHO)
+    first = await invoke(api, "echo", 1)
+    sid = first.headers["X-Functionai-Session-Id"]
+    assert sid.startswith("s-")
+    cookie = first.headers["Set-Cookie"]
+    assert f"functionai_session={sid}" in cookie and "HttpOnly" in cookie
+    by_cookie = await invoke(api, "echo", 2, Cookie=f"functionai_session={sid}")
+    assert by_cookie.headers["X-Functionai-Instance-Id"] == first.headers["X-Functionai-Instance-Id"]
+    by_query = await api("functionai", "invoke", "echo", method="POST", body="3", params={"session": sid}, raw=True)
+    assert json.loads(by_query.body)["n"] == 3
+    # the header wins over the cookie
+    both = await invoke(api, "echo", 4, session="other", Cookie=f"functionai_session={sid}")
+    assert both.headers["X-Functionai-Session-Id"] == "other" and json.loads(both.body)["n"] == 1
+
+
+async def test_closed_session_is_404_and_sessions_api(api):
+    await deploy(api, "echo", ECHO)
+    await invoke(api, "echo", 1, session="bye")
+    code, sessions = await api("functionai", "api", "sessions")
+    assert code == 200 and [s["id"] for s in sessions] == ["bye"]
+    s = sessions[0]
+    assert s["instance"]["pid"] > 0 and s["calls"] == 1 and s["state_bytes"] > 0 and "isolation" in s["instance"]
+    assert {"age_s", "idle_s"} <= set(s)
+    code, _ = await api("functionai", "api", "sessions", "bye", method="DELETE")
+    assert code == 204
+    r = await invoke(api, "echo", 1, session="bye")
+    assert r.code == 404 and json.loads(r.body)["error"]["kind"] == "session_closed"
+    code, _ = await api("functionai", "api", "sessions", "never", method="GET")
+    assert code == 404
+    code, opened = await api("functionai", "api", "functions", "echo", "sessions", method="POST", body={"session": "early"})
+    assert code == 201 and opened["status"] == "live" and opened["calls"] == 0
+
+
+@pytest.mark.parametrize(
+    "event, session, status, kind",
+    [
+        ("boom", "e1", 422, "user_exception"),
+        ("loop", "e2", 504, "timeout"),
+        (1, "bad session!", 400, "invalid_argument"),
+        ("x" * 300_000, "e3", 413, "payload_too_large"),
+    ],
+)
+async def test_gateway_errors_map_to_status_codes(api, event, session, status, kind):
+    await deploy(api, "echo", ECHO, timeout_s=1.0, limits={"max_payload_bytes": 100_000})
+    r = await invoke(api, "echo", event, session=session)
+    assert r.code == status, r.body
+    err = json.loads(r.body)["error"]
+    assert err["kind"] == kind
+    if kind == "user_exception":
+        assert "KeyError" in err["message"] and "raise KeyError" in err["traceback"]
+    assert "Traceback" not in r.body.decode() or kind == "user_exception"
+
+
+async def test_gateway_malformed_and_unknown(api):
+    await deploy(api, "echo", ECHO)
+    r = await api("functionai", "invoke", "echo", method="POST", body="{not json", raw=True)
+    assert r.code == 400 and json.loads(r.body)["error"]["kind"] == "bad_payload"
+    r = await invoke(api, "nosuch", 1)
+    assert r.code == 404
+
+
+async def test_gateway_streams_server_sent_events(api):
+    await deploy(api, "gen", GEN)
+    r = await api("functionai", "invoke", "gen", method="POST", body=json.dumps({"n": 3}), headers={"Accept": "text/event-stream"}, raw=True)
+    assert r.code == 200 and r.headers["Content-Type"].startswith("text/event-stream")
+    datas = [json.loads(line[6:]) for line in r.body.decode().splitlines() if line.startswith("data: ")]
+    assert datas[:3] == [{"i": 0}, {"i": 1}, {"i": 2}]
+    assert "event: end" in r.body.decode()
+    plain = await invoke(api, "gen", {"n": 2})
+    assert json.loads(plain.body) == [{"i": 0}, {"i": 1}]
+
+
+# -- auth ---------------------------------------------------------------------------------
+
+
+def _concrete(path: str) -> str:
+    return re.sub(r"\{[^}]+\}", lambda m: {"{name}": "echo", "{session_id}": "s1", "{key_id}": "abc"}[m.group(0)], path)
+
+
+async def test_no_route_answers_an_unauthenticated_request(api, jp_serverapp, jp_http_port, jp_base_url):
+    await deploy(api, "echo", ECHO)
+    code, doc = await api("functionai", "api", "openapi.json")
+    assert code == 200
+    client = AsyncHTTPClient()
+    checked = 0
+    for path, item in doc["paths"].items():
+        for verb in item:
+            url = f"http://127.0.0.1:{jp_http_port}{jp_base_url.rstrip('/')}{_concrete(path)}"
+            for headers in ({}, {"Authorization": "token wrong"}, {"Authorization": "Bearer wrong"}):
+                req = HTTPRequest(url, method=verb.upper(), headers=headers, body="{}" if verb in ("post",) else None, allow_nonstandard_methods=True)
+                r = await client.fetch(req, raise_error=False)
+                assert r.code in (401, 403), (verb, path, headers, r.code, r.body)
+                checked += 1
+    assert checked >= 3 * 19
+
+
+async def test_function_keys_are_scoped_and_revocable(api, jp_http_port, jp_base_url):
+    await deploy(api, "echo", ECHO)
+    await deploy(api, "other", ECHO)
+    code, made = await api("functionai", "api", "keys", method="POST", body={"function": "echo", "note": "ci"})
+    assert code == 201 and made["key"].startswith("fai_")
+    key = made["key"]
+    code, keys = await api("functionai", "api", "keys")
+    assert [k["id"] for k in keys] == [made["id"]] and "key" not in keys[0] and "secret_sha256" not in keys[0]
+    client = AsyncHTTPClient()
+    base = f"http://127.0.0.1:{jp_http_port}{jp_base_url.rstrip('/')}/functionai"
+
+    async def with_key(fn: str, k: str = key):
+        return await client.fetch(HTTPRequest(f"{base}/invoke/{fn}", method="POST", body="1", headers={"Authorization": f"Bearer {k}"}), raise_error=False)
+
+    ok = await with_key("echo")
+    assert ok.code == 200 and json.loads(ok.body)["event"] == 1
+    assert (await with_key("other")).code == 403
+    assert (await with_key("echo", key[:-2] + "xx")).code == 401
+    # a key opens the gateway only: not the REST API
+    r = await client.fetch(HTTPRequest(f"{base}/api/functions", headers={"Authorization": f"Bearer {key}"}), raise_error=False)
+    assert r.code == 403
+    code, _ = await api("functionai", "api", "keys", made["id"], method="DELETE")
+    assert code == 204
+    assert (await with_key("echo")).code == 401
+    code, _ = await api("functionai", "api", "keys", method="POST", body={"function": "nosuch"})
+    assert code == 404
+
+
+async def test_every_route_is_in_the_openapi_document_and_authenticated(api):
+    from jupyter_functionai.server.routes import ROUTES
+
+    code, doc = await api("functionai", "api", "openapi.json")
+    assert code == 200 and doc["openapi"].startswith("3.")
+    documented = {(p, v) for p, item in doc["paths"].items() for v in item}
+    served = set()
+    for r in ROUTES:
+        for verb in ("get", "post", "put", "patch", "delete"):
+            method = r.handler.__dict__.get(verb)
+            if method is None:
+                continue
+            served.add((r.path, verb))
+            assert getattr(method, "_functionai_auth", None) in ("jupyter", "jupyter-or-function-key"), (r.handler, verb)
+    assert documented == served  # (the unauthenticated walk shows each is mounted: none answers 404)
