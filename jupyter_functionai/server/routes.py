@@ -19,7 +19,9 @@ from .base import BaseHandler, jupyter_auth, query_int
 from .gateway import InvokeHandler
 
 API = "/functionai/api"
-NAME = r"(?P<name>[A-Za-z][A-Za-z0-9_-]{0,62})"
+# path parameters take any one segment; the handler judges it (a JSON 404, not
+# Jupyter's HTML page, for a name that cannot exist)
+NAME = r"(?P<name>[^/]+)"
 SESSION = r"(?P<session_id>[^/]+)"
 
 
@@ -257,7 +259,7 @@ ROUTES: list[Route] = [
         KeysHandler,
         {"get": Op("Function-scoped keys (no secrets)", returns="AnyList", query=("function",)), "post": Op("Create a key", body="CreateKey", ok=201, returns="Key")},
     ),
-    Route(f"{API}/keys/(?P<key_id>[0-9a-f]{{1,32}})", "/functionai/api/keys/{key_id}", KeyHandler, {"delete": Op("Revoke a key", ok=204)}),
+    Route(f"{API}/keys/(?P<key_id>[^/]+)", "/functionai/api/keys/{key_id}", KeyHandler, {"delete": Op("Revoke a key", ok=204)}),
     Route(
         f"/functionai/invoke/{NAME}",
         "/functionai/invoke/{name}",
