@@ -142,6 +142,7 @@ class Runtime:
         self._stored: dict[str, str] = {}  # id -> status of stored sessions not in memory
         self._deploy_lock = asyncio.Lock()
         self._writes: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
+        self._touched: dict[str, LiveSession] = {}  # sessions called since the last flush
         self._invocations: list[dict[str, Any]] = []
         self._flush_event = asyncio.Event()
         self._flush_lock = asyncio.Lock()
@@ -385,13 +386,9 @@ class Runtime:
             sess.calls += 1
             if outcome.state_json is not None:
                 sess.state_json = outcome.state_json
-            self._defer(
-                self.store.update_session,
-                sess.id,
-                **({"state": json.loads(outcome.state_json)} if outcome.state_json is not None else {}),
-                last_used_at=sess.last_used,
-                calls=sess.calls,
-            )
+                sess.state_dirty = True
+            self._touched[sess.id] = sess  # written once per group commit, however many calls
+            self._flush_event.set()
             return self._finish(inst, sess.id, outcome, elapsed, fresh, size)
 
     async def _invoke_ephemeral(self, fv: FunctionVersion, event: Any, size: int, limit: float, on_progress: ProgressCallback | None, on_chunk: ChunkCallback | None) -> InvokeResult:
@@ -701,6 +698,7 @@ class Runtime:
         status = EXPIRED if reason == "max lifetime" else CLOSED
         previous = self._stored.get(session_id)
         self._stored[session_id] = status  # before any await: no call may reopen it
+        self._touched.pop(session_id, None)  # its pending coalesced update must not outlive the close
         if sess is None:
             await self._flush()
             try:
@@ -822,6 +820,13 @@ class Runtime:
 
     async def _flush_locked(self) -> None:
         self._flush_event.clear()
+        for sess in self._touched.values():
+            fields: dict[str, Any] = {"last_used_at": sess.last_used, "calls": sess.calls}
+            if sess.state_dirty:
+                fields["state"] = json.loads(sess.state_json)
+                sess.state_dirty = False
+            self._writes.append((self.store.update_session, (sess.id,), fields))
+        self._touched.clear()
         writes, self._writes = self._writes, []
         invocations, self._invocations = self._invocations, []
         if not writes and not invocations:

@@ -3,16 +3,21 @@ authentication decorators every verb carries."""
 
 from __future__ import annotations
 
+import hmac
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from jupyter_server import CallContext
 from jupyter_server.auth.decorator import authorized
+from jupyter_server.auth.identity import IdentityProvider, PasswordIdentityProvider
 from jupyter_server.base.handlers import APIHandler
 from tornado import web
 
 from ..errors import FunctionAIError, NoCapacity
 from ..runtime import Runtime
+
+_STOCK_PROVIDERS = (IdentityProvider, PasswordIdentityProvider)
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
@@ -28,8 +33,39 @@ class BaseHandler(APIHandler):
     auth_resource = "functionai"
 
     async def prepare(self) -> None:  # type: ignore[override]
-        await super().prepare()
+        if not self._server_token_auth():
+            await super().prepare()
         await self.settings["functionai_runtime"].ensure_started()
+
+    def _server_token_auth(self) -> bool:
+        """The hot path for ``Authorization: token <server token>``.
+
+        The same decision Jupyter's own identity providers make (constant-time
+        comparison with the server token, then the Host check), without what
+        only browsers need: no login cookie is minted and no anonymous user is
+        generated per request; one stable token user serves them all.  Any
+        other credential, and any custom identity provider (JupyterHub,
+        ...), takes Jupyter's full path.
+        """
+        ip = self.identity_provider
+        if type(ip) not in _STOCK_PROVIDERS or not ip.token:
+            return False
+        scheme, _, cred = self.request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "token" or not hmac.compare_digest(cred.strip().encode(), ip.token.encode()):
+            return False
+        hosts: dict[str, bool] = self.settings.setdefault("functionai_host_ok", {})
+        ok = hosts.get(self.request.host)
+        if ok is None:
+            ok = hosts[self.request.host] = self.check_host()
+        if not ok:
+            raise web.HTTPError(403)
+        user = self.settings.get("functionai_token_user")
+        if user is None:
+            user = self.settings["functionai_token_user"] = ip.generate_anonymous_user(self)
+        CallContext.set(CallContext.JUPYTER_HANDLER, self)
+        self.current_user = self._jupyter_current_user = user
+        self._token_authenticated = True
+        return True
 
     @property
     def runtime(self) -> Runtime:

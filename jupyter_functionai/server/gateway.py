@@ -75,7 +75,8 @@ class InvokeHandler(BaseHandler):
             or self.get_cookie(SESSION_COOKIE)
             or self.get_query_argument("session", None)
         )
-        if session is None and fv.spec.session.enabled:
+        assigned = session is None and fv.spec.session.enabled
+        if assigned:
             session = f"s-{uuid.uuid4().hex[:20]}"
         if not fv.spec.session.enabled:
             session = None
@@ -84,7 +85,8 @@ class InvokeHandler(BaseHandler):
         event = self.json_body()
         if session is not None:
             self.set_header(SESSION_HEADER, session)
-            self.set_cookie(SESSION_COOKIE, session, path=self.base_url, httponly=True, samesite="Strict")
+            if assigned:  # the client did not name one: keep it for the next call
+                self.set_cookie(SESSION_COOKIE, session, path=self.base_url, httponly=True, samesite="Strict")
         if "text/event-stream" in self.request.headers.get("Accept", ""):
             await self._stream(name, event, session)
             return

@@ -1,0 +1,291 @@
+"""Gateway: warm, session-affine invocations over HTTP vs in-process vs a kernel.
+
+In one run, the same tiny handler:
+
+* ``in-process``: ``Runtime.invoke(..., session=...)`` on a warm session, from
+  the benchmark's own event loop (concurrency 1, and 32 sessions at once);
+* ``http``: ``POST /functionai/invoke/echo`` to a real Jupyter server with the
+  extension (a subprocess), token-authenticated, keep-alive connections, one
+  session per connection (concurrency 1 and 32);
+* ``jupyter-kernel``: an ``execute`` round trip on a warm Jupyter kernel
+  (what a kernel-backed tool call costs), concurrency 1.
+
+Prints p50/p99 latency and throughput per path and the goals: added latency
+of HTTP over in-process at p50 (goal <= 0.7 ms) and HTTP throughput at
+concurrency 32 (goal >= 1,500/s).
+
+Run: ``python benchmarks/gateway.py [--n 2000] [--json PATH]`` (or ``functionai bench gateway``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from typing import Any
+
+HANDLER = "def handler(event, ctx):\n    return {'echo': event}\n"
+
+
+def pct(xs: list[float], p: float) -> float:
+    if not xs:
+        return float("nan")
+    s = sorted(xs)
+    k = (len(s) - 1) * p / 100
+    lo = int(k)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def summary(lat_ms: list[float], wall_s: float) -> dict[str, Any]:
+    return {
+        "p50_ms": round(pct(lat_ms, 50), 4),
+        "p95_ms": round(pct(lat_ms, 95), 4),
+        "p99_ms": round(pct(lat_ms, 99), 4),
+        "n": len(lat_ms),
+        "rps": round(len(lat_ms) / wall_s, 1) if wall_s > 0 else None,
+    }
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# -- in-process ---------------------------------------------------------------------------
+
+
+async def in_process(n: int, conc: int, root: str) -> dict[str, Any]:
+    from jupyter_functionai import FunctionSpec, Runtime
+
+    async with Runtime.open(os.path.join(root, "inproc")) as rt:
+        await rt.deploy(FunctionSpec.from_code("echo", HANDLER))
+        sessions = [f"s{i}" for i in range(conc)]
+        for s in sessions:  # warm: every session has its live instance
+            await rt.invoke("echo", 0, session=s)
+        lat: list[float] = []
+
+        async def worker(s: str, count: int) -> None:
+            for i in range(count):
+                t0 = time.perf_counter()
+                r = await rt.invoke("echo", i, session=s)
+                lat.append((time.perf_counter() - t0) * 1000)
+                assert r.value == {"echo": i}
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(s, n // conc) for s in sessions))
+        return summary(lat, time.perf_counter() - t0)
+
+
+# -- over HTTP ---------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Conn:
+    """One keep-alive HTTP/1.1 connection (the client must not be the bottleneck)."""
+
+    def __init__(self, port: int, token: str, session: str) -> None:
+        self.port, self.token, self.session = port, token, session
+
+    async def open(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+
+    async def invoke(self, event: Any) -> tuple[int, bytes, dict[str, str]]:
+        body = json.dumps(event).encode()
+        head = (
+            f"POST /functionai/invoke/echo HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
+            f"Authorization: token {self.token}\r\nX-Functionai-Session-Id: {self.session}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        self.writer.write(head + body)
+        status_line = await self.reader.readline()
+        status = int(status_line.split()[1])
+        headers: dict[str, str] = {}
+        while True:
+            line = await self.reader.readline()
+            if line in (b"\r\n", b""):
+                break
+            k, _, v = line.decode().partition(":")
+            headers[k.strip().lower()] = v.strip()
+        data = await self.reader.readexactly(int(headers.get("content-length", "0")))
+        return status, data, headers
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def deploy_over_http(port: int, token: str) -> None:
+    body = json.dumps({"name": "echo", "source": {"kind": "code", "code": HANDLER}}).encode()
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    w.write(
+        (
+            f"POST /functionai/api/functions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: token {token}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        ).encode()
+        + body
+    )
+    line = await r.readline()
+    w.close()
+    if b" 201 " not in line:
+        raise RuntimeError(f"deploying over HTTP failed: {line!r}")
+
+
+async def over_http(n: int, conc: int, port: int, token: str, tag: str) -> dict[str, Any]:
+    conns = [Conn(port, token, f"{tag}-{i}") for i in range(conc)]
+    for c in conns:
+        await c.open()
+        status, _, _ = await c.invoke(0)  # warm: the session's instance starts here
+        assert status == 200, status
+    lat: list[float] = []
+    instance: dict[str, str] = {}
+
+    async def worker(c: Conn, count: int) -> None:
+        for i in range(count):
+            t0 = time.perf_counter()
+            status, data, headers = await c.invoke(i)
+            lat.append((time.perf_counter() - t0) * 1000)
+            if status != 200 or json.loads(data) != {"echo": i}:
+                raise RuntimeError(f"bad answer {status} {data[:200]!r}")
+            prev = instance.setdefault(c.session, headers["x-functionai-instance-id"])
+            if prev != headers["x-functionai-instance-id"]:
+                raise RuntimeError("session affinity broken")
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker(c, n // conc) for c in conns))
+    wall = time.perf_counter() - t0
+    for c in conns:
+        c.close()
+    return summary(lat, wall)
+
+
+def start_server(root: str, port: int, token: str) -> subprocess.Popen[bytes]:
+    env = dict(os.environ)
+    for k in ("JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR", "IPYTHONDIR"):
+        env[k] = os.path.join(root, k.lower())
+    args = [
+        sys.executable, "-m", "jupyter_server", f"--port={port}", "--ip=127.0.0.1", "--ServerApp.open_browser=False",
+        f"--IdentityProvider.token={token}", f"--FunctionAI.data_dir={os.path.join(root, 'server')}",
+        "--ServerApp.jpserver_extensions=jupyter_functionai=True", "--ServerApp.log_level=WARN",
+    ]
+    if os.geteuid() == 0:
+        args.append("--allow-root")
+    return subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=open(os.path.join(root, "server.log"), "wb"))
+
+
+async def wait_health(port: int, token: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write(f"GET /functionai/api/health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: token {token}\r\nConnection: close\r\n\r\n".encode())
+            line = await r.readline()
+            w.close()
+            if b" 200 " in line:
+                return
+        except OSError:
+            pass
+        await asyncio.sleep(0.1)
+    raise RuntimeError("the server did not answer /functionai/api/health")
+
+
+# -- a Jupyter kernel execute round trip -----------------------------------------------------
+
+
+def kernel_round_trip(n: int) -> dict[str, Any]:
+    from jupyter_client.manager import start_new_kernel
+
+    km, kc = start_new_kernel(kernel_name="python3")
+    try:
+        kc.execute_interactive("def handler(e):\n    return {'echo': e}\n", timeout=30)
+        lat: list[float] = []
+        t0 = time.perf_counter()
+        for i in range(n):
+            t1 = time.perf_counter()
+            reply = kc.execute_interactive(f"handler({i})", timeout=30, output_hook=lambda _m: None)
+            lat.append((time.perf_counter() - t1) * 1000)
+            assert reply["content"]["status"] == "ok"
+        return summary(lat, time.perf_counter() - t0)
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+# -- main ----------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="gateway", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=2000, help="invocations per measurement (default 2000)")
+    ap.add_argument("--kernel-n", type=int, default=300, help="kernel round trips (default 300; 0 skips)")
+    ap.add_argument("--json", metavar="PATH")
+    args = ap.parse_args(argv)
+    if args.n < 64:
+        ap.error("--n must be >= 64")
+    root = tempfile.mkdtemp(prefix="fai-gateway-")
+    os.chmod(root, 0o755)
+    paths: dict[str, Any] = {}
+    port, token = free_port(), secrets.token_hex(16)
+    server = start_server(root, port, token)
+    try:
+        asyncio.run(wait_health(port, token))
+        asyncio.run(deploy_over_http(port, token))
+        log("[gateway] in-process c=1 / c=32")
+        paths["in-process-c1"] = asyncio.run(in_process(args.n, 1, root))
+        paths["in-process-c32"] = asyncio.run(in_process(args.n, 32, root))
+        log("[gateway] http c=1 / c=32")
+        paths["http-c1"] = asyncio.run(over_http(args.n, 1, port, token, "one"))
+        paths["http-c32"] = asyncio.run(over_http(args.n, 32, port, token, "many"))
+        if args.kernel_n:
+            log("[gateway] jupyter kernel execute c=1")
+            paths["jupyter-kernel-c1"] = kernel_round_trip(args.kernel_n)
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        shutil.rmtree(root, ignore_errors=True)
+    added = paths["http-c1"]["p50_ms"] - paths["in-process-c1"]["p50_ms"]
+    ratios = {
+        "http_added_p50_ms": round(added, 4),
+        "http_over_inprocess_p50": round(paths["http-c1"]["p50_ms"] / paths["in-process-c1"]["p50_ms"], 2),
+        "http_c32_rps": paths["http-c32"]["rps"],
+    }
+    if "jupyter-kernel-c1" in paths:
+        ratios["kernel_over_http_p50"] = round(paths["jupyter-kernel-c1"]["p50_ms"] / paths["http-c1"]["p50_ms"], 2)
+    print("\nWarm, session-affine invocations of a tiny handler")
+    print(f"| {'path':18} | {'n':>5} | {'p50 ms':>7} | {'p95 ms':>7} | {'p99 ms':>7} | {'req/s':>8} |")
+    print(f"|{'-' * 20}|{'-' * 7}|{'-' * 9}|{'-' * 9}|{'-' * 9}|{'-' * 10}|")
+    for name, p in paths.items():
+        print(f"| {name:18} | {p['n']:>5} | {p['p50_ms']:>7.3f} | {p['p95_ms']:>7.3f} | {p['p99_ms']:>7.3f} | {p['rps']:>8.0f} |")
+    goals = {
+        "http added latency over in-process at p50 <= 0.7 ms": (added, added <= 0.7),
+        "http throughput at c=32 >= 1500/s": (paths["http-c32"]["rps"], paths["http-c32"]["rps"] >= 1500),
+    }
+    print("\nGoals (informational):")
+    for g, (v, ok) in goals.items():
+        print(f"  {g:55} {'PASS' if ok else 'MISS'}  (value {v})")
+    for k, v in ratios.items():
+        print(f"  {k}: {v}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"paths": paths, "ratios": ratios, "goals": {g: {"value": v, "pass": ok} for g, (v, ok) in goals.items()}}, f, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
