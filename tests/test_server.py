@@ -253,3 +253,16 @@ async def test_every_route_is_in_the_openapi_document_and_authenticated(api):
             served.add((r.path, verb))
             assert getattr(method, "_functionai_auth", None) in ("jupyter", "jupyter-or-function-key"), (r.handler, verb)
     assert documented == served  # (the unauthenticated walk shows each is mounted: none answers 404)
+
+
+async def test_token_requests_still_get_the_host_check(api, jp_http_port, jp_base_url, jp_auth_header):
+    """The lean token path makes Jupyter's decision, Host check included
+    (DNS-rebinding protection): a right token with a foreign Host is refused."""
+    await deploy(api, "echo", ECHO)
+    client = AsyncHTTPClient()
+    url = f"http://127.0.0.1:{jp_http_port}{jp_base_url.rstrip('/')}/functionai/invoke/echo"
+    good = await client.fetch(HTTPRequest(url, method="POST", body="1", headers=dict(jp_auth_header)), raise_error=False)
+    assert good.code == 200 and "Set-Cookie" in good.headers  # the assigned session id, nothing else
+    assert all("username" not in c for c in good.headers.get_list("Set-Cookie"))  # no login cookie minted
+    evil = await client.fetch(HTTPRequest(url, method="POST", body="1", headers={**jp_auth_header, "Host": "evil.example.com"}), raise_error=False)
+    assert evil.code == 403
