@@ -266,3 +266,24 @@ async def test_token_requests_still_get_the_host_check(api, jp_http_port, jp_bas
     assert all("username" not in c for c in good.headers.get_list("Set-Cookie"))  # no login cookie minted
     evil = await client.fetch(HTTPRequest(url, method="POST", body="1", headers={**jp_auth_header, "Host": "evil.example.com"}), raise_error=False)
     assert evil.code == 403
+
+
+async def test_browser_requests_need_the_xsrf_token(api, jp_http_port, jp_base_url, jp_serverapp):
+    """A cookie-authenticated (browser) POST without the XSRF token is refused;
+    with it, it goes through."""
+    await deploy(api, "echo", ECHO)
+    client = AsyncHTTPClient()
+    base = f"http://127.0.0.1:{jp_http_port}{jp_base_url.rstrip('/')}"
+    token = jp_serverapp.identity_provider.token
+    # log in the way a browser does: ?token= once, keep the cookies
+    login = await client.fetch(HTTPRequest(f"{base}/functionai/api/health?token={token}"), raise_error=False)
+    assert login.code == 200
+    cookies = {c.split("=", 1)[0]: c.split(";", 1)[0].split("=", 1)[1] for c in login.headers.get_list("Set-Cookie")}
+    login_cookie = next(k for k in cookies if k.startswith("username-"))
+    xsrf = "f00dfeedc0ffee"  # what a page load would set: the same token in cookie and header
+    cookie_header = f"{login_cookie}={cookies[login_cookie]}; _xsrf={xsrf}"
+    url = f"{base}/functionai/invoke/echo"
+    no_xsrf = await client.fetch(HTTPRequest(url, method="POST", body="1", headers={"Cookie": cookie_header}), raise_error=False)
+    assert no_xsrf.code == 403
+    with_xsrf = await client.fetch(HTTPRequest(url, method="POST", body="1", headers={"Cookie": cookie_header, "X-XSRFToken": xsrf}), raise_error=False)
+    assert with_xsrf.code == 200, with_xsrf.body
