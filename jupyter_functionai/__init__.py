@@ -22,11 +22,14 @@ from .errors import (
 from .spec import FunctionSpec
 
 if TYPE_CHECKING:
+    from .client import AsyncClient, Client
     from .runtime.runtime import ColdStart, InvokeResult, Runtime
 
 # Heavy names load on first use, so that code running inside sandboxes (which
 # imports jupyter_functionai.sandbox.*) never pulls in SQLAlchemy or Jupyter.
 _LAZY = {
+    "AsyncClient": "jupyter_functionai.client",
+    "Client": "jupyter_functionai.client",
     "Runtime": "jupyter_functionai.runtime.runtime",
     "ColdStart": "jupyter_functionai.runtime.runtime",
     "InvokeResult": "jupyter_functionai.runtime.runtime",
@@ -47,7 +50,9 @@ def _jupyter_server_extension_points() -> list[dict[str, object]]:
     return [{"module": "jupyter_functionai.server.app", "app": FunctionAI}]
 
 __all__ = [
+    "AsyncClient",
     "BadPayload",
+    "Client",
     "ColdStart",
     "Conflict",
     "FunctionAIError",

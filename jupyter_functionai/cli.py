@@ -1,10 +1,37 @@
 """The ``functionai`` command line.
 
+    functionai serve [--port P] [--ip IP] [--token T] [--data-dir D] [JUPYTER ARGS...]
+    functionai deploy FILE [--name N] [--handler H] [--memory M] [--timeout T] ...
+    functionai ls | versions NAME | rollback NAME VERSION | delete NAME
+    functionai invoke NAME [--session ID] [--data JSON|@FILE] [--verbose]
+    functionai sessions [NAME] | session ID | open-session NAME | close-session ID
+    functionai coldstarts [NAME] | logs NAME | health
+    functionai keys create FUNCTION [--note TEXT] | keys ls [FUNCTION] | keys revoke ID
     functionai demo [--state-dir DIR]        deploy the example, two isolated sessions
     functionai bench coldstart|density ...   run a benchmark from the repository checkout
     functionai --version
 
-Exit codes: 0 ok, 1 the function (or a benchmark) failed, 2 usage error.
+``serve`` runs a Jupyter Server with the extension (it blocks; SIGINT or
+SIGTERM stop it gracefully, closing the runtime and its sandboxes).  Every
+other server command talks HTTP to a running server through
+:class:`jupyter_functionai.client.Client`: ``--url`` / ``--token`` (before or
+after the command), else ``FUNCTIONAI_URL`` / ``FUNCTIONAI_TOKEN``, else the
+newest running Jupyter server whose functionai API answers.  List commands
+print tables; ``--json`` prints the server's JSON instead.
+
+Exit codes:
+
+- 0: ok;
+- 1: the call failed on the server: the function raised (its traceback is
+  printed on stderr), timed out, ran out of memory or crashed, or the server
+  refused the call for what it found (``not_found``, ``session_closed`` -- a
+  closed session is gone, like an unknown one --, ``conflict``,
+  ``payload_too_large``, ``no_capacity``, an internal error); also a failed
+  demo or benchmark;
+- 2: the request was wrong or could not be made: a usage error (bad
+  arguments, ``--data`` that is not JSON, an unreadable file, a spec rejected
+  as ``invalid_spec``, ``bad_payload`` or ``invalid_argument`` here or by the
+  server), no server reachable, or credentials rejected (``unauthorized``).
 
 This module imports only the standard library and the runtime (no numpy or
 pandas): the benchmarks load those themselves when they run.
@@ -14,24 +41,34 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import importlib.util
 import json
 import os
+import re
 import shutil
+import signal
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
+
+if TYPE_CHECKING:
+    from .client import Client
 
 BENCHMARKS = ("coldstart", "density")
 DEMO_FUNCTION = "agent-memory"
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# error kinds that mean "the request was wrong or could not be made" (exit 2)
+USAGE_KINDS = frozenset(
+    {"invalid_spec", "bad_payload", "invalid_argument", "no_server", "unauthorized", "request_timeout", "bad_response", "client_error"}
+)
 
 
 class _UsageError(Exception):
@@ -199,17 +236,466 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return int(rc or 0)
 
 
+# -- serve --------------------------------------------------------------------------------
+
+
+def serve_argv(args: argparse.Namespace, extra: Sequence[str]) -> list[str]:
+    """The Jupyter Server command line of ``functionai serve``."""
+    argv = ["--ServerApp.open_browser=False"]
+    if os.geteuid() == 0:
+        argv.append("--allow-root")
+    # a tty's ^C would ask "Shut down this Jupyter server (y/[n])?": stop at once instead
+    argv.append("--ServerApp.answer_yes=True")
+    if args.port is not None:
+        argv.append(f"--ServerApp.port={args.port}")
+    if args.ip is not None:
+        argv.append(f"--ServerApp.ip={args.ip}")
+    token = args.serve_token if args.serve_token is not None else (getattr(args, "token", None) or os.environ.get("FUNCTIONAI_TOKEN"))
+    if token is not None:
+        argv.append(f"--IdentityProvider.token={token}")
+    if args.data_dir is not None:
+        argv.append(f"--FunctionAI.data_dir={os.path.abspath(os.path.expanduser(args.data_dir))}")
+    if args.browser:
+        argv.append("--ServerApp.open_browser=True")
+    return argv + list(extra)
+
+
+def _stop_server_on_sigint() -> None:
+    """SIGINT stops the server like SIGTERM does (its extensions stop, the runtime
+    closes its sandboxes) instead of interrupting the event loop, which would
+    skip the cleanup.  A second SIGINT interrupts."""
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        from jupyter_server.serverapp import ServerApp
+
+        app = ServerApp.instance() if ServerApp.initialized() else None
+        if app is None or getattr(app, "io_loop", None) is None:
+            raise KeyboardInterrupt
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        app.log.critical("received signal %s, stopping", signum)
+        app.stop(from_signal=True)
+
+    signal.signal(signal.SIGINT, on_sigint)
+
+
+def cmd_serve(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from .server.app import FunctionAI
+
+    argv = serve_argv(args, extra)
+    _stop_server_on_sigint()
+    try:
+        FunctionAI.launch_instance(argv=argv)
+    except SystemExit as exc:  # --help, a bad option, a port in use ...
+        code = exc.code
+        return code if isinstance(code, int) else (EXIT_OK if code is None else EXIT_FAILED)
+    return EXIT_OK
+
+
+# -- output helpers -----------------------------------------------------------------------
+
+
+def _when(ts: Any) -> str:
+    if not isinstance(ts, (int, float)):
+        return "-"
+    return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _ms(v: Any) -> str:
+    return f"{v:.1f}" if isinstance(v, (int, float)) else "-"
+
+
+def _secs(v: Any) -> str:
+    if not isinstance(v, (int, float)):
+        return "-"
+    if v < 120:
+        return f"{v:.0f}s"
+    if v < 7200:
+        return f"{v / 60:.0f}m"
+    return f"{v / 3600:.1f}h"
+
+
+def _cell(v: Any) -> str:
+    return "-" if v is None or v == "" else str(v)
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], empty: str) -> None:
+    if not rows:
+        print(empty)
+        return
+    cells = [[_cell(c) for c in r] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    for line in [list(headers), *cells]:
+        print("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, ensure_ascii=False, default=str))
+
+
+# -- the server commands ----------------------------------------------------------------------
+
+
+def _client(args: argparse.Namespace) -> Client:
+    from .client import Client
+
+    return Client(url=getattr(args, "url", None), token=getattr(args, "token", None))
+
+
+def default_name(path: str) -> str:
+    """A valid function name made from a file's stem (``my file.py`` -> ``my-file``)."""
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "-", Path(path).stem).strip("-_") or "function"
+    if not stem[0].isalpha():
+        stem = "f-" + stem
+    return stem[:63]
+
+
+def _kv(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return key, value
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    if not os.path.isfile(args.file):
+        raise _UsageError(f"{args.file}: no such file")
+    fields: dict[str, Any] = {}
+    for opt, key in (
+        ("gpu", "gpu"),
+        ("cpu", "cpu"),
+        ("memory", "memory"),
+        ("timeout", "timeout"),
+        ("min_instances", "min_instances"),
+        ("idle_ttl", "idle_ttl"),
+        ("network", "network"),
+        ("description", "description"),
+    ):
+        value = getattr(args, opt)
+        if value is not None:
+            fields[key] = value
+    if args.env:
+        fields["env"] = dict(args.env)
+    name = args.name or default_name(args.file)
+    row = _client(args).deploy(name, file=args.file, handler=args.handler, **fields)
+    if args.json:
+        print_json(row)
+    else:
+        print(f"deployed {row['name']} version {row['version']}")
+    return EXIT_OK
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    rows = _client(args).functions()
+    if args.json:
+        print_json(rows)
+    else:
+        print_table(
+            ("NAME", "ACTIVE", "LATEST", "UPDATED"),
+            [(r["name"], r.get("active_version"), r.get("latest_version"), _when(r.get("updated_at"))) for r in rows],
+            "no functions",
+        )
+    return EXIT_OK
+
+
+def cmd_versions(args: argparse.Namespace) -> int:
+    rows = _client(args).versions(args.name)
+    if args.json:
+        print_json(rows)
+    else:
+        print_table(
+            ("VERSION", "ACTIVE", "DIGEST", "CREATED"),
+            [(r["version"], "*" if r.get("active") else "", str(r.get("digest") or "")[:12], _when(r.get("created_at"))) for r in rows],
+            "no versions",
+        )
+    return EXIT_OK
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    row = _client(args).rollback(args.name, args.version)
+    if args.json:
+        print_json(row)
+    else:
+        print(f"{row['name']}: active version {row['version']}")
+    return EXIT_OK
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    _client(args).delete(args.name)
+    print(f"deleted {args.name}")
+    return EXIT_OK
+
+
+def _load_data(text: str | None) -> Any:
+    if text is None:
+        return None
+    source = "--data"
+    if text.startswith("@"):
+        path = text[1:]
+        source = f"--data @{path}"
+        try:
+            text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise _UsageError(f"{source}: cannot read the file: {exc}") from None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise _UsageError(f"{source} is not valid JSON: {exc}") from None
+
+
+def cmd_invoke(args: argparse.Namespace) -> int:
+    event = _load_data(args.data)
+    r = _client(args).invoke(args.name, event, session=args.session)
+    if args.verbose:
+        print(f"HTTP {r.status}", file=sys.stderr)
+        for key in sorted(r.headers, key=str.lower):
+            if key.lower().startswith("x-functionai-"):
+                print(f"{key}: {r.headers[key]}", file=sys.stderr)
+    print_json(r.value)
+    return EXIT_OK
+
+
+def _session_rows(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    return [
+        (
+            s["id"],
+            s.get("function"),
+            s.get("version"),
+            s.get("status"),
+            s.get("calls"),
+            (s.get("instance") or {}).get("id"),
+            (s.get("instance") or {}).get("pid"),
+            _secs(s.get("idle_s")),
+            _secs(s.get("age_s")),
+        )
+        for s in rows
+    ]
+
+
+def cmd_sessions(args: argparse.Namespace) -> int:
+    rows = _client(args).sessions(args.name, status=args.status)
+    if args.json:
+        print_json(rows)
+    else:
+        print_table(("ID", "FUNCTION", "VERSION", "STATUS", "CALLS", "INSTANCE", "PID", "IDLE", "AGE"), _session_rows(rows), "no sessions")
+    return EXIT_OK
+
+
+def cmd_session(args: argparse.Namespace) -> int:
+    print_json(_client(args).session(args.id))
+    return EXIT_OK
+
+
+def cmd_open_session(args: argparse.Namespace) -> int:
+    row = _client(args).open_session(args.name, args.session)
+    if args.json:
+        print_json(row)
+    else:
+        print(f"opened session {row['id']} of {row.get('function')} (instance {(row.get('instance') or {}).get('id')})")
+    return EXIT_OK
+
+
+def cmd_close_session(args: argparse.Namespace) -> int:
+    _client(args).close_session(args.id)
+    print(f"closed session {args.id}")
+    return EXIT_OK
+
+
+def cmd_coldstarts(args: argparse.Namespace) -> int:
+    rows = _client(args).coldstarts(args.name, limit=args.limit)
+    if args.json:
+        print_json(rows)
+    else:
+        print_table(
+            ("AT", "FUNCTION", "VERSION", "PATH", "SPAWN_MS", "INIT_MS", "FIRST_CALL_MS", "SESSION", "INSTANCE"),
+            [
+                (_when(r.get("at")), r.get("function"), r.get("version"), r.get("path"), _ms(r.get("spawn_ms")), _ms(r.get("init_ms")), _ms(r.get("first_call_ms")), r.get("session_id"), r.get("instance_id"))
+                for r in rows
+            ],
+            "no cold starts",
+        )
+    return EXIT_OK
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    rows = _client(args).invocations(args.name, session=args.session, limit=args.limit)
+    if args.json:
+        print_json(rows)
+        return EXIT_OK
+    if not rows:
+        print(f"no invocations of {args.name}")
+    for r in reversed(rows):  # oldest first, like a log
+        outcome = r.get("outcome") or "?"
+        if r.get("error_kind"):
+            outcome += f" ({r['error_kind']})"
+        print(
+            f"== {_when(r.get('started_at'))}  {r.get('function')} v{r.get('version')}  session={_cell(r.get('session_id'))}  "
+            f"instance={_cell(r.get('instance_id'))}  {outcome}  {_ms(r.get('duration_ms'))} ms"
+        )
+        logs = str(r.get("logs") or "")
+        for line in logs.rstrip("\n").splitlines():
+            print(f"  {line}")
+    return EXIT_OK
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    client = _client(args)
+    h = client.health()
+    if args.json:
+        print_json(h)
+    else:
+        print(f"{client.url}: {h.get('status')} (functionai {h.get('version')}, backend {h.get('backend')}, data dir {h.get('data_dir')})")
+        print(f"functions {h.get('functions')}, live instances {h.get('live_instances')}")
+    return EXIT_OK
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    row = _client(args).create_key(args.function, args.note)
+    if args.json:
+        print_json(row)
+    else:
+        print(row["key"])
+        print(f"key {row['id']} for function {row['function']}: the secret above is shown only once", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_keys_ls(args: argparse.Namespace) -> int:
+    rows = _client(args).keys(args.function)
+    if args.json:
+        print_json(rows)
+    else:
+        print_table(
+            ("ID", "FUNCTION", "NOTE", "CREATED", "REVOKED"),
+            [(k["id"], k.get("function"), k.get("note"), _when(k.get("created_at")), _when(k["revoked_at"]) if k.get("revoked_at") else "") for k in rows],
+            "no keys",
+        )
+    return EXIT_OK
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    _client(args).revoke_key(args.id)
+    print(f"revoked key {args.id}")
+    return EXIT_OK
+
+
 # -- main ---------------------------------------------------------------------------------
+
+
+def _connection_options(required: bool = False) -> argparse.ArgumentParser:
+    """--url / --token, accepted before and after the command."""
+    p = argparse.ArgumentParser(add_help=False)
+    default = None if required else argparse.SUPPRESS
+    g = p.add_argument_group("server")
+    g.add_argument("--url", default=default, help="the server's base URL (default: $FUNCTIONAI_URL, else the newest running Jupyter server)")
+    g.add_argument("--token", default=default, help="its token (default: $FUNCTIONAI_TOKEN, else the token in its runtime file)")
+    return p
+
+
+def _json_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print the server's JSON")
 
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="functionai",
         description="Jupyter-native runtime of session-isolated sandbox functions.",
-        epilog="exit codes: 0 ok, 1 the function failed, 2 usage error",
+        epilog="exit codes: 0 ok, 1 the function (or the call) failed, 2 usage or connection error",
+        parents=[_connection_options(required=True)],
     )
     ap.add_argument("--version", action="version", version=f"functionai {__version__}")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+    conn = [_connection_options()]
+
+    def command(name: str, func: Callable[[argparse.Namespace], int], help: str, **kw: Any) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, parents=conn, **kw)
+        p.set_defaults(func=func)
+        return p
+
+    serve = sub.add_parser(
+        "serve",
+        help="run a Jupyter Server with the functionai extension (blocks; ^C stops it)",
+        description="Run a Jupyter Server with the functionai extension until SIGINT or SIGTERM. "
+        "Unknown options (e.g. --ServerApp.root_dir=DIR) go to Jupyter Server.",
+    )
+    serve.add_argument("--port", type=int, help="port (default: Jupyter's, 8888 or the next free one)")
+    serve.add_argument("--ip", help="interface to listen on (default: Jupyter's, localhost)")
+    serve.add_argument("--token", dest="serve_token", metavar="TOKEN", help="the token clients must send (default: $FUNCTIONAI_TOKEN, else Jupyter's)")
+    serve.add_argument("--data-dir", help="the functionai data dir (store, sessions, logs)")
+    serve.add_argument("--no-browser", dest="browser", action="store_false", help="do not open a browser (the default)")
+    serve.add_argument("--browser", dest="browser", action="store_true", help="open a browser")
+    serve.set_defaults(func=cmd_serve, browser=False, takes_extra=True)
+
+    p = command("deploy", cmd_deploy, "deploy a new version of a function from a .py file")
+    p.add_argument("file", help="the Python file defining the handler")
+    p.add_argument("--name", help="function name (default: the file's stem)")
+    p.add_argument("--handler", default="handler", help="the handler's name in the file (default: handler)")
+    p.add_argument("--cpu", type=float, help="CPU cores")
+    p.add_argument("--gpu", type=float, help="GPU share: a fraction or whole GPUs")
+    p.add_argument("--memory", help="memory limit: MiB or a size like 512Mi, 1G")
+    p.add_argument("--timeout", type=float, help="per-call timeout in seconds")
+    p.add_argument("--min-instances", type=int, help="instances kept warm")
+    p.add_argument("--idle-ttl", type=float, help="seconds before an idle session's instance stops")
+    p.add_argument("--network", choices=("none", "loopback", "host"), help="network policy")
+    p.add_argument("--env", type=_kv, action="append", metavar="NAME=VALUE", help="an environment variable (repeatable)")
+    p.add_argument("--description", help="a description")
+    _json_option(p)
+
+    p = command("ls", cmd_ls, "list functions")
+    _json_option(p)
+    p = command("versions", cmd_versions, "list the versions of a function")
+    p.add_argument("name")
+    _json_option(p)
+    p = command("rollback", cmd_rollback, "make an earlier version active")
+    p.add_argument("name")
+    p.add_argument("version", type=int)
+    _json_option(p)
+    p = command("delete", cmd_delete, "delete a function and end its sessions")
+    p.add_argument("name")
+
+    p = command("invoke", cmd_invoke, "call a function and print its JSON result")
+    p.add_argument("name")
+    p.add_argument("--session", help="session id (calls with one id share an instance and its state)")
+    p.add_argument("--data", metavar="JSON|@FILE", help="the event: JSON text, @FILE or @- for stdin (default: null)")
+    p.add_argument("-v", "--verbose", action="store_true", help="print the X-Functionai-* headers on stderr")
+
+    p = command("sessions", cmd_sessions, "list sessions")
+    p.add_argument("name", nargs="?", help="only this function's")
+    p.add_argument("--status", help="only sessions with this status (live, paused, closed, expired)")
+    _json_option(p)
+    p = command("session", cmd_session, "describe a session (JSON)")
+    p.add_argument("id")
+    p = command("open-session", cmd_open_session, "open a session: its sandbox starts now")
+    p.add_argument("name")
+    p.add_argument("--session", help="the id (default: a new one)")
+    _json_option(p)
+    p = command("close-session", cmd_close_session, "close a session: its instance stops, its state is deleted")
+    p.add_argument("id")
+    p = command("coldstarts", cmd_coldstarts, "list cold starts, newest first")
+    p.add_argument("name", nargs="?", help="only this function's")
+    p.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    _json_option(p)
+    p = command("logs", cmd_logs, "recent invocations of a function with their logs")
+    p.add_argument("name")
+    p.add_argument("--session", help="only this session's")
+    p.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
+    _json_option(p)
+    p = command("health", cmd_health, "the server's health")
+    _json_option(p)
+
+    keys = sub.add_parser("keys", help="function-scoped keys: create, ls, revoke")
+    ksub = keys.add_subparsers(dest="keys_command", metavar="{create,ls,revoke}", required=True)
+    p = ksub.add_parser("create", help="create a key that may invoke one function (its secret is shown once)", parents=conn)
+    p.add_argument("function")
+    p.add_argument("--note", default="", help="a note")
+    p.set_defaults(func=cmd_keys_create)
+    _json_option(p)
+    p = ksub.add_parser("ls", help="list keys (no secrets)", parents=conn)
+    p.add_argument("function", nargs="?")
+    p.set_defaults(func=cmd_keys_ls)
+    _json_option(p)
+    p = ksub.add_parser("revoke", help="revoke a key", parents=conn)
+    p.add_argument("id")
+    p.set_defaults(func=cmd_keys_revoke)
+
     demo = sub.add_parser("demo", help="deploy the example agent-memory function and show two isolated sessions")
     demo.add_argument("--state-dir", metavar="DIR", help="runtime state directory (default: a temporary one, deleted afterwards)")
     demo.set_defaults(func=cmd_demo)
@@ -224,34 +710,65 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def exit_code(exc: BaseException) -> int:
+    """1 for a call that failed on the server, 2 for a request that was wrong or not made."""
+    from .errors import FunctionAIError
+
+    if isinstance(exc, FunctionAIError) and exc.kind in USAGE_KINDS:
+        return EXIT_USAGE
+    return EXIT_FAILED
+
+
+def report(command: str, exc: BaseException) -> None:
+    from .errors import FunctionAIError
+
+    if not isinstance(exc, FunctionAIError):
+        print(f"functionai: {command} failed ({type(exc).__name__}): {exc}", file=sys.stderr)
+        return
+    if exc.kind in ("no_server", "unauthorized"):
+        print(f"functionai: error: {exc}", file=sys.stderr)
+        return
+    print(f"functionai: {command} failed ({exc.kind}): {exc}", file=sys.stderr)
+    tb = exc.details.get("traceback")
+    if tb:
+        print(str(tb).rstrip("\n"), file=sys.stderr)
+    logs = exc.details.get("logs")
+    if logs:  # what the handler printed before it failed
+        print("output of the call:", file=sys.stderr)
+        for line in str(logs).rstrip("\n").splitlines():
+            print(f"  {line}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = build_parser()
     try:
-        args = ap.parse_args(argv)
+        args, extra = ap.parse_known_args(argv)
+        if extra and not getattr(args, "takes_extra", False):
+            ap.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exc:
         code = exc.code
         return code if isinstance(code, int) else (EXIT_OK if code is None else EXIT_USAGE)
     if not getattr(args, "func", None):
         ap.print_usage(sys.stderr)
-        print("functionai: error: a command is required (demo, bench)", file=sys.stderr)
+        print("functionai: error: a command is required (serve, deploy, invoke, ls, ..., demo, bench; see --help)", file=sys.stderr)
         return EXIT_USAGE
+    command = args.command + (f" {args.keys_command}" if args.command == "keys" else "")
     try:
-        return args.func(args)
+        if args.func is cmd_serve:
+            return cmd_serve(args, extra)
+        rc: int = args.func(args)
+        return rc
     except _UsageError as exc:
         print(f"functionai: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `functionai logs f | head`
+        return EXIT_OK
     except Exception as exc:
-        from .errors import FunctionAIError
-
-        kind = exc.kind if isinstance(exc, FunctionAIError) else type(exc).__name__
-        print(f"functionai: {args.command} failed ({kind}): {exc}", file=sys.stderr)
-        tb = getattr(exc, "details", {}).get("traceback") if isinstance(exc, FunctionAIError) else None
-        if tb:
-            print(tb, file=sys.stderr)
-        return EXIT_FAILED
+        report(command, exc)
+        return exit_code(exc)
 
 
 if __name__ == "__main__":  # pragma: no cover

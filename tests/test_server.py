@@ -164,6 +164,8 @@ async def test_gateway_errors_map_to_status_codes(api, event, session, status, k
     assert err["kind"] == kind
     if kind == "user_exception":
         assert "KeyError" in err["message"] and "raise KeyError" in err["traceback"]
+    if status != 400:  # a valid session id is echoed on error answers too
+        assert r.headers["X-Functionai-Session-Id"] == session
     assert "Traceback" not in r.body.decode() or kind == "user_exception"
 
 

@@ -84,6 +84,13 @@ class BaseHandler(APIHandler):
 
             raise BadPayload(f"the request body is not valid JSON: {exc}") from None
 
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        """A domain error is an answer, not a crash: one line, no traceback."""
+        if isinstance(value, FunctionAIError):
+            self.log.info("%s %s -> %s %s: %s", self.request.method, self.request.path, value.status, value.kind, value.message)
+            return
+        super().log_exception(typ, value, tb)
+
     def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
         exc_info = kwargs.get("exc_info")
         if exc_info and isinstance(exc_info[1], FunctionAIError):
@@ -94,6 +101,8 @@ class BaseHandler(APIHandler):
         """Errors are ``{"error": {"kind", "message", ...}}``; a 500 carries no traceback."""
         exc = kwargs.get("exc_info", (None, None, None))[1]
         self.set_header("Content-Type", "application/json")
+        for name, value in getattr(self, "_keep_headers", {}).items():  # send_error cleared them
+            self.set_header(name, value)
         if isinstance(exc, FunctionAIError):
             body = exc.to_dict()
             if exc.details.get("instance_id"):

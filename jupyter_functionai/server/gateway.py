@@ -85,6 +85,7 @@ class InvokeHandler(BaseHandler):
         event = self.json_body()
         if session is not None:
             self.set_header(SESSION_HEADER, session)
+            self._keep_headers = {SESSION_HEADER: session}  # on error answers too
             if assigned:  # the client did not name one: keep it for the next call
                 self.set_cookie(SESSION_COOKIE, session, path=self.base_url, httponly=True, samesite="Strict")
         if "text/event-stream" in self.request.headers.get("Accept", ""):

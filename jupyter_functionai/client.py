@@ -1,0 +1,674 @@
+"""HTTP clients of a running functionai server (``functionai serve``, or any
+Jupyter Server with the extension enabled).
+
+    from jupyter_functionai import Client
+
+    fai = Client()                          # finds the server (see below)
+    fai.deploy("echo", "def handler(event, ctx):\\n    return event\\n")
+    r = fai.invoke("echo", {"x": 1}, session="alice")
+    r.value, r.session_id, r.instance_id, r.cold_start
+
+``AsyncClient`` has the same methods as coroutines.
+
+**Finding the server**, the Jupyter way, in this order:
+
+1. the ``url`` / ``token`` arguments;
+2. the environment variables ``FUNCTIONAI_URL`` / ``FUNCTIONAI_TOKEN``;
+3. the runtime files of running Jupyter servers
+   (``jupyter_server.serverapp.list_running_servers()``), newest first: the
+   first whose ``/functionai/api/health`` answers is used.
+
+A URL given without a token takes the token of the running server with that
+URL, if there is one.  When nothing is found, :class:`NoServer` says how to
+start one.  The discovery happens at the first request, not in the
+constructor.
+
+**Authentication**: ``Authorization: token <T>`` (Jupyter's token); a
+function-scoped key (``fai_...``) given as the token is sent as
+``Authorization: Bearer fai_...`` instead (it opens that function's invoke
+gateway only).  A 401/403 answer raises :class:`Unauthorized`.
+
+**Errors**: a non-2xx answer raises the precise :class:`FunctionAIError`
+subclass the server reported (``NotFound``, ``SessionClosed``, ``UserError``
+whose ``details["traceback"]`` is the handler's traceback, ``FunctionTimeout``
+...), rebuilt with :meth:`FunctionAIError.from_dict`; its ``status`` is the
+HTTP status.  Errors of the client itself derive from :class:`ClientError`.
+
+**Timeouts**: ``timeout=`` bounds the wait for the server's answer (default:
+900 s for an invoke, whose function may run up to its own ``timeout_s``, 120 s
+for the other routes); past it :class:`RequestTimeout` is raised (the call
+may still be running on the server).
+
+**Threads and event loops**: the sync :class:`Client` uses
+``urllib.request`` and blocks the calling thread.  It works in any thread,
+including one whose event loop is running, but it then blocks that loop for
+the duration of the call: never call it from the thread of the event loop that
+runs the *server itself* (that deadlocks until the timeout); use
+:class:`AsyncClient` there, or ``await asyncio.to_thread(client.invoke, ...)``.
+An :class:`AsyncClient` uses tornado's ``AsyncHTTPClient`` of the running
+loop; tornado is imported only when an ``AsyncClient`` makes a request.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import FunctionAIError, InvalidArgument, InvalidSpec
+from .spec import FunctionSpec
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "AsyncClient",
+    "BadResponse",
+    "Client",
+    "ClientError",
+    "InvokeResponse",
+    "NoServer",
+    "RequestTimeout",
+    "Unauthorized",
+]
+
+ENV_URL = "FUNCTIONAI_URL"
+ENV_TOKEN = "FUNCTIONAI_TOKEN"
+API = "functionai/api"
+SESSION_HEADER = "X-Functionai-Session-Id"
+INSTANCE_HEADER = "X-Functionai-Instance-Id"
+COLD_START_HEADER = "X-Functionai-Cold-Start"
+# Client-side limits on a whole request, unless ``timeout=`` says otherwise: a
+# call may run as long as its function's timeout_s (600 s by default); the
+# other routes answer at once.
+DEFAULT_TIMEOUT = 900.0
+API_TIMEOUT = 120.0
+CONNECT_TIMEOUT = 10.0
+PROBE_TIMEOUT = 3.0
+HOW_TO_START = "start one with `functionai serve` or set FUNCTIONAI_URL and FUNCTIONAI_TOKEN"
+
+
+# -- errors of the client itself -----------------------------------------------------------
+
+
+class ClientError(FunctionAIError):
+    """An error of the client (no server, rejected credentials, no valid answer)."""
+
+    kind = "client_error"
+    status = 0
+
+
+class NoServer(ClientError, ConnectionError):
+    """No functionai server was found, or the one named cannot be reached."""
+
+    kind = "no_server"
+    status = 503
+
+
+class Unauthorized(ClientError, PermissionError):
+    """The server answered 401 or 403: the token (or key) is missing, wrong or revoked."""
+
+    kind = "unauthorized"
+    status = 401
+
+
+class RequestTimeout(ClientError, TimeoutError):
+    """No answer within the client's timeout (the call may still be running)."""
+
+    kind = "request_timeout"
+    status = 504
+
+
+class BadResponse(ClientError):
+    """The server's answer is not the JSON the API defines (e.g. the extension is not loaded)."""
+
+    kind = "bad_response"
+    status = 502
+
+
+@dataclass
+class InvokeResponse:
+    """The answer of ``POST /functionai/invoke/{name}``."""
+
+    value: Any
+    session_id: str | None
+    instance_id: str | None
+    cold_start: str | None  # "<path>;ms=<n>" when the call started an instance
+    status: int
+    headers: dict[str, str] = field(default_factory=dict, repr=False)
+
+
+# -- the request plumbing shared by both clients --------------------------------------------
+
+
+@dataclass
+class _Request:
+    method: str
+    path: str  # relative to the base URL, no leading "/"
+    query: dict[str, Any] = field(default_factory=dict)
+    body: Any = None
+    has_body: bool = False
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def url(self, base: str) -> str:
+        url = base.rstrip("/") + "/" + self.path
+        q = {k: str(v) for k, v in self.query.items() if v is not None}
+        return url + ("?" + urllib.parse.urlencode(q) if q else "")
+
+    def data(self) -> bytes | None:
+        if not self.has_body:
+            return b"" if self.method in ("POST", "PUT", "PATCH") else None
+        return json.dumps(self.body).encode()
+
+
+@dataclass
+class _Response:
+    status: int
+    reason: str
+    headers: dict[str, str]
+    body: bytes
+
+
+def _quote(part: str) -> str:
+    return urllib.parse.quote(str(part), safe="")
+
+
+def _auth_headers(token: str | None) -> dict[str, str]:
+    if not token:
+        return {}
+    if token.startswith("fai_"):
+        return {"Authorization": f"Bearer {token}"}
+    return {"Authorization": f"token {token}"}
+
+
+def _normalise_url(url: str) -> str:
+    url = url.strip()
+    if "://" not in url:
+        url = "http://" + url
+    return url.rstrip("/") + "/"
+
+
+def _same_server(a: str, b: str) -> bool:
+    pa, pb = urllib.parse.urlsplit(_normalise_url(a)), urllib.parse.urlsplit(_normalise_url(b))
+
+    def host(h: str | None) -> str:
+        h = (h or "").lower()
+        return "127.0.0.1" if h in ("localhost", "::1", "0.0.0.0", "") else h
+
+    return (pa.scheme, host(pa.hostname), pa.port, pa.path) == (pb.scheme, host(pb.hostname), pb.port, pb.path)
+
+
+def _is_loopback(url: str) -> bool:
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _running_servers() -> list[dict[str, Any]]:
+    """Running Jupyter servers from their runtime files, newest first."""
+    try:
+        from jupyter_core.paths import jupyter_runtime_dir
+        from jupyter_server.serverapp import list_running_servers
+    except ImportError:  # pragma: no cover - jupyter_server is a dependency
+        return []
+    runtime_dir = jupyter_runtime_dir()
+    found = []
+    for info in list_running_servers(runtime_dir):
+        if not isinstance(info, dict) or not info.get("url"):
+            continue
+        try:
+            mtime = os.path.getmtime(os.path.join(runtime_dir, f"jpserver-{info.get('pid')}.json"))
+        except OSError:
+            mtime = 0.0
+        found.append((mtime, info))
+    found.sort(key=lambda item: item[0], reverse=True)
+    return [info for _, info in found]
+
+
+def _error_from(resp: _Response, url: str) -> FunctionAIError:
+    """The exception for a non-2xx answer."""
+    data: Any = None
+    try:
+        data = json.loads(resp.body) if resp.body else None
+    except ValueError:
+        data = None
+    err_body = data.get("error") if isinstance(data, dict) else None
+    if resp.status in (401, 403):
+        why = err_body.get("message") if isinstance(err_body, dict) else None
+        reason = why if why and why not in ("Forbidden", "Unauthorized") else ""
+        msg = (
+            f"unauthorized: the server at {url} rejected the credentials (HTTP {resp.status}"
+            + (f": {reason}" if reason else "")
+            + "); check --token / FUNCTIONAI_TOKEN"
+        )
+        unauthorized = Unauthorized(msg, http_status=resp.status)
+        unauthorized.status = resp.status
+        return unauthorized
+    if isinstance(err_body, dict) and isinstance(err_body.get("kind"), str):
+        err = FunctionAIError.from_dict(err_body)
+        if err.kind != err_body["kind"]:
+            err.kind = err_body["kind"]  # a kind this client has no class for ("http", "internal")
+        err.status = resp.status
+        return err
+    text = resp.body[:200].decode("utf-8", "replace").strip()
+    hint = " (is the jupyter_functionai extension enabled on that server?)" if resp.status == 404 else ""
+    err = BadResponse(f"HTTP {resp.status} {resp.reason} from {url}{hint}" + (f": {text}" if text and not hint else ""), http_status=resp.status)
+    err.status = resp.status
+    return err
+
+
+def _decode(resp: _Response, url: str) -> Any:
+    if not resp.body:
+        return None
+    try:
+        return json.loads(resp.body)
+    except ValueError:
+        raise BadResponse(f"the answer of {url} is not JSON (HTTP {resp.status})") from None
+
+
+def _invoke_response(resp: _Response, url: str) -> InvokeResponse:
+    return InvokeResponse(
+        value=_decode(resp, url),
+        session_id=resp.headers.get(SESSION_HEADER),
+        instance_id=resp.headers.get(INSTANCE_HEADER),
+        cold_start=resp.headers.get(COLD_START_HEADER),
+        status=resp.status,
+        headers=dict(resp.headers),
+    )
+
+
+def _spec_body(name: str, code: str | None, file: str | os.PathLike[str] | None, handler: str, spec_fields: dict[str, Any]) -> dict[str, Any]:
+    if (code is None) == (file is None):
+        raise InvalidArgument("deploy needs the function's code or a file (exactly one of them)")
+    if file is not None:
+        path = os.fspath(file)
+        try:
+            with open(path, encoding="utf-8") as fh:
+                code = fh.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InvalidSpec("source.path", path, f"cannot be read: {exc}") from exc
+    assert code is not None
+    return FunctionSpec.from_code(name, code, handler=handler, **spec_fields).to_dict()
+
+
+class _Base:
+    """Discovery, routes and answers; subclasses only move bytes."""
+
+    def __init__(self, url: str | None = None, token: str | None = None, timeout: float | None = None) -> None:
+        """``timeout``: seconds to wait for the server's answer (default: 900 for
+        an invoke, 120 for the other routes)."""
+        self._url_arg = url
+        self._token_arg = token
+        self.timeout = timeout
+        self._url: str | None = None
+        self._token: str | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(url={self._url or self._url_arg or os.environ.get(ENV_URL)!r})"
+
+    def _explicit(self) -> tuple[str, str | None] | None:
+        """The URL and token given as arguments or by the environment (None: discover)."""
+        url = self._url_arg or os.environ.get(ENV_URL) or None
+        token = self._token_arg if self._token_arg is not None else os.environ.get(ENV_TOKEN)
+        if url is None:
+            return None
+        url = _normalise_url(url)
+        if token is None:
+            token = next((str(s.get("token") or "") for s in _running_servers() if _same_server(s["url"], url)), "")
+        return url, token
+
+    def _timeout(self, req: _Request) -> float:
+        if self.timeout is not None:
+            return self.timeout
+        return DEFAULT_TIMEOUT if req.path.startswith("functionai/invoke/") else API_TIMEOUT
+
+    def _no_server(self, tried: list[str]) -> NoServer:
+        where = f" (tried {', '.join(tried)})" if tried else ""
+        return NoServer(f"no running functionai server found{where}: {HOW_TO_START}")
+
+    # -- routes: each returns a request and how to read its answer --------------------------
+
+    def _r_health(self) -> _Request:
+        return _Request("GET", f"{API}/health")
+
+    def _r_deploy(self, body: dict[str, Any]) -> _Request:
+        return _Request("POST", f"{API}/functions", body=body, has_body=True)
+
+    def _r_functions(self) -> _Request:
+        return _Request("GET", f"{API}/functions")
+
+    def _r_function(self, name: str) -> _Request:
+        return _Request("GET", f"{API}/functions/{_quote(name)}")
+
+    def _r_versions(self, name: str) -> _Request:
+        return _Request("GET", f"{API}/functions/{_quote(name)}/versions")
+
+    def _r_rollback(self, name: str, version: int) -> _Request:
+        return _Request("POST", f"{API}/functions/{_quote(name)}/rollback", body={"version": version}, has_body=True)
+
+    def _r_delete(self, name: str) -> _Request:
+        return _Request("DELETE", f"{API}/functions/{_quote(name)}")
+
+    def _r_invoke(self, name: str, event: Any, session: str | None) -> _Request:
+        headers = {"Content-Type": "application/json"}
+        if session is not None:
+            headers[SESSION_HEADER] = session
+        return _Request("POST", f"functionai/invoke/{_quote(name)}", body=event, has_body=True, headers=headers)
+
+    def _r_sessions(self, function: str | None, status: str | None) -> _Request:
+        return _Request("GET", f"{API}/sessions", query={"function": function, "status": status})
+
+    def _r_session(self, session_id: str) -> _Request:
+        return _Request("GET", f"{API}/sessions/{_quote(session_id)}")
+
+    def _r_open_session(self, name: str, session: str | None) -> _Request:
+        body = {} if session is None else {"session": session}
+        return _Request("POST", f"{API}/functions/{_quote(name)}/sessions", body=body, has_body=True)
+
+    def _r_close_session(self, session_id: str) -> _Request:
+        return _Request("DELETE", f"{API}/sessions/{_quote(session_id)}")
+
+    def _r_instances(self) -> _Request:
+        return _Request("GET", f"{API}/instances")
+
+    def _r_coldstarts(self, function: str | None, limit: int | None) -> _Request:
+        return _Request("GET", f"{API}/coldstarts", query={"function": function, "limit": limit})
+
+    def _r_invocations(self, function: str | None, session: str | None, limit: int | None) -> _Request:
+        return _Request("GET", f"{API}/invocations", query={"function": function, "session": session, "limit": limit})
+
+    def _r_create_key(self, function: str, note: str) -> _Request:
+        return _Request("POST", f"{API}/keys", body={"function": function, "note": note}, has_body=True)
+
+    def _r_keys(self, function: str | None) -> _Request:
+        return _Request("GET", f"{API}/keys", query={"function": function})
+
+    def _r_revoke_key(self, key_id: str) -> _Request:
+        return _Request("DELETE", f"{API}/keys/{_quote(key_id)}")
+
+    def _r_openapi(self) -> _Request:
+        return _Request("GET", f"{API}/openapi.json")
+
+
+# -- the sync client --------------------------------------------------------------------------
+
+
+class Client(_Base):
+    """A blocking client (``urllib.request``).  See the module docstring."""
+
+    def _send(self, base: str, token: str | None, req: _Request, timeout: float) -> _Response:
+        url = req.url(base)
+        r = urllib.request.Request(url, data=req.data(), method=req.method, headers={"Accept": "application/json", **_auth_headers(token), **req.headers})
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({})) if _is_loopback(url) else urllib.request.build_opener()
+        try:
+            with opener.open(r, timeout=timeout) as resp:
+                return _Response(resp.status, resp.reason, dict(resp.headers.items()), resp.read())
+        except urllib.error.HTTPError as exc:
+            with exc:
+                body = exc.read()
+            return _Response(exc.code, str(exc.reason), dict(exc.headers.items()) if exc.headers else {}, body)
+        except urllib.error.URLError as exc:
+            reason = exc.reason
+            if isinstance(reason, TimeoutError):
+                raise RequestTimeout(f"no answer from {url} within {timeout:g} s") from None
+            raise NoServer(f"no running functionai server found at {base} ({reason}): {HOW_TO_START}") from None
+        except TimeoutError:
+            raise RequestTimeout(f"no answer from {url} within {timeout:g} s") from None
+        except OSError as exc:
+            raise NoServer(f"no running functionai server found at {base} ({exc}): {HOW_TO_START}") from None
+
+    def _resolve(self) -> tuple[str, str | None]:
+        if self._url is not None:
+            return self._url, self._token
+        explicit = self._explicit()
+        if explicit is not None:
+            self._url, self._token = explicit
+            return explicit
+        tried = []
+        for info in _running_servers():
+            url, token = _normalise_url(info["url"]), str(info.get("token") or "")
+            tried.append(url)
+            try:
+                resp = self._send(url, token, self._r_health(), PROBE_TIMEOUT)
+            except ClientError:
+                continue
+            if resp.status == 200:
+                self._url, self._token = url, token
+                return url, token
+        raise self._no_server(tried)
+
+    @property
+    def url(self) -> str:
+        """The server's base URL (found on first use)."""
+        return self._resolve()[0]
+
+    def _call(self, req: _Request) -> _Response:
+        base, token = self._resolve()
+        resp = self._send(base, token, req, self._timeout(req))
+        if not 200 <= resp.status < 300:
+            raise _error_from(resp, req.url(base))
+        return resp
+
+    def _json(self, req: _Request) -> Any:
+        base, _ = self._resolve()
+        return _decode(self._call(req), req.url(base))
+
+    def close(self) -> None:
+        """Nothing to release (a connection per request); for symmetry with AsyncClient."""
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- API --------------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        return self._json(self._r_health())
+
+    def deploy(self, name: str, code: str | None = None, *, file: str | os.PathLike[str] | None = None, handler: str = "handler", **spec_fields: Any) -> dict[str, Any]:
+        """Deploy a new version from ``code`` or the ``file``'s text; the spec is
+        validated here first (a bad one raises InvalidSpec before any request)."""
+        return self._json(self._r_deploy(_spec_body(name, code, file, handler, spec_fields)))
+
+    def functions(self) -> list[dict[str, Any]]:
+        return self._json(self._r_functions())
+
+    def function(self, name: str) -> dict[str, Any]:
+        return self._json(self._r_function(name))
+
+    def versions(self, name: str) -> list[dict[str, Any]]:
+        return self._json(self._r_versions(name))
+
+    def rollback(self, name: str, version: int) -> dict[str, Any]:
+        return self._json(self._r_rollback(name, version))
+
+    def delete(self, name: str) -> None:
+        self._call(self._r_delete(name))
+
+    def invoke(self, name: str, event: Any = None, *, session: str | None = None) -> InvokeResponse:
+        req = self._r_invoke(name, event, session)
+        resp = self._call(req)
+        return _invoke_response(resp, req.url(self._resolve()[0]))
+
+    def sessions(self, function: str | None = None, *, status: str | None = None) -> list[dict[str, Any]]:
+        return self._json(self._r_sessions(function, status))
+
+    def session(self, id: str) -> dict[str, Any]:
+        return self._json(self._r_session(id))
+
+    def open_session(self, name: str, session: str | None = None) -> dict[str, Any]:
+        return self._json(self._r_open_session(name, session))
+
+    def close_session(self, id: str) -> None:
+        self._call(self._r_close_session(id))
+
+    def instances(self) -> list[dict[str, Any]]:
+        return self._json(self._r_instances())
+
+    def coldstarts(self, function: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        return self._json(self._r_coldstarts(function, limit))
+
+    def invocations(self, function: str | None = None, session: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        return self._json(self._r_invocations(function, session, limit))
+
+    def create_key(self, function: str, note: str = "") -> dict[str, Any]:
+        return self._json(self._r_create_key(function, note))
+
+    def keys(self, function: str | None = None) -> list[dict[str, Any]]:
+        return self._json(self._r_keys(function))
+
+    def revoke_key(self, id: str) -> None:
+        self._call(self._r_revoke_key(id))
+
+    def openapi(self) -> dict[str, Any]:
+        return self._json(self._r_openapi())
+
+
+# -- the async client ---------------------------------------------------------------------------
+
+
+class AsyncClient(_Base):
+    """A coroutine client (tornado's ``AsyncHTTPClient``).  See the module docstring."""
+
+    async def _send(self, base: str, token: str | None, req: _Request, timeout: float) -> _Response:
+        from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+
+        url = req.url(base)
+        r = HTTPRequest(
+            url,
+            method=req.method,
+            headers={"Accept": "application/json", **_auth_headers(token), **req.headers},
+            body=req.data(),
+            request_timeout=timeout,
+            connect_timeout=min(CONNECT_TIMEOUT, timeout),
+            allow_nonstandard_methods=True,
+            follow_redirects=False,
+        )
+        try:
+            resp = await AsyncHTTPClient().fetch(r, raise_error=False)
+        except HTTPClientError as exc:  # 599: timeout or a closed connection
+            if "timeout" in str(exc).lower():
+                raise RequestTimeout(f"no answer from {url} within {timeout:g} s") from None
+            raise NoServer(f"no running functionai server found at {base} ({exc}): {HOW_TO_START}") from None
+        except TimeoutError:
+            raise RequestTimeout(f"no answer from {url} within {timeout:g} s") from None
+        except OSError as exc:
+            raise NoServer(f"no running functionai server found at {base} ({exc}): {HOW_TO_START}") from None
+        return _Response(resp.code, resp.reason or "", {k: v for k, v in resp.headers.get_all()}, resp.body or b"")
+
+    async def _resolve(self) -> tuple[str, str | None]:
+        if self._url is not None:
+            return self._url, self._token
+        explicit = self._explicit()
+        if explicit is not None:
+            self._url, self._token = explicit
+            return explicit
+        tried = []
+        for info in _running_servers():
+            url, token = _normalise_url(info["url"]), str(info.get("token") or "")
+            tried.append(url)
+            try:
+                resp = await self._send(url, token, self._r_health(), PROBE_TIMEOUT)
+            except ClientError:
+                continue
+            if resp.status == 200:
+                self._url, self._token = url, token
+                return url, token
+        raise self._no_server(tried)
+
+    async def get_url(self) -> str:
+        """The server's base URL (found on first use)."""
+        return (await self._resolve())[0]
+
+    async def _call(self, req: _Request) -> _Response:
+        base, token = await self._resolve()
+        resp = await self._send(base, token, req, self._timeout(req))
+        if not 200 <= resp.status < 300:
+            raise _error_from(resp, req.url(base))
+        return resp
+
+    async def _json(self, req: _Request) -> Any:
+        resp = await self._call(req)
+        return _decode(resp, req.url((await self._resolve())[0]))
+
+    async def close(self) -> None:
+        """Nothing to release (tornado's shared client of the loop is used)."""
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- API --------------------------------------------------------------------------------
+
+    async def health(self) -> dict[str, Any]:
+        return await self._json(self._r_health())
+
+    async def deploy(self, name: str, code: str | None = None, *, file: str | os.PathLike[str] | None = None, handler: str = "handler", **spec_fields: Any) -> dict[str, Any]:
+        """Deploy a new version from ``code`` or the ``file``'s text; the spec is
+        validated here first (a bad one raises InvalidSpec before any request)."""
+        return await self._json(self._r_deploy(_spec_body(name, code, file, handler, spec_fields)))
+
+    async def functions(self) -> list[dict[str, Any]]:
+        return await self._json(self._r_functions())
+
+    async def function(self, name: str) -> dict[str, Any]:
+        return await self._json(self._r_function(name))
+
+    async def versions(self, name: str) -> list[dict[str, Any]]:
+        return await self._json(self._r_versions(name))
+
+    async def rollback(self, name: str, version: int) -> dict[str, Any]:
+        return await self._json(self._r_rollback(name, version))
+
+    async def delete(self, name: str) -> None:
+        await self._call(self._r_delete(name))
+
+    async def invoke(self, name: str, event: Any = None, *, session: str | None = None) -> InvokeResponse:
+        req = self._r_invoke(name, event, session)
+        resp = await self._call(req)
+        return _invoke_response(resp, req.url((await self._resolve())[0]))
+
+    async def sessions(self, function: str | None = None, *, status: str | None = None) -> list[dict[str, Any]]:
+        return await self._json(self._r_sessions(function, status))
+
+    async def session(self, id: str) -> dict[str, Any]:
+        return await self._json(self._r_session(id))
+
+    async def open_session(self, name: str, session: str | None = None) -> dict[str, Any]:
+        return await self._json(self._r_open_session(name, session))
+
+    async def close_session(self, id: str) -> None:
+        await self._call(self._r_close_session(id))
+
+    async def instances(self) -> list[dict[str, Any]]:
+        return await self._json(self._r_instances())
+
+    async def coldstarts(self, function: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        return await self._json(self._r_coldstarts(function, limit))
+
+    async def invocations(self, function: str | None = None, session: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        return await self._json(self._r_invocations(function, session, limit))
+
+    async def create_key(self, function: str, note: str = "") -> dict[str, Any]:
+        return await self._json(self._r_create_key(function, note))
+
+    async def keys(self, function: str | None = None) -> list[dict[str, Any]]:
+        return await self._json(self._r_keys(function))
+
+    async def revoke_key(self, id: str) -> None:
+        await self._call(self._r_revoke_key(id))
+
+    async def openapi(self) -> dict[str, Any]:
+        return await self._json(self._r_openapi())
+
