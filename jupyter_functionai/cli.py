@@ -61,7 +61,7 @@ from ._version import __version__
 if TYPE_CHECKING:
     from .client import Client
 
-BENCHMARKS = ("coldstart", "density")
+BENCHMARKS = ("coldstart", "density", "gateway")
 DEMO_FUNCTION = "agent-memory"
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -286,6 +286,45 @@ def cmd_serve(args: argparse.Namespace, extra: Sequence[str]) -> int:
     try:
         FunctionAI.launch_instance(argv=argv)
     except SystemExit as exc:  # --help, a bad option, a port in use ...
+        code = exc.code
+        return code if isinstance(code, int) else (EXIT_OK if code is None else EXIT_FAILED)
+    return EXIT_OK
+
+
+def default_data_dir() -> str:
+    from jupyter_core.paths import jupyter_data_dir
+
+    return os.environ.get("FUNCTIONAI_DATA_DIR") or os.path.join(jupyter_data_dir(), "functionai")
+
+
+async def _seed_example(data_dir: str) -> str:
+    """Deploy the example agent-memory function into ``data_dir`` unless it is there."""
+    from . import FunctionSpec, Runtime
+    from .examples import agent_tools
+
+    async with Runtime.open(data_dir) as rt:
+        if DEMO_FUNCTION not in {f["name"] for f in rt.functions()}:
+            await rt.deploy(FunctionSpec.from_file(DEMO_FUNCTION, agent_tools.__file__, min_instances=2, description="agent memory example"))
+            return "deployed"
+    return "already there"
+
+
+def cmd_lab(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    """JupyterLab with the extension active and the example function deployed."""
+    try:
+        from jupyterlab.labapp import LabApp
+    except ImportError:
+        raise _UsageError("JupyterLab is not installed: pip install 'jupyter-functionai[lab]'") from None
+    if args.data_dir is None:
+        args.data_dir = default_data_dir()
+    if args.example:
+        state = asyncio.run(_seed_example(os.path.abspath(os.path.expanduser(args.data_dir))))
+        print(f"functionai: example function {DEMO_FUNCTION!r} {state} (data dir {args.data_dir})", file=sys.stderr)
+    argv = serve_argv(args, extra)
+    _stop_server_on_sigint()
+    try:
+        LabApp.launch_instance(argv=argv)
+    except SystemExit as exc:
         code = exc.code
         return code if isinstance(code, int) else (EXIT_OK if code is None else EXIT_FAILED)
     return EXIT_OK
@@ -624,6 +663,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--browser", dest="browser", action="store_true", help="open a browser")
     serve.set_defaults(func=cmd_serve, browser=False, takes_extra=True)
 
+    lab = sub.add_parser(
+        "lab",
+        help="JupyterLab with the extension active and the example function deployed (blocks)",
+        description="Deploy the example agent-memory function (once) and run JupyterLab with the "
+        "functionai extension. Unknown options go to JupyterLab.",
+    )
+    lab.add_argument("--port", type=int, help="port (default: Jupyter's)")
+    lab.add_argument("--ip", help="interface to listen on (default: localhost)")
+    lab.add_argument("--token", dest="serve_token", metavar="TOKEN", help="the token (default: $FUNCTIONAI_TOKEN, else Jupyter's)")
+    lab.add_argument("--data-dir", help="the functionai data dir (default: $FUNCTIONAI_DATA_DIR or <jupyter data dir>/functionai)")
+    lab.add_argument("--no-example", dest="example", action="store_false", help="do not deploy the example function")
+    lab.add_argument("--no-browser", dest="browser", action="store_false", help="do not open a browser")
+    lab.add_argument("--browser", dest="browser", action="store_true", help="open a browser (the default)")
+    lab.set_defaults(func=cmd_lab, browser=True, example=True, takes_extra=True)
+
     p = command("deploy", cmd_deploy, "deploy a new version of a function from a .py file")
     p.add_argument("file", help="the Python file defining the handler")
     p.add_argument("--name", help="function name (default: the file's stem)")
@@ -701,10 +755,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
     bench = sub.add_parser(
         "bench",
-        help="run a benchmark (coldstart, density) from the repository checkout",
+        help="run a benchmark (coldstart, density, gateway) from the repository checkout",
         description="Run benchmarks/<name>.py main(args); pass --help after the name for its options.",
     )
-    bench.add_argument("which", choices=BENCHMARKS, metavar="{coldstart,density}", help="which benchmark")
+    bench.add_argument("which", choices=BENCHMARKS, metavar="{coldstart,density,gateway}", help="which benchmark")
     bench.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the benchmark")
     bench.set_defaults(func=cmd_bench)
     return ap
@@ -754,8 +808,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     command = args.command + (f" {args.keys_command}" if args.command == "keys" else "")
     try:
-        if args.func is cmd_serve:
-            return cmd_serve(args, extra)
+        if args.func in (cmd_serve, cmd_lab):
+            return int(args.func(args, extra))
         rc: int = args.func(args)
         return rc
     except _UsageError as exc:

@@ -128,11 +128,13 @@ class Server:
             return False
 
 
-def start_server(home: Path, data_dir: Path) -> Server:
+def start_server(home: Path, data_dir: Path, command: str = "serve") -> Server:
     home.mkdir(parents=True, exist_ok=True)
     port, token = free_port(), secrets.token_hex(16)
     log = open(home / "server.log", "ab")
-    cmd = [sys.executable, "-m", "jupyter_functionai", "serve", "--port", str(port), "--ip", "127.0.0.1", "--token", token, "--data-dir", str(data_dir)]
+    cmd = [sys.executable, "-m", "jupyter_functionai", command, "--port", str(port), "--ip", "127.0.0.1", "--token", token, "--data-dir", str(data_dir)]
+    if command == "lab":
+        cmd.append("--no-browser")
     # an extra Jupyter option passes through: fail rather than move to another port
     cmd.append("--ServerApp.port_retries=0")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=base_env(home), cwd=home)
@@ -141,7 +143,7 @@ def start_server(home: Path, data_dir: Path) -> Server:
 
     def up() -> bool:
         if proc.poll() is not None:
-            raise AssertionError(f"functionai serve exited with {proc.returncode}:\n{server.log}")
+            raise AssertionError(f"functionai {command} exited with {proc.returncode}:\n{server.log}")
         return server.healthy()
 
     try:
@@ -458,3 +460,28 @@ def test_restart_on_the_same_data_dir_resumes_session_state(tmp_path: Path) -> N
         stop_server(second, signal.SIGINT)  # ^C stops it as gracefully as SIGTERM
     assert not any(pid_alive(p) for p in pids)
     assert "received signal 2, stopping" in second.log
+
+
+def test_lab_main_job_serves_jupyterlab_with_the_example_deployed(tmp_path: Path) -> None:
+    """The README's main job: JupyterLab with the extension active and the
+    example function deployed, answering through the gateway."""
+    server = start_server(tmp_path / "home", tmp_path / "data", command="lab")
+    try:
+        fns = json.loads(ok(cli(server, "ls", "--json")).stdout)
+        assert [f["name"] for f in fns] == ["agent-memory"]
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(f"{server.url}/lab?token={server.token}", timeout=30) as resp:
+            page = resp.read().decode()
+        assert resp.status == 200 and "JupyterLab" in page
+        p = ok(cli(server, "invoke", "agent-memory", "--session", "lab-user", "--data", '{"note": "from the lab test"}'))
+        assert json.loads(p.stdout)["notes"] == ["from the lab test"]
+    finally:
+        stop_server(server)
+    # a second start finds the example already there and keeps its sessions
+    again = start_server(tmp_path / "home2", tmp_path / "data", command="lab")
+    try:
+        p = ok(cli(again, "invoke", "agent-memory", "--session", "lab-user", "--data", '{"note": "again"}'))
+        assert json.loads(p.stdout)["notes"] == ["from the lab test", "again"]
+        assert [f["active_version"] for f in json.loads(ok(cli(again, "ls", "--json")).stdout)] == [1]
+    finally:
+        stop_server(again)
