@@ -21,6 +21,15 @@ def backend_name(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
+@pytest.fixture
+def jp_server_config(tmp_path):
+    """pytest-jupyter: a real Jupyter server with the extension, its own data dir."""
+    return {
+        "ServerApp": {"jpserver_extensions": {"jupyter_functionai": True}},
+        "FunctionAI": {"data_dir": str(tmp_path / "fai"), "reap_interval": 0.05},
+    }
+
+
 @pytest_asyncio.fixture
 async def rt(tmp_path, backend_name) -> AsyncIterator[Runtime]:
     async with Runtime.open(tmp_path / "state", backend=backend_name, reap_interval=0.05) as runtime:

@@ -49,14 +49,6 @@ COLD = re.compile(r"(warm-pool|template-fork|fresh);ms=[0-9.]+")
 
 
 @pytest.fixture
-def jp_server_config(tmp_path):
-    return {
-        "ServerApp": {"jpserver_extensions": {"jupyter_functionai": True}},
-        "FunctionAI": {"data_dir": str(tmp_path / "fai"), "reap_interval": 0.05},
-    }
-
-
-@pytest.fixture
 def server(jp_serverapp, http_server_client, jp_http_port, jp_base_url, jp_auth_header, monkeypatch) -> dict[str, str]:
     for var in ("FUNCTIONAI_URL", "FUNCTIONAI_TOKEN"):
         monkeypatch.delenv(var, raising=False)

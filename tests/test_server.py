@@ -25,14 +25,6 @@ GEN = "def handler(event, ctx):\n    for i in range(event['n']):\n        yield 
 
 
 @pytest.fixture
-def jp_server_config(tmp_path):
-    return {
-        "ServerApp": {"jpserver_extensions": {"jupyter_functionai": True}},
-        "FunctionAI": {"data_dir": str(tmp_path / "fai"), "reap_interval": 0.05},
-    }
-
-
-@pytest.fixture
 def api(jp_fetch):
     async def call(*parts: str, method: str = "GET", body: Any = None, headers: dict[str, str] | None = None, raw: bool = False, **kw: Any):
         data = None if body is None else (body if isinstance(body, (str, bytes)) else json.dumps(body))

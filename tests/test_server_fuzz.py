@@ -11,19 +11,10 @@ import urllib.request
 from typing import Any
 from urllib.parse import quote
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 ECHO = "def handler(event, ctx):\n    return {'event': event}\n"
-
-
-@pytest.fixture
-def jp_server_config(tmp_path):
-    return {
-        "ServerApp": {"jpserver_extensions": {"jupyter_functionai": True}},
-        "FunctionAI": {"data_dir": str(tmp_path / "fai"), "reap_interval": 0.05},
-    }
 
 
 json_values = st.recursive(
