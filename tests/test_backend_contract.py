@@ -525,3 +525,14 @@ async def test_open_session_starts_the_sandbox_before_any_call(rt: Runtime, pool
     assert generated["id"].startswith("s-") and generated["id"] != "early"
     with pytest.raises(InvalidArgument):
         await rt.open_session("pooled", "bad id")
+
+
+@pytest.mark.asyncio
+async def test_sys_exit_in_a_handler_is_a_user_error_and_the_instance_survives(rt: Runtime):
+    await deploy(rt, "quit", "import sys\ndef handler(event, ctx):\n    if event == 'exit':\n        sys.exit(3)\n    return 'alive'\n")
+    first = await rt.invoke("quit", "hello", session="q")
+    with pytest.raises(UserError) as ei:
+        await rt.invoke("quit", "exit", session="q")
+    assert ei.value.details["type"] == "SystemExit"
+    again = await rt.invoke("quit", "hello", session="q")
+    assert again.value == "alive" and again.instance_id == first.instance_id

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import errno
 import fcntl
 import os
 import random
@@ -44,7 +43,6 @@ MS_BIND = 4096
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
 
-PR_SET_PDEATHSIG = 1
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -420,10 +418,6 @@ def set_rlimit(which: int, value: int) -> None:
     if hard != resource.RLIM_INFINITY and value > hard:
         value = hard
     resource.setrlimit(which, (value, value))
-
-
-def errno_name(exc: OSError) -> str:
-    return errno.errorcode.get(exc.errno or 0, str(exc.errno))
 
 
 @dataclass

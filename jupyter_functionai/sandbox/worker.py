@@ -323,8 +323,6 @@ class Worker:
         except MemoryError:
             body = {"op": "error", "id": cid, "error": {"kind": "out_of_memory", "message": "the handler ran out of memory (MemoryError)"}}
         except BaseException as exc:
-            if isinstance(exc, SystemExit) and self.concurrency == 1:
-                pass
             body = {"op": "error", "id": cid, "error": _user_error(exc)}
             try:
                 self._attach_state(body)
