@@ -72,3 +72,10 @@ __all__ = [
     "UserError",
     "__version__",
 ]
+
+
+def load_ipython_extension(ipython: object) -> None:
+    """``%load_ext jupyter_functionai``: the ``%%function`` and ``%fai`` magics."""
+    from .magics import load_ipython_extension as load
+
+    load(ipython)

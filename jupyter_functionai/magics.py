@@ -1,0 +1,430 @@
+"""IPython magics that promote notebook cells into functionai sandbox functions.
+
+    %load_ext jupyter_functionai
+
+    %%function adder --memory 256Mi --timeout 30
+    def handler(event, ctx):
+        return helper(event["x"]) + OFFSET
+
+    adder.invoke({"x": 1})
+    with adder.session() as s:
+        s.invoke({"x": 2}); s.state
+
+    %fai ls | sessions [NAME] | invoke NAME [--session ID] JSON | close ID | url NAME
+
+``%%function NAME`` deploys the cell's code as a new version of the function
+``NAME`` on a running functionai server and binds a :class:`FunctionHandle`
+to the identifier version of ``NAME`` in the notebook's namespace.
+
+**Carried names**: the names the cell uses but does not define are looked up
+in the notebook's namespace.  Functions and classes defined in the notebook are
+carried by their source, plain data (None, bool, int, float, str and lists,
+tuples, dicts of those) by its ``repr``, modules as ``import`` statements.
+Anything else (open files, sockets, clients, generators...) cannot travel to a
+sandbox: the magic refuses to deploy and names the variable.  The carried code
+is a preamble placed before the cell; line numbers of remote tracebacks are
+shifted back so that they point at the cell's lines.
+
+**Server**: a :class:`~jupyter_functionai.client.Client` created at first use
+(``FUNCTIONAI_URL`` / ``FUNCTIONAI_TOKEN``, or the running Jupyter servers).
+When none is found the magics raise a ``UsageError`` saying how to start one.
+An embedded runtime fallback (running functions without a server) is out of
+scope for now.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import inspect
+import json
+import re
+import shlex
+import types
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+
+from .client import Client, InvokeResponse, NoServer
+from .errors import FunctionAIError, UserError
+
+__all__ = ["FunctionAIMagics", "FunctionHandle", "SandboxError", "SessionHandle", "load_ipython_extension"]
+
+_PLAIN = (type(None), bool, int, float, str, list, dict, tuple)
+_FRAME = re.compile(r'File "([^"]*)", line (\d+)')
+
+
+class SandboxError(Exception):
+    """An exception raised by the handler inside its sandbox; the message
+    carries the remote traceback (line numbers are the cell's)."""
+
+    def __init__(self, message: str, traceback_text: str = "", error: FunctionAIError | None = None) -> None:
+        super().__init__(message)
+        self.traceback_text = traceback_text
+        self.error = error
+
+
+def _identifier(name: str) -> str:
+    ident = re.sub(r"\W", "_", name)
+    if not ident or ident[0].isdigit():
+        ident = "_" + ident
+    return ident
+
+
+def _module_file(name: str) -> str:
+    return name.replace("-", "_") + ".py"
+
+
+def _fix_traceback(text: str, module_file: str, offset: int) -> str:
+    """Shift the line numbers of the frames in the function's module by ``-offset``."""
+
+    def sub(m: re.Match[str]) -> str:
+        path, line = m.group(1), int(m.group(2))
+        if offset and (path == module_file or path.endswith("/" + module_file)):
+            fixed = line - offset
+            if fixed <= 0:
+                return f'File "{path}", line {line} (code carried from the notebook)'
+            return f'File "{path}", line {fixed}'
+        return m.group(0)
+
+    return _FRAME.sub(sub, text)
+
+
+class _Carry:
+    """The code deployed for a function: a preamble of carried names plus the cell."""
+
+    def __init__(self, preamble: str, cell: str, names: list[str] | None = None) -> None:
+        self.preamble = preamble
+        self.cell = cell
+        self.names = sorted(names or [])
+
+    @property
+    def offset(self) -> int:
+        return len(self.preamble.splitlines())
+
+    @property
+    def code(self) -> str:
+        return self.preamble + self.cell
+
+
+def _bound_names(tree: ast.AST) -> set[str]:
+    bound: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
+            bound.add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            for alias in node.names:
+                bound.add(alias.asname or alias.name.split(".")[0])
+        elif isinstance(node, ast.arg):
+            bound.add(node.arg)
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            bound.add(node.name)
+    return bound
+
+
+def free_names(code: str) -> list[str]:
+    """Names ``code`` loads but does not bind itself (builtins excluded), in order of use."""
+    tree = ast.parse(code)
+    bound = _bound_names(tree)
+    seen: dict[str, None] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node.id not in bound and not hasattr(builtins, node.id):
+            seen.setdefault(node.id, None)
+    return list(seen)
+
+
+def _is_plain(value: Any) -> bool:
+    if not isinstance(value, _PLAIN):
+        return False
+    try:
+        return bool(ast.literal_eval(repr(value)) == value)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return False
+
+
+def build_carry(cell: str, namespace: dict[str, Any]) -> _Carry:
+    """The code to deploy for ``cell``; raises UsageError for names that cannot travel."""
+    parts: list[str] = []
+    bad: list[str] = []
+    done: set[str] = set()
+    todo = [n for n in free_names(cell) if n in namespace]
+    while todo:
+        name = todo.pop(0)
+        if name in done:
+            continue
+        done.add(name)
+        value = namespace[name]
+        if isinstance(value, types.ModuleType):
+            module = value.__name__
+            if module == name:
+                parts.append(ast.unparse(ast.Import(names=[ast.alias(name=module)])))
+            else:
+                parts.append(ast.unparse(ast.Import(names=[ast.alias(name=module, asname=name)])))
+        elif isinstance(value, (types.FunctionType, type)):
+            try:
+                src = inspect.getsource(value)
+            except (OSError, TypeError):
+                bad.append(f"{name} ({type(value).__name__}: its source is not available)")
+                continue
+            src = inspect.cleandoc(src) if src.startswith((" ", "\t")) else src
+            try:
+                tree = ast.parse(src)
+            except SyntaxError:
+                bad.append(f"{name} ({type(value).__name__}: its source cannot be parsed)")
+                continue
+            defined = tree.body[0] if tree.body else None
+            if not isinstance(defined, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) or defined.name != name:
+                bad.append(f"{name} ({type(value).__name__} defined under another name or by an expression)")
+                continue
+            parts.append(src.rstrip("\n"))
+            # what the carried definition needs in turn
+            todo.extend(n for n in free_names(src) if n in namespace and n not in done)
+        elif _is_plain(value):
+            # the repr round-trips through ast.literal_eval: a literal, not user text in quotes
+            parts.append(f"{name} = {value!r}")
+        else:
+            bad.append(f"{name} ({type(value).__module__}.{type(value).__qualname__})")
+    if bad:
+        raise UsageError(
+            "cannot carry these notebook variables into the sandbox (only functions, classes, modules and plain data can travel): "
+            + ", ".join(bad)
+            + "; create them inside the cell instead"
+        )
+    # dependencies first: definitions found later are needed by earlier ones
+    preamble = "\n".join(reversed(parts))
+    return _Carry(preamble + "\n" if preamble else "", cell, [n for n in done if n in namespace])
+
+
+# -- handles ------------------------------------------------------------------------------------
+
+
+class FunctionHandle:
+    """A deployed function: call it, open sessions, inspect it."""
+
+    def __init__(self, name: str, client: Client, *, offset: int = 0) -> None:
+        self.name = name
+        self.client = client
+        self.offset = offset  # lines of carried code before the cell
+        self.last: InvokeResponse | None = None
+
+    def __repr__(self) -> str:
+        return f"<FunctionHandle {self.name!r} at {self.url}>"
+
+    @property
+    def url(self) -> str:
+        return self.client.url.rstrip("/") + "/functionai/invoke/" + self.name
+
+    def _call(self, data: Any, session: str | None) -> Any:
+        try:
+            resp = self.client.invoke(self.name, data, session=session)
+        except UserError as exc:
+            raise _sandbox_error(self.name, exc, self.offset) from None
+        self.last = resp
+        return resp.value
+
+    def invoke(self, data: Any = None, session: str | None = None) -> Any:
+        """Call the function with the event ``data``; returns its value (the response is in ``.last``)."""
+        return self._call(data, session)
+
+    __call__ = invoke
+
+    def session(self, session_id: str | None = None) -> SessionHandle:
+        """Open a session of this function now (its sandbox starts at once; a new
+        id unless ``session_id`` is given; an existing one is resumed)."""
+        desc = self.client.open_session(self.name, session_id)
+        return SessionHandle(self, str(desc["id"]))
+
+    def sessions(self) -> list[dict[str, Any]]:
+        return self.client.sessions(function=self.name)
+
+    def coldstarts(self) -> list[dict[str, Any]]:
+        return self.client.coldstarts(function=self.name)
+
+    def versions(self) -> list[dict[str, Any]]:
+        return self.client.versions(self.name)
+
+    def rollback(self, version: int) -> dict[str, Any]:
+        return self.client.rollback(self.name, version)
+
+
+class SessionHandle:
+    """One session of a function; a context manager that closes it on exit."""
+
+    def __init__(self, function: FunctionHandle, session_id: str) -> None:
+        self.function = function
+        self.id = session_id
+        self.closed = False
+
+    def __repr__(self) -> str:
+        return f"<SessionHandle {self.id!r} of {self.function.name!r}{' (closed)' if self.closed else ''}>"
+
+    def invoke(self, data: Any = None) -> Any:
+        return self.function._call(data, self.id)
+
+    __call__ = invoke
+
+    @property
+    def state(self) -> Any:
+        return self.function.client.session(self.id).get("state")
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.function.client.close_session(self.id)
+
+    def __enter__(self) -> SessionHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _sandbox_error(name: str, exc: UserError, offset: int) -> SandboxError:
+    tb = exc.details.get("traceback") or ""
+    tb = _fix_traceback(str(tb), _module_file(name), offset)
+    message = f"function {name!r} raised in its sandbox: {exc.message}"
+    if tb:
+        message += "\n\nRemote traceback:\n" + tb.rstrip("\n")
+    return SandboxError(message, tb, exc)
+
+
+# -- the magics ---------------------------------------------------------------------------------
+
+
+FAI_USAGE = """usage: %fai ls | sessions [NAME] | invoke NAME [--session ID] JSON | close ID | url NAME"""
+
+
+@magics_class
+class FunctionAIMagics(Magics):
+    """``%%function`` and ``%fai``."""
+
+    def __init__(self, shell: Any = None, client: Client | None = None) -> None:
+        super().__init__(shell)
+        self._client = client
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            self._client = Client()
+        return self._client
+
+    def _server_url(self) -> str:
+        try:
+            return self.client.url
+        except NoServer as exc:
+            raise UsageError(str(exc)) from None
+
+    @magic_arguments()
+    @argument("name", help="the function's name")
+    @argument("--gpu", type=float, default=None, help="GPUs (fraction allowed)")
+    @argument("--cpu", type=float, default=None, help="CPUs")
+    @argument("--memory", default=None, help="memory, e.g. 512Mi")
+    @argument("--timeout", type=float, default=None, help="seconds per call")
+    @argument("--min-instances", type=int, default=None, help="warm instances to keep")
+    @argument("--idle-ttl", type=float, default=None, help="seconds before an idle session ends")
+    @argument("--no-session", action="store_true", help="disable sessions")
+    @argument("--network", default=None, help="network policy")
+    @argument("--handler", default="handler", help="the handler's name in the cell (default: handler)")
+    @cell_magic
+    def function(self, line: str, cell: str) -> None:
+        """Deploy the cell as a new version of the function NAME and bind a handle to it."""
+        args = parse_argstring(self.function, line)
+        name: str = args.name
+        try:
+            tree = ast.parse(cell)
+        except SyntaxError as exc:
+            raise UsageError(f"the cell does not compile: {exc.msg} (cell line {exc.lineno}); nothing was deployed") from None
+        defined = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+        assigned = {t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
+        if args.handler not in defined | assigned:
+            raise UsageError(f"the cell defines no handler: add `def {args.handler}(event, ctx): ...` (or name another with --handler); nothing was deployed")
+        carry = build_carry(cell, self.shell.user_ns if self.shell is not None else {})
+        fields: dict[str, Any] = {}
+        for key in ("gpu", "cpu", "memory", "timeout", "min_instances", "idle_ttl", "network"):
+            value = getattr(args, key)
+            if value is not None:
+                fields[key] = value
+        if args.no_session:
+            fields["session"] = False
+        url = self._server_url()
+        try:
+            row = self.client.deploy(name, carry.code, handler=args.handler, **fields)
+        except NoServer as exc:
+            raise UsageError(str(exc)) from None
+        except FunctionAIError as exc:
+            raise UsageError(f"deploy of {name!r} failed ({exc.kind}): {exc.message}") from None
+        handle = FunctionHandle(name, self.client, offset=carry.offset)
+        ident = _identifier(name)
+        if self.shell is not None:
+            self.shell.user_ns[ident] = handle
+        carried = f" (carried from the notebook: {', '.join(carry.names)})" if carry.names else ""
+        print(f"deployed {name} version {row.get('version')} to {url}; handle: {ident}{carried}")
+
+    @line_magic
+    def fai(self, line: str) -> None:
+        """%fai ls | sessions [NAME] | invoke NAME [--session ID] JSON | close ID | url NAME"""
+        try:
+            words = shlex.split(line)
+        except ValueError as exc:
+            raise UsageError(f"{exc}\n{FAI_USAGE}") from None
+        if not words:
+            raise UsageError(FAI_USAGE)
+        cmd, rest = words[0], words[1:]
+        try:
+            if cmd == "ls" and not rest:
+                self._ls()
+            elif cmd == "sessions" and len(rest) <= 1:
+                self._sessions(rest[0] if rest else None)
+            elif cmd == "invoke" and rest:
+                self._invoke(rest)
+            elif cmd == "close" and len(rest) == 1:
+                self.client.close_session(rest[0])
+                print(f"closed session {rest[0]}")
+            elif cmd == "url" and len(rest) == 1:
+                print(FunctionHandle(rest[0], self.client).url)
+            else:
+                raise UsageError(f"unknown or malformed %fai command: {line.strip()!r}\n{FAI_USAGE}")
+        except NoServer as exc:
+            raise UsageError(str(exc)) from None
+        except UserError as exc:
+            raise _sandbox_error(rest[0] if rest else "?", exc, 0) from None
+        except FunctionAIError as exc:
+            raise UsageError(f"%fai {cmd} failed ({exc.kind}): {exc.message}") from None
+
+    def _ls(self) -> None:
+        rows = self.client.functions()
+        print(f"{'NAME':<24} {'ACTIVE':>6} {'LATEST':>6}")
+        for f in rows:
+            print(f"{f.get('name', ''):<24} {f.get('active_version', '')!s:>6} {f.get('latest_version', '')!s:>6}")
+
+    def _sessions(self, name: str | None) -> None:
+        rows = self.client.sessions(function=name)
+        print(f"{'SESSION':<28} {'FUNCTION':<20} {'STATUS':<8}")
+        for s in rows:
+            print(f"{s.get('id', ''):<28} {s.get('function', ''):<20} {s.get('status', ''):<8}")
+
+    def _invoke(self, rest: list[str]) -> None:
+        name, session, payload = rest[0], None, None
+        args = rest[1:]
+        if len(args) >= 2 and args[0] == "--session":
+            session, args = args[1], args[2:]
+        if len(args) > 1:
+            raise UsageError(FAI_USAGE)
+        if args:
+            try:
+                payload = json.loads(args[0])
+            except ValueError as exc:
+                raise UsageError(f"the event is not JSON: {exc}") from None
+        resp = self.client.invoke(name, payload, session=session)
+        print(json.dumps(resp.value, indent=2, default=str))
+        if resp.session_id:
+            print(f"(session {resp.session_id})")
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext jupyter_functionai``: register ``%%function`` and ``%fai``."""
+    ipython.register_magics(FunctionAIMagics(ipython))

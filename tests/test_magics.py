@@ -1,0 +1,192 @@
+"""The ``%%function`` / ``%fai`` magics in a real IPython kernel (nbclient)
+against a real ``functionai serve`` subprocess: no mocks."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from jupyter_functionai.client import Client
+from jupyter_functionai.magics import _fix_traceback, build_carry, free_names
+
+from .test_cli_server import Server, base_env, start_server, stop_server
+
+CELLS: dict[str, str] = {
+    "load": "%load_ext jupyter_functionai",
+    "defs": "import json as js\n\ndef helper(x):\n    return x * FACTOR\n\nFACTOR = 10\nOFFSET = 3",
+    "deploy": (
+        "%%function adder --timeout 30 --memory 256Mi\n"
+        "def handler(event, ctx):\n"
+        "    n = ctx.session.state.get('n', 0) + 1\n"
+        "    ctx.session.state['n'] = n\n"
+        "    return {'sum': helper(event['x']) + OFFSET, 'n': n, 'dumped': js.dumps(1)}"
+    ),
+    "invoke": "adder.invoke({'x': 1})['sum']",
+    "session": (
+        "with adder.session() as s:\n"
+        "    before = s.state\n"
+        "    a = s.invoke({'x': 1})\n"
+        "    b = s.invoke({'x': 2})\n"
+        "    st = s.state\n"
+        "print('before', before, 'first', a['n'], 'second', b['n'], 'state', st, 'id', s.id)"
+    ),
+    "other": "with adder.session() as t:\n    c = t.invoke({'x': 5})\nprint('other', c['n'], c['sum'], t.id != s.id)",
+    "repr": "adder",
+    "ls": "%fai ls",
+    "url": "%fai url adder",
+    "fai_invoke": "%fai invoke adder '{\"x\": 2}'",
+    "boom_deploy": "%%function boom\ndef handler(event, ctx):\n    x = OFFSET\n    raise ValueError('bad value ' + str(x))",
+    "boom_call": "boom.invoke()",
+    "open_file": "fh = open('data.txt', 'w')",
+    "leaky": "%%function leaky\ndef handler(event, ctx):\n    return fh.name",
+    "nohandler": "%%function nohandler\ndef main(event, ctx):\n    return 1",
+    "syntax": "%%function syn\ndef handler(event, ctx):\n    return (",
+    "bad_fai": "%fai frobnicate",
+    "redeploy": "%%function adder --no-session\ndef handler(event, ctx):\n    return 'v2'",
+    "versions": "print(adder.invoke(), [v['version'] for v in adder.versions()])\nadder.rollback(1)\nprint(adder.invoke({'x': 0})['sum'], len(adder.coldstarts()) >= 1)",
+}
+
+
+def text(cell: Any) -> str:
+    out = []
+    for o in cell.get("outputs", []):
+        if o["output_type"] == "stream":
+            out.append(o["text"])
+        elif o["output_type"] == "error":
+            out.append(f"{o['ename']}: {o['evalue']}\n" + "\n".join(o["traceback"]))
+        elif o["output_type"] in ("execute_result", "display_data"):
+            out.append(o["data"].get("text/plain", ""))
+    return "\n".join(out)
+
+
+def errors(cell: Any) -> list[str]:
+    return [o["ename"] for o in cell.get("outputs", []) if o["output_type"] == "error"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, dict[str, Any]]]:
+    root = tmp_path_factory.mktemp("magics")
+    srv = start_server(root / "home", root / "data")
+    try:
+        kernel_home = root / "kernel"
+        work = root / "nb"
+        work.mkdir()
+        with pytest.MonkeyPatch.context() as mp:
+            for key in [k for k in os.environ if k.startswith(("FUNCTIONAI_", "JUPYTER_"))]:
+                mp.delenv(key)
+            env = base_env(kernel_home)
+            for var in ("JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR", "IPYTHONDIR"):
+                mp.setenv(var, env[var])
+            mp.setenv("JUPYTER_PLATFORM_DIRS", "1")
+            mp.setenv("FUNCTIONAI_URL", srv.url)
+            mp.setenv("FUNCTIONAI_TOKEN", srv.token)
+            nb = nbformat.v4.new_notebook()
+            nb.cells = [nbformat.v4.new_code_cell(src) for src in CELLS.values()]
+            NotebookClient(nb, kernel_name="python3", timeout=120, allow_errors=True, resources={"metadata": {"path": str(work)}}).execute()
+        yield srv, dict(zip(CELLS, nb.cells, strict=True))
+    finally:
+        stop_server(srv)
+
+
+def test_deploy_carries_notebook_names_and_invokes(run: tuple[Server, dict[str, Any]]) -> None:
+    srv, cells = run
+    assert not errors(cells["load"]) and not errors(cells["defs"])
+    out = text(cells["deploy"])
+    assert not errors(cells["deploy"]), out
+    assert f"deployed adder version 1 to {srv.url}/" in out and "handle: adder" in out
+    # carried names are listed, FACTOR too (needed by helper, not by the cell)
+    assert "(carried from the notebook: FACTOR, OFFSET, helper, js)" in out, out
+    assert text(cells["invoke"]).strip() == "13"
+    assert text(cells["repr"]).strip() == f"<FunctionHandle 'adder' at {srv.url}/functionai/invoke/adder>"
+    with Client(srv.url, srv.token) as client:
+        assert {f["name"]: f["active_version"] for f in client.functions()}["adder"] == 1
+        code = client.versions("adder")[0]["spec"]["source"]["code"]
+        assert "def helper(x):" in code and "FACTOR = 10" in code and "OFFSET = 3" in code and "import json as js" in code
+
+
+def test_sessions_keep_state_and_are_isolated(run: tuple[Server, dict[str, Any]]) -> None:
+    srv, cells = run
+    out = text(cells["session"])
+    assert not errors(cells["session"]), out
+    assert "before {} first 1 second 2 state {'n': 2}" in out, out  # opened before any call
+    session_id = out.rsplit("id ", 1)[1].strip()
+    other = text(cells["other"])
+    assert other.strip() == "other 1 53 True", other
+    with Client(srv.url, srv.token) as client:
+        assert client.session(session_id)["status"] == "closed"
+
+
+def test_fai_line_magic(run: tuple[Server, dict[str, Any]]) -> None:
+    srv, cells = run
+    ls = text(cells["ls"]).splitlines()
+    assert ls[0].split() == ["NAME", "ACTIVE", "LATEST"]
+    assert ["adder", "1", "1"] in [line.split() for line in ls[1:]]
+    assert text(cells["url"]).strip() == f"{srv.url}/functionai/invoke/adder"
+    out = text(cells["fai_invoke"])
+    assert '"sum": 23' in out and "(session " in out
+    bad = text(cells["bad_fai"])
+    assert "UsageError" in bad and "usage: %fai ls" in bad and "frobnicate" in bad
+
+
+def test_remote_traceback_points_at_the_cell_line(run: tuple[Server, dict[str, Any]]) -> None:
+    _, cells = run
+    assert not errors(cells["boom_deploy"]), text(cells["boom_deploy"])
+    assert errors(cells["boom_call"]) == ["SandboxError"]
+    out = text(cells["boom_call"])
+    assert "ValueError: bad value 3" in out
+    # `raise` is line 3 of the cell body (the magic line excluded), whatever was prepended
+    assert 'boom.py", line 3, in handler' in out, out
+    assert "raise ValueError('bad value ' + str(x))" in out
+
+
+def test_cells_that_cannot_deploy_fail_clearly(run: tuple[Server, dict[str, Any]]) -> None:
+    srv, cells = run
+    leaky = text(cells["leaky"])
+    assert "UsageError" in leaky and "fh (_io.TextIOWrapper)" in leaky, leaky
+    nohandler = text(cells["nohandler"])
+    assert "UsageError" in nohandler and "defines no handler" in nohandler and "def handler(event, ctx)" in nohandler
+    syntax = text(cells["syntax"])
+    assert "UsageError" in syntax and "does not compile" in syntax and "nothing was deployed" in syntax
+    with Client(srv.url, srv.token) as client:
+        names = {f["name"] for f in client.functions()}
+    assert {"adder", "boom"} <= names and not names & {"leaky", "nohandler", "syn"}
+
+
+def test_redeploy_makes_a_version_and_rollback(run: tuple[Server, dict[str, Any]]) -> None:
+    srv, cells = run
+    assert f"deployed adder version 2 to {srv.url}/" in text(cells["redeploy"])
+    out = text(cells["versions"])
+    assert not errors(cells["versions"]), out
+    assert out.splitlines() == ["v2 [1, 2]", "3 True"]
+
+
+def test_carry_rules() -> None:
+    assert free_names("def handler(e, c):\n    import os\n    y = os.sep + Z\n    return len(y)") == ["Z"]
+    ns: dict[str, Any] = {"Z": {"a": [1, 2.5, None, (True, "q\"'")]}, "W": object()}
+    carry = build_carry("def handler(e, c):\n    return Z", ns)
+    assert carry.preamble == "Z = {'a': [1, 2.5, None, (True, 'q\"\\'')]}\n" and carry.offset == 1
+    scope: dict[str, Any] = {}
+    exec(carry.code, scope)
+    assert scope["handler"](None, None) == ns["Z"]
+    assert _fix_traceback('File "/x/f.py", line 5, in handler\n  File "/y/g.py", line 5', "f.py", 2) == 'File "/x/f.py", line 3, in handler\n  File "/y/g.py", line 5'
+
+
+def test_no_server_is_a_usage_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from IPython.core.error import UsageError
+
+    from jupyter_functionai.magics import FunctionAIMagics
+
+    for key in [k for k in os.environ if k.startswith("FUNCTIONAI_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path))  # no running servers to find
+    magics = FunctionAIMagics(None)
+    with pytest.raises(UsageError, match="no running functionai server found"):
+        magics.function("nowhere", "def handler(event, ctx):\n    return 1\n")
+    with pytest.raises(UsageError, match="no running functionai server found"):
+        magics.fai("ls")  # type: ignore[call-arg]
