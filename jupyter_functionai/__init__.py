@@ -23,11 +23,13 @@ from .spec import FunctionSpec
 
 if TYPE_CHECKING:
     from .client import AsyncClient, Client
+    from .magics import function
     from .runtime.runtime import ColdStart, InvokeResult, Runtime
 
 # Heavy names load on first use, so that code running inside sandboxes (which
 # imports jupyter_functionai.sandbox.*) never pulls in SQLAlchemy or Jupyter.
 _LAZY = {
+    "function": "jupyter_functionai.magics",
     "AsyncClient": "jupyter_functionai.client",
     "Client": "jupyter_functionai.client",
     "Runtime": "jupyter_functionai.runtime.runtime",
@@ -71,6 +73,7 @@ __all__ = [
     "SessionClosed",
     "UserError",
     "__version__",
+    "function",
 ]
 
 

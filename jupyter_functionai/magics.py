@@ -50,7 +50,7 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from .client import Client, InvokeResponse, NoServer
 from .errors import FunctionAIError, UserError
 
-__all__ = ["FunctionAIMagics", "FunctionHandle", "SandboxError", "SessionHandle", "load_ipython_extension"]
+__all__ = ["FunctionAIMagics", "FunctionHandle", "SandboxError", "SessionHandle", "function", "load_ipython_extension"]
 
 _PLAIN = (type(None), bool, int, float, str, list, dict, tuple)
 _FRAME = re.compile(r'File "([^"]*)", line (\d+)')
@@ -197,6 +197,63 @@ def build_carry(cell: str, namespace: dict[str, Any]) -> _Carry:
     # dependencies first: definitions found later are needed by earlier ones
     preamble = "\n".join(reversed(parts))
     return _Carry(preamble + "\n" if preamble else "", cell, [n for n in done if n in namespace])
+
+
+def function(name: Any = None, *, client: Client | None = None, **spec: Any) -> Any:
+    """``@jupyter_functionai.function(...)``: deploy a notebook function as a sandbox function.
+
+    ::
+
+        @jupyter_functionai.function(memory="256Mi", timeout=30)
+        def doubler(event, ctx):
+            return helper(event) * 2
+
+        doubler.invoke(3)      # a FunctionHandle, as %%function leaves
+
+    The function is sent by value (its source, from its ``def`` line: the
+    decorator is not), with the notebook names it uses carried like
+    ``%%function`` carries them. ``name`` defaults to the function's name;
+    ``spec`` takes the FunctionSpec keywords (memory, cpu, gpu, timeout,
+    min_instances, idle_ttl, network, session=False, ...).
+    """
+    if callable(name):
+        raise TypeError(
+            "@jupyter_functionai.function needs parentheses: write @jupyter_functionai.function() "
+            "or @jupyter_functionai.function(memory='256Mi', ...)"
+        )
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"name must be a string, not {type(name).__name__}")
+
+    def deploy(fn: Any) -> FunctionHandle:
+        if not isinstance(fn, types.FunctionType):
+            raise TypeError(f"@jupyter_functionai.function decorates a function, not {type(fn).__name__}")
+        params = [p for p in inspect.signature(fn).parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        if len(params) < 2:
+            raise TypeError(f"{fn.__name__}{inspect.signature(fn)}: a handler takes (event, ctx)")
+        try:
+            lines, first = inspect.getsourcelines(fn)
+        except (OSError, TypeError):
+            raise UsageError(f"the source of {fn.__name__!r} is not available (define it in a notebook cell or a file)") from None
+        tree = ast.parse(inspect.cleandoc("".join(lines)) if lines[0].startswith((" ", "\t")) else "".join(lines))
+        node = tree.body[0]
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            raise UsageError(f"{fn.__name__!r} is not defined by a def statement")
+        def_line = node.lineno  # 1-based within the source, after the decorators
+        source = "".join(lines[def_line - 1 :])
+        if source.startswith((" ", "\t")):
+            raise UsageError(f"{fn.__name__!r} is nested inside another block: define it at the top level of a cell")
+        namespace = {k: v for k, v in fn.__globals__.items() if k != fn.__name__}
+        carry = build_carry(source, namespace)
+        target = name or fn.__name__
+        fai = client or Client()
+        try:
+            fai.deploy(target, carry.code, handler=fn.__name__, **spec)
+        except NoServer as exc:
+            raise UsageError(str(exc)) from None
+        # remote line numbers -> the notebook cell's: the def sits at line (first + def_line - 1)
+        return FunctionHandle(target, fai, offset=carry.offset - (first + def_line - 2))
+
+    return deploy
 
 
 # -- handles ------------------------------------------------------------------------------------

@@ -50,6 +50,16 @@ CELLS: dict[str, str] = {
     "bad_fai": "%fai frobnicate",
     "redeploy": "%%function adder --no-session\ndef handler(event, ctx):\n    return 'v2'",
     "versions": "print(adder.invoke(), [v['version'] for v in adder.versions()])\nadder.rollback(1)\nprint(adder.invoke({'x': 0})['sum'], len(adder.coldstarts()) >= 1)",
+    "deco": (
+        "import jupyter_functionai as fai\n"
+        "@fai.function(memory='128Mi', timeout=30)\n"
+        "def doubler(event, ctx):\n"
+        "    return helper(event) * 2 + OFFSET\n"
+        "print('doubled', doubler.invoke(4), doubler.name)"
+    ),
+    "deco_noparens": "@fai.function\ndef nope(event, ctx):\n    return 1",
+    "deco_boom": "@fai.function()\ndef breaker(event, ctx):\n    a = 1\n    raise KeyError('nope ' + str(a))\n",
+    "deco_boom_call": "breaker.invoke()",
 }
 
 
@@ -190,3 +200,19 @@ def test_no_server_is_a_usage_error(monkeypatch: pytest.MonkeyPatch, tmp_path: P
         magics.function("nowhere", "def handler(event, ctx):\n    return 1\n")
     with pytest.raises(UsageError, match="no running functionai server found"):
         magics.fai("ls")  # type: ignore[call-arg]
+
+
+def test_function_decorator_deploys_a_notebook_function(run: tuple[Server, dict[str, Any]]) -> None:
+    srv, cells = run
+    out = text(cells["deco"])
+    assert not errors(cells["deco"]), out
+    assert out.strip() == "doubled 83 doubler"  # helper and OFFSET carried from the notebook
+    with Client(srv.url, srv.token) as client:
+        code = client.versions("doubler")[-1]["spec"]["source"]["code"]
+    assert "@fai.function" not in code and "def doubler(event, ctx):" in code and "def helper(x):" in code
+    assert errors(cells["deco_noparens"]) == ["TypeError"] and "needs parentheses" in text(cells["deco_noparens"])
+    assert not errors(cells["deco_boom"])
+    boom = text(cells["deco_boom_call"])
+    assert errors(cells["deco_boom_call"]) == ["SandboxError"], boom
+    assert "KeyError" in boom and "nope 1" in boom
+    assert "breaker.py\", line 4" in boom, boom  # the raise is on the cell's 4th line
