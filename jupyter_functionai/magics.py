@@ -27,9 +27,8 @@ shifted back so that they point at the cell's lines.
 
 **Server**: a :class:`~jupyter_functionai.client.Client` created at first use
 (``FUNCTIONAI_URL`` / ``FUNCTIONAI_TOKEN``, or the running Jupyter servers).
-When none is found the magics raise a ``UsageError`` saying how to start one.
-An embedded runtime fallback (running functions without a server) is out of
-scope for now.
+When none is found, functions run in an embedded runtime inside the kernel
+(:mod:`jupyter_functionai.embedded`), and the magics say so.
 """
 
 from __future__ import annotations
@@ -199,7 +198,29 @@ def build_carry(cell: str, namespace: dict[str, Any]) -> _Carry:
     return _Carry(preamble + "\n" if preamble else "", cell, [n for n in done if n in namespace])
 
 
-def function(name: Any = None, *, client: Client | None = None, **spec: Any) -> Any:
+_EMBEDDED: Any = None
+
+
+def connect() -> Any:
+    """The server the notebook surfaces talk to: a running functionai server
+    (``FUNCTIONAI_URL``/``FUNCTIONAI_TOKEN``, or the running Jupyter servers),
+    else an embedded runtime in this process. Says which when it falls back."""
+    global _EMBEDDED
+    client = Client()
+    try:
+        client.url  # noqa: B018 - finding the server happens here
+        return client
+    except NoServer:
+        pass
+    if _EMBEDDED is None:
+        from .embedded import EmbeddedClient
+
+        _EMBEDDED = EmbeddedClient()
+        print(f"functionai: no server found; functions run in an embedded runtime in this kernel ({_EMBEDDED.data_dir})")
+    return _EMBEDDED
+
+
+def function(name: Any = None, *, client: Any = None, **spec: Any) -> Any:
     """``@jupyter_functionai.function(...)``: deploy a notebook function as a sandbox function.
 
     ::
@@ -245,7 +266,7 @@ def function(name: Any = None, *, client: Client | None = None, **spec: Any) -> 
         namespace = {k: v for k, v in fn.__globals__.items() if k != fn.__name__}
         carry = build_carry(source, namespace)
         target = name or fn.__name__
-        fai = client or Client()
+        fai = client or connect()
         try:
             fai.deploy(target, carry.code, handler=fn.__name__, **spec)
         except NoServer as exc:
@@ -262,7 +283,7 @@ def function(name: Any = None, *, client: Client | None = None, **spec: Any) -> 
 class FunctionHandle:
     """A deployed function: call it, open sessions, inspect it."""
 
-    def __init__(self, name: str, client: Client, *, offset: int = 0) -> None:
+    def __init__(self, name: str, client: Any, *, offset: int = 0) -> None:
         self.name = name
         self.client = client
         self.offset = offset  # lines of carried code before the cell
@@ -359,14 +380,14 @@ FAI_USAGE = """usage: %fai ls | sessions [NAME] | invoke NAME [--session ID] JSO
 class FunctionAIMagics(Magics):
     """``%%function`` and ``%fai``."""
 
-    def __init__(self, shell: Any = None, client: Client | None = None) -> None:
+    def __init__(self, shell: Any = None, client: Any = None) -> None:
         super().__init__(shell)
         self._client = client
 
     @property
-    def client(self) -> Client:
+    def client(self) -> Any:
         if self._client is None:
-            self._client = Client()
+            self._client = connect()
         return self._client
 
     def _server_url(self) -> str:

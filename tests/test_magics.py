@@ -187,19 +187,38 @@ def test_carry_rules() -> None:
     assert _fix_traceback('File "/x/f.py", line 5, in handler\n  File "/y/g.py", line 5', "f.py", 2) == 'File "/x/f.py", line 3, in handler\n  File "/y/g.py", line 5'
 
 
-def test_no_server_is_a_usage_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from IPython.core.error import UsageError
-
-    from jupyter_functionai.magics import FunctionAIMagics
-
-    for key in [k for k in os.environ if k.startswith("FUNCTIONAI_")]:
-        monkeypatch.delenv(key)
-    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path))  # no running servers to find
-    magics = FunctionAIMagics(None)
-    with pytest.raises(UsageError, match="no running functionai server found"):
-        magics.function("nowhere", "def handler(event, ctx):\n    return 1\n")
-    with pytest.raises(UsageError, match="no running functionai server found"):
-        magics.fai("ls")  # type: ignore[call-arg]
+def test_without_a_server_functions_run_in_an_embedded_runtime(tmp_path: Path) -> None:
+    """No server to find: the magics say so and run the function in a runtime
+    inside the kernel, with sessions and isolation as usual."""
+    cells = {
+        "load": "%load_ext jupyter_functionai",
+        "deploy": "%%function counter\ndef handler(event, ctx):\n    ctx.session.state['n'] = ctx.session.state.get('n', 0) + 1\n    import os\n    return {'n': ctx.session.state['n'], 'pid': os.getpid()}",
+        "use": "with counter.session() as s:\n    s.invoke(); r = s.invoke()\nprint('n', r['n'], 'pid', r['pid'], counter.url.startswith('embedded:'))",
+        "fresh": "print('other', counter.invoke()['n'])",
+    }
+    with pytest.MonkeyPatch.context() as mp:
+        for key in [k for k in os.environ if k.startswith(("FUNCTIONAI_", "JUPYTER_"))]:
+            mp.delenv(key)
+        env = base_env(tmp_path / "kernel")
+        for var in ("JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR", "IPYTHONDIR"):
+            mp.setenv(var, env[var])  # an empty runtime dir: no running server to find
+        mp.setenv("JUPYTER_PLATFORM_DIRS", "1")
+        mp.setenv("FUNCTIONAI_DATA_DIR", str(tmp_path / "data"))
+        nb = nbformat.v4.new_notebook()
+        nb.cells = [nbformat.v4.new_code_cell(src) for src in cells.values()]
+        (tmp_path / "nb").mkdir()
+        NotebookClient(nb, kernel_name="python3", timeout=120, allow_errors=True, resources={"metadata": {"path": str(tmp_path / "nb")}}).execute()
+    out = dict(zip(cells, nb.cells, strict=True))
+    for name, cell in out.items():
+        assert not errors(cell), (name, text(cell))
+    deploy = text(out["deploy"])
+    assert "no server found; functions run in an embedded runtime in this kernel" in deploy
+    assert f"deployed counter version 1 to embedded:{tmp_path / 'data' / 'embedded'}" in deploy
+    use = text(out["use"]).split()
+    assert use[:2] == ["n", "2"] and use[-1] == "True"
+    assert use[3] == "1" or os.geteuid() != 0  # pid 1 of its own namespace: a real sandbox, not the kernel
+    assert text(out["fresh"]).strip() == "other 1"
+    assert (tmp_path / "data" / "embedded" / "functionai.db").exists()
 
 
 def test_function_decorator_deploys_a_notebook_function(run: tuple[Server, dict[str, Any]]) -> None:
