@@ -77,6 +77,10 @@ __all__ = [
 
 ENV_URL = "FUNCTIONAI_URL"
 ENV_TOKEN = "FUNCTIONAI_TOKEN"
+# set by the server extension in its own environment, so the kernels and
+# terminals it starts know which server started them (see ``connect``)
+PARENT_URL = "FUNCTIONAI_PARENT_URL"
+PARENT_TOKEN = "FUNCTIONAI_PARENT_TOKEN"
 API = "functionai/api"
 SESSION_HEADER = "X-Functionai-Session-Id"
 INSTANCE_HEADER = "X-Functionai-Instance-Id"
@@ -308,6 +312,7 @@ class _Base:
         self._token_arg = token
         self.timeout = timeout
         self._url: str | None = None
+        self.source = ""  # how ``connect`` chose this server
         self._token: str | None = None
 
     def __repr__(self) -> str:
@@ -672,3 +677,49 @@ class AsyncClient(_Base):
     async def openapi(self) -> dict[str, Any]:
         return await self._json(self._r_openapi())
 
+
+
+# -- the notebook surfaces' server ---------------------------------------------------------
+
+_EMBEDDED: Any = None
+
+
+def connect(announce: Any = print) -> Any:
+    """The server that notebook surfaces (magics, panels, sandbox kernels) talk
+    to, in this order, and ``announce`` says which:
+
+    1. the Jupyter server that started this process (``FUNCTIONAI_PARENT_URL``,
+       set by the server extension for its kernels and terminals);
+    2. ``FUNCTIONAI_URL`` / ``FUNCTIONAI_TOKEN``, else the running servers;
+    3. an embedded runtime in this process (``EmbeddedClient``).
+
+    The result has ``.source``, a short phrase naming the choice.
+    """
+    global _EMBEDDED
+    parent = os.environ.get(PARENT_URL)
+    if parent:
+        client = Client(parent, os.environ.get(PARENT_TOKEN, ""))
+        try:
+            client.health()
+        except ClientError:
+            pass
+        else:
+            client.source = f"the Jupyter server that started this kernel ({client.url})"
+            return client
+    client = Client()
+    try:
+        url = client.url
+    except NoServer:
+        pass
+    else:
+        how = "FUNCTIONAI_URL" if os.environ.get(ENV_URL) else "a running Jupyter server"
+        client.source = f"{how} ({url})"
+        return client
+    if _EMBEDDED is None:
+        from .embedded import EmbeddedClient
+
+        _EMBEDDED = EmbeddedClient()
+        _EMBEDDED.source = f"an embedded runtime in this process ({_EMBEDDED.data_dir})"
+        if announce is not None:
+            announce(f"functionai: no server found; functions run in an embedded runtime in this kernel ({_EMBEDDED.data_dir})")
+    return _EMBEDDED

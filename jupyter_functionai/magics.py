@@ -25,10 +25,12 @@ sandbox: the magic refuses to deploy and names the variable.  The carried code
 is a preamble placed before the cell; line numbers of remote tracebacks are
 shifted back so that they point at the cell's lines.
 
-**Server**: a :class:`~jupyter_functionai.client.Client` created at first use
-(``FUNCTIONAI_URL`` / ``FUNCTIONAI_TOKEN``, or the running Jupyter servers).
-When none is found, functions run in an embedded runtime inside the kernel
-(:mod:`jupyter_functionai.embedded`), and the magics say so.
+**Server** (:func:`jupyter_functionai.client.connect`, at first use): the
+Jupyter server that started the kernel (in JupyterLab with the extension, whose
+kernels also load these magics by themselves), else ``FUNCTIONAI_URL`` /
+``FUNCTIONAI_TOKEN`` or a running Jupyter server, else an embedded runtime
+inside the kernel (:mod:`jupyter_functionai.embedded`).  The deploy message
+says which.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
-from .client import Client, InvokeResponse, NoServer
+from .client import InvokeResponse, NoServer, connect
 from .errors import FunctionAIError, UserError
 
 __all__ = ["FunctionAIMagics", "FunctionHandle", "SandboxError", "SessionHandle", "function", "load_ipython_extension"]
@@ -196,28 +198,6 @@ def build_carry(cell: str, namespace: dict[str, Any]) -> _Carry:
     # dependencies first: definitions found later are needed by earlier ones
     preamble = "\n".join(reversed(parts))
     return _Carry(preamble + "\n" if preamble else "", cell, [n for n in done if n in namespace])
-
-
-_EMBEDDED: Any = None
-
-
-def connect() -> Any:
-    """The server the notebook surfaces talk to: a running functionai server
-    (``FUNCTIONAI_URL``/``FUNCTIONAI_TOKEN``, or the running Jupyter servers),
-    else an embedded runtime in this process. Says which when it falls back."""
-    global _EMBEDDED
-    client = Client()
-    try:
-        client.url  # noqa: B018 - finding the server happens here
-        return client
-    except NoServer:
-        pass
-    if _EMBEDDED is None:
-        from .embedded import EmbeddedClient
-
-        _EMBEDDED = EmbeddedClient()
-        print(f"functionai: no server found; functions run in an embedded runtime in this kernel ({_EMBEDDED.data_dir})")
-    return _EMBEDDED
 
 
 def function(name: Any = None, *, client: Any = None, **spec: Any) -> Any:
@@ -440,7 +420,8 @@ class FunctionAIMagics(Magics):
         if self.shell is not None:
             self.shell.user_ns[ident] = handle
         carried = f" (carried from the notebook: {', '.join(carry.names)})" if carry.names else ""
-        print(f"deployed {name} version {row.get('version')} to {url}; handle: {ident}{carried}")
+        where = getattr(self.client, "source", "") or url
+        print(f"deployed {name} version {row.get('version')} to {where}; handle: {ident}{carried}")
 
     @line_magic
     def fai(self, line: str) -> None:

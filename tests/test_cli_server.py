@@ -128,7 +128,7 @@ class Server:
             return False
 
 
-def start_server(home: Path, data_dir: Path, command: str = "serve") -> Server:
+def start_server(home: Path, data_dir: Path, command: str = "serve", env: dict[str, str] | None = None) -> Server:
     home.mkdir(parents=True, exist_ok=True)
     port, token = free_port(), secrets.token_hex(16)
     log = open(home / "server.log", "ab")
@@ -137,7 +137,7 @@ def start_server(home: Path, data_dir: Path, command: str = "serve") -> Server:
         cmd.append("--no-browser")
     # an extra Jupyter option passes through: fail rather than move to another port
     cmd.append("--ServerApp.port_retries=0")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=base_env(home), cwd=home)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**base_env(home), **(env or {})}, cwd=home)
     log.close()
     server = Server(proc, f"http://127.0.0.1:{port}", token, home, data_dir)
 
@@ -331,6 +331,21 @@ def test_handler_exception_exits_1_with_its_traceback(server: Server, echo: str)
     assert "Traceback (most recent call last):" in p.stderr
     assert 'raise KeyError("missing thing")' in p.stderr
     assert "output of the call:\n  hello from the handler: 'boom'\n" in p.stderr  # what it printed first
+
+
+def test_functions_never_see_the_server_credentials(server: Server, tmp_path: Path) -> None:
+    """Module-level code runs in the template, before the sandbox: the
+    server's token (which it advertises to its kernels) is not in its env."""
+    src = tmp_path / "peek.py"
+    src.write_text(
+        "import os\n"
+        "AT_IMPORT = sorted(k for k in os.environ if 'TOKEN' in k)\n"
+        "def handler(event, ctx):\n"
+        "    return {'import': AT_IMPORT, 'call': sorted(k for k in os.environ if 'TOKEN' in k)}\n"
+    )
+    ok(cli(server, "deploy", str(src)))
+    seen = json.loads(ok(cli(server, "invoke", "peek")).stdout)
+    assert seen == {"import": [], "call": []}
 
 
 def test_coldstarts_and_logs(server: Server, echo: str) -> None:

@@ -48,6 +48,9 @@ CELLS: dict[str, str] = {
     "nohandler": "%%function nohandler\ndef main(event, ctx):\n    return 1",
     "syntax": "%%function syn\ndef handler(event, ctx):\n    return (",
     "bad_fai": "%fai frobnicate",
+    "badflag": "%%function badflag --bogus 1\ndef handler(event, ctx):\n    return 1",
+    "badsize": "%%function badsize --memory lots\ndef handler(event, ctx):\n    return 1",
+    "badgpu": "%%function badgpu --gpu half\ndef handler(event, ctx):\n    return 1",
     "redeploy": "%%function adder --no-session\ndef handler(event, ctx):\n    return 'v2'",
     "versions": "print(adder.invoke(), [v['version'] for v in adder.versions()])\nadder.rollback(1)\nprint(adder.invoke({'x': 0})['sum'], len(adder.coldstarts()) >= 1)",
     "deco": (
@@ -109,7 +112,7 @@ def test_deploy_carries_notebook_names_and_invokes(run: tuple[Server, dict[str, 
     assert not errors(cells["load"]) and not errors(cells["defs"])
     out = text(cells["deploy"])
     assert not errors(cells["deploy"]), out
-    assert f"deployed adder version 1 to {srv.url}/" in out and "handle: adder" in out
+    assert f"deployed adder version 1 to FUNCTIONAI_URL ({srv.url}/)" in out and "handle: adder" in out
     # carried names are listed, FACTOR too (needed by helper, not by the cell)
     assert "(carried from the notebook: FACTOR, OFFSET, helper, js)" in out, out
     assert text(cells["invoke"]).strip() == "13"
@@ -165,12 +168,18 @@ def test_cells_that_cannot_deploy_fail_clearly(run: tuple[Server, dict[str, Any]
     assert "UsageError" in syntax and "does not compile" in syntax and "nothing was deployed" in syntax
     with Client(srv.url, srv.token) as client:
         names = {f["name"] for f in client.functions()}
-    assert {"adder", "boom"} <= names and not names & {"leaky", "nohandler", "syn"}
+    badflag = text(cells["badflag"])
+    assert "UsageError: " in badflag and "unrecognized arguments: --bogus 1" in badflag, badflag
+    badsize = text(cells["badsize"])
+    assert "UsageError: " in badsize and "invalid_spec" in badsize and "memory" in badsize and "'lots'" in badsize, badsize
+    badgpu = text(cells["badgpu"])
+    assert "UsageError: " in badgpu and "--gpu" in badgpu and "'half'" in badgpu, badgpu
+    assert {"adder", "boom"} <= names and not names & {"leaky", "nohandler", "syn", "badflag", "badsize", "badgpu"}
 
 
 def test_redeploy_makes_a_version_and_rollback(run: tuple[Server, dict[str, Any]]) -> None:
     srv, cells = run
-    assert f"deployed adder version 2 to {srv.url}/" in text(cells["redeploy"])
+    assert f"deployed adder version 2 to FUNCTIONAI_URL ({srv.url}/)" in text(cells["redeploy"])
     out = text(cells["versions"])
     assert not errors(cells["versions"]), out
     assert out.splitlines() == ["v2 [1, 2]", "3 True"]
@@ -213,7 +222,7 @@ def test_without_a_server_functions_run_in_an_embedded_runtime(tmp_path: Path) -
         assert not errors(cell), (name, text(cell))
     deploy = text(out["deploy"])
     assert "no server found; functions run in an embedded runtime in this kernel" in deploy
-    assert f"deployed counter version 1 to embedded:{tmp_path / 'data' / 'embedded'}" in deploy
+    assert f"deployed counter version 1 to an embedded runtime in this process ({tmp_path / 'data' / 'embedded'})" in deploy
     use = text(out["use"]).split()
     assert use[:2] == ["n", "2"] and use[-1] == "True"
     assert use[3] == "1" or os.geteuid() != 0  # pid 1 of its own namespace: a real sandbox, not the kernel
@@ -235,3 +244,64 @@ def test_function_decorator_deploys_a_notebook_function(run: tuple[Server, dict[
     assert errors(cells["deco_boom_call"]) == ["SandboxError"], boom
     assert "KeyError" in boom and "nope 1" in boom
     assert "breaker.py\", line 4" in boom, boom  # the raise is on the cell's 4th line
+
+
+def _execute(kc: Any, code: str) -> tuple[str, list[str]]:
+    """Run ``code`` in the kernel; its stream/result text and error names."""
+    msg_id = kc.execute(code)
+    out, errs = [], []
+    while True:
+        msg = kc.get_iopub_msg(timeout=60)
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        kind, content = msg["msg_type"], msg["content"]
+        if kind == "stream":
+            out.append(content["text"])
+        elif kind in ("execute_result", "display_data"):
+            out.append(content["data"].get("text/plain", ""))
+        elif kind == "error":
+            errs.append(content["ename"])
+            out.append("\n".join(content["traceback"]))
+        elif kind == "status" and content["execution_state"] == "idle":
+            return "".join(out), errs
+
+
+def test_kernels_of_the_server_load_the_magics_and_use_that_server(tmp_path: Path) -> None:
+    """A kernel started by a Jupyter server with the extension has the magics
+    without %load_ext, and talks to that server even when FUNCTIONAI_URL
+    points elsewhere."""
+    from jupyter_client import BlockingKernelClient
+
+    from .test_cli_server import free_port
+
+    elsewhere = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    srv = start_server(tmp_path / "home", tmp_path / "data", env={"FUNCTIONAI_URL": elsewhere, "FUNCTIONAI_TOKEN": "wrong"})
+    kc = None
+    try:
+        kernel = _post(srv, "/api/kernels", {"name": "python3"})
+        kc = BlockingKernelClient(connection_file=str(srv.home / "runtime" / f"kernel-{kernel['id']}.json"))
+        kc.load_connection_file()
+        kc.start_channels()
+        kc.wait_for_ready(timeout=60)
+        out, errs = _execute(kc, "print(sorted(get_ipython().magics_manager.magics['cell']).count('function'))")
+        assert (out.strip(), errs) == ("1", []), out
+        out, errs = _execute(kc, "%%function auto\ndef handler(event, ctx):\n    return event * 2")
+        assert not errs, out
+        assert f"deployed auto version 1 to the Jupyter server that started this kernel ({srv.url}/)" in out, out
+        out, errs = _execute(kc, "print(auto.invoke(21))")
+        assert (out.strip(), errs) == ("42", []), out
+        with Client(srv.url, srv.token) as client:
+            assert "auto" in {f["name"] for f in client.functions()}
+    finally:
+        if kc is not None:
+            kc.stop_channels()
+        stop_server(srv)
+
+
+def _post(srv: Server, path: str, body: Any) -> Any:
+    import json
+    import urllib.request
+
+    req = urllib.request.Request(srv.url + path, data=json.dumps(body).encode(), method="POST", headers={"Authorization": f"token {srv.token}", "Content-Type": "application/json"})
+    with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(req, timeout=60) as resp:
+        return json.loads(resp.read())

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import sysconfig
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from ..errors import (
@@ -78,7 +79,7 @@ class _Template:
             "sys_path": [self.fv.code_dir],
             "warmup": spec.warmup,
         }
-        env = dict(os.environ)
+        env = sandbox_env(os.environ)
         env.update({"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
         env.update(dict(spec.env))
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_PKG_PARENT, env.get("PYTHONPATH", "")) if p)
@@ -191,6 +192,15 @@ class _Pending:
         self.fut = fut
         self.on_progress = on_progress
         self.on_chunk = on_chunk
+
+
+_SECRETS = ("FUNCTIONAI_TOKEN", "FUNCTIONAI_PARENT_TOKEN", "JUPYTER_TOKEN", "JPY_API_TOKEN", "JUPYTERHUB_API_TOKEN")
+
+
+def sandbox_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The server's environment without its credentials: a function's
+    module-level code runs in the template before any sandbox exists."""
+    return {k: v for k, v in environ.items() if k not in _SECRETS}
 
 
 class ProcessInstance(Instance):

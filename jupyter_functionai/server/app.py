@@ -16,6 +16,7 @@ from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool, Float, Unicode, default
 
 from .._version import __version__
+from ..client import PARENT_TOKEN, PARENT_URL
 from ..runtime import Runtime
 from .routes import handlers
 
@@ -62,8 +63,21 @@ class FunctionAI(ExtensionApp):
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
         await self.runtime.ensure_started()
+        self._advertise(serverapp)
+
+    def _advertise(self, serverapp: Any) -> None:
+        """Tell the processes this server starts (kernels, terminals) where it
+        is: the magics in its kernels then talk to it before anything else."""
+        url = serverapp.connection_url.rstrip("/")
+        token = getattr(serverapp.identity_provider, "token", "") or ""
+        self._advertised = {PARENT_URL: url, PARENT_TOKEN: token}
+        os.environ.update(self._advertised)
 
     async def stop_extension(self) -> None:
+        advertised = getattr(self, "_advertised", {})
+        if advertised and all(os.environ.get(k) == v for k, v in advertised.items()):
+            for key in advertised:
+                os.environ.pop(key, None)
         await self.runtime.close()
 
 
