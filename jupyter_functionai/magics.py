@@ -41,6 +41,8 @@ import inspect
 import json
 import re
 import shlex
+import sys
+import textwrap
 import types
 from typing import Any
 
@@ -50,6 +52,8 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 
 from .client import InvokeResponse, NoServer, connect
 from .errors import FunctionAIError, UserError
+from .panels import KINDS as PANEL_KINDS
+from .panels import panel
 
 __all__ = ["FunctionAIMagics", "FunctionHandle", "SandboxError", "SessionHandle", "function", "load_ipython_extension"]
 
@@ -147,31 +151,96 @@ def _is_plain(value: Any) -> bool:
         return False
 
 
+def _importable(value: Any) -> tuple[str, str] | None:
+    """(module, name) when ``value`` is a top-level function, class or builtin
+    of an importable module (not the notebook): it travels as an import."""
+    if not isinstance(value, (types.FunctionType, types.BuiltinFunctionType, type)):
+        return None
+    module = getattr(value, "__module__", None)
+    qualname = getattr(value, "__qualname__", "")
+    if not module or module == "__main__" or "." in qualname or "<" in qualname or module not in sys.modules:
+        return None
+    if getattr(sys.modules[module], qualname, None) is not value:
+        return None
+    return module, qualname
+
+
+def _imported_from(value: Any, name: str) -> str | None:
+    """``from MOD import X as NAME`` for a library function or class, else None."""
+    found = _importable(value)
+    if found is None:
+        return None
+    module, qualname = found
+    alias = ast.alias(name=qualname, asname=None if qualname == name else name)
+    return ast.unparse(ast.ImportFrom(module=module, names=[alias], level=0))
+
+
+class _Expr:
+    """A carried container rebuilt as an expression: the notebook names and
+    the modules it needs."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.modules: set[str] = set()
+
+    def of(self, value: Any, namespace: dict[str, Any], depth: int = 0) -> ast.expr | None:
+        if depth > 20:
+            return None
+        if _is_plain(value):
+            return ast.parse(repr(value), mode="eval").body
+        ref = _importable(value)
+        if ref is not None:
+            self.modules.add(ref[0])
+            return ast.parse(f"{ref[0]}.{ref[1]}", mode="eval").body
+        if isinstance(value, (types.FunctionType, type)):
+            name = getattr(value, "__name__", "")
+            if namespace.get(name) is not value:
+                return None
+            self.names.append(name)
+            return ast.Name(id=name, ctx=ast.Load())
+        if isinstance(value, dict):
+            keys = [self.of(k, namespace, depth + 1) for k in value]
+            vals = [self.of(v, namespace, depth + 1) for v in value.values()]
+            if any(k is None for k in keys) or any(v is None for v in vals):
+                return None
+            return ast.Dict(keys=list(keys), values=[v for v in vals if v is not None])
+        if isinstance(value, (list, tuple)):
+            elts = [self.of(v, namespace, depth + 1) for v in value]
+            if any(e is None for e in elts):
+                return None
+            cls = ast.List if isinstance(value, list) else ast.Tuple
+            return cls(elts=[e for e in elts if e is not None], ctx=ast.Load())
+        return None
+
+
 def build_carry(cell: str, namespace: dict[str, Any]) -> _Carry:
     """The code to deploy for ``cell``; raises UsageError for names that cannot travel."""
-    parts: list[str] = []
+    code: dict[str, str] = {}  # carried name -> the statement(s) defining it
+    needs: dict[str, list[str]] = {}  # carried name -> the carried names its definition uses
     bad: list[str] = []
-    done: set[str] = set()
+    sources = [cell]
+    modules: dict[str, str] = {}
     todo = [n for n in free_names(cell) if n in namespace]
     while todo:
         name = todo.pop(0)
-        if name in done:
+        if name in code or name in {b.split(" ", 1)[0] for b in bad}:
             continue
-        done.add(name)
         value = namespace[name]
+        deps: list[str] = []
         if isinstance(value, types.ModuleType):
             module = value.__name__
-            if module == name:
-                parts.append(ast.unparse(ast.Import(names=[ast.alias(name=module)])))
-            else:
-                parts.append(ast.unparse(ast.Import(names=[ast.alias(name=module, asname=name)])))
+            modules[name] = module
+            alias = ast.alias(name=module, asname=None if module == name else name)
+            code[name] = ast.unparse(ast.Import(names=[alias]))
+        elif isinstance(value, (types.FunctionType, type)) and (imported := _imported_from(value, name)):
+            code[name] = imported
         elif isinstance(value, (types.FunctionType, type)):
             try:
                 src = inspect.getsource(value)
             except (OSError, TypeError):
                 bad.append(f"{name} ({type(value).__name__}: its source is not available)")
                 continue
-            src = inspect.cleandoc(src) if src.startswith((" ", "\t")) else src
+            src = textwrap.dedent(src)
             try:
                 tree = ast.parse(src)
             except SyntaxError:
@@ -179,25 +248,53 @@ def build_carry(cell: str, namespace: dict[str, Any]) -> _Carry:
                 continue
             defined = tree.body[0] if tree.body else None
             if not isinstance(defined, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) or defined.name != name:
-                bad.append(f"{name} ({type(value).__name__} defined under another name or by an expression)")
+                bad.append(f"{name} ({type(value).__name__} defined under another name or by an expression: use a def)")
                 continue
-            parts.append(src.rstrip("\n"))
-            # what the carried definition needs in turn
-            todo.extend(n for n in free_names(src) if n in namespace and n not in done)
+            code[name] = src.rstrip("\n")
+            sources.append(src)
+            deps = [n for n in free_names(src) if n in namespace]  # what the definition needs in turn
         elif _is_plain(value):
             # the repr round-trips through ast.literal_eval: a literal, not user text in quotes
-            parts.append(f"{name} = {value!r}")
+            code[name] = f"{name} = {value!r}"
+        elif (expr := (built := _Expr()).of(value, namespace)) is not None:
+            imports = "".join(f"import {m}\n" for m in sorted(built.modules))
+            code[name] = imports + ast.unparse(ast.Assign(targets=[ast.Name(id=name, ctx=ast.Store())], value=expr, lineno=1))
+            deps = built.names
         else:
             bad.append(f"{name} ({type(value).__module__}.{type(value).__qualname__})")
+            continue
+        needs[name] = deps
+        todo.extend(deps)
     if bad:
         raise UsageError(
             "cannot carry these notebook variables into the sandbox (only functions, classes, modules and plain data can travel): "
             + ", ".join(bad)
             + "; create them inside the cell instead"
         )
-    # dependencies first: definitions found later are needed by earlier ones
-    preamble = "\n".join(reversed(parts))
-    return _Carry(preamble + "\n" if preamble else "", cell, [n for n in done if n in namespace])
+    # what a definition uses is defined before it (class bases, decorators,
+    # containers of functions); cycles between functions are harmless
+    ordered: list[str] = []
+    state: dict[str, int] = {}
+
+    def visit(name: str) -> None:
+        if state.get(name):
+            return
+        state[name] = 1
+        for dep in needs.get(name, []):
+            visit(dep)
+        ordered.append(name)
+
+    for name in code:
+        visit(name)
+    lines = [code[n] for n in ordered]
+    # `import urllib.request` binds `urllib`: import the submodules the code uses too
+    text = "\n".join(sources)
+    for name, module in modules.items():
+        for sub in sorted(set(re.findall(rf"\b{re.escape(name)}\.(\w+)", text))):
+            if f"{module}.{sub}" in sys.modules:
+                lines.insert(0, f"import {module}.{sub}")
+    preamble = "\n".join(lines)
+    return _Carry(preamble + "\n" if preamble else "", cell, sorted(code))
 
 
 def function(name: Any = None, *, client: Any = None, **spec: Any) -> Any:
@@ -235,7 +332,7 @@ def function(name: Any = None, *, client: Any = None, **spec: Any) -> Any:
             lines, first = inspect.getsourcelines(fn)
         except (OSError, TypeError):
             raise UsageError(f"the source of {fn.__name__!r} is not available (define it in a notebook cell or a file)") from None
-        tree = ast.parse(inspect.cleandoc("".join(lines)) if lines[0].startswith((" ", "\t")) else "".join(lines))
+        tree = ast.parse(textwrap.dedent("".join(lines)))
         node = tree.body[0]
         if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             raise UsageError(f"{fn.__name__!r} is not defined by a def statement")
@@ -308,6 +405,13 @@ class FunctionHandle:
     def rollback(self, version: int) -> dict[str, Any]:
         return self.client.rollback(self.name, version)
 
+    def panel(self, kind: str = "all", session: str | None = None) -> Any:
+        """A live panel of this function (ipywidgets): ``"all"`` (tabs),
+        ``"functions"``, ``"sessions"`` or ``"coldstarts"``; see :mod:`jupyter_functionai.panels`."""
+        from .panels import panel
+
+        return panel(kind, self.client, function=self.name, session=session)
+
 
 class SessionHandle:
     """One session of a function; a context manager that closes it on exit."""
@@ -353,7 +457,7 @@ def _sandbox_error(name: str, exc: UserError, offset: int) -> SandboxError:
 # -- the magics ---------------------------------------------------------------------------------
 
 
-FAI_USAGE = """usage: %fai ls | sessions [NAME] | invoke NAME [--session ID] JSON | close ID | url NAME"""
+FAI_USAGE = """usage: %fai ls | sessions [NAME] | invoke NAME [--session ID] JSON | close ID | url NAME | panel [sessions|coldstarts|functions] [NAME]"""
 
 
 @magics_class
@@ -386,6 +490,7 @@ class FunctionAIMagics(Magics):
     @argument("--idle-ttl", type=float, default=None, help="seconds before an idle session ends")
     @argument("--no-session", action="store_true", help="disable sessions")
     @argument("--network", default=None, help="network policy")
+    @argument("--env", action="append", default=[], metavar="KEY=VALUE", help="an environment variable of the function (repeatable)")
     @argument("--handler", default="handler", help="the handler's name in the cell (default: handler)")
     @cell_magic
     def function(self, line: str, cell: str) -> None:
@@ -408,6 +513,12 @@ class FunctionAIMagics(Magics):
                 fields[key] = value
         if args.no_session:
             fields["session"] = False
+        if args.env:
+            pairs = [item.partition("=") for item in args.env]
+            bad = [item for item, (_, eq, _) in zip(args.env, pairs, strict=True) if not eq]
+            if bad:
+                raise UsageError(f"--env takes KEY=VALUE, not {bad[0]!r}; nothing was deployed")
+            fields["env"] = {key: value for key, _, value in pairs}
         url = self._server_url()
         try:
             row = self.client.deploy(name, carry.code, handler=args.handler, **fields)
@@ -422,10 +533,12 @@ class FunctionAIMagics(Magics):
         carried = f" (carried from the notebook: {', '.join(carry.names)})" if carry.names else ""
         where = getattr(self.client, "source", "") or url
         print(f"deployed {name} version {row.get('version')} to {where}; handle: {ident}{carried}")
+        if getattr(self.shell, "kernel", None) is not None:  # a notebook: the function's live panel
+            self._display_panel(lambda: handle.panel())
 
     @line_magic
     def fai(self, line: str) -> None:
-        """%fai ls | sessions [NAME] | invoke NAME [--session ID] JSON | close ID | url NAME"""
+        """%fai ls | sessions [NAME] | invoke NAME [--session ID] JSON | close ID | url NAME | panel [KIND] [NAME]"""
         try:
             words = shlex.split(line)
         except ValueError as exc:
@@ -445,6 +558,9 @@ class FunctionAIMagics(Magics):
                 print(f"closed session {rest[0]}")
             elif cmd == "url" and len(rest) == 1:
                 print(FunctionHandle(rest[0], self.client).url)
+            elif cmd == "panel" and len(rest) <= 2 and not (len(rest) == 2 and rest[0] not in PANEL_KINDS):
+                kind, name = (rest[0], rest[1:]) if rest and rest[0] in PANEL_KINDS else ("all", rest)
+                self._display_panel(lambda: panel(kind, self.client, function=name[0] if name else None))
             else:
                 raise UsageError(f"unknown or malformed %fai command: {line.strip()!r}\n{FAI_USAGE}")
         except NoServer as exc:
@@ -453,6 +569,15 @@ class FunctionAIMagics(Magics):
             raise _sandbox_error(rest[0] if rest else "?", exc, 0) from None
         except FunctionAIError as exc:
             raise UsageError(f"%fai {cmd} failed ({exc.kind}): {exc.message}") from None
+
+    @staticmethod
+    def _display_panel(make: Any) -> None:
+        from IPython.display import display
+
+        try:
+            display(make())
+        except ImportError as exc:  # ipywidgets missing: the rest of the magic worked
+            print(f"(no panel: {exc})")
 
     def _ls(self) -> None:
         rows = self.client.functions()

@@ -193,6 +193,53 @@ def test_carry_rules() -> None:
     scope: dict[str, Any] = {}
     exec(carry.code, scope)
     assert scope["handler"](None, None) == ns["Z"]
+    assert "W (builtins.object)" in _usage(lambda: build_carry("def handler(e, c):\n    return W", ns))
+
+
+def _usage(fn: Any) -> str:
+    from IPython.core.error import UsageError
+
+    with pytest.raises(UsageError) as info:
+        fn()
+    return str(info.value)
+
+
+def test_carry_orders_definitions_and_carries_registries_and_imports() -> None:
+    """Class bases and containers are defined before what uses them, a dict of
+    notebook functions travels as a dict naming them, library functions are
+    imported (not copied), and submodules used through a package are imported."""
+    import posixpath
+    import urllib.parse
+
+    class Base:
+        y = 2
+
+    class Child(Base):
+        x = 40
+
+    def shout(s):  # type: ignore[no-untyped-def]
+        return s.upper()
+
+    import ast
+    import operator
+
+    tools = {"shout": shout, "kinds": [Child, "plain", 1.5], "ops": {ast.Add: operator.add}}
+    ns: dict[str, Any] = {"Child": Child, "Base": Base, "TOOLS": tools, "shout": shout, "pjoin": posixpath.join, "urllib": urllib, "ast": ast, "twice": lambda v: v * 2}
+    cell = "def handler(e, c):\n    return Child().x + Base().y, TOOLS['shout']('a'), TOOLS['kinds'][1], pjoin('a', 'b'), urllib.parse.quote(' '), TOOLS['ops'][ast.Add](1, 2)"
+    carry = build_carry(cell, ns)
+    assert carry.names == ["Base", "Child", "TOOLS", "ast", "pjoin", "shout", "urllib"]
+    assert "from posixpath import join as pjoin" in carry.preamble and "import urllib.parse" in carry.preamble
+    assert "def join" not in carry.preamble
+    assert carry.preamble.index("class Base") < carry.preamble.index("class Child") < carry.code.index("def handler")
+    assert carry.preamble.index("def shout") < carry.preamble.index("TOOLS = {")
+    scope: dict[str, Any] = {}
+    exec(carry.code, scope)
+    assert scope["handler"](None, None) == (42, "A", "plain", "a/b", "%20", 3)
+    msg = _usage(lambda: build_carry("def handler(e, c):\n    return twice(1)", ns))
+    assert "twice (function defined under another name or by an expression: use a def)" in msg
+    ns["TOOLS"] = {"f": open(os.devnull)}  # an open file in a registry cannot travel
+    ns["TOOLS"]["f"].close()
+    assert "TOOLS (builtins.dict)" in _usage(lambda: build_carry("def handler(e, c):\n    return TOOLS", ns))
     assert _fix_traceback('File "/x/f.py", line 5, in handler\n  File "/y/g.py", line 5', "f.py", 2) == 'File "/x/f.py", line 3, in handler\n  File "/y/g.py", line 5'
 
 
