@@ -431,6 +431,96 @@ class Limits:
         return cls(**_fields_from_mapping(cls, data, cls._prefix))
 
 
+#: error kinds a task attempt can end with, and may be retried on
+TASK_ERROR_KINDS = ("user_exception", "timeout", "out_of_memory", "instance_crashed", "no_capacity", "bad_payload", "payload_too_large")
+
+
+def _destination(path: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    text = _str(path, value)
+    if text.startswith(("http://", "https://")):
+        return text
+    if not _NAME_RE.fullmatch(text):
+        raise InvalidSpec(path, value, "must be a function name or an http(s) URL")
+    return text
+
+
+@dataclass(frozen=True)
+class TaskPolicy:
+    """How durable tasks of a function run: FIFO, at most ``concurrency`` at a
+    time, each attempt up to ``timeout_s``, retried on ``retry_on`` kinds up to
+    ``max_attempts`` attempts with exponential backoff (``backoff_s`` doubling
+    up to ``max_backoff_s``, +- ``jitter`` fraction), then handed to
+    ``on_success`` / ``on_failure`` (a function name or a webhook URL);
+    finished tasks are kept ``retention_s``."""
+
+    concurrency: int = 4
+    timeout_s: float = 3600.0
+    max_attempts: int = 3
+    backoff_s: float = 1.0
+    max_backoff_s: float = 300.0
+    jitter: float = 0.5
+    retry_on: tuple[str, ...] = ("timeout", "out_of_memory", "instance_crashed", "user_exception")
+    on_success: str | None = None
+    on_failure: str | None = None
+    retention_s: float = 7 * 86400.0
+
+    _prefix: ClassVar[str] = "tasks"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        p = self._prefix
+        _set(self, "concurrency", _int(_join(p, "concurrency"), self.concurrency, 1, 1000))
+        _set(self, "timeout_s", _float_range(_join(p, "timeout_s"), self.timeout_s, 0.0, MAX_TIMEOUT_S, lo_open=True))
+        _set(self, "max_attempts", _int(_join(p, "max_attempts"), self.max_attempts, 1, 100))
+        _set(self, "backoff_s", _float_range(_join(p, "backoff_s"), self.backoff_s, 0.0, 3600.0))
+        _set(self, "max_backoff_s", _float_range(_join(p, "max_backoff_s"), self.max_backoff_s, 0.0, MAX_TIMEOUT_S))
+        if self.max_backoff_s < self.backoff_s:
+            raise InvalidSpec(_join(p, "max_backoff_s"), self.max_backoff_s, f"must not be below tasks.backoff_s ({self.backoff_s:g})")
+        _set(self, "jitter", _float_range(_join(p, "jitter"), self.jitter, 0.0, 1.0))
+        kinds = self.retry_on
+        if isinstance(kinds, str) or not isinstance(kinds, (list, tuple, frozenset, set)):
+            raise InvalidSpec(_join(p, "retry_on"), kinds, "expected a list of error kinds")
+        for kind in kinds:
+            if kind not in TASK_ERROR_KINDS:
+                raise InvalidSpec(_join(p, "retry_on"), kind, f"unknown error kind; one of {', '.join(TASK_ERROR_KINDS)}")
+        _set(self, "retry_on", tuple(sorted(set(kinds))))
+        _set(self, "on_success", _destination(_join(p, "on_success"), self.on_success))
+        _set(self, "on_failure", _destination(_join(p, "on_failure"), self.on_failure))
+        _set(self, "retention_s", _float_range(_join(p, "retention_s"), self.retention_s, 0.0, 3650 * 86400.0, lo_open=True))
+
+    def backoff(self, attempt: int, rand: float) -> float:
+        """Seconds to wait before attempt ``attempt + 1`` (``rand`` in [0, 1))."""
+        base = min(self.max_backoff_s, self.backoff_s * (2 ** max(0, attempt - 1)))
+        return float(max(0.0, base * (1.0 + self.jitter * (2.0 * rand - 1.0))))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "concurrency": self.concurrency,
+            "timeout_s": self.timeout_s,
+            "max_attempts": self.max_attempts,
+            "backoff_s": self.backoff_s,
+            "max_backoff_s": self.max_backoff_s,
+            "jitter": self.jitter,
+            "retry_on": list(self.retry_on),
+            "on_success": self.on_success,
+            "on_failure": self.on_failure,
+            "retention_s": self.retention_s,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> TaskPolicy:
+        if isinstance(data, TaskPolicy):
+            return data
+        fields = _fields_from_mapping(cls, data, cls._prefix)
+        if isinstance(fields.get("retry_on"), list):
+            fields["retry_on"] = tuple(fields["retry_on"])
+        return cls(**fields)
+
+
 # --------------------------------------------------------------------------- spec
 
 # Flat convenience keys accepted by from_code/from_file/from_module/replace:
@@ -464,6 +554,7 @@ class FunctionSpec:
     network: str = "none"
     isolation_required: frozenset[str] = frozenset()
     limits: Limits = Limits()
+    tasks: TaskPolicy = TaskPolicy()
     description: str = ""
     # Name of a module-level callable run (no arguments) once in every
     # pre-forked warm-pool instance, inside its sandbox, before it serves a
@@ -490,6 +581,7 @@ class FunctionSpec:
             ("resources", Resources),
             ("session", SessionPolicy),
             ("limits", Limits),
+            ("tasks", TaskPolicy),
         ):
             if not isinstance(getattr(self, attr), klass):
                 raise InvalidSpec(attr, getattr(self, attr), f"expected a {klass.__name__}")
@@ -559,6 +651,7 @@ class FunctionSpec:
             "resources": Resources.from_dict,
             "session": SessionPolicy.from_dict,
             "limits": Limits.from_dict,
+            "tasks": TaskPolicy.from_dict,
             "isolation_required": _layers_from_json,
         }
         fields = _fields_from_mapping(cls, data, "", converters)
@@ -583,6 +676,7 @@ class FunctionSpec:
             "network": self.network,
             "isolation_required": sorted(self.isolation_required),
             "limits": self.limits.to_dict(),
+            "tasks": self.tasks.to_dict(),
             "description": self.description,
             "warmup": self.warmup,
         }
@@ -640,6 +734,8 @@ def _normalise_kw(
         session = out["session"] = _coerce(SessionPolicy, "session", value)
     if "limits" in out:
         out["limits"] = _coerce(Limits, "limits", out["limits"])
+    if "tasks" in out:
+        out["tasks"] = _coerce(TaskPolicy, "tasks", out["tasks"])
     if "source" in out:
         out["source"] = _coerce(Source, "source", out["source"])
 

@@ -46,7 +46,7 @@ from sqlalchemy.pool import StaticPool
 
 from .errors import Conflict, InvalidArgument, NotFound
 
-__all__ = ["SESSION_FINAL_STATUSES", "TABLES", "Store", "metadata"]
+__all__ = ["SESSION_FINAL_STATUSES", "TABLES", "TASK_FINAL_STATES", "TASK_STATES", "Store", "metadata"]
 
 #: Session statuses whose uid may be handed out again.
 SESSION_FINAL_STATUSES = ("closed", "expired")
@@ -182,6 +182,50 @@ function_keys = Table(
     Column("revoked_at", Float, nullable=True),
     Index("ix_function_keys_function", "function"),
 )
+
+# Durable tasks (see runtime/tasks.py): one row per task, one per attempt.
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("seq", Integer, nullable=False),  # submit order: FIFO per function
+    Column("function", String(64), nullable=False),
+    Column("session_id", String(128), nullable=True),
+    Column("event", Text, nullable=False),  # JSON
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("options", Text, nullable=False),  # JSON: timeout_s, retry, destinations
+    Column("created_at", Float, nullable=False),
+    Column("run_after", Float, nullable=False),  # not before (retry backoff)
+    Column("started_at", Float, nullable=True),
+    Column("finished_at", Float, nullable=True),
+    Column("lease_owner", String(40), nullable=True),
+    Column("lease_expires", Float, nullable=True),
+    Column("progress", Float, nullable=True),
+    Column("progress_message", Text, nullable=True),
+    Column("checkpoint", Text, nullable=True),  # JSON text as the handler sent it
+    Column("result", Text, nullable=True),  # JSON
+    Column("error", Text, nullable=True),  # JSON
+    Index("ix_tasks_function_state", "function", "state"),
+    Index("ix_tasks_state", "state"),
+    Index("ix_tasks_created_at", "created_at"),
+)
+
+task_attempts = Table(
+    "task_attempts",
+    metadata,
+    Column("task_id", String(40), primary_key=True),
+    Column("attempt", Integer, primary_key=True),
+    Column("started_at", Float, nullable=False),
+    Column("finished_at", Float, nullable=True),
+    Column("outcome", String(16), nullable=True),
+    Column("error", Text, nullable=True),
+    Column("instance_id", String(128), nullable=True),
+)
+
+TASK_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "timed_out")
+TASK_FINAL_STATES = ("succeeded", "failed", "cancelled", "timed_out")
+_TASK_JSON = ("event", "options", "result", "error")
 
 _SESSION_UPDATABLE = frozenset(
     {
@@ -854,8 +898,119 @@ class Store:
         return str(row.function) if hmac.compare_digest(digest, row.secret_sha256) else None
 
 
+    # ------------------------------------------------------------------ tasks
+    def write_tasks(self, ops: Iterable[tuple[str, Mapping[str, Any]]]) -> list[bool]:
+        """Apply task writes in one transaction: ``("insert", row)``,
+        ``("update", {"id", ...fields})``, ``("attempt", row)`` (insert or
+        update of an attempt row). An update with ``_expect_owner`` applies
+        only while the task is still ``running`` under that lease owner
+        (so an outcome is recorded once). The runtime batches its transitions
+        here (group commit); each caller waits for the commit. Returns, per
+        op, whether it applied."""
+        ops = list(ops)
+        applied: list[bool] = []
+        with self._tx() as conn:
+            inserts = [dict(row) for kind, row in ops if kind == "insert"]
+            if inserts:
+                conn.execute(tasks.insert(), inserts)
+            for kind, row in ops:
+                ok = True
+                if kind == "update":
+                    values = {k: v for k, v in row.items() if k not in ("id", "_expect_owner", "_expect_state")}
+                    where = tasks.c.id == row["id"]
+                    if row.get("_expect_state"):
+                        where = where & (tasks.c.state == row["_expect_state"])
+                    if row.get("_expect_owner"):
+                        where = where & (tasks.c.state == "running") & (tasks.c.lease_owner == row["_expect_owner"])
+                    ok = bool(conn.execute(tasks.update().where(where).values(**values)).rowcount)
+                elif kind == "attempt":
+                    key = (task_attempts.c.task_id == row["task_id"]) & (task_attempts.c.attempt == row["attempt"])
+                    values = {k: v for k, v in row.items() if k not in ("task_id", "attempt")}
+                    if not conn.execute(task_attempts.update().where(key).values(**values)).rowcount:
+                        conn.execute(task_attempts.insert().values(**row))
+                elif kind != "insert":
+                    raise ValueError(f"unknown task write {kind!r}")
+                applied.append(ok)
+        return applied
+
+    @staticmethod
+    def _task_row(row: Any) -> dict[str, Any]:
+        out = dict(row._mapping)
+        for key in _TASK_JSON:
+            if out.get(key) is not None:
+                out[key] = json.loads(out[key])
+        return out
+
+    def get_task(self, id: str, *, attempts: bool = True) -> dict[str, Any]:
+        with self._tx(write=False) as conn:
+            row = conn.execute(select(tasks).where(tasks.c.id == id)).first()
+            if row is None:
+                raise NotFound(f"no task {id!r}", task_id=id)
+            out = self._task_row(row)
+            if attempts:
+                rows = conn.execute(select(task_attempts).where(task_attempts.c.task_id == id).order_by(task_attempts.c.attempt)).all()
+                out["attempt_history"] = [
+                    {**dict(r._mapping), "error": json.loads(r.error) if r.error else None} for r in rows
+                ]
+        return out
+
+    def list_tasks(
+        self,
+        function: str | None = None,
+        state: str | Iterable[str] | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int | None = 100,
+        oldest_first: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Tasks, newest first (or in submit order), filtered by function,
+        state(s) and creation time."""
+        query = select(tasks)
+        if function is not None:
+            query = query.where(tasks.c.function == function)
+        if state is not None:
+            states = [state] if isinstance(state, str) else list(state)
+            query = query.where(tasks.c.state.in_(states))
+        if since is not None:
+            query = query.where(tasks.c.created_at >= since)
+        if until is not None:
+            query = query.where(tasks.c.created_at < until)
+        query = query.order_by(tasks.c.seq.asc() if oldest_first else tasks.c.seq.desc())
+        if limit is not None:
+            query = query.limit(limit)
+        with self._tx(write=False) as conn:
+            return [self._task_row(r) for r in conn.execute(query).all()]
+
+    def task_counts(self) -> dict[str, dict[str, int]]:
+        """{function: {state: count}}."""
+        from sqlalchemy import func
+
+        with self._tx(write=False) as conn:
+            rows = conn.execute(select(tasks.c.function, tasks.c.state, func.count()).group_by(tasks.c.function, tasks.c.state)).all()
+        out: dict[str, dict[str, int]] = {}
+        for fn, st, n in rows:
+            out.setdefault(fn, {})[st] = int(n)
+        return out
+
+    def max_task_seq(self) -> int:
+        from sqlalchemy import func
+
+        with self._tx(write=False) as conn:
+            return int(conn.execute(select(func.max(tasks.c.seq))).scalar() or 0)
+
+    def prune_tasks(self, finished_before: float) -> int:
+        """Delete finished tasks (and their attempts) older than the cut-off."""
+        with self._tx() as conn:
+            ids = [r.id for r in conn.execute(select(tasks.c.id).where(tasks.c.state.in_(TASK_FINAL_STATES), tasks.c.finished_at < finished_before)).all()]
+            for i in range(0, len(ids), 500):
+                chunk = ids[i : i + 500]
+                conn.execute(task_attempts.delete().where(task_attempts.c.task_id.in_(chunk)))
+                conn.execute(tasks.delete().where(tasks.c.id.in_(chunk)))
+        return len(ids)
+
+
 # Kept importable for callers that want the raw tables (e.g. migrations, tests).
 TABLES = {
     t.name: t
-    for t in (functions, function_versions, sessions, counters, instances, coldstarts, invocations, function_keys)
+    for t in (functions, function_versions, sessions, counters, instances, coldstarts, invocations, function_keys, tasks, task_attempts)
 }

@@ -17,6 +17,7 @@ from ..spec import FunctionSpec
 
 ProgressCallback = Callable[[float, str], Any]
 ChunkCallback = Callable[[Any], Awaitable[None]]
+CheckpointCallback = Callable[[str], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -81,9 +82,14 @@ class Instance(abc.ABC):
         on_progress: ProgressCallback | None = None,
         on_chunk: ChunkCallback | None = None,
         attach: tuple[str | None, str] | None = None,
+        task: dict[str, Any] | None = None,
+        on_checkpoint: CheckpointCallback | None = None,
     ) -> CallOutcome:
         """Run one call. ``attach=(session_id, state_json)`` hands a pre-bound
-        (warm-pool) instance to its session as part of the same message. Raises FunctionTimeout / OutOfMemory / InstanceCrashed
+        (warm-pool) instance to its session as part of the same message.
+        ``task`` ({"id", "attempt", "resume_from_json"}) makes it an attempt of
+        a durable task; each ``ctx.checkpoint`` is awaited through
+        ``on_checkpoint`` before anything later from the call is read. Raises FunctionTimeout / OutOfMemory / InstanceCrashed
         when the instance could not answer; user errors come back in
         ``CallOutcome.error``."""
 

@@ -38,6 +38,7 @@ from .base import (
     Backend,
     Binding,
     CallOutcome,
+    CheckpointCallback,
     ChunkCallback,
     FunctionVersion,
     Instance,
@@ -186,9 +187,10 @@ class _Template:
 
 
 class _Pending:
-    __slots__ = ("fut", "on_chunk", "on_progress")
+    __slots__ = ("fut", "on_checkpoint", "on_chunk", "on_progress")
 
-    def __init__(self, fut: asyncio.Future[dict[str, Any]], on_progress: ProgressCallback | None, on_chunk: ChunkCallback | None) -> None:
+    def __init__(self, fut: asyncio.Future[dict[str, Any]], on_progress: ProgressCallback | None, on_chunk: ChunkCallback | None, on_checkpoint: CheckpointCallback | None = None) -> None:
+        self.on_checkpoint = on_checkpoint
         self.fut = fut
         self.on_progress = on_progress
         self.on_chunk = on_chunk
@@ -254,6 +256,10 @@ class ProcessInstance(Instance):
                             res = cb(float(msg.get("fraction", 0.0)), str(msg.get("message", "")))
                             if asyncio.iscoroutine(res):
                                 await res
+                elif op == "checkpoint" and cid in self._pending:
+                    cb3 = self._pending[cid].on_checkpoint
+                    if cb3 is not None:  # awaited: stored before the result is read
+                        await cb3(str(msg.get("data_json", "null")))
                 elif op == "chunk" and cid in self._pending:
                     cb2 = self._pending[cid].on_chunk
                     if cb2 is not None:
@@ -376,10 +382,14 @@ class ProcessInstance(Instance):
         on_progress: ProgressCallback | None = None,
         on_chunk: ChunkCallback | None = None,
         attach: tuple[str | None, str] | None = None,
+        task: dict[str, Any] | None = None,
+        on_checkpoint: CheckpointCallback | None = None,
     ) -> CallOutcome:
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending[call_id] = _Pending(fut, on_progress, on_chunk)
+        self._pending[call_id] = _Pending(fut, on_progress, on_chunk, on_checkpoint)
         msg: dict[str, Any] = {"op": "call", "id": call_id, "event": event}
+        if task is not None:
+            msg["task"] = task
         if attach is not None:
             msg["attach"] = {"session_id": attach[0], "state_json": attach[1]}
             self.bound_session = attach[0]

@@ -30,6 +30,7 @@ from ..backends.base import (
     Backend,
     Binding,
     CallOutcome,
+    CheckpointCallback,
     ChunkCallback,
     FunctionVersion,
     Instance,
@@ -62,6 +63,7 @@ from .sessions import (
     make_workdir,
     remove_tree,
 )
+from .tasks import TaskManager
 
 log = logging.getLogger("jupyter_functionai.runtime")
 
@@ -124,6 +126,7 @@ class Runtime:
         uid_span: int = UID_SPAN,
         use_templates: bool = True,
         isolate: bool = True,
+        task_lease_s: float = 15.0,
     ) -> None:
         self.state_dir = os.path.realpath(os.path.expanduser(os.fspath(state_dir)))
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
@@ -152,6 +155,7 @@ class Runtime:
         self._closed = False
         self._start_task: asyncio.Future[None] | None = None
         self.uids = UidAllocator(uid_base, uid_span, set())
+        self.tasks = TaskManager(self, lease_s=task_lease_s)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -184,6 +188,7 @@ class Runtime:
                 continue
             if fv.spec.min_instances:
                 self.pool.configure(fv)
+        await self.tasks.start()
 
     def _reconcile(self) -> None:
         """Make the store agree with reality after a stop or a crash."""
@@ -217,6 +222,8 @@ class Runtime:
         if reaper is not None:
             reaper.cancel()
             await asyncio.wait({reaper}, timeout=10)
+        if self._tasks:
+            await self.tasks.close()
         await self.pool.close()
         for sess in list(self._sessions.values()):
             if sess.instance is not None:
@@ -349,19 +356,27 @@ class Runtime:
         timeout: float | None = None,
         on_progress: ProgressCallback | None = None,
         on_chunk: ChunkCallback | None = None,
+        task: dict[str, Any] | None = None,
+        on_checkpoint: CheckpointCallback | None = None,
     ) -> InvokeResult:
         """Call ``name`` with ``event``. With ``session`` the call reaches that
         session's instance (created or resumed as needed); without, it runs in
-        an ephemeral instance that is discarded afterwards."""
+        an ephemeral instance that is discarded afterwards. ``task`` makes the
+        call an attempt of a durable task (see ``runtime.tasks``): its
+        ``timeout`` is the task's own, not capped by the function's."""
         if self._closed:
             raise InstanceCrashed("the runtime is closed")
         fv = self.function(name)
         size = _payload_size(event, fv.spec.limits.max_payload_bytes)
-        limit = fv.spec.timeout_s if timeout is None else min(float(timeout), fv.spec.timeout_s)
+        if task is not None and timeout is not None:
+            limit = float(timeout)
+        else:
+            limit = fv.spec.timeout_s if timeout is None else min(float(timeout), fv.spec.timeout_s)
+        extra: dict[str, Any] = {"task": task, "on_checkpoint": on_checkpoint} if task is not None else {}
         if session is not None:
             check_session_id(session)
         if session is None or not fv.spec.session.enabled:
-            return await self._invoke_ephemeral(fv, event, size, limit, on_progress, on_chunk)
+            return await self._invoke_ephemeral(fv, event, size, limit, on_progress, on_chunk, extra)
         sess = await self._session(session, fv)
         async with sess.slots:
             if sess.ended:
@@ -372,7 +387,7 @@ class Runtime:
                     inst, fresh, attach = await self._ensure_instance(sess)
                 fresh, sess.cold_pending = fresh or sess.cold_pending, False
                 try:
-                    outcome, elapsed = await self._call(inst, event, limit, on_progress, on_chunk, attach)
+                    outcome, elapsed = await self._call(inst, event, limit, on_progress, on_chunk, attach, **extra)
                 except (FunctionTimeout, OutOfMemory, InstanceCrashed) as exc:
                     await self._lost_instance(sess, inst, exc)
                     self._log_invocation(inst, sess.id, time.time(), 0.0, exc.kind, size, 0, "")
@@ -391,7 +406,9 @@ class Runtime:
             self._flush_event.set()
             return self._finish(inst, sess.id, outcome, elapsed, fresh, size)
 
-    async def _invoke_ephemeral(self, fv: FunctionVersion, event: Any, size: int, limit: float, on_progress: ProgressCallback | None, on_chunk: ChunkCallback | None) -> InvokeResult:
+    async def _invoke_ephemeral(
+        self, fv: FunctionVersion, event: Any, size: int, limit: float, on_progress: ProgressCallback | None, on_chunk: ChunkCallback | None, extra: dict[str, Any]
+    ) -> InvokeResult:
         inst = self.pool.acquire(fv, refill=False)
         pooled = inst is not None
         uid = None
@@ -408,7 +425,7 @@ class Runtime:
         try:
             self._record_instance(inst, None)
             try:
-                outcome, elapsed = await self._call(inst, event, limit, on_progress, on_chunk)
+                outcome, elapsed = await self._call(inst, event, limit, on_progress, on_chunk, **extra)
             except (FunctionTimeout, OutOfMemory, InstanceCrashed) as exc:
                 self._log_invocation(inst, None, time.time(), 0.0, exc.kind, size, 0, "")
                 raise
@@ -483,6 +500,8 @@ class Runtime:
         on_progress: ProgressCallback | None,
         on_chunk: ChunkCallback | None,
         attach: tuple[str | None, str] | None = None,
+        task: dict[str, Any] | None = None,
+        on_checkpoint: CheckpointCallback | None = None,
     ) -> tuple[CallOutcome, float]:
         chunks: list[Any] | None = None
         if on_chunk is None:
@@ -492,7 +511,7 @@ class Runtime:
                 chunks.append(item)
 
         t0 = time.perf_counter()
-        outcome = await inst.call(uuid.uuid4().hex[:16], event, timeout=limit, on_progress=on_progress, on_chunk=on_chunk, attach=attach)
+        outcome = await inst.call(uuid.uuid4().hex[:16], event, timeout=limit, on_progress=on_progress, on_chunk=on_chunk, attach=attach, task=task, on_checkpoint=on_checkpoint)
         elapsed = (time.perf_counter() - t0) * 1000
         if outcome.streamed and chunks is not None:
             outcome.value = chunks

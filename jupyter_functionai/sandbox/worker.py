@@ -9,7 +9,8 @@ Messages (see ``protocol``), runtime -> instance::
     {"op": "bind", "session_id", "uid", "workdir", "state_json", "env", "prime", "warmup"}
                                          (or carried in the fork request's cfg["bind"])
     {"op": "attach", "session_id", "state_json"}   a pre-bound warm-pool instance meets its session
-    {"op": "call", "id", "event", "attach"?}       (attach may ride on the first call)
+    {"op": "call", "id", "event", "attach"?, "task"?}  (attach may ride on the first call;
+                                         task: {"id", "attempt", "resume_from_json"} for a durable task)
     {"op": "stop"}
 
 instance -> runtime::
@@ -18,6 +19,7 @@ instance -> runtime::
     {"op": "bound", "isolation", "bind_ms"}  after the session binding
     {"op": "progress", "id", "fraction", "message"}
     {"op": "chunk", "id", "data"}            one streamed item (generator handlers)
+    {"op": "checkpoint", "id", "data_json"}  ``ctx.checkpoint(obj)`` of a task
     {"op": "result", "id", "value", "streamed", "state_json"?, "logs", "logs_dropped", "duration_ms"}
     {"op": "error", "id"?, "error": {"kind", "message", ...}, "logs", ...}
 """
@@ -106,9 +108,17 @@ class Session:
 class Context:
     """The second argument of every handler."""
 
-    def __init__(self, worker: Worker, call_id: str) -> None:
+    def __init__(self, worker: Worker, call_id: str, task: dict[str, Any] | None = None) -> None:
         self._worker = worker
         self.call_id = call_id
+        task = task or {}
+        #: the durable task this call runs (None for a plain invoke), and which
+        #: attempt this is (1, 2, ...): keys for idempotent side effects
+        self.task_id: str | None = task.get("id")
+        self.attempt: int = int(task.get("attempt", 1))
+        resume = task.get("resume_from_json")
+        #: the last ``checkpoint`` of an earlier attempt of this task, else None
+        self.resume_from: Any = json.loads(resume) if resume else None
         self.session_id = worker.session.id
         self.session = worker.session
         self.workdir = worker.workdir
@@ -127,6 +137,20 @@ class Context:
         if not 0.0 <= f <= 1.0:
             raise ValueError(f"progress fraction must be within [0, 1], got {fraction!r}")
         self._worker.send({"op": "progress", "id": self.call_id, "fraction": f, "message": str(message)})
+
+    def checkpoint(self, obj: Any) -> None:
+        """Persist ``obj`` (JSON) for this task: a retried or resumed attempt
+        gets it back as ``ctx.resume_from``. The runtime stores it before it
+        reads anything else this call sends. Outside a task it does nothing
+        but check that ``obj`` is JSON."""
+        try:
+            text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"a checkpoint must be JSON-serialisable: {exc}") from None
+        if len(text) > self._worker.max_state:
+            raise ValueError(f"a checkpoint is {len(text)} bytes, over the limit of {self._worker.max_state}")
+        if self.task_id is not None:
+            self._worker.send({"op": "checkpoint", "id": self.call_id, "data_json": text})
 
 
 class Worker:
@@ -298,7 +322,7 @@ class Worker:
         t0 = time.perf_counter()
         streamed = False
         try:
-            ctx = Context(self, cid)
+            ctx = Context(self, cid, msg.get("task"))
             assert handler is not None
             value = handler(msg.get("event"), ctx)
             if inspect.iscoroutine(value):

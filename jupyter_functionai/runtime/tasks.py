@@ -1,0 +1,592 @@
+"""Durable asynchronous tasks: queued invocations that survive a crash.
+
+``await rt.tasks.submit(name, event)`` persists a *queued* task and returns
+at once; the dispatcher runs each function's tasks in submit order (FIFO), at
+most ``spec.tasks.concurrency`` at a time, every attempt through the same
+``Runtime.invoke`` path as a call (a session's tasks run in that session's
+instance, in order with its other calls; others in a fresh sandbox each).
+
+Lifecycle ``queued -> running -> succeeded | failed | cancelled | timed_out``.
+Every transition is committed to the store *before* it is acted on (the
+write is awaited; concurrent transitions share one commit: group commit).
+
+**Guarantee: at-least-once execution, exactly-once recorded outcome.** A
+running attempt holds a lease (``lease_s``) that the runtime renews; when the
+runtime dies (``kill -9``), the restarted one finds the task *running* under
+a lease that expires, counts the lost attempt and queues the task again
+(``ctx.attempt`` grows), so an attempt may run more than once. A task's
+final state is written once, by a conditional update: it is never reported
+finished twice. Handlers make side effects idempotent by keying them on
+``ctx.task_id`` (and ``ctx.attempt``), and make long work resumable with
+``ctx.checkpoint(obj)``: every later attempt gets the last checkpoint as
+``ctx.resume_from``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import dataclasses
+import json
+import logging
+import random
+import time
+import urllib.request
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from ..errors import Conflict, FunctionAIError, InvalidArgument, NotFound
+from ..spec import MAX_TIMEOUT_S, TaskPolicy
+from ..store import TASK_FINAL_STATES, TASK_STATES
+from .sessions import check_session_id
+
+if TYPE_CHECKING:
+    from .runtime import Runtime
+
+log = logging.getLogger("jupyter_functionai.tasks")
+
+__all__ = ["TaskManager"]
+
+PRUNE_INTERVAL_S = 60.0
+
+
+def _now() -> float:
+    return time.time()
+
+
+@dataclasses.dataclass
+class _Task:
+    """What the dispatcher keeps of a queued or running task."""
+
+    id: str
+    seq: int
+    function: str
+    session_id: str | None
+    event: Any
+    options: dict[str, Any]
+    attempts: int
+    run_after: float
+    checkpoint: str | None = None
+    progress: float | None = None
+    progress_message: str | None = None
+    runner: asyncio.Task[None] | None = None
+    cancelled: bool = False
+
+
+class TaskManager:
+    """The durable task queue of one :class:`Runtime` (``rt.tasks``)."""
+
+    def __init__(self, runtime: Runtime, *, lease_s: float = 15.0) -> None:
+        self.rt = runtime
+        self.store = runtime.store
+        self.lease_s = float(lease_s)
+        self.owner = uuid.uuid4().hex[:16]
+        self._queues: dict[str, list[tuple[int, str]]] = {}  # function -> sorted (seq, id), due now
+        self._delayed: list[tuple[float, int, str]] = []  # (run_after, seq, id), sorted
+        self._tasks: dict[str, _Task] = {}  # queued and running
+        self._running: dict[str, set[str]] = {}  # function -> running ids
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._seq = 0
+        self._wake = asyncio.Event()
+        self._pending: list[tuple[list[tuple[str, dict[str, Any]]], asyncio.Future[bool]]] = []
+        self._write_wake = asyncio.Event()
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="fai-tasks")
+        self._loops: list[asyncio.Task[None]] = []
+        self._closed = False
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # -- lifecycle --------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load what the store holds: queued tasks run again; running ones whose
+        lease has expired (their runtime died) are retried or failed."""
+        self._seq = await asyncio.to_thread(self.store.max_task_seq)
+        live = await asyncio.to_thread(self.store.list_tasks, state=("queued", "running"), limit=None, oldest_first=True)
+        loop = asyncio.get_running_loop()
+        self._loops = [
+            loop.create_task(self._write_loop(), name="fai-task-writer"),
+            loop.create_task(self._dispatch_loop(), name="fai-task-dispatch"),
+            loop.create_task(self._lease_loop(), name="fai-task-leases"),
+        ]
+        now = _now()
+        for row in live:
+            task = _Task(
+                row["id"], row["seq"], row["function"], row["session_id"], row["event"], row["options"],
+                row["attempts"], row["run_after"], row["checkpoint"], row["progress"], row["progress_message"],
+            )
+            if row["state"] == "queued":
+                self._enqueue(task)
+            elif row["lease_owner"] != self.owner:
+                expires = float(row["lease_expires"] or 0.0)
+                self._tasks[task.id] = task
+                delay = max(0.0, expires - now)
+                self._spawn(self._reclaim_after(task, delay))
+        self._wake.set()
+
+    async def close(self) -> None:
+        """Stop dispatching. Running attempts are interrupted and their tasks
+        queued again (the attempt counts), all committed before returning."""
+        if self._closed:
+            return
+        self._closed = True
+        dispatch = self._loops[1] if len(self._loops) > 1 else None
+        for t in self._loops[1:]:
+            t.cancel()
+        if dispatch is not None:
+            await asyncio.wait(set(self._loops[1:]), timeout=10)
+        for t in list(self._background):
+            t.cancel()
+        runners = [t.runner for t in self._tasks.values() if t.runner is not None]
+        for r in runners:
+            r.cancel()
+        if runners:
+            await asyncio.wait(runners, timeout=15)
+        ops = []
+        for task in self._tasks.values():
+            if task.runner is not None and not task.cancelled:
+                ops.append(("update", {"id": task.id, "state": "queued", "run_after": _now(), "lease_owner": None, "lease_expires": None}))
+                ops.append(("attempt", {"task_id": task.id, "attempt": task.attempts, "finished_at": _now(), "outcome": "interrupted"}))
+        if ops:
+            await self._write(ops)
+        self._write_wake.set()
+        writer = self._loops[0] if self._loops else None
+        if writer is not None:
+            writer.cancel()
+            await asyncio.wait({writer}, timeout=10)
+        await self._flush_pending()
+        self._writer.shutdown(wait=True)
+
+    def _spawn(self, coro: Any) -> None:
+        t = asyncio.get_running_loop().create_task(coro)
+        self._background.add(t)
+        t.add_done_callback(self._background.discard)
+
+    # -- the API ----------------------------------------------------------------
+
+    def policy(self, function: str) -> TaskPolicy:
+        return self.rt.function(function).spec.tasks
+
+    async def submit(
+        self,
+        name: str,
+        event: Any = None,
+        *,
+        session: str | None = None,
+        timeout: float | None = None,
+        max_attempts: int | None = None,
+        retries: int | None = None,
+    ) -> dict[str, Any]:
+        """Persist a queued task for ``name`` and return it (it runs later).
+        ``retries`` = extra attempts after the first (``max_attempts - 1``)."""
+        if self._closed:
+            raise Conflict("the runtime is closed")
+        fv = self.rt.function(name)  # NotFound for an unknown function
+        if session is not None:
+            check_session_id(session)
+            if not fv.spec.session.enabled:
+                raise InvalidArgument(f"function {name!r} has sessions disabled: a task cannot be bound to session {session!r}")
+        try:
+            text = json.dumps(event, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgument(f"the event is not JSON-serialisable: {exc}") from None
+        if len(text.encode()) > fv.spec.limits.max_payload_bytes:
+            from ..errors import PayloadTooLarge
+
+            raise PayloadTooLarge(f"the event is {len(text.encode())} bytes, over the limit of {fv.spec.limits.max_payload_bytes}")
+        if retries is not None and max_attempts is not None:
+            raise InvalidArgument("give retries or max_attempts, not both")
+        changes: dict[str, Any] = {}
+        if timeout is not None:
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < float(timeout) <= MAX_TIMEOUT_S:
+                raise InvalidArgument(f"timeout must be a number of seconds in (0, {MAX_TIMEOUT_S:g}], got {timeout!r}")
+            changes["timeout_s"] = float(timeout)
+        if retries is not None:
+            if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 99:
+                raise InvalidArgument(f"retries must be an integer in [0, 99], got {retries!r}")
+            changes["max_attempts"] = retries + 1
+        if max_attempts is not None:
+            if isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or not 1 <= max_attempts <= 100:
+                raise InvalidArgument(f"max_attempts must be an integer in [1, 100], got {max_attempts!r}")
+            changes["max_attempts"] = max_attempts
+        policy = dataclasses.replace(fv.spec.tasks, **changes)
+        now = _now()
+        self._seq += 1
+        task = _Task(f"t-{uuid.uuid4().hex[:20]}", self._seq, name, session, event, policy.to_dict(), 0, now)
+        row = {
+            "id": task.id, "seq": task.seq, "function": name, "session_id": session, "event": text,
+            "state": "queued", "attempts": 0, "options": json.dumps(task.options), "created_at": now, "run_after": now,
+        }
+        await self._write([("insert", row)])
+        self._enqueue(task)
+        self._wake.set()
+        return self._public({**row, "event": event, "options": task.options})
+
+    async def get(self, task_id: str) -> dict[str, Any]:
+        _check_task_id(task_id)
+        row = await asyncio.to_thread(self.store.get_task, task_id)
+        live = self._tasks.get(task_id)
+        if live is not None and row["state"] == "running":
+            row["progress"], row["progress_message"] = live.progress, live.progress_message
+        return self._public(row)
+
+    async def list_tasks(
+        self, function: str | None = None, state: str | None = None, since: float | None = None, until: float | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        if state is not None and state not in TASK_STATES:
+            raise InvalidArgument(f"unknown task state {state!r}; one of {', '.join(TASK_STATES)}")
+        if not 1 <= limit <= 10000:
+            raise InvalidArgument(f"limit must be within [1, 10000], got {limit}")
+        rows = await asyncio.to_thread(self.store.list_tasks, function, state, since, until, limit)
+        out = []
+        for row in rows:
+            live = self._tasks.get(row["id"])
+            if live is not None and row["state"] == "running":
+                row["progress"], row["progress_message"] = live.progress, live.progress_message
+            out.append(self._public(row, brief=True))
+        return out
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        return await asyncio.to_thread(self.store.task_counts)
+
+    async def wait(self, task_id: str, timeout: float | None = None) -> dict[str, Any]:
+        """The task once it is finished, or as it is after ``timeout`` seconds."""
+        row = await self.get(task_id)
+        if row["state"] in TASK_FINAL_STATES or timeout == 0:
+            return row
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(task_id, []).append(fut)
+        try:
+            row = await self.get(task_id)  # it may have finished meanwhile
+            if row["state"] not in TASK_FINAL_STATES:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(fut, timeout)
+                row = await self.get(task_id)
+        finally:
+            waiters = self._waiters.get(task_id, [])
+            if fut in waiters:
+                waiters.remove(fut)
+        return row
+
+    async def cancel(self, task_id: str) -> dict[str, Any]:
+        """Cancel a queued or running task (a running attempt's instance is
+        stopped); a finished task is a Conflict."""
+        _check_task_id(task_id)
+        task = self._tasks.get(task_id)
+        if task is None or task.cancelled:
+            row = await asyncio.to_thread(self.store.get_task, task_id, attempts=False)
+            if row["state"] in TASK_FINAL_STATES:
+                raise Conflict(f"task {task_id} is already {row['state']}", task_id=task_id, state=row["state"])
+            raise Conflict(f"task {task_id} is {row['state']} on another runtime", task_id=task_id)
+        task.cancelled = True
+        now = _now()
+        ops: list[tuple[str, dict[str, Any]]] = [("update", {"id": task_id, "state": "cancelled", "finished_at": now, "lease_owner": None, "lease_expires": None})]
+        if task.runner is not None:
+            ops.append(("attempt", {"task_id": task_id, "attempt": task.attempts, "finished_at": now, "outcome": "cancelled"}))
+        await self._write(ops)  # persisted, then acted on
+        self._unqueue(task)
+        if task.runner is not None:
+            task.runner.cancel()
+        else:
+            self._forget(task)
+        return await self.get(task_id)
+
+    # -- queueing ---------------------------------------------------------------
+
+    def _enqueue(self, task: _Task) -> None:
+        self._tasks[task.id] = task
+        if task.run_after > _now():
+            bisect.insort(self._delayed, (task.run_after, task.seq, task.id))
+        else:
+            bisect.insort(self._queues.setdefault(task.function, []), (task.seq, task.id))
+
+    def _unqueue(self, task: _Task) -> None:
+        q = self._queues.get(task.function, [])
+        with contextlib.suppress(ValueError):
+            q.remove((task.seq, task.id))
+        with contextlib.suppress(ValueError):
+            self._delayed.remove((task.run_after, task.seq, task.id))
+
+    def _forget(self, task: _Task) -> None:
+        self._tasks.pop(task.id, None)
+        self._running.get(task.function, set()).discard(task.id)
+        for fut in self._waiters.pop(task.id, []):
+            if not fut.done():
+                fut.set_result(None)
+        self._wake.set()
+
+    async def _dispatch_loop(self) -> None:
+        while not self._closed:
+            self._wake.clear()
+            now = _now()
+            while self._delayed and self._delayed[0][0] <= now:
+                _, seq, tid = self._delayed.pop(0)
+                task = self._tasks.get(tid)
+                if task is not None:
+                    bisect.insort(self._queues.setdefault(task.function, []), (seq, tid))
+            for function, queue in self._queues.items():
+                running = self._running.setdefault(function, set())
+                try:
+                    limit = self.policy(function).concurrency
+                except FunctionAIError:
+                    limit = 0  # deleted: its tasks fail when they run
+                    while queue:
+                        _, tid = queue.pop(0)
+                        if tid in self._tasks:
+                            self._start(self._tasks[tid])
+                    continue
+                while queue and len(running) < limit:
+                    _, tid = queue.pop(0)
+                    task = self._tasks.get(tid)
+                    if task is not None and not task.cancelled:
+                        self._start(task)
+            timeout = max(0.0, self._delayed[0][0] - _now()) if self._delayed else None
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    def _start(self, task: _Task) -> None:
+        self._running.setdefault(task.function, set()).add(task.id)
+        task.runner = asyncio.get_running_loop().create_task(self._run(task), name=f"fai-task-{task.id}")
+
+    # -- one attempt ------------------------------------------------------------
+
+    async def _run(self, task: _Task) -> None:
+        try:
+            await self._attempt(task)
+        except asyncio.CancelledError:
+            pass  # cancelled by the user (already persisted) or by close()
+        except Exception:
+            log.exception("task %s: internal error", task.id)
+        finally:
+            task.runner = None
+            self._running.get(task.function, set()).discard(task.id)
+            if task.cancelled:
+                self._forget(task)
+            self._wake.set()
+
+    async def _attempt(self, task: _Task) -> None:
+        task.attempts += 1
+        attempt = task.attempts
+        now = _now()
+        task.progress, task.progress_message = None, None
+        started = await self._write([
+            ("update", {"id": task.id, "_expect_state": "queued", "state": "running", "attempts": attempt, "started_at": now,
+                        "lease_owner": self.owner, "lease_expires": now + self.lease_s, "progress": None, "progress_message": None}),
+        ])
+        if not started or task.cancelled:  # cancelled while it was being started
+            return
+        await self._write([("attempt", {"task_id": task.id, "attempt": attempt, "started_at": now})])
+        opts = task.options
+
+        def on_progress(fraction: float, message: str) -> None:
+            task.progress, task.progress_message = fraction, message
+
+        async def on_checkpoint(text: str) -> None:
+            task.checkpoint = text
+            await self._write([("update", {"id": task.id, "checkpoint": text})])
+
+        error: dict[str, Any] | None = None
+        result: Any = None
+        instance_id = None
+        try:
+            res = await self.rt.invoke(
+                task.function, task.event, session=task.session_id, timeout=float(opts["timeout_s"]),
+                on_progress=on_progress, on_checkpoint=on_checkpoint,
+                task={"id": task.id, "attempt": attempt, "resume_from_json": task.checkpoint},
+            )
+            result, instance_id = res.value, res.instance_id
+        except FunctionAIError as exc:
+            error = exc.to_dict()
+            instance_id = exc.details.get("instance_id")
+        if task.cancelled or self._closed:
+            return
+        now = _now()
+        attempt_row = {"task_id": task.id, "attempt": attempt, "finished_at": now, "instance_id": instance_id}
+        if error is None:
+            mine = await self._write([
+                ("update", {"id": task.id, "_expect_owner": self.owner, "state": "succeeded", "finished_at": now, "result": json.dumps(result), "error": None,
+                            "progress": 1.0, "progress_message": task.progress_message, "lease_owner": None, "lease_expires": None}),
+                ("attempt", {**attempt_row, "outcome": "succeeded"}),
+            ])
+            self._forget(task)
+            if mine:
+                self._deliver(task, "succeeded", result=result)
+            return
+        kind = str(error.get("kind"))
+        failed = "timed_out" if kind == "timeout" else "failed"
+        error_json = json.dumps(error)
+        policy = TaskPolicy.from_dict(opts)
+        if kind in policy.retry_on and attempt < policy.max_attempts:
+            run_after = now + policy.backoff(attempt, random.random())
+            mine = await self._write([
+                ("update", {"id": task.id, "_expect_owner": self.owner, "state": "queued", "run_after": run_after, "error": error_json,
+                            "lease_owner": None, "lease_expires": None}),
+                ("attempt", {**attempt_row, "outcome": failed, "error": error_json}),
+            ])
+            task.run_after = run_after
+            task.runner = None
+            self._running.get(task.function, set()).discard(task.id)
+            if mine:
+                self._enqueue(task)
+            else:
+                self._forget(task)
+            return
+        mine = await self._write([
+            ("update", {"id": task.id, "_expect_owner": self.owner, "state": failed, "finished_at": now, "error": error_json,
+                        "progress": task.progress, "progress_message": task.progress_message, "lease_owner": None, "lease_expires": None}),
+            ("attempt", {**attempt_row, "outcome": failed, "error": error_json}),
+        ])
+        self._forget(task)
+        if mine:
+            self._deliver(task, failed, error=error)
+
+    async def _reclaim_after(self, task: _Task, delay: float) -> None:
+        """A task left running by a runtime that died: once its lease has
+        expired, count the lost attempt and queue it again (or fail it)."""
+        if delay > 0:
+            await asyncio.sleep(delay)
+        row = await asyncio.to_thread(self.store.get_task, task.id, attempts=False)
+        if row["state"] != "running" or (row["lease_owner"] != self.owner and float(row["lease_expires"] or 0) > _now()):
+            if row["state"] == "running":
+                self._spawn(self._reclaim_after(task, float(row["lease_expires"]) - _now()))
+            else:
+                self._tasks.pop(task.id, None)
+            return
+        now = _now()
+        policy = TaskPolicy.from_dict(task.options)
+        error = {"kind": "instance_crashed", "message": f"attempt {task.attempts} was lost: its runtime stopped while it ran (lease expired)", "details": {}}
+        ops: list[tuple[str, dict[str, Any]]] = [("attempt", {"task_id": task.id, "attempt": task.attempts, "finished_at": now, "outcome": "lost", "error": json.dumps(error)})]
+        if task.attempts < policy.max_attempts:
+            ops.append(("update", {"id": task.id, "state": "queued", "run_after": now, "error": json.dumps(error), "lease_owner": None, "lease_expires": None}))
+            await self._write(ops)
+            task.run_after = now
+            self._enqueue(task)
+            self._wake.set()
+        else:
+            ops.append(("update", {"id": task.id, "state": "failed", "finished_at": now, "error": json.dumps(error), "lease_owner": None, "lease_expires": None}))
+            await self._write(ops)
+            self._forget(task)
+            self._deliver(task, "failed", error=error)
+
+    # -- destinations -----------------------------------------------------------
+
+    def _deliver(self, task: _Task, state: str, *, result: Any = None, error: dict[str, Any] | None = None) -> None:
+        dest = task.options.get("on_success" if state == "succeeded" else "on_failure")
+        if not dest:
+            return
+        body = {"task_id": task.id, "function": task.function, "state": state, "attempts": task.attempts,
+                "event": task.event, "result": result, "error": error}
+        if dest.startswith(("http://", "https://")):
+            self._spawn(asyncio.to_thread(_post_json, dest, body))
+        else:
+            self._spawn(self._submit_quietly(dest, body))
+
+    async def _submit_quietly(self, function: str, body: dict[str, Any]) -> None:
+        try:
+            await self.submit(function, body)
+        except FunctionAIError as exc:
+            log.warning("task %s: destination %s refused: %s", body["task_id"], function, exc)
+
+    # -- leases and writes ------------------------------------------------------
+
+    async def _lease_loop(self) -> None:
+        last_prune = 0.0
+        while not self._closed:
+            await asyncio.sleep(self.lease_s / 3)
+            running = [t for t in self._tasks.values() if t.runner is not None and not t.cancelled]
+            now = _now()
+            ops: list[tuple[str, dict[str, Any]]] = [
+                ("update", {"id": t.id, "lease_expires": now + self.lease_s, "progress": t.progress, "progress_message": t.progress_message})
+                for t in running
+            ]
+            if ops:
+                with contextlib.suppress(Exception):
+                    await self._write(ops)
+            if now - last_prune > PRUNE_INTERVAL_S:
+                last_prune = now
+                with contextlib.suppress(Exception):
+                    await self.prune()
+
+    async def prune(self) -> int:
+        """Delete finished tasks older than their function's retention."""
+        cut = {f["name"]: self.policy(f["name"]).retention_s for f in self.rt.functions()}
+        longest = max(cut.values(), default=TaskPolicy().retention_s)
+        return await asyncio.to_thread(self.store.prune_tasks, _now() - longest)
+
+    async def _write(self, ops: list[tuple[str, dict[str, Any]]]) -> bool:
+        """Commit ``ops`` (with whatever else is waiting: one transaction).
+        False when a conditional update (``_expect_owner``) found the task no
+        longer leased by this runtime: nothing of it was acted on."""
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending.append((ops, fut))
+        self._write_wake.set()
+        return await asyncio.shield(fut)
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._write_wake.wait()
+            self._write_wake.clear()
+            await self._flush_pending()
+
+    async def _flush_pending(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            ops = [op for ops, _ in batch for op in ops]
+            try:
+                applied = await asyncio.get_running_loop().run_in_executor(self._writer, self.store.write_tasks, ops)
+            except Exception as exc:
+                for _, fut in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            i = 0
+            for entry, fut in batch:
+                ok = all(applied[i : i + len(entry)])
+                i += len(entry)
+                if not fut.done():
+                    fut.set_result(ok)
+
+    # -- presentation -----------------------------------------------------------
+
+    @staticmethod
+    def _public(row: dict[str, Any], brief: bool = False) -> dict[str, Any]:
+        out = {
+            "id": row["id"],
+            "function": row["function"],
+            "session_id": row.get("session_id"),
+            "state": row["state"],
+            "attempts": row.get("attempts", 0),
+            "max_attempts": (row.get("options") or {}).get("max_attempts"),
+            "timeout_s": (row.get("options") or {}).get("timeout_s"),
+            "created_at": row.get("created_at"),
+            "started_at": row.get("started_at"),
+            "finished_at": row.get("finished_at"),
+            "run_after": row.get("run_after"),
+            "progress": row.get("progress"),
+            "progress_message": row.get("progress_message"),
+            "result": row.get("result"),
+            "error": row.get("error"),
+            "has_checkpoint": row.get("checkpoint") is not None,
+        }
+        if not brief:
+            out["event"] = row.get("event")
+            out["options"] = row.get("options")
+            out["checkpoint"] = json.loads(row["checkpoint"]) if row.get("checkpoint") else None
+            if "attempt_history" in row:
+                out["attempt_history"] = row["attempt_history"]
+        return out
+
+
+def _check_task_id(task_id: Any) -> None:
+    if not isinstance(task_id, str) or not task_id.startswith("t-") or len(task_id) > 40 or not task_id[2:].isalnum():
+        raise NotFound(f"no task {task_id!r} (task ids look like t-<hex>)", task_id=str(task_id)[:64])
+
+
+def _post_json(url: str, body: dict[str, Any]) -> None:
+    req = urllib.request.Request(url, data=json.dumps(body, default=str).encode(), method="POST", headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(req, timeout=30) as resp:
+            resp.read()
+    except OSError as exc:
+        log.warning("task %s: webhook %s failed: %s", body.get("task_id"), url, exc)
