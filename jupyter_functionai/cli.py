@@ -616,6 +616,71 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _task_rows(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    def progress(t: dict[str, Any]) -> str:
+        p = t.get("progress")
+        return "" if p is None else f"{p * 100:.0f}%"
+
+    return [
+        (t["id"], t.get("function"), t.get("state"), f"{t.get('attempts')}/{t.get('max_attempts')}", progress(t), _when(t.get("created_at")), t.get("session_id") or "")
+        for t in rows
+    ]
+
+
+def _task_outcome(row: dict[str, Any], as_json: bool) -> int:
+    if as_json:
+        print_json(row)
+    elif row["state"] == "succeeded":
+        print_json(row.get("result"))
+    else:
+        err = row.get("error") or {}
+        print(f"task {row['id']} is {row['state']} after {row.get('attempts')} attempt(s)" + (f": {err.get('kind')}: {err.get('message')}" if err else ""), file=sys.stderr)
+        if err.get("details", {}).get("traceback"):
+            print(str(err["details"]["traceback"]).rstrip("\n"), file=sys.stderr)
+    return EXIT_OK if row["state"] == "succeeded" else EXIT_FAILED
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    client = _client(args)
+    row = client.submit(args.name, _load_data(args.data), session=args.session, timeout=args.timeout, retries=args.retries)
+    if not args.wait:
+        if args.json:
+            print_json(row)
+        else:
+            print(row["id"])
+        return EXIT_OK
+    print(f"submitted task {row['id']}", file=sys.stderr)
+    return _task_outcome(client.wait_task(row["id"]), args.json)
+
+
+def cmd_tasks_ls(args: argparse.Namespace) -> int:
+    rows = _client(args).tasks(args.function, state=args.state, limit=args.limit)
+    if args.json:
+        print_json(rows)
+    else:
+        print_table(("ID", "FUNCTION", "STATE", "ATTEMPTS", "PROGRESS", "CREATED", "SESSION"), _task_rows(rows), "no tasks")
+    return EXIT_OK
+
+
+def cmd_tasks_show(args: argparse.Namespace) -> int:
+    print_json(_client(args).task(args.id))
+    return EXIT_OK
+
+
+def cmd_tasks_wait(args: argparse.Namespace) -> int:
+    row = _client(args).wait_task(args.id, timeout=args.timeout)
+    if row["state"] not in ("succeeded", "failed", "cancelled", "timed_out"):
+        print(f"task {row['id']} is still {row['state']} after {args.timeout:g} s", file=sys.stderr)
+        return EXIT_FAILED
+    return _task_outcome(row, args.json)
+
+
+def cmd_tasks_cancel(args: argparse.Namespace) -> int:
+    row = _client(args).cancel_task(args.id)
+    print(f"task {row['id']} is {row['state']}")
+    return EXIT_OK
+
+
 # -- main ---------------------------------------------------------------------------------
 
 
@@ -749,6 +814,35 @@ def build_parser() -> argparse.ArgumentParser:
     p = ksub.add_parser("revoke", help="revoke a key", parents=conn)
     p.add_argument("id")
     p.set_defaults(func=cmd_keys_revoke)
+
+    p = command("submit", cmd_submit, "submit a durable task (prints its id; --wait follows it to the end)")
+    p.add_argument("name")
+    p.add_argument("--data", metavar="JSON|@FILE", help="the event: JSON text, @FILE or @- for stdin (default: null)")
+    p.add_argument("--session", help="run it in this session (in order with the session's other calls)")
+    p.add_argument("--timeout", type=float, help="seconds per attempt (default: the function's tasks.timeout_s, 1 h)")
+    p.add_argument("--retries", type=int, help="extra attempts after a failure (default: the function's tasks.max_attempts - 1)")
+    p.add_argument("--wait", action="store_true", help="wait for the outcome; exit 1 unless it succeeded")
+    _json_option(p)
+
+    tasks = sub.add_parser("tasks", help="durable tasks: ls, show, wait, cancel")
+    tsub = tasks.add_subparsers(dest="tasks_command", metavar="{ls,show,wait,cancel}", required=True)
+    p = tsub.add_parser("ls", help="list tasks, newest first", parents=conn)
+    p.add_argument("function", nargs="?")
+    p.add_argument("--state", choices=("queued", "running", "succeeded", "failed", "cancelled", "timed_out"))
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(func=cmd_tasks_ls)
+    _json_option(p)
+    p = tsub.add_parser("show", help="one task with its attempts (JSON)", parents=conn)
+    p.add_argument("id")
+    p.set_defaults(func=cmd_tasks_show)
+    p = tsub.add_parser("wait", help="follow a task until it finishes; print its result (exit 1 unless it succeeded)", parents=conn)
+    p.add_argument("id")
+    p.add_argument("--timeout", type=float, default=None, help="give up after this many seconds")
+    p.set_defaults(func=cmd_tasks_wait)
+    _json_option(p)
+    p = tsub.add_parser("cancel", help="cancel a queued or running task", parents=conn)
+    p.add_argument("id")
+    p.set_defaults(func=cmd_tasks_cancel)
 
     demo = sub.add_parser("demo", help="deploy the example agent-memory function and show two isolated sessions")
     demo.add_argument("--state-dir", metavar="DIR", help="runtime state directory (default: a temporary one, deleted afterwards)")

@@ -54,6 +54,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -75,6 +76,7 @@ __all__ = [
     "Unauthorized",
 ]
 
+TASK_FINAL_STATES = ("succeeded", "failed", "cancelled", "timed_out")
 ENV_URL = "FUNCTIONAI_URL"
 ENV_TOKEN = "FUNCTIONAI_TOKEN"
 # set by the server extension in its own environment, so the kernels and
@@ -156,6 +158,7 @@ class _Request:
     body: Any = None
     has_body: bool = False
     headers: dict[str, str] = field(default_factory=dict)
+    wait: float = 0.0  # the server may hold the answer this long (long-poll)
 
     def url(self, base: str) -> str:
         url = base.rstrip("/") + "/" + self.path
@@ -331,8 +334,8 @@ class _Base:
 
     def _timeout(self, req: _Request) -> float:
         if self.timeout is not None:
-            return self.timeout
-        return DEFAULT_TIMEOUT if req.path.startswith("functionai/invoke/") else API_TIMEOUT
+            return self.timeout + req.wait
+        return DEFAULT_TIMEOUT if req.path.startswith("functionai/invoke/") else API_TIMEOUT + req.wait
 
     def _no_server(self, tried: list[str]) -> NoServer:
         where = f" (tried {', '.join(tried)})" if tried else ""
@@ -397,6 +400,22 @@ class _Base:
 
     def _r_revoke_key(self, key_id: str) -> _Request:
         return _Request("DELETE", f"{API}/keys/{_quote(key_id)}")
+
+    def _r_submit(self, name: str, event: Any, session: str | None, timeout: float | None, retries: int | None) -> _Request:
+        query = {"session": session, "timeout": timeout, "retries": retries}
+        return _Request("POST", f"{API}/functions/{_quote(name)}/tasks", query=query, body=event, has_body=True, headers={"Content-Type": "application/json"})
+
+    def _r_task(self, task_id: str, wait: float = 0.0) -> _Request:
+        return _Request("GET", f"{API}/tasks/{_quote(task_id)}", query={"wait": wait or None}, wait=wait)
+
+    def _r_tasks(self, function: str | None, state: str | None, limit: int | None) -> _Request:
+        return _Request("GET", f"{API}/tasks", query={"function": function, "state": state, "limit": limit})
+
+    def _r_task_counts(self) -> _Request:
+        return _Request("GET", f"{API}/tasks/counts")
+
+    def _r_cancel_task(self, task_id: str) -> _Request:
+        return _Request("POST", f"{API}/tasks/{_quote(task_id)}/cancel")
 
     def _r_openapi(self) -> _Request:
         return _Request("GET", f"{API}/openapi.json")
@@ -533,6 +552,33 @@ class Client(_Base):
 
     def revoke_key(self, id: str) -> None:
         self._call(self._r_revoke_key(id))
+
+    def submit(self, name: str, event: Any = None, *, session: str | None = None, timeout: float | None = None, retries: int | None = None) -> dict[str, Any]:
+        """Enqueue a durable task; returns it (``state`` "queued") at once."""
+        return self._json(self._r_submit(name, event, session, timeout, retries))
+
+    def task(self, id: str, *, wait: float = 0.0) -> dict[str, Any]:
+        """The task; with ``wait`` the server holds the answer up to that many
+        seconds (≤ 300) for it to finish."""
+        return self._json(self._r_task(id, wait))
+
+    def wait_task(self, id: str, timeout: float | None = None, poll: float = 60.0) -> dict[str, Any]:
+        """Long-poll until the task is finished (or ``timeout`` s passed)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic()))
+            row = self.task(id, wait=left)
+            if row["state"] in TASK_FINAL_STATES or (deadline is not None and time.monotonic() >= deadline):
+                return row
+
+    def tasks(self, function: str | None = None, state: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        return self._json(self._r_tasks(function, state, limit))
+
+    def task_counts(self) -> dict[str, dict[str, int]]:
+        return self._json(self._r_task_counts())
+
+    def cancel_task(self, id: str) -> dict[str, Any]:
+        return self._json(self._r_cancel_task(id))
 
     def openapi(self) -> dict[str, Any]:
         return self._json(self._r_openapi())
@@ -673,6 +719,29 @@ class AsyncClient(_Base):
 
     async def revoke_key(self, id: str) -> None:
         await self._call(self._r_revoke_key(id))
+
+    async def submit(self, name: str, event: Any = None, *, session: str | None = None, timeout: float | None = None, retries: int | None = None) -> dict[str, Any]:
+        return await self._json(self._r_submit(name, event, session, timeout, retries))
+
+    async def task(self, id: str, *, wait: float = 0.0) -> dict[str, Any]:
+        return await self._json(self._r_task(id, wait))
+
+    async def wait_task(self, id: str, timeout: float | None = None, poll: float = 60.0) -> dict[str, Any]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic()))
+            row = await self.task(id, wait=left)
+            if row["state"] in TASK_FINAL_STATES or (deadline is not None and time.monotonic() >= deadline):
+                return row
+
+    async def tasks(self, function: str | None = None, state: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        return await self._json(self._r_tasks(function, state, limit))
+
+    async def task_counts(self) -> dict[str, dict[str, int]]:
+        return await self._json(self._r_task_counts())
+
+    async def cancel_task(self, id: str) -> dict[str, Any]:
+        return await self._json(self._r_cancel_task(id))
 
     async def openapi(self) -> dict[str, Any]:
         return await self._json(self._r_openapi())

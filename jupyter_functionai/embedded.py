@@ -25,6 +25,20 @@ from .spec import FunctionSpec
 T = TypeVar("T")
 
 
+_SHARED: EmbeddedClient | None = None
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_client() -> EmbeddedClient:
+    """The one embedded runtime of this process (created on first use), so
+    that everything in a process that falls back to it shares one store."""
+    global _SHARED
+    with _SHARED_LOCK:
+        if _SHARED is None or not _SHARED._thread.is_alive():
+            _SHARED = EmbeddedClient()
+        return _SHARED
+
+
 def default_embedded_dir() -> str:
     from jupyter_core.paths import jupyter_data_dir
 
@@ -98,6 +112,24 @@ class EmbeddedClient:
 
     def sessions(self, function: str | None = None, *, status: str | None = None) -> list[dict[str, Any]]:
         return self._run(self.runtime.sessions(function, status))
+
+    def submit(self, name: str, event: Any = None, *, session: str | None = None, timeout: float | None = None, retries: int | None = None) -> dict[str, Any]:
+        return self._run(self.runtime.tasks.submit(name, event, session=session, timeout=timeout, retries=retries))
+
+    def task(self, id: str, *, wait: float = 0.0) -> dict[str, Any]:
+        return self._run(self.runtime.tasks.wait(id, wait) if wait else self.runtime.tasks.get(id))
+
+    def wait_task(self, id: str, timeout: float | None = None) -> dict[str, Any]:
+        return self._run(self.runtime.tasks.wait(id, timeout))
+
+    def tasks(self, function: str | None = None, state: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        return self._run(self.runtime.tasks.list_tasks(function, state, limit=limit or 100))
+
+    def task_counts(self) -> dict[str, dict[str, int]]:
+        return self._run(self.runtime.tasks.counts())
+
+    def cancel_task(self, id: str) -> dict[str, Any]:
+        return self._run(self.runtime.tasks.cancel(id))
 
     def coldstarts(self, function: str | None = None, limit: int = 500) -> list[dict[str, Any]]:
         return self._run(self.runtime.coldstarts(function, limit))

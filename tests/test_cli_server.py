@@ -128,7 +128,7 @@ class Server:
             return False
 
 
-def start_server(home: Path, data_dir: Path, command: str = "serve", env: dict[str, str] | None = None) -> Server:
+def start_server(home: Path, data_dir: Path, command: str = "serve", env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> Server:
     home.mkdir(parents=True, exist_ok=True)
     port, token = free_port(), secrets.token_hex(16)
     log = open(home / "server.log", "ab")
@@ -137,6 +137,7 @@ def start_server(home: Path, data_dir: Path, command: str = "serve", env: dict[s
         cmd.append("--no-browser")
     # an extra Jupyter option passes through: fail rather than move to another port
     cmd.append("--ServerApp.port_retries=0")
+    cmd.extend(args)
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**base_env(home), **(env or {})}, cwd=home)
     log.close()
     server = Server(proc, f"http://127.0.0.1:{port}", token, home, data_dir)

@@ -38,6 +38,11 @@ class FunctionAI(ExtensionApp):
     backend = Unicode("process", config=True, help="Sandbox backend: process.")
     reap_interval = Float(1.0, config=True, help="Seconds between idle/lifetime checks of sessions.")
     use_templates = Bool(True, config=True, help="Fork instances from per-function templates (else a fresh interpreter each).")
+    task_lease_s = Float(
+        15.0,
+        config=True,
+        help="Seconds a running task's lease lasts without renewal: after a crash, its task is retried this long after the last renewal.",
+    )
 
     aliases = {
         "data-dir": "FunctionAI.data_dir",
@@ -54,6 +59,7 @@ class FunctionAI(ExtensionApp):
             backend=self.backend,
             reap_interval=self.reap_interval,
             use_templates=self.use_templates,
+            task_lease_s=self.task_lease_s,
         )
         self.settings["functionai_runtime"] = self.runtime
         self.log.info("functionai: data dir %s, backend %s", self.data_dir, self.backend)

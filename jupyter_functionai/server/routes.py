@@ -23,6 +23,7 @@ API = "/functionai/api"
 # Jupyter's HTML page, for a name that cannot exist)
 NAME = r"(?P<name>[^/]+)"
 SESSION = r"(?P<session_id>[^/]+)"
+TASK = r"(?P<task_id>[^/]+)"
 
 
 class HealthHandler(BaseHandler):
@@ -180,6 +181,74 @@ class KeyHandler(BaseHandler):
         self.finish()
 
 
+def query_float(handler: BaseHandler, name: str, lo: float, hi: float) -> float | None:
+    raw = handler.get_query_argument(name, None)
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not lo <= value <= hi:
+        raise InvalidArgument(f"query parameter {name}={raw!r} must be a number in [{lo:g}, {hi:g}]")
+    return value
+
+
+class FunctionTasksHandler(BaseHandler):
+    @jupyter_auth
+    async def post(self, name: str) -> None:
+        """Enqueue a durable task; the body is the event, as for invoke."""
+        retries = self.get_query_argument("retries", None)
+        attempts = self.get_query_argument("max_attempts", None)
+        task = await self.runtime.tasks.submit(
+            name,
+            self.json_body(),
+            session=self.get_query_argument("session", None),
+            timeout=query_float(self, "timeout", float("-inf"), float("inf")),
+            retries=query_int(self, "retries", 0, -(10**9), 10**9) if retries is not None else None,
+            max_attempts=query_int(self, "max_attempts", 1, -(10**9), 10**9) if attempts is not None else None,
+        )
+        self.set_header("Location", self.base_url.rstrip("/") + f"/functionai/api/tasks/{task['id']}")
+        self.write_json(task, status=202)
+
+
+class TasksHandler(BaseHandler):
+    @jupyter_auth
+    async def get(self) -> None:
+        self.write_json(
+            await self.runtime.tasks.list_tasks(
+                self.get_query_argument("function", None),
+                self.get_query_argument("state", None),
+                query_float(self, "since", 0, float("inf")),
+                query_float(self, "until", 0, float("inf")),
+                query_int(self, "limit", 100),
+            )
+        )
+
+
+class TaskCountsHandler(BaseHandler):
+    @jupyter_auth
+    async def get(self) -> None:
+        self.write_json(await self.runtime.tasks.counts())
+
+
+class TaskHandler(BaseHandler):
+    @jupyter_auth
+    async def get(self, task_id: str) -> None:
+        """The task; ``?wait=S`` long-polls up to S seconds (≤ 300) for it to finish."""
+        wait = query_float(self, "wait", 0, 300)
+        if wait:
+            self.write_json(await self.runtime.tasks.wait(task_id, wait))
+        else:
+            self.write_json(await self.runtime.tasks.get(task_id))
+
+
+class TaskCancelHandler(BaseHandler):
+    @jupyter_auth
+    async def post(self, task_id: str) -> None:
+        self.write_json(await self.runtime.tasks.cancel(task_id))
+
+
 class OpenAPIHandler(BaseHandler):
     @jupyter_auth
     async def get(self) -> None:
@@ -259,6 +328,16 @@ ROUTES: list[Route] = [
         KeysHandler,
         {"get": Op("Function-scoped keys (no secrets)", returns="AnyList", query=("function",)), "post": Op("Create a key", body="CreateKey", ok=201, returns="Key")},
     ),
+    Route(
+        f"{API}/functions/{NAME}/tasks",
+        "/functionai/api/functions/{name}/tasks",
+        FunctionTasksHandler,
+        {"post": Op("Submit a durable task (the body is the event)", body="Event", ok=202, returns="Task", query=("session", "timeout", "retries", "max_attempts"), errors=(400, 404, 413))},
+    ),
+    Route(f"{API}/tasks", "/functionai/api/tasks", TasksHandler, {"get": Op("List tasks, newest first", returns="TaskList", query=("function", "state", "since", "until", "limit"))}),
+    Route(f"{API}/tasks/counts", "/functionai/api/tasks/counts", TaskCountsHandler, {"get": Op("Task counts per function and state", returns="Health")}),
+    Route(f"{API}/tasks/{TASK}", "/functionai/api/tasks/{task_id}", TaskHandler, {"get": Op("Describe a task (?wait=S long-polls until it finishes)", returns="Task", query=("wait",))}),
+    Route(f"{API}/tasks/{TASK}/cancel", "/functionai/api/tasks/{task_id}/cancel", TaskCancelHandler, {"post": Op("Cancel a queued or running task", returns="Task", errors=(404, 409))}),
     Route(f"{API}/keys/(?P<key_id>[^/]+)", "/functionai/api/keys/{key_id}", KeyHandler, {"delete": Op("Revoke a key", ok=204)}),
     Route(
         f"/functionai/invoke/{NAME}",
@@ -308,6 +387,7 @@ SCHEMAS: dict[str, Any] = {
             "network": {"type": "string", "enum": ["none", "loopback", "host"]},
             "isolation_required": {"type": "array", "items": {"type": "string"}},
             "limits": _ANY,
+            "tasks": _ANY,
             "description": {"type": "string"},
             "warmup": {"type": ["string", "null"]},
         },
@@ -324,6 +404,8 @@ SCHEMAS: dict[str, Any] = {
     "CreateKey": {"type": "object", "required": ["function"], "properties": {"function": {"type": "string"}, "note": {"type": "string"}}},
     "Key": {"type": "object", "properties": {"key": {"type": "string"}, "id": {"type": "string"}, "function": {"type": "string"}}},
     "Event": {},
+    "Task": {"type": "object", "required": ["id", "state", "attempts"], "properties": {"id": {"type": "string"}, "state": {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "cancelled", "timed_out"]}, "attempts": {"type": "integer"}, "result": {}, "error": _ANY, "progress": {"type": ["number", "null"]}}},
+    "TaskList": {"type": "array", "items": _ANY},
     "Result": {},
 }
 
