@@ -257,3 +257,36 @@ async def test_restart_reclaims_running_tasks_after_their_lease(tmp_path: Path) 
     finally:
         await second.close()
         await asyncio.wait_for(first.close(), 30)
+
+
+async def test_a_busy_session_is_not_paused_for_idleness_then_is(rt: Runtime) -> None:
+    """A call longer than the idle TTL keeps its session live (busy); once
+    idle, the instance is paused to disk and the session resumes on demand."""
+    await deploy(rt, "work", WORK, memory="256Mi", idle_ttl=0.3, tasks=FAST_RETRY)
+    t = await rt.tasks.submit("work", {"kind": "sleep", "s": 1.5, "x": 1}, session="long")
+
+    async def running() -> bool:
+        return (await rt.tasks.get(t["id"]))["state"] == "running"
+
+    await wait_for(running, 30, "the task to run")
+    await asyncio.sleep(0.8)  # well past the idle TTL, while the call runs
+    desc = await rt.describe_session("long")
+    assert desc["status"] == "live" and desc["busy"] is True
+    done = await finished(rt, t["id"])
+    assert done["state"] == "succeeded" and done["result"]["n"] == 1
+
+    async def paused() -> bool:
+        return (await rt.describe_session("long"))["status"] == "paused"
+
+    await wait_for(paused, 10, "the idle session to be paused")
+    again = await finished(rt, (await rt.tasks.submit("work", {"x": 2}, session="long"))["id"])
+    assert again["result"]["n"] == 2  # resumed with its state
+
+
+async def test_max_lifetime_ends_even_a_busy_session(rt: Runtime) -> None:
+    await deploy(rt, "work", WORK, memory="256Mi", max_lifetime=1.5, tasks=FAST_RETRY)
+    t = await rt.tasks.submit("work", {"kind": "sleep", "s": 60}, session="runaway")
+    done = await finished(rt, t["id"], timeout=30)
+    assert done["state"] == "failed", done
+    desc = await rt.describe_session("runaway")
+    assert desc["status"] in ("closed", "expired") and "lifetime" in (desc.get("close_reason") or "")

@@ -665,11 +665,11 @@ class Runtime:
 
     async def _lost_instance(self, sess: LiveSession, inst: Instance, exc: FunctionAIError) -> None:
         """The session's instance is gone (timeout, OOM, crash): the session stays resumable."""
-        if sess.instance is inst:
+        if sess.instance is inst and not sess.ended:  # (a close that stopped it has written the session)
             sess.instance = None
             sess.status = PAUSED
+            self._defer(self.store.update_session, sess.id, status=PAUSED, instance_id=None)
         self._defer(self.store.update_instance, inst.id, status="stopped", stopped_at=time.time(), exit_reason=exc.kind)
-        self._defer(self.store.update_session, sess.id, status=PAUSED, instance_id=None)
         await inst.stop(exc.kind)
 
     def _instance_exited(self, inst: Instance, reason: str) -> None:
@@ -732,10 +732,10 @@ class Runtime:
             workdir, uid = row["workdir"], row["uid"]
         else:
             sess.ended = status
-            if sess.instance is not None:
-                await sess.instance.stop(reason)
-                self._defer(self.store.update_instance, sess.instance.id, status="stopped", stopped_at=time.time(), exit_reason=reason)
-                sess.instance = None
+            inst, sess.instance = sess.instance, None  # a busy call may drop it while it stops
+            if inst is not None:
+                await inst.stop(reason)
+                self._defer(self.store.update_instance, inst.id, status="stopped", stopped_at=time.time(), exit_reason=reason)
             workdir, uid = sess.workdir, sess.uid
         if workdir:  # a session that never got an instance has no row yet
             self._defer(self.store.update_session, session_id, status=status, closed_at=time.time(), close_reason=reason, instance_id=None, state={})
