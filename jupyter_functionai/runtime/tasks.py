@@ -150,6 +150,10 @@ class TaskManager:
                 ops.append(("attempt", {"task_id": task.id, "attempt": task.attempts, "finished_at": _now(), "outcome": "interrupted"}))
         if ops:
             await self._write(ops)
+        for futs in self._waiters.values():
+            for fut in futs:
+                if not fut.done():
+                    fut.set_result(None)
         self._write_wake.set()
         writer = self._loops[0] if self._loops else None
         if writer is not None:
@@ -252,17 +256,16 @@ class TaskManager:
 
     async def wait(self, task_id: str, timeout: float | None = None) -> dict[str, Any]:
         """The task once it is finished, or as it is after ``timeout`` seconds."""
-        row = await self.get(task_id)
-        if row["state"] in TASK_FINAL_STATES or timeout == 0:
-            return row
+        _check_task_id(task_id)
+        if task_id not in self._tasks or timeout == 0:  # finished, or not this runtime's
+            return await self.get(task_id)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(task_id, []).append(fut)
+        self._waiters.setdefault(task_id, []).append(fut)  # set when it leaves self._tasks
         try:
-            row = await self.get(task_id)  # it may have finished meanwhile
-            if row["state"] not in TASK_FINAL_STATES:
+            if task_id in self._tasks:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(fut, timeout)
-                row = await self.get(task_id)
+            row = await self.get(task_id)
         finally:
             waiters = self._waiters.get(task_id, [])
             if fut in waiters:
@@ -373,10 +376,11 @@ class TaskManager:
         started = await self._write([
             ("update", {"id": task.id, "_expect_state": "queued", "state": "running", "attempts": attempt, "started_at": now,
                         "lease_owner": self.owner, "lease_expires": now + self.lease_s, "progress": None, "progress_message": None}),
+            ("attempt", {"task_id": task.id, "attempt": attempt, "started_at": now}),
         ])
         if not started or task.cancelled:  # cancelled while it was being started
+            await self._write([("attempt", {"task_id": task.id, "attempt": attempt, "finished_at": now, "outcome": "cancelled"})])
             return
-        await self._write([("attempt", {"task_id": task.id, "attempt": attempt, "started_at": now})])
         opts = task.options
 
         def on_progress(fraction: float, message: str) -> None:
@@ -451,7 +455,7 @@ class TaskManager:
             if row["state"] == "running":
                 self._spawn(self._reclaim_after(task, float(row["lease_expires"]) - _now()))
             else:
-                self._tasks.pop(task.id, None)
+                self._forget(task)
             return
         now = _now()
         policy = TaskPolicy.from_dict(task.options)
