@@ -784,11 +784,12 @@ def connect(announce: Any = print) -> Any:
         how = "FUNCTIONAI_URL" if os.environ.get(ENV_URL) else "a running Jupyter server"
         client.source = f"{how} ({url})"
         return client
-    if _EMBEDDED is None:
-        from .embedded import EmbeddedClient
+    from .embedded import shared_client
 
-        _EMBEDDED = EmbeddedClient()
-        _EMBEDDED.source = f"an embedded runtime in this process ({_EMBEDDED.data_dir})"
+    embedded = shared_client()  # the one of this process (magics, sandbox kernels)
+    if embedded is not _EMBEDDED:
+        _EMBEDDED = embedded
+        embedded.source = f"an embedded runtime in this process ({embedded.data_dir})"
         if announce is not None:
-            announce(f"functionai: no server found; functions run in an embedded runtime in this kernel ({_EMBEDDED.data_dir})")
-    return _EMBEDDED
+            announce(f"functionai: no server found; functions run in an embedded runtime in this kernel ({embedded.data_dir})")
+    return embedded

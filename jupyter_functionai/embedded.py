@@ -52,6 +52,7 @@ class EmbeddedClient:
 
     def __init__(self, data_dir: str | None = None) -> None:
         self.data_dir = os.path.abspath(data_dir or default_embedded_dir())
+        self.source = ""  # how ``client.connect`` chose it
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="functionai-embedded", daemon=True)
         self._thread.start()

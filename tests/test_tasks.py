@@ -12,7 +12,13 @@ from typing import Any
 import pytest
 
 from jupyter_functionai import Runtime
-from jupyter_functionai.errors import Conflict, InvalidArgument, InvalidSpec, NotFound, PayloadTooLarge
+from jupyter_functionai.errors import (
+    Conflict,
+    InvalidArgument,
+    InvalidSpec,
+    NotFound,
+    PayloadTooLarge,
+)
 
 from .conftest import deploy, wait_for
 

@@ -1,0 +1,17 @@
+"""An IPython extension a sandbox kernel loads at start (``--IPKernelApp.extra_extensions``):
+it tells the sandbox that the kernel has finished initialising, so the
+recorded cold start covers the kernel's whole start, not just its sockets."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+ENV_READY_FILE = "FUNCTIONAI_KERNEL_READY_FILE"
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    path = os.environ.pop(ENV_READY_FILE, None)  # not inherited by what the kernel runs
+    if path:
+        with open(path, "w") as f:
+            f.write(str(os.getpid()))
