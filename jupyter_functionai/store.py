@@ -998,10 +998,12 @@ class Store:
         with self._tx(write=False) as conn:
             return int(conn.execute(select(func.max(tasks.c.seq))).scalar() or 0)
 
-    def prune_tasks(self, finished_before: float) -> int:
-        """Delete finished tasks (and their attempts) older than the cut-off."""
+    def prune_tasks(self, cuts: Mapping[str, float], other: float) -> int:
+        """Delete finished tasks (and their attempts) that finished before
+        their function's cut-off (``cuts``; ``other`` for any other function)."""
         with self._tx() as conn:
-            ids = [r.id for r in conn.execute(select(tasks.c.id).where(tasks.c.state.in_(TASK_FINAL_STATES), tasks.c.finished_at < finished_before)).all()]
+            rows = conn.execute(select(tasks.c.id, tasks.c.function, tasks.c.finished_at).where(tasks.c.state.in_(TASK_FINAL_STATES))).all()
+            ids = [r.id for r in rows if r.finished_at is not None and r.finished_at < cuts.get(r.function, other)]
             for i in range(0, len(ids), 500):
                 chunk = ids[i : i + 500]
                 conn.execute(task_attempts.delete().where(task_attempts.c.task_id.in_(chunk)))

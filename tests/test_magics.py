@@ -28,6 +28,7 @@ CELLS: dict[str, str] = {
         "    return {'sum': helper(event['x']) + OFFSET, 'n': n, 'dumped': js.dumps(1)}"
     ),
     "invoke": "adder.invoke({'x': 1})['sum']",
+    "submit": "t = adder.submit({'x': 2}, session='tasks')\nprint('task', t.result(60)['sum'], t.state, t.id.startswith('t-'))",
     "session": (
         "with adder.session() as s:\n"
         "    before = s.state\n"
@@ -116,6 +117,7 @@ def test_deploy_carries_notebook_names_and_invokes(run: tuple[Server, dict[str, 
     # carried names are listed, FACTOR too (needed by helper, not by the cell)
     assert "(carried from the notebook: FACTOR, OFFSET, helper, js)" in out, out
     assert text(cells["invoke"]).strip() == "13"
+    assert text(cells["submit"]).strip() == "task 23 succeeded True", text(cells["submit"])  # a durable task
     assert text(cells["repr"]).strip() == f"<FunctionHandle 'adder' at {srv.url}/functionai/invoke/adder>"
     with Client(srv.url, srv.token) as client:
         assert {f["name"]: f["active_version"] for f in client.functions()}["adder"] == 1

@@ -296,3 +296,16 @@ async def test_max_lifetime_ends_even_a_busy_session(rt: Runtime) -> None:
     assert done["state"] == "failed", done
     desc = await rt.describe_session("runaway")
     assert desc["status"] in ("closed", "expired") and "lifetime" in (desc.get("close_reason") or "")
+
+
+async def test_finished_tasks_are_pruned_after_their_retention(rt: Runtime) -> None:
+    await deploy(rt, "brief", WORK, memory="256Mi", tasks={**FAST_RETRY, "retention_s": 0.5})
+    await deploy(rt, "kept", WORK, memory="256Mi", tasks=FAST_RETRY)
+    a = await finished(rt, (await rt.tasks.submit("brief", {"x": 1}))["id"])
+    b = await finished(rt, (await rt.tasks.submit("kept", {"x": 1}))["id"])
+    assert await rt.tasks.prune() == 0  # both younger than their retention
+    await asyncio.sleep(0.6)
+    assert await rt.tasks.prune() == 1
+    with pytest.raises(NotFound):
+        await rt.tasks.get(a["id"])
+    assert (await rt.tasks.get(b["id"]))["state"] == "succeeded"

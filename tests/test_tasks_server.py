@@ -105,7 +105,9 @@ def test_kill_9_mid_way_loses_nothing_and_finishes_nothing_twice(tmp_path: Path)
             c.deploy("work", WORK, memory="256Mi", tasks={**POLICY, "on_success": url, "on_failure": url})
             c.deploy("steps", STEPS, memory="256Mi", tasks={**POLICY, "on_success": url})
             kinds: dict[str, str] = {}
-            for i in range(200):
+            for i in range(5):  # a session's tasks: its state must survive the kill
+                kinds[c.submit("work", {"x": i}, session="keep")["id"]] = "session"
+            for i in range(195):
                 if i % 5 == 0:
                     t = c.submit("steps", {"n": 8, "sleep": 0.25})
                     kinds[t["id"]] = "long"
@@ -137,6 +139,9 @@ def test_kill_9_mid_way_loses_nothing_and_finishes_nothing_twice(tmp_path: Path)
 
             wait_until(all_final, 240, "every task to finish after the restart")
             rows = {r["id"]: c.task(r["id"]) for r in c.tasks(limit=1000)}
+            # the session comes back resumable, its state as its finished calls left it
+            last = c.wait_task(c.submit("work", {"x": 99}, session="keep")["id"], timeout=60)
+            assert last["state"] == "succeeded" and last["result"]["n"] == 6, last
         assert set(rows) == set(kinds)  # none lost
         resumed = 0
         for tid, row in rows.items():
@@ -152,6 +157,8 @@ def test_kill_9_mid_way_loses_nothing_and_finishes_nothing_twice(tmp_path: Path)
                     resumed += 1
                 else:
                     assert row["result"] == {"resumed_from": 0, "attempt": 1}, row
+            if kind == "session":
+                assert row["result"]["n"] == int(row["event"]["x"]) + 1, row  # in order, state kept
             if kind == "quick":
                 assert row["result"]["echo"] is not None
         assert resumed >= 3  # the long tasks that were running went on from their checkpoints
@@ -160,7 +167,7 @@ def test_kill_9_mid_way_loses_nothing_and_finishes_nothing_twice(tmp_path: Path)
         wait_until(lambda: after <= {g["task_id"] for g in hook.got}, 30, "the destinations of the tasks finished after the restart")
         counts = Counter(g["task_id"] for g in hook.got)
         assert max(counts.values()) == 1, [k for k, v in counts.items() if v > 1]
-        assert all(rows[k]["state"] == g["state"] for g in hook.got for k in [g["task_id"]])
+        assert all(rows[g["task_id"]]["state"] == g["state"] for g in hook.got if g["task_id"] != last["id"])
     finally:
         if srv.proc.poll() is None:
             srv.proc.kill()

@@ -831,6 +831,10 @@ class Runtime:
                 await asyncio.sleep(0.02)  # group commit: gather what arrives meanwhile
             await self._flush()
 
+    async def flush(self) -> None:
+        """Commit every store write queued so far (session state, records)."""
+        await self._flush()
+
     async def _flush(self) -> None:
         """Commit every write queued before this call (one flush at a time, so a
         caller never returns while an earlier batch is still being written)."""

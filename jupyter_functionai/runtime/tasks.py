@@ -405,6 +405,10 @@ class TaskManager:
             instance_id = exc.details.get("instance_id")
         if task.cancelled or self._closed:
             return
+        if task.session_id is not None:
+            # the session state this attempt produced is committed before the
+            # outcome is: a crash never leaves a success without its state
+            await self.rt.flush()
         now = _now()
         attempt_row = {"task_id": task.id, "attempt": attempt, "finished_at": now, "instance_id": instance_id}
         if error is None:
@@ -513,10 +517,11 @@ class TaskManager:
                     await self.prune()
 
     async def prune(self) -> int:
-        """Delete finished tasks older than their function's retention."""
-        cut = {f["name"]: self.policy(f["name"]).retention_s for f in self.rt.functions()}
-        longest = max(cut.values(), default=TaskPolicy().retention_s)
-        return await asyncio.to_thread(self.store.prune_tasks, _now() - longest)
+        """Delete finished tasks older than their function's retention (tasks
+        of deleted functions: the default retention)."""
+        now = _now()
+        cuts = {f["name"]: now - self.policy(f["name"]).retention_s for f in self.rt.functions()}
+        return await asyncio.to_thread(self.store.prune_tasks, cuts, now - TaskPolicy().retention_s)
 
     async def _write(self, ops: list[tuple[str, dict[str, Any]]]) -> bool:
         """Commit ``ops`` (with whatever else is waiting: one transaction).
