@@ -11,6 +11,8 @@
         s.invoke({"x": 2}); s.state
 
     %fai ls | sessions [NAME] | invoke NAME [--session ID] JSON | close ID | url NAME
+    %fai panel [sessions|coldstarts|functions] [NAME]     # live widget panels
+    adder.panel()                                         # also under the %%function cell
 
 ``%%function NAME`` deploys the cell's code as a new version of the function
 ``NAME`` on a running functionai server and binds a :class:`FunctionHandle`
@@ -25,7 +27,7 @@ sandbox: the magic refuses to deploy and names the variable.  The carried code
 is a preamble placed before the cell; line numbers of remote tracebacks are
 shifted back so that they point at the cell's lines.
 
-**Server** (:func:`jupyter_functionai.client.connect`, at first use): the
+**Server** (:func:`jupyter_functionai.connect.connect`, at first use): the
 Jupyter server that started the kernel (in JupyterLab with the extension, whose
 kernels also load these magics by themselves), else ``FUNCTIONAI_URL`` /
 ``FUNCTIONAI_TOKEN`` or a running Jupyter server, else an embedded runtime
@@ -50,12 +52,11 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
-from .client import InvokeResponse, NoServer, connect
+from .client import InvokeResponse, NoServer
+from .connect import connect
 from .errors import FunctionAIError, UserError
-from .panels import KINDS as PANEL_KINDS
-from .panels import panel
 
-__all__ = ["FunctionAIMagics", "FunctionHandle", "SandboxError", "SessionHandle", "function", "load_ipython_extension"]
+__all__ = ["FunctionAIMagics", "FunctionHandle", "SandboxError", "SessionHandle", "TaskHandle", "function", "load_ipython_extension"]
 
 _PLAIN = (type(None), bool, int, float, str, list, dict, tuple)
 _FRAME = re.compile(r'File "([^"]*)", line (\d+)')
@@ -387,6 +388,12 @@ class FunctionHandle:
 
     __call__ = invoke
 
+    def submit(self, data: Any = None, session: str | None = None, *, timeout: float | None = None, retries: int | None = None) -> TaskHandle:
+        """Enqueue a durable task (it runs in the background, survives a
+        server restart); returns a :class:`TaskHandle` at once."""
+        row = self.client.submit(self.name, data, session=session, timeout=timeout, retries=retries)
+        return TaskHandle(self, row)
+
     def session(self, session_id: str | None = None) -> SessionHandle:
         """Open a session of this function now (its sandbox starts at once; a new
         id unless ``session_id`` is given; an existing one is resumed)."""
@@ -411,6 +418,48 @@ class FunctionHandle:
         from .panels import panel
 
         return panel(kind, self.client, function=self.name, session=session)
+
+
+class TaskHandle:
+    """A durable task of a function: ``.state``, ``.result()``, ``.cancel()``."""
+
+    def __init__(self, function: FunctionHandle, row: dict[str, Any]) -> None:
+        self.function = function
+        self.id: str = row["id"]
+        self._row = row
+
+    def __repr__(self) -> str:
+        return f"<TaskHandle {self.id} of {self.function.name!r}: {self._row.get('state')}>"
+
+    def refresh(self) -> dict[str, Any]:
+        self._row = self.function.client.task(self.id)
+        return self._row
+
+    @property
+    def state(self) -> str:
+        return str(self.refresh()["state"])
+
+    @property
+    def progress(self) -> Any:
+        return self.refresh().get("progress")
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait for the task; its result, or a SandboxError / RuntimeError
+        saying how it ended."""
+        self._row = self.function.client.wait_task(self.id, timeout=timeout)
+        state = self._row["state"]
+        if state == "succeeded":
+            return self._row.get("result")
+        if state in ("queued", "running"):
+            raise TimeoutError(f"task {self.id} is still {state} after {timeout} s")
+        err = self._row.get("error") or {}
+        tb = (err.get("details") or {}).get("traceback", "")
+        text = _fix_traceback(tb, _module_file(self.function.name), self.function.offset) if tb else ""
+        raise SandboxError(f"task {self.id} {state} after {self._row.get('attempts')} attempt(s): {err.get('message', state)}" + (f"\n{text}" if text else ""), text)
+
+    def cancel(self) -> dict[str, Any]:
+        self._row = self.function.client.cancel_task(self.id)
+        return self._row
 
 
 class SessionHandle:
@@ -558,9 +607,8 @@ class FunctionAIMagics(Magics):
                 print(f"closed session {rest[0]}")
             elif cmd == "url" and len(rest) == 1:
                 print(FunctionHandle(rest[0], self.client).url)
-            elif cmd == "panel" and len(rest) <= 2 and not (len(rest) == 2 and rest[0] not in PANEL_KINDS):
-                kind, name = (rest[0], rest[1:]) if rest and rest[0] in PANEL_KINDS else ("all", rest)
-                self._display_panel(lambda: panel(kind, self.client, function=name[0] if name else None))
+            elif cmd == "panel" and len(rest) <= 2:
+                self._panel(rest, line)
             else:
                 raise UsageError(f"unknown or malformed %fai command: {line.strip()!r}\n{FAI_USAGE}")
         except NoServer as exc:
@@ -578,6 +626,15 @@ class FunctionAIMagics(Magics):
             display(make())
         except ImportError as exc:  # ipywidgets missing: the rest of the magic worked
             print(f"(no panel: {exc})")
+
+    def _panel(self, rest: list[str], line: str) -> None:
+        """%fai panel [sessions|coldstarts|functions|all] [NAME]: a live panel (all: the three in tabs)."""
+        from .panels import KINDS, panel
+
+        kind, names = (rest[0], rest[1:]) if rest and rest[0].lower() in KINDS else ("all", rest)
+        if len(names) > 1:
+            raise UsageError(f"unknown panel {rest[0]!r} in {line.strip()!r}: use sessions, coldstarts, functions or all\n{FAI_USAGE}")
+        self._display_panel(lambda: panel(kind, self.client, function=names[0] if names else None))
 
     def _ls(self) -> None:
         rows = self.client.functions()

@@ -1,0 +1,1009 @@
+"""Live notebook panels (ipywidgets) over the functionai API.
+
+    from jupyter_functionai.panels import panel
+    panel("sessions")                 # the affinity map, a Close button per session
+    panel("coldstarts", function="f") # each start as a bar: spawn / init / first call
+    panel("functions", function="f")  # versions, source, rollback, endpoint, curl
+    panel()                           # the three in tabs
+
+Also shown by ``%fai panel [sessions|coldstarts|functions] [NAME]``, by the
+output of a ``%%function`` cell and by ``FunctionHandle.panel()``.
+
+A panel is built from a client (:class:`~jupyter_functionai.client.Client` or
+the embedded runtime's :class:`~jupyter_functionai.embedded.EmbeddedClient`:
+the same methods), fetches once when it is made, then refreshes itself: a
+daemon thread per panel polls the API every ``interval`` seconds and updates
+the widgets' values, so the kernel is never blocked and no cell is re-run.
+Button actions (close a session, roll back) run on that thread too: the
+click returns at once, the outcome shows in the panel's status line, and
+``panel.last_action`` is a :class:`~concurrent.futures.Future` of it.  Errors
+while polling or acting are shown in the status line, never raised into the
+kernel; after failures the poll interval backs off (up to 30 s).
+
+Polling stops when the panel is closed (``panel.close()``), while its ``live``
+toggle is off, and, inside tabs, while its tab is not the selected one.  A
+panel made again by the same notebook cell (the cell re-run) closes the one
+it replaces.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import threading
+import time
+import urllib.parse
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future
+from typing import Any
+
+import ipywidgets as widgets
+
+__all__ = [
+    "PATH_COLOURS",
+    "ColdStartsPanel",
+    "Dashboard",
+    "FunctionsPanel",
+    "SessionsPanel",
+    "coldstart_chart",
+    "coldstart_histograms",
+    "curl_example",
+    "isolation_summary",
+    "panel",
+]
+
+#: The colour of each cold-start path (bars, histograms, badges).
+PATH_COLOURS: dict[str, str] = {"warm-pool": "#2e7d32", "template-fork": "#1565c0", "fresh": "#e65100"}
+OTHER_COLOUR = "#757575"
+#: (field, label, opacity): a bar is split into these segments, shaded within the path's colour.
+SEGMENTS: tuple[tuple[str, str, float], ...] = (("spawn_ms", "spawn", 1.0), ("init_ms", "init", 0.62), ("first_call_ms", "first call", 0.32))
+ENDED = ("closed", "expired")
+STATUS_COLOURS = {"live": "#2e7d32", "paused": "#b26a00", "closed": "#757575", "expired": "#757575"}
+MAX_BACKOFF = 30.0
+FONT = "var(--jp-code-font-family, monospace)"
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def path_colour(path: str | None) -> str:
+    return PATH_COLOURS.get(path or "", OTHER_COLOUR)
+
+
+# -- formatting ---------------------------------------------------------------------------------
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "—"
+    s = max(0.0, seconds)
+    if s < 60:
+        return f"{s:.0f} s"
+    if s < 3600:
+        return f"{int(s // 60)} min {int(s % 60)} s"
+    if s < 86400:
+        return f"{int(s // 3600)} h {int(s % 3600 // 60)} min"
+    return f"{int(s // 86400)} d {int(s % 86400 // 3600)} h"
+
+
+def fmt_bytes(n: float | None) -> str:
+    if n is None:
+        return "—"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"  # pragma: no cover - the loop returns
+
+
+def fmt_ms(ms: float) -> str:
+    if ms >= 100:
+        return f"{ms:.0f} ms"
+    if ms >= 10:
+        return f"{ms:.1f} ms"
+    return f"{ms:.2f} ms"
+
+
+def fmt_time(ts: float | None) -> str:
+    if not ts:
+        return "—"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (``q`` in 0..100) of a non-empty sequence."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def nice_ticks(top: float, count: int = 5) -> list[float]:
+    """Round axis ticks from 0 to at least ``top`` (steps of 1, 2 or 5 x 10^k)."""
+    if top <= 0 or not math.isfinite(top):
+        return [0.0, 1.0]
+    raw = top / count
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw)
+    n = math.ceil(top / step - 1e-9)
+    return [round(i * step, 10) for i in range(n + 1)]
+
+
+def _num(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, (int, float)) else "?"
+
+
+def _tick_label(v: float) -> str:
+    return f"{v:g}"
+
+
+# -- what the API returns, as HTML ----------------------------------------------------------------
+
+_NS_SHORT = {"mount": "mnt"}
+
+
+def isolation_summary(iso: dict[str, Any] | None) -> tuple[str, str]:
+    """(HTML, plain-text tooltip) summarising an instance's achieved isolation."""
+    if not iso:
+        return "—", ""
+    parts: list[str] = []
+    ns = [_NS_SHORT.get(k, k) for k, v in (iso.get("namespaces") or {}).items() if v]
+    if ns:
+        parts.append("ns " + ",".join(ns))
+    cgroup = iso.get("cgroup")
+    parts.append(f"cgroup {cgroup}" if cgroup else "no cgroup")
+    if iso.get("uid") is not None:
+        parts.append(f"uid {iso['uid']}")
+    if iso.get("network"):
+        parts.append(f"net {iso['network']}")
+    out = _esc(" · ".join(parts))
+    missing = iso.get("missing") or {}
+    if missing:
+        out += f' · <span style="color:#c62828" title="{_esc(json.dumps(missing))}">missing: {_esc(", ".join(sorted(missing)))}</span>'
+    title = json.dumps({k: v for k, v in iso.items() if k != "timings"}, sort_keys=True, default=str)
+    return out, title
+
+
+def curl_example(endpoint: str, session: str | None, event: str = '{"hello": "world"}') -> str:
+    """A shell command that calls ``endpoint`` in ``session``; the token is left as a placeholder."""
+    sid = session or "<session id>"
+    return "\n".join(
+        [
+            f"curl -X POST {_shell_quote(endpoint)} \\",
+            '  -H "Authorization: token $FUNCTIONAI_TOKEN" \\',
+            "  -H 'Content-Type: application/json' \\",
+            f"  -H {_shell_quote('X-Functionai-Session-Id: ' + sid)} \\",
+            f"  -d {_shell_quote(event)}",
+        ]
+    )
+
+
+def _shell_quote(text: str) -> str:
+    return "'" + text.replace("'", "'\"'\"'") + "'"
+
+
+def coldstart_chart(rows: Sequence[dict[str, Any]], *, width: int = 760) -> str:
+    """An inline SVG: one horizontal bar per start (newest at the top), split into
+    spawn / init / first call and coloured by path, with a legend and an axis in ms."""
+    if not rows:
+        return '<div class="fai-chart fai-empty" style="opacity:.7">no cold starts yet</div>'
+    label_w, right_w, bar_h, gap, legend_h, axis_h = 200, 80, 14, 4, 26, 30
+    plot_w = width - label_w - right_w
+    totals = [_total(r) for r in rows]
+    ticks = nice_ticks(max(totals))
+    top = ticks[-1] or 1.0
+    height = legend_h + len(rows) * (bar_h + gap) + axis_h
+    out = [
+        f'<svg class="fai-chart" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" style="font-family:{FONT};font-size:11px;color:inherit">'
+    ]
+    out.append(_legend(label_w))
+    for i, (r, total) in enumerate(zip(rows, totals, strict=True)):
+        y = legend_h + i * (bar_h + gap)
+        path = str(r.get("path") or "?")
+        colour = path_colour(path)
+        who = str(r.get("session_id") or r.get("instance_id") or "?")
+        tip = (
+            f"{r.get('function', '')} v{r.get('version', '')} · {path} · instance {r.get('instance_id', '')}"
+            + (f" · session {r['session_id']}" if r.get("session_id") else "")
+            + f" · {fmt_time(r.get('at'))}\n"
+            + " + ".join(f"{label} {fmt_ms(float(r.get(key) or 0))}" for key, label, _ in SEGMENTS)
+            + f" = {fmt_ms(total)}"
+        )
+        out.append(
+            f'<g class="fai-bar" data-path="{_esc(path)}" data-instance="{_esc(r.get("instance_id", ""))}" '
+            f'data-session="{_esc(r.get("session_id") or "")}" data-total-ms="{total:.3f}"><title>{_esc(tip)}</title>'
+        )
+        label = who if len(who) <= 28 else who[:27] + "…"
+        out.append(f'<text x="{label_w - 6}" y="{y + bar_h - 3}" text-anchor="end" fill="currentColor">{_esc(label)}</text>')
+        x = float(label_w)
+        for key, name, opacity in SEGMENTS:
+            ms = max(0.0, float(r.get(key) or 0.0))
+            w = ms * plot_w / top
+            out.append(
+                f'<rect class="fai-seg" data-segment="{name}" data-ms="{ms:.3f}" x="{x:.2f}" y="{y}" width="{max(w, 0.0):.2f}" '
+                f'height="{bar_h}" fill="{colour}" fill-opacity="{opacity}" stroke="{colour}" stroke-width="0.5"/>'
+            )
+            x += w
+        out.append(f'<text x="{x + 4:.2f}" y="{y + bar_h - 3}" fill="currentColor">{_esc(fmt_ms(total))}</text></g>')
+    # the axis, in ms
+    ay = legend_h + len(rows) * (bar_h + gap) + 2
+    out.append(f'<line x1="{label_w}" y1="{ay}" x2="{label_w + plot_w}" y2="{ay}" stroke="currentColor" stroke-opacity="0.6"/>')
+    for t in ticks:
+        tx = label_w + t * plot_w / top
+        out.append(f'<line x1="{tx:.2f}" y1="{legend_h - 2}" x2="{tx:.2f}" y2="{ay + 4}" stroke="currentColor" stroke-opacity="0.12"/>')
+        out.append(f'<text x="{tx:.2f}" y="{ay + 16}" text-anchor="middle" fill="currentColor">{_tick_label(t)}</text>')
+    out.append(f'<text x="{label_w + plot_w + 16}" y="{ay + 16}" fill="currentColor">ms</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _legend(x0: int) -> str:
+    out, x = [], float(x0)
+    for path, colour in PATH_COLOURS.items():
+        out.append(f'<g class="fai-legend" data-path="{path}"><rect x="{x:.0f}" y="6" width="12" height="12" fill="{colour}"/>')
+        out.append(f'<text x="{x + 16:.0f}" y="16" fill="currentColor">{path}</text></g>')
+        x += 22 + 7 * len(path)
+    x += 10
+    for _, name, opacity in SEGMENTS:
+        out.append(f'<rect x="{x:.0f}" y="6" width="12" height="12" fill="currentColor" fill-opacity="{opacity * 0.7:.2f}"/>')
+        out.append(f'<text x="{x + 16:.0f}" y="16" fill="currentColor">{name}</text>')
+        x += 22 + 7 * len(name)
+    return "".join(out)
+
+
+def _total(r: dict[str, Any]) -> float:
+    return sum(max(0.0, float(r.get(key) or 0.0)) for key, _, _ in SEGMENTS)
+
+
+def coldstart_histograms(rows: Sequence[dict[str, Any]], *, width: int = 240, height: int = 120) -> str:
+    """One small SVG histogram of the total cold-start time per path, with n, p50 and p95."""
+    by_path: dict[str, list[float]] = {}
+    for r in rows:
+        by_path.setdefault(str(r.get("path") or "?"), []).append(_total(r))
+    if not by_path:
+        return ""
+    order = [p for p in PATH_COLOURS if p in by_path] + sorted(p for p in by_path if p not in PATH_COLOURS)
+    parts = ['<div class="fai-histograms" style="display:flex;flex-wrap:wrap;gap:12px">']
+    for path in order:
+        values = by_path[path]
+        parts.append(_histogram(path, values, width, height))
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def _histogram(path: str, values: list[float], width: int, height: int) -> str:
+    colour = path_colour(path)
+    ticks = nice_ticks(max(values), 4)
+    top = ticks[-1] or 1.0
+    nbins = max(4, min(16, math.ceil(math.sqrt(len(values))) + 3))
+    counts = [0] * nbins
+    for v in values:
+        counts[min(nbins - 1, int(v / top * nbins))] += 1
+    left, right, head, foot = 28, 10, 30, 22
+    plot_w, plot_h = width - left - right, height - head - foot
+    cmax = max(counts)
+    title = f"{path} · n={len(values)} · p50 {fmt_ms(percentile(values, 50))} · p95 {fmt_ms(percentile(values, 95))}"
+    out = [
+        f'<svg class="fai-histogram" data-path="{_esc(path)}" data-n="{len(values)}" xmlns="http://www.w3.org/2000/svg" '
+        f'width="{width}" height="{height}" viewBox="0 0 {width} {height}" style="font-family:{FONT};font-size:10px">',
+        f'<text x="{left}" y="12" fill="{colour}" font-weight="bold">{_esc(path)}</text>',
+        f'<text x="{left}" y="24" fill="currentColor">{_esc(title.split(" · ", 1)[1])}</text>',
+    ]
+    bw = plot_w / nbins
+    for i, c in enumerate(counts):
+        if not c:
+            continue
+        h = c * plot_h / cmax
+        lo, hi = i * top / nbins, (i + 1) * top / nbins
+        out.append(
+            f'<rect class="fai-hbin" data-count="{c}" x="{left + i * bw + 0.5:.2f}" y="{head + plot_h - h:.2f}" width="{bw - 1:.2f}" '
+            f'height="{h:.2f}" fill="{colour}"><title>{c} start(s) of {fmt_ms(lo)} to {fmt_ms(hi)}</title></rect>'
+        )
+    base = head + plot_h
+    out.append(f'<line x1="{left}" y1="{base}" x2="{left + plot_w}" y2="{base}" stroke="currentColor" stroke-opacity="0.6"/>')
+    out.append(f'<text x="{left - 4}" y="{head + 8}" text-anchor="end" fill="currentColor">{cmax}</text>')
+    for t in (ticks[0], ticks[len(ticks) // 2], ticks[-1]):
+        tx = left + t * plot_w / top
+        out.append(f'<text x="{tx:.2f}" y="{base + 12}" text-anchor="middle" fill="currentColor">{_tick_label(t)}</text>')
+    out.append(f'<text x="{left + plot_w}" y="{base + 21}" text-anchor="end" fill="currentColor" fill-opacity="0.7">total ms</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+# -- the live panel machinery ----------------------------------------------------------------------
+
+
+class _LivePanel(widgets.VBox):
+    """A VBox that fetches from the API on a daemon thread and renders into its widgets.
+
+    Subclasses implement ``_fetch`` (network, any thread, no widget access) and
+    ``_render`` (widgets only, called with the panel's lock held).
+    """
+
+    kind = "panel"
+    title = "functionai"
+
+    def __init__(self, client: Any, *, interval: float = 2.0, live: bool = True, active: bool = True) -> None:
+        self.client = client
+        self.interval = max(0.2, float(interval))
+        self.last_action: Future[Any] | None = None
+        self.data: Any = None
+        self.error: str | None = None
+        self.updated_at: float | None = None
+        self._lock = threading.RLock()
+        self._actions: deque[tuple[Callable[[], Any] | None, str, Future[Any]]] = deque()
+        self._wake = threading.Event()
+        self._stopped = threading.Event()
+        self._active = active
+        self._failures = 0
+        self._kick = False
+        self._message = ""
+        self._owned: list[Any] = []
+        self._thread: threading.Thread | None = None
+        self.heading = self._own(widgets.HTML(f"<b>{_esc(self.title)}</b>"))
+        self.live_toggle = self._own(
+            widgets.ToggleButton(value=live, description="live", icon="refresh", tooltip="refresh every few seconds", layout=widgets.Layout(width="80px"))
+        )
+        self.refresh_button = self._own(widgets.Button(description="refresh", tooltip="refresh now", layout=widgets.Layout(width="80px")))
+        self.status = self._own(widgets.HTML(layout=widgets.Layout(min_height="1.5em")))
+        self.status.add_class("fai-status")
+        self.live_toggle.observe(self._on_live, names="value")
+        self.refresh_button.on_click(lambda _b: self._submit(None, ""))
+        header = self._own(widgets.HBox([self.heading, *self._controls(), self.live_toggle, self.refresh_button], layout=widgets.Layout(align_items="center")))
+        super().__init__(children=[header, *self._body(), self.status])
+        self.add_class("fai-panel")
+        self.add_class(f"fai-panel-{self.kind}")
+        if active:
+            self.refresh()
+        self._thread = threading.Thread(target=self._loop, name=f"functionai-panel-{self.kind}", daemon=True)
+        self._thread.start()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} of {getattr(self.client, 'url', self.client)!r}{' (closed)' if self._stopped.is_set() else ''}>"
+
+    # subclass hooks
+    def _controls(self) -> list[Any]:
+        return []
+
+    def _body(self) -> list[Any]:
+        raise NotImplementedError
+
+    def _fetch(self) -> Any:
+        raise NotImplementedError
+
+    def _render(self) -> None:
+        raise NotImplementedError
+
+    def _own(self, w: Any) -> Any:
+        self._owned.append(w)
+        return w
+
+    # -- state -----------------------------------------------------------------------------------
+
+    @property
+    def live(self) -> bool:
+        return bool(self.live_toggle.value)
+
+    @property
+    def active(self) -> bool:
+        return self._active
+
+    @active.setter
+    def active(self, value: bool) -> None:
+        """Tabs set this: a panel in a hidden tab does not poll; shown, it refreshes at once."""
+        was, self._active = self._active, bool(value)
+        if self._active and not was:
+            self._kick = True
+            self._wake.set()
+
+    @property
+    def closed(self) -> bool:
+        return self._stopped.is_set()
+
+    def _on_live(self, change: dict[str, Any]) -> None:
+        if change["new"]:
+            self._kick = True
+        self._wake.set()
+
+    # -- fetching and rendering ------------------------------------------------------------------
+
+    def refresh(self) -> bool:
+        """Fetch now (in the calling thread) and render; returns False (and shows
+        why in the status line) if the fetch failed."""
+        try:
+            data = self._fetch()
+        except Exception as exc:
+            with self._lock:
+                self.error = _describe_error(exc)
+                self._failures += 1
+                self._show_status()
+            return False
+        with self._lock:
+            if self._stopped.is_set():
+                return True
+            self.data, self.error, self.updated_at, self._failures = data, None, time.time(), 0
+            try:
+                self._render()
+            except Exception as exc:  # a bug here must not kill the poller either
+                self.error = f"cannot show the data: {_describe_error(exc)}"
+            self._show_status()
+        return True
+
+    def rerender(self) -> None:
+        """Render the last fetched data again (after a control changed)."""
+        with self._lock:
+            if self.data is not None and not self._stopped.is_set():
+                try:
+                    self._render()
+                except Exception as exc:
+                    self.error = f"cannot show the data: {_describe_error(exc)}"
+                    self._show_status()
+
+    def _show_status(self, message: str | None = None) -> None:
+        if message is not None:
+            self._message = message
+        parts = []
+        if self.error:
+            parts.append(f'<span class="fai-error" style="color:#c62828">⚠ {_esc(self.error)}</span>')
+        if self._message:
+            parts.append(f'<span class="fai-message">{_esc(self._message)}</span>')
+        if self.updated_at:
+            live = "live" if self.live and self._active else "paused"
+            parts.append(f'<span style="opacity:.6">updated {time.strftime("%H:%M:%S", time.localtime(self.updated_at))} ({live})</span>')
+        self.status.value = " · ".join(parts)
+
+    # -- actions and the poller ------------------------------------------------------------------
+
+    def _submit(self, action: Callable[[], Any] | None, done: str) -> Future[Any]:
+        """Run ``action`` on the panel's thread, then refresh; the click returns at once."""
+        fut: Future[Any] = Future()
+        if self._stopped.is_set():
+            fut.set_exception(RuntimeError("the panel is closed"))
+            return fut
+        self.last_action = fut
+        self._actions.append((action, done, fut))
+        self._wake.set()
+        return fut
+
+    def _run_actions(self) -> bool:
+        ran = False
+        while self._actions:
+            action, done, fut = self._actions.popleft()
+            ran = True
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                result = action() if action is not None else None
+            except Exception as exc:
+                with self._lock:
+                    self._show_status(f"failed: {_describe_error(exc)}")
+                self.refresh()
+                fut.set_exception(exc)
+                continue
+            self.refresh()
+            with self._lock:
+                self._show_status(done if done else None)
+            fut.set_result(result)
+        return ran
+
+    def _polling(self) -> bool:
+        return self.live and self._active
+
+    def _loop(self) -> None:
+        next_poll = time.monotonic() + self.interval
+        while True:
+            self._wake.wait(max(0.0, next_poll - time.monotonic()) if self._polling() else None)
+            self._wake.clear()
+            if self._stopped.is_set():
+                break
+            if self._run_actions():
+                next_poll = time.monotonic() + self.interval
+                continue
+            if self._polling() and (self._kick or time.monotonic() >= next_poll):
+                self._kick = False
+                self.refresh()
+                delay = self.interval * 2 ** min(self._failures, 6) if self._failures else self.interval
+                next_poll = time.monotonic() + min(MAX_BACKOFF, delay)
+        while self._actions:  # closed: what was still queued is cancelled
+            self._actions.popleft()[2].cancel()
+
+    def close(self) -> None:
+        """Stop polling and close the panel's widgets."""
+        self._stopped.set()
+        self._wake.set()
+        with self._lock:
+            super().close()
+            for w in self._owned:
+                w.close()
+            self._close_rows()
+
+    def _close_rows(self) -> None:
+        pass
+
+
+def open_sessions(client: Any, function: str | None) -> list[dict[str, Any]]:
+    """The live and paused sessions (not the ended ones, which pile up)."""
+    return [*client.sessions(function, status="live"), *client.sessions(function, status="paused")]
+
+
+def _describe_error(exc: BaseException) -> str:
+    kind = getattr(exc, "kind", None)
+    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    return f"{kind}: {message}" if kind else f"{type(exc).__name__}: {message}"
+
+
+# -- sessions -----------------------------------------------------------------------------------------
+
+SESSION_COLUMNS = ("session", "function", "status", "instance", "pid", "path", "isolation achieved", "age", "idle", "calls", "state", "memory", "")
+SESSION_GRID = "repeat(6, max-content) minmax(150px, 1fr) repeat(5, max-content) 84px"
+
+
+class _SessionRow:
+    def __init__(self, panel: SessionsPanel, sid: str) -> None:
+        self.id = sid
+        self.cells = [widgets.HTML(layout=widgets.Layout(overflow="hidden")) for _ in SESSION_COLUMNS[:-1]]
+        for c in self.cells:
+            c.add_class("fai-cell")
+        self.cells[0].add_class("fai-session-id")
+        self.button = widgets.Button(description="Close", icon="times", button_style="danger", tooltip=f"close session {sid}", layout=widgets.Layout(width="80px"))
+        self.button.add_class("fai-close")
+        self.button.on_click(lambda _b: panel.close_session(sid))
+
+    @property
+    def widgets(self) -> list[Any]:
+        return [*self.cells, self.button]
+
+    def update(self, s: dict[str, Any], closing: bool) -> None:
+        inst = s.get("instance") or {}
+        status = str(s.get("status", ""))
+        iso_html, iso_title = isolation_summary(inst.get("isolation"))
+        path = inst.get("path")
+        values = [
+            f'<code style="white-space:nowrap">{_esc(s.get("id"))}</code>',
+            f"{_esc(s.get('function', ''))} <span style='opacity:.6'>v{_esc(s.get('version', ''))}</span>",
+            f'<span class="fai-status-{_esc(status)}" style="color:{STATUS_COLOURS.get(status, "inherit")};font-weight:bold">{_esc(status)}</span>',
+            f"<code style='white-space:nowrap'>{_esc(inst.get('id') or s.get('instance_id') or '—')}</code>",
+            _esc(inst.get("pid") if inst.get("pid") is not None else "—"),
+            f'<span style="color:{path_colour(path)};white-space:nowrap">{_esc(path)}</span>' if path else "—",
+            f'<span title="{_esc(iso_title)}" style="line-height:1.3;display:inline-block">{iso_html}</span>',
+            _esc(fmt_duration(s.get("age_s"))),
+            _esc(fmt_duration(s.get("idle_s"))),
+            _esc(s.get("calls", 0)),
+            _esc(fmt_bytes(s.get("state_bytes"))),
+            _esc(fmt_bytes(inst.get("uss") if inst.get("uss") is not None else inst.get("rss"))) if inst else "—",
+        ]
+        for cell, value in zip(self.cells, values, strict=True):
+            cell.value = value
+        ended = status in ENDED
+        self.button.disabled = ended or closing
+        self.button.description = "closed" if ended else ("closing…" if closing else "Close")
+
+    def close(self) -> None:
+        for w in self.widgets:
+            w.close()
+
+
+class SessionsPanel(_LivePanel):
+    """The affinity map: session → instance → pid, isolation achieved, age, idle
+    time, calls and state size, with a Close button per session."""
+
+    kind = "sessions"
+    title = "functionai sessions"
+
+    def __init__(self, client: Any, function: str | None = None, *, include_ended: bool = False, interval: float = 2.0, **kw: Any) -> None:
+        self.function = function
+        self._rows: dict[str, _SessionRow] = {}
+        self._closing: set[str] = set()
+        self._order: list[str] = []
+        self.include_ended = widgets.Checkbox(value=include_ended, description="show ended", indent=False, layout=widgets.Layout(width="120px"))
+        self.summary = widgets.HTML()
+        self.grid = widgets.GridBox(layout=widgets.Layout(grid_template_columns=SESSION_GRID, grid_gap="2px 10px", align_items="center", overflow="auto"))
+        self.grid.add_class("fai-sessions-grid")
+        self._header = [widgets.HTML(f"<b>{_esc(c)}</b>") for c in SESSION_COLUMNS]
+        if function:
+            self.title = f"functionai sessions of {function}"
+        super().__init__(client, interval=interval, **kw)
+        for w in (self.include_ended, self.summary, self.grid, *self._header):
+            self._own(w)
+        self.include_ended.observe(lambda _c: self._submit(None, ""), names="value")
+
+    def _controls(self) -> list[Any]:
+        return [self.include_ended]
+
+    def _body(self) -> list[Any]:
+        return [self.summary, self.grid]
+
+    def _fetch(self) -> list[dict[str, Any]]:
+        if self.include_ended.value:
+            return list(self.client.sessions(self.function))
+        return open_sessions(self.client, self.function)
+
+    def shown(self) -> list[dict[str, Any]]:
+        """The sessions the table shows, newest first."""
+        rows = self.data or []
+        if not self.include_ended.value:
+            rows = [s for s in rows if s.get("status") not in ENDED]
+        return sorted(rows, key=lambda s: -float(s.get("created_at") or 0))
+
+    def row(self, session_id: str) -> _SessionRow:
+        return self._rows[session_id]
+
+    def _render(self) -> None:
+        all_rows = self.data or []
+        counts: dict[str, int] = {}
+        for s in all_rows:
+            counts[str(s.get("status"))] = counts.get(str(s.get("status")), 0) + 1
+        shown = self.shown()
+        self.summary.value = (
+            " · ".join(f"{n} {_esc(st)}" for st, n in sorted(counts.items())) or ("no sessions" if self.include_ended.value else "no open sessions")
+        ) + (f" · function {_esc(self.function)}" if self.function else "")
+        ids = [str(s["id"]) for s in shown]
+        for sid in [k for k in self._rows if k not in ids]:
+            self._rows.pop(sid).close()
+        for s in shown:
+            sid = str(s["id"])
+            if sid not in self._rows:
+                self._rows[sid] = _SessionRow(self, sid)
+            if s.get("status") in ENDED:
+                self._closing.discard(sid)
+            self._rows[sid].update(s, sid in self._closing)
+        if ids != self._order:
+            self._order = ids
+            self.grid.children = [*self._header, *(w for sid in ids for w in self._rows[sid].widgets)]
+
+    def close_session(self, session_id: str) -> Future[Any]:
+        """What a row's Close button does: close the session on the panel's thread, then refresh."""
+        with self._lock:
+            self._closing.add(session_id)
+            if session_id in self._rows:
+                self._rows[session_id].button.disabled = True
+                self._rows[session_id].button.description = "closing…"
+
+        def act() -> None:
+            try:
+                self.client.close_session(session_id)
+            finally:
+                self._closing.discard(session_id)
+
+        return self._submit(act, f"closed session {session_id}")
+
+    def _close_rows(self) -> None:
+        for r in self._rows.values():
+            r.close()
+        self._rows.clear()
+
+
+# -- cold starts ---------------------------------------------------------------------------------------
+
+
+class ColdStartsPanel(_LivePanel):
+    """Each instance start as a bar split into spawn / init / first call,
+    coloured by path, and a histogram of the total per path."""
+
+    kind = "coldstarts"
+    title = "functionai cold starts"
+
+    def __init__(self, client: Any, function: str | None = None, *, limit: int = 200, bars: int = 30, interval: float = 2.0, **kw: Any) -> None:
+        self.function = function
+        self.limit = limit
+        self.bars = bars
+        self.summary = widgets.HTML()
+        self.chart = widgets.HTML()
+        self.chart.add_class("fai-coldstart-chart")
+        self.histograms = widgets.HTML()
+        self.histograms.add_class("fai-coldstart-histograms")
+        if function:
+            self.title = f"functionai cold starts of {function}"
+        super().__init__(client, interval=interval, **kw)
+        for w in (self.summary, self.chart, self.histograms):
+            self._own(w)
+
+    def _body(self) -> list[Any]:
+        return [self.summary, self.chart, self.histograms]
+
+    def _fetch(self) -> list[dict[str, Any]]:
+        return list(self.client.coldstarts(self.function, self.limit))
+
+    def _render(self) -> None:
+        rows: list[dict[str, Any]] = self.data or []
+        recent = rows[: self.bars]
+        n_paths: dict[str, int] = {}
+        for r in rows:
+            n_paths[str(r.get("path"))] = n_paths.get(str(r.get("path")), 0) + 1
+        self.summary.value = (
+            f"{len(rows)} start(s)"
+            + (f" of {_esc(self.function)}" if self.function else "")
+            + (" · " + ", ".join(f'<span style="color:{path_colour(p)}">{_esc(p)}</span> {n}' for p, n in sorted(n_paths.items())) if rows else "")
+            + (f" · the newest {len(recent)} as bars" if len(rows) > len(recent) else "")
+        )
+        self.chart.value = coldstart_chart(recent)
+        self.histograms.value = coldstart_histograms(rows)
+
+
+# -- functions ----------------------------------------------------------------------------------------
+
+
+class FunctionsPanel(_LivePanel):
+    """A function's versions (deploy time, source), rollback, its endpoint and a
+    ``curl`` example carrying a session header."""
+
+    kind = "functions"
+    title = "functionai functions"
+
+    def __init__(self, client: Any, name: str | None = None, *, session: str | None = None, interval: float = 3.0, **kw: Any) -> None:
+        self.fixed_name = name
+        self.session = session
+        self._updating = False
+        self._follow_active = True
+        self.function_select = widgets.Dropdown(description="function", options=[name] if name else [], value=name, layout=widgets.Layout(width="280px"))
+        self.function_select.add_class("fai-function-select")
+        if name:
+            self.function_select.layout.display = "none"
+        self.version_select = widgets.Dropdown(description="version", options=[], layout=widgets.Layout(width="420px"))
+        self.version_select.add_class("fai-version-select")
+        self.rollback_button = widgets.Button(description="Roll back", icon="undo", button_style="warning", disabled=True, layout=widgets.Layout(width="180px"))
+        self.rollback_button.add_class("fai-rollback")
+        self.info = widgets.HTML()
+        self.info.add_class("fai-version-info")
+        self.endpoint = widgets.HTML()
+        self.endpoint.add_class("fai-endpoint")
+        self.source = widgets.HTML()
+        self.source.add_class("fai-source")
+        if name:
+            self.title = f"functionai function {name}"
+        super().__init__(client, interval=interval, **kw)
+        for w in (self.function_select, self.version_select, self.rollback_button, self.info, self.endpoint, self.source):
+            self._own(w)
+        self.function_select.observe(self._on_function, names="value")
+        self.version_select.observe(self._on_version, names="value")
+        self.rollback_button.on_click(lambda _b: self.rollback_to(self.version_select.value))
+
+    def _body(self) -> list[Any]:
+        picker = widgets.HBox([self.function_select, self.version_select, self.rollback_button], layout=widgets.Layout(align_items="center"))
+        self._own(picker)
+        return [picker, self.info, self.endpoint, self.source]
+
+    @property
+    def name(self) -> str | None:
+        return self.fixed_name or self.function_select.value
+
+    def _fetch(self) -> dict[str, Any]:
+        names = [self.fixed_name] if self.fixed_name else [str(f["name"]) for f in self.client.functions()]
+        name = self.fixed_name or (self.function_select.value if self.function_select.value in names else (names[0] if names else None))
+        out: dict[str, Any] = {"names": names, "name": name, "versions": [], "sessions": [], "pool": None}
+        if name is None:
+            return out
+        out["versions"] = list(self.client.versions(name))
+        out["sessions"] = open_sessions(self.client, name)
+        describe = getattr(self.client, "function", None)
+        if callable(describe):
+            out["pool"] = describe(name).get("pool")
+        return out
+
+    def _render(self) -> None:
+        data = self.data or {}
+        names: list[str] = data.get("names") or []
+        versions: list[dict[str, Any]] = sorted(data.get("versions") or [], key=lambda v: -int(v["version"]))
+        self._updating = True
+        try:
+            if not self.fixed_name and tuple(self.function_select.options) != tuple(names):
+                keep = data.get("name")
+                self.function_select.options = names
+                self.function_select.value = keep if keep in names else (names[0] if names else None)
+            options = [(self._version_label(v), int(v["version"])) for v in versions]
+            active = next((int(v["version"]) for v in versions if v.get("active")), None)
+            current = self.version_select.value
+            if list(self.version_select.options) != options:
+                self.version_select.options = options
+            values = [o[1] for o in options]
+            want = active if (self._follow_active or current not in values) else current
+            if want in values:
+                self.version_select.value = want
+        finally:
+            self._updating = False
+        self._render_version(versions, active, data)
+
+    @staticmethod
+    def _version_label(v: dict[str, Any]) -> str:
+        return f"v{v['version']} — {fmt_time(v.get('created_at'))}" + (" (active)" if v.get("active") else "")
+
+    def _render_version(self, versions: list[dict[str, Any]], active: int | None, data: dict[str, Any]) -> None:
+        name = data.get("name")
+        if name is None:
+            self.info.value = "no functions deployed yet"
+            self.endpoint.value = self.source.value = ""
+            self.rollback_button.disabled = True
+            return
+        chosen = next((v for v in versions if int(v["version"]) == self.version_select.value), None)
+        if chosen is None:
+            self.info.value = f"{_esc(name)}: no versions"
+            return
+        n = int(chosen["version"])
+        spec = chosen.get("spec") or {}
+        res = spec.get("resources") or {}
+        sess = spec.get("session") or {}
+        facts = [
+            f"<b>{_esc(name)}</b> v{n}" + (' <span style="color:#2e7d32">(active)</span>' if n == active else f" (active: v{active})"),
+            f'deployed <span class="fai-deployed">{_esc(fmt_time(chosen.get("created_at")))}</span> ({_esc(fmt_duration(time.time() - float(chosen.get("created_at") or time.time())))} ago)',
+            f"digest <code>{_esc(str(chosen.get('digest', ''))[:12])}</code>",
+            f"memory {_esc(_num(res.get('memory_mb')))} MiB, cpu {_esc(_num(res.get('cpu')))}" + (f", gpu {_esc(_num(res['gpu']))}" if res.get("gpu") else ""),
+            f"timeout {_esc(_num(spec.get('timeout_s')))} s",
+            "sessions " + (f"on (idle TTL {_esc(fmt_duration(sess.get('idle_ttl_s')))})" if sess.get("enabled", True) else "off"),
+            f"min instances {_esc(spec.get('min_instances', 0))}",
+        ]
+        pool = data.get("pool")
+        if isinstance(pool, dict):
+            facts.append(f"pool {_esc(pool.get('ready'))}/{_esc(pool.get('target'))} ready" + (f" ({_esc(pool['last_error'])})" if pool.get("last_error") else ""))
+        self.info.value = " · ".join(facts)
+        self.rollback_button.disabled = n == active
+        self.rollback_button.button_style = "" if n == active else "warning"
+        self.rollback_button.description = f"Roll back to v{n}" if active is not None and n < active else (f"Activate v{n}" if n != active else f"v{n} is active")
+        self.rollback_button.tooltip = f"make version {n} of {name} the active one"
+        self.endpoint.value = self._endpoint_html(name, data.get("sessions") or [], sess.get("enabled", True))
+        source = chosen.get("source") or (spec.get("source") or {}).get("code") or ""
+        self.source.value = (
+            f"<details open><summary>source of v{n} ({len(source.splitlines())} lines)</summary>"
+            f'<pre class="fai-source-code" style="max-height:320px;overflow:auto;margin:4px 0;padding:6px;'
+            f'background:var(--jp-layout-color2, #f5f5f5)">{_esc(source)}</pre></details>'
+        )
+
+    def _endpoint_html(self, name: str, sessions: list[dict[str, Any]], sessions_on: bool) -> str:
+        url = str(getattr(self.client, "url", ""))
+        if not url.startswith(("http://", "https://")):
+            return (
+                f"endpoint: none over HTTP (an embedded runtime in this kernel: <code>{_esc(url)}</code>); "
+                "run <code>functionai serve</code> for one. From Python: "
+                f"<code>{_esc(name)}.invoke(event)</code>"
+            )
+        endpoint = url.rstrip("/") + "/functionai/invoke/" + urllib.parse.quote(name, safe="")
+        sid = self.session
+        if sid is None and sessions_on and sessions:
+            sid = str(max(sessions, key=lambda s: float(s.get("last_used_at") or s.get("created_at") or 0))["id"])
+        note = (
+            f"session <code class='fai-curl-session'>{_esc(sid)}</code>" if sid else ("a new session id is made if you send none" if sessions_on else "sessions are off")
+        )
+        cmd = curl_example(endpoint, sid if sessions_on else None) if sessions_on else curl_example(endpoint, None).replace(
+            "  -H 'X-Functionai-Session-Id: <session id>' \\\n", ""
+        )
+        return (
+            f'endpoint <a href="{_esc(endpoint)}" target="_blank"><code class="fai-endpoint-url">{_esc(endpoint)}</code></a> · {note}'
+            f'<pre class="fai-curl" style="margin:4px 0;padding:6px;background:var(--jp-layout-color2, #f5f5f5)">{_esc(cmd)}</pre>'
+            '<span style="opacity:.7">the token: your Jupyter token, or a key for this function only '
+            "(<code>functionai keys create NAME</code>, sent as <code>Authorization: Bearer fai_…</code>)</span>"
+        )
+
+    def _on_function(self, change: dict[str, Any]) -> None:
+        if self._updating:
+            return
+        self._follow_active = True
+        self._submit(None, "")
+
+    def _on_version(self, change: dict[str, Any]) -> None:
+        if self._updating:
+            return
+        data = self.data or {}
+        versions = data.get("versions") or []
+        active = next((int(v["version"]) for v in versions if v.get("active")), None)
+        self._follow_active = change["new"] == active
+        with self._lock:
+            self._render_version(sorted(versions, key=lambda v: -int(v["version"])), active, data)
+
+    def rollback_to(self, version: int | None) -> Future[Any]:
+        """What the Rollback button does: make ``version`` active (on the panel's thread), then refresh."""
+        name = self.name
+        if version is None or name is None:
+            fut: Future[Any] = Future()
+            fut.set_exception(ValueError("no version selected"))
+            return fut
+        self._follow_active = True
+        self.rollback_button.disabled = True
+        return self._submit(lambda: self.client.rollback(name, int(version)), f"{name}: version {version} is now active")
+
+
+# -- tabs and the factory ---------------------------------------------------------------------------------
+
+
+class Dashboard(widgets.Tab):
+    """The panels in tabs; only the selected tab polls."""
+
+    def __init__(self, panels: Sequence[_LivePanel], titles: Iterable[str]) -> None:
+        super().__init__(children=list(panels), titles=tuple(titles), selected_index=0)
+        self.panels = list(panels)
+        self.add_class("fai-dashboard")
+        self.observe(self._on_select, names="selected_index")
+        self._on_select({"new": self.selected_index})
+
+    def __repr__(self) -> str:
+        return f"<functionai Dashboard: {', '.join(p.kind for p in self.panels)}>"
+
+    def _on_select(self, change: dict[str, Any]) -> None:
+        for i, p in enumerate(self.panels):
+            p.active = i == change["new"]
+
+    def close(self) -> None:
+        for p in self.panels:
+            p.close()
+        super().close()
+
+
+KINDS = {
+    "sessions": "sessions",
+    "session": "sessions",
+    "coldstarts": "coldstarts",
+    "coldstart": "coldstarts",
+    "cold-starts": "coldstarts",
+    "functions": "functions",
+    "function": "functions",
+    "versions": "functions",
+    "all": "all",
+}
+
+_BY_KEY: dict[str, Any] = {}
+_BY_KEY_LOCK = threading.Lock()
+
+
+def _cell_id() -> str | None:
+    """The id of the notebook cell being run (JupyterLab and Notebook 7 send it), if any."""
+    try:
+        from IPython import get_ipython
+
+        kernel = getattr(get_ipython(), "kernel", None)
+        parent = kernel.get_parent("shell") if kernel is not None else None
+        cell = ((parent or {}).get("metadata") or {}).get("cellId")
+        return str(cell) if cell else None
+    except Exception:
+        return None
+
+
+def panel(
+    kind: str = "all",
+    client: Any = None,
+    *,
+    function: str | None = None,
+    session: str | None = None,
+    interval: float | None = None,
+    key: str | None = None,
+) -> Any:
+    """A live panel: ``"sessions"``, ``"coldstarts"``, ``"functions"`` or
+    ``"all"`` (the three in tabs), optionally for one ``function``.
+
+    ``client`` defaults to the notebook's server (or the embedded runtime),
+    as the magics find it. A panel made for the same ``key`` (by default the
+    notebook cell being run, with the kind and function) replaces the previous
+    one, which stops polling."""
+    which = KINDS.get(kind.lower())
+    if which is None:
+        raise ValueError(f"unknown panel {kind!r}: use sessions, coldstarts, functions or all")
+    if client is None:
+        from .connect import connect
+
+        client = connect()
+    kw: dict[str, Any] = {} if interval is None else {"interval": interval}
+    made: Any
+    if which == "sessions":
+        made = SessionsPanel(client, function, **kw)
+    elif which == "coldstarts":
+        made = ColdStartsPanel(client, function, **kw)
+    elif which == "functions":
+        made = FunctionsPanel(client, function, session=session, **kw)
+    else:
+        parts: list[_LivePanel] = [
+            FunctionsPanel(client, function, session=session, active=True, **kw),
+            SessionsPanel(client, function, active=False, **kw),
+            ColdStartsPanel(client, function, active=False, **kw),
+        ]
+        made = Dashboard(parts, ["Function" if function else "Functions", "Sessions", "Cold starts"])
+    cell = _cell_id()
+    if key is None and cell is not None:
+        key = f"{cell}:{which}:{function or ''}"
+    if key is not None:
+        with _BY_KEY_LOCK:
+            old = _BY_KEY.pop(key, None)
+            _BY_KEY[key] = made
+        if old is not None and old is not made:
+            old.close()
+    return made

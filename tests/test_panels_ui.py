@@ -1,0 +1,192 @@
+"""The widget panels in a real browser: headless Chromium (Playwright) driving a
+real JupyterLab (``functionai lab``) and Notebook 7 on the same server.
+
+A notebook made through the contents API deploys a function with
+``%%function``, opens a session and shows every panel; the browser runs it,
+each panel must show that session, and the Close button of the Sessions panel
+must really close it (checked through the REST API, and in the panels of both
+frontends, which update themselves).
+
+Drives a system Chromium (``apt-get install -y chromium``, as ``.ci/run``
+does) when there is one; otherwise Playwright's own, installed on first use
+with ``python -m playwright install chromium``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
+
+from jupyter_functionai.client import Client
+
+from .test_cli_server import Server, start_server, stop_server, wait_until
+
+SYSTEM_CHROMIUM = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+TIMEOUT_MS = 60_000
+FUNCTION = "ui-echo"
+
+
+def api(server: Server, method: str, path: str, body: Any) -> Any:
+    req = urllib.request.Request(
+        f"{server.url}/{path}",
+        data=json.dumps(body).encode(),
+        method=method,
+        headers={"Authorization": f"token {server.token}", "Content-Type": "application/json"},
+    )
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(req, timeout=30) as resp:
+        return json.loads(resp.read() or b"null")
+
+
+def put_notebook(server: Server, path: str, cells: list[str]) -> None:
+    nb = {
+        "nbformat": 4,
+        "nbformat_minor": 5,
+        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}},
+        "cells": [
+            {"cell_type": "code", "id": f"c{i}", "metadata": {}, "source": src, "outputs": [], "execution_count": None}
+            for i, src in enumerate(cells)
+        ],
+    }
+    api(server, "PUT", f"api/contents/{path}", {"type": "notebook", "format": "json", "content": nb})
+    # its kernel, started by the server now: the page connects to it (a kernel the
+    # page had to start itself could end in a "Select Kernel" dialog on a slow machine)
+    api(server, "POST", "api/sessions", {"path": path, "name": path, "type": "notebook", "kernel": {"name": "python3"}})
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    root = tmp_path_factory.mktemp("lab")
+    srv = start_server(root / "home", root / "data", command="lab")
+    try:
+        # every cell in the DOM (no virtualised notebook), in Lab and in Notebook 7, and no
+        # toast ("get Jupyter news?") over the buttons to click
+        api(srv, "PUT", "lab/api/settings/@jupyterlab/notebook-extension:tracker", {"raw": json.dumps({"windowingMode": "none"})})
+        api(srv, "PUT", "lab/api/settings/@jupyterlab/apputils-extension:notification", {"raw": json.dumps({"fetchNews": "false", "doNotDisturbMode": True})})
+        yield srv
+    finally:
+        stop_server(srv)
+
+
+@pytest.fixture
+def browser() -> Iterator[Browser]:
+    # function-scoped, so that it starts after (and stops before) pytest-jupyter's
+    # autouse event-loop fixture: Playwright's sync API runs a loop of its own
+    expect.set_options(timeout=TIMEOUT_MS)  # expect()'s own default is 5 s
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=_chromium(pw), args=FLAGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def _chromium(pw: Any) -> str:
+    """A system Chromium, else Playwright's (installed now if missing)."""
+    for name in SYSTEM_CHROMIUM:
+        found = shutil.which(name)
+        if found:
+            return found
+    bundled = pw.chromium.executable_path
+    if not os.path.exists(bundled):
+        p = subprocess.run([sys.executable, "-m", "playwright", "install", "chromium"], capture_output=True, text=True, timeout=600)
+        if p.returncode != 0 or not os.path.exists(bundled):
+            raise RuntimeError(
+                "no Chromium for the browser tests: install one (`apt-get install -y chromium`) or let Playwright download its own "
+                f"(`python -m playwright install chromium`, which failed here: {p.stderr.strip()[-300:]})"
+            )
+    return str(bundled)
+
+
+def open_notebook(browser: Browser, url: str, ncells: int) -> Page:
+    page = browser.new_page(viewport={"width": 1600, "height": 1400})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(url)
+    expect(page.locator(".jp-Notebook .jp-Cell")).to_have_count(ncells)
+    # connected to its kernel (running cells before would ask which kernel to start)
+    expect(page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]')).to_have_count(1)
+    return page
+
+
+def run_all(page: Page) -> None:
+    """Run the first cell alone (Shift+Enter) and wait for it: the kernel answers;
+    then Run > Run All Cells through the menu (the same command in Lab and Notebook 7)."""
+    first = page.locator(".jp-Notebook .jp-Cell").first
+    first.locator(".jp-InputPrompt").click()
+    page.keyboard.press("Shift+Enter")
+    expect(first.locator(".jp-InputPrompt")).to_have_text(re.compile(r"\[\d+\]"))
+    page.locator(".lm-MenuBar-item", has_text="Run").first.click()
+    page.locator('.lm-Menu-item[data-command="runmenu:run-all"]').click()
+
+
+def cell(page: Page, i: int) -> Locator:
+    return page.locator(".jp-Notebook .jp-Cell").nth(i)
+
+
+def test_panels_in_jupyterlab_and_notebook_7(lab: Server, browser: Browser) -> None:
+    sid = f"ui-{secrets.token_hex(4)}"
+    cells = [
+        "%load_ext jupyter_functionai",
+        f"%%function {FUNCTION}\ndef handler(event, ctx):\n    ctx.session.state['n'] = ctx.session.state.get('n', 0) + 1\n    return ctx.session.state['n']",
+        f"s = ui_echo.session({sid!r})\nprint('called', s.invoke({{}}), 'in', s.id)",
+        f"%fai panel sessions {FUNCTION}",
+        f"%fai panel coldstarts {FUNCTION}",
+        f"%fai panel functions {FUNCTION}",
+        "ui_echo.panel()",
+    ]
+    put_notebook(lab, "panels.ipynb", cells)
+    put_notebook(lab, "nb7.ipynb", ["%load_ext jupyter_functionai", f"%fai panel sessions {FUNCTION}"])
+    client = Client(lab.url, lab.token)
+
+    page = open_notebook(browser, f"{lab.url}/lab/tree/panels.ipynb?token={lab.token}", len(cells))
+    run_all(page)
+    expect(cell(page, 2).locator(".jp-OutputArea-output")).to_contain_text(f"called 1 in {sid}")
+    # each panel shows the session the notebook opened
+    sessions = cell(page, 3).locator(".fai-panel-sessions")
+    expect(sessions.locator(".fai-session-id", has_text=sid)).to_be_visible()
+    expect(sessions.locator(".fai-status-live")).to_have_count(1)
+    expect(cell(page, 4).locator(f'.fai-panel-coldstarts g.fai-bar[data-session="{sid}"] rect.fai-seg')).to_have_count(3)
+    expect(cell(page, 5).locator(".fai-panel-functions .fai-curl")).to_contain_text(f"X-Functionai-Session-Id: {sid}")
+    expect(cell(page, 5).locator(".fai-panel-functions .fai-curl")).to_contain_text(f"{lab.url}/functionai/invoke/{FUNCTION}")
+    expect(cell(page, 6).locator(".fai-dashboard .fai-curl-session")).to_have_text(sid)
+    # the %%function cell's own panel was made before the session: it shows it by updating itself
+    expect(cell(page, 1).locator(".fai-dashboard .fai-curl-session")).to_have_text(sid)
+    assert client.session(sid)["status"] == "live"
+
+    # the same server in Notebook 7: another kernel, the same session in its panel
+    nb7 = open_notebook(browser, f"{lab.url}/notebooks/nb7.ipynb?token={lab.token}", 2)
+    run_all(nb7)
+    nb7_row = cell(nb7, 1).locator(".fai-panel-sessions .fai-session-id", has_text=sid)
+    expect(nb7_row).to_be_visible()
+
+    # Close, in JupyterLab's Sessions panel: the session really ends
+    page.bring_to_front()
+    sessions.locator(f'button[title="close session {sid}"]').click()
+    wait_until(lambda: client.session(sid)["status"] == "closed", 30, f"session {sid} to be closed")
+    expect(sessions.locator(".fai-session-id", has_text=sid)).to_have_count(0)
+    expect(sessions.locator(".fai-status")).to_contain_text(f"closed session {sid}")
+    expect(nb7_row).to_have_count(0)  # Notebook 7's panel saw it too, by polling
+    assert client.session(sid)["instance"] is None
+    for p in (page, nb7):
+        p.close()
+
