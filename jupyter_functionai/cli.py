@@ -675,6 +675,12 @@ def cmd_tasks_wait(args: argparse.Namespace) -> int:
     return _task_outcome(row, args.json)
 
 
+def cmd_tasks_retry(args: argparse.Namespace) -> int:
+    row = _client(args).retry_task(args.id)
+    print(f"task {row['id']} is {row['state']} (attempt {row['attempts'] + 1} of {row['max_attempts']} next" + (", from its checkpoint)" if row.get("has_checkpoint") else ")"))
+    return EXIT_OK
+
+
 def cmd_tasks_cancel(args: argparse.Namespace) -> int:
     row = _client(args).cancel_task(args.id)
     print(f"task {row['id']} is {row['state']}")
@@ -824,8 +830,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="wait for the outcome; exit 1 unless it succeeded")
     _json_option(p)
 
-    tasks = sub.add_parser("tasks", help="durable tasks: ls, show, wait, cancel")
-    tsub = tasks.add_subparsers(dest="tasks_command", metavar="{ls,show,wait,cancel}", required=True)
+    tasks = sub.add_parser("tasks", help="durable tasks: ls, show, wait, cancel, retry")
+    tsub = tasks.add_subparsers(dest="tasks_command", metavar="{ls,show,wait,cancel,retry}", required=True)
     p = tsub.add_parser("ls", help="list tasks, newest first", parents=conn)
     p.add_argument("function", nargs="?")
     p.add_argument("--state", choices=("queued", "running", "succeeded", "failed", "cancelled", "timed_out"))
@@ -843,6 +849,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = tsub.add_parser("cancel", help="cancel a queued or running task", parents=conn)
     p.add_argument("id")
     p.set_defaults(func=cmd_tasks_cancel)
+    p = tsub.add_parser("retry", help="run a failed, cancelled or timed-out task again from its last checkpoint", parents=conn)
+    p.add_argument("id")
+    p.set_defaults(func=cmd_tasks_retry)
 
     demo = sub.add_parser("demo", help="deploy the example agent-memory function and show two isolated sessions")
     demo.add_argument("--state-dir", metavar="DIR", help="runtime state directory (default: a temporary one, deleted afterwards)")

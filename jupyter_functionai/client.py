@@ -417,6 +417,9 @@ class _Base:
     def _r_cancel_task(self, task_id: str) -> _Request:
         return _Request("POST", f"{API}/tasks/{_quote(task_id)}/cancel")
 
+    def _r_retry_task(self, task_id: str) -> _Request:
+        return _Request("POST", f"{API}/tasks/{_quote(task_id)}/retry")
+
     def _r_openapi(self) -> _Request:
         return _Request("GET", f"{API}/openapi.json")
 
@@ -580,6 +583,10 @@ class Client(_Base):
     def cancel_task(self, id: str) -> dict[str, Any]:
         return self._json(self._r_cancel_task(id))
 
+    def retry_task(self, id: str) -> dict[str, Any]:
+        """Run a failed / cancelled / timed-out task again from its last checkpoint."""
+        return self._json(self._r_retry_task(id))
+
     def openapi(self) -> dict[str, Any]:
         return self._json(self._r_openapi())
 
@@ -742,6 +749,9 @@ class AsyncClient(_Base):
 
     async def cancel_task(self, id: str) -> dict[str, Any]:
         return await self._json(self._r_cancel_task(id))
+
+    async def retry_task(self, id: str) -> dict[str, Any]:
+        return await self._json(self._r_retry_task(id))
 
     async def openapi(self) -> dict[str, Any]:
         return await self._json(self._r_openapi())

@@ -132,5 +132,8 @@ class EmbeddedClient:
     def cancel_task(self, id: str) -> dict[str, Any]:
         return self._run(self.runtime.tasks.cancel(id))
 
+    def retry_task(self, id: str) -> dict[str, Any]:
+        return self._run(self.runtime.tasks.retry(id))
+
     def coldstarts(self, function: str | None = None, limit: int = 500) -> list[dict[str, Any]]:
         return self._run(self.runtime.coldstarts(function, limit))

@@ -11,7 +11,7 @@
         s.invoke({"x": 2}); s.state
 
     %fai ls | sessions [NAME] | invoke NAME [--session ID] JSON | close ID | url NAME
-    %fai panel [sessions|coldstarts|functions] [NAME]     # live widget panels
+    %fai panel [sessions|coldstarts|functions|tasks] [NAME]  # live widget panels
     adder.panel()                                         # also under the %%function cell
 
 ``%%function NAME`` deploys the cell's code as a new version of the function
@@ -506,7 +506,7 @@ def _sandbox_error(name: str, exc: UserError, offset: int) -> SandboxError:
 # -- the magics ---------------------------------------------------------------------------------
 
 
-FAI_USAGE = """usage: %fai ls | sessions [NAME] | invoke NAME [--session ID] JSON | close ID | url NAME | panel [sessions|coldstarts|functions] [NAME]"""
+FAI_USAGE = """usage: %fai ls | sessions [NAME] | invoke NAME [--session ID] JSON | close ID | url NAME | panel [sessions|coldstarts|functions|tasks|all] [NAME]"""
 
 
 @magics_class
@@ -628,7 +628,7 @@ class FunctionAIMagics(Magics):
             print(f"(no panel: {exc})")
 
     def _panel(self, rest: list[str], line: str) -> None:
-        """%fai panel [sessions|coldstarts|functions|all] [NAME]: a live panel (all: the three in tabs)."""
+        """%fai panel [sessions|coldstarts|functions|tasks|all] [NAME]: a live panel (all: the four in tabs)."""
         from .panels import KINDS, panel
 
         kind, names = (rest[0], rest[1:]) if rest and rest[0].lower() in KINDS else ("all", rest)

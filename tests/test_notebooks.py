@@ -69,6 +69,7 @@ def check_quickstart(nb: Any, srv: Server) -> None:
     assert "alice: noted -> the launch code is 4217" in out
     assert "bob:   cannot read" in out and "4217" not in out.split("bob:", 1)[1].split("\n", 1)[0]
     assert "['closed', 'closed']" in out
+    assert "task True 1024 succeeded" in out
     panels = [c for c in nb.cells if c.cell_type == "code" and ("panel" in c.source)]
     assert len(panels) == 3
     for cell in panels:

@@ -26,6 +26,7 @@ from jupyter_functionai.panels import (
     Dashboard,
     FunctionsPanel,
     SessionsPanel,
+    TasksPanel,
     coldstart_chart,
     fmt_bytes,
     fmt_time,
@@ -69,6 +70,50 @@ def panels() -> Iterator[list[Any]]:
 
 def plain(value: str) -> str:
     return html.unescape(re.sub(r"<[^>]+>", "", value))
+
+
+# -- tasks ------------------------------------------------------------------------------------------
+
+STEPPER = """
+import time
+
+def handler(event, ctx):
+    if event == "fail":
+        raise ValueError("nope")
+    for i in range(100):
+        ctx.progress((i + 1) / 100, f"step {i + 1}")
+        time.sleep(0.1)
+    return "done"
+"""
+
+
+def test_tasks_panel_counts_progress_cancel_and_retry(client: Client, panels: list[Any]) -> None:
+    client.deploy("pan-tasks", STEPPER, timeout=30, tasks={"concurrency": 2, "backoff_s": 0.01, "max_backoff_s": 0.01})
+    long = client.submit("pan-tasks", "go")
+    bad = client.submit("pan-tasks", "fail", retries=0)
+    assert client.wait_task(bad["id"], timeout=60)["state"] == "failed"
+    p = TasksPanel(client, "pan-tasks", interval=0.2)
+    panels.append(p)
+    # the running task's progress bar moves by itself (the panel polls)
+    wait_until(lambda: long["id"] in p._rows and 0.05 < p.row(long["id"]).bar.value < 1.0, 30, "the progress bar to move")
+    assert plain(p.row(long["id"]).message.value).startswith("step ")
+    counts = plain(p.counts.value)
+    assert "pan-tasks" in counts and p.counts.value.count("fai-count-failed'") == 1
+    assert re.search(r"class='fai-count-failed'[^>]*>1<", p.counts.value) and re.search(r"class='fai-count-running'[^>]*>1<", p.counts.value)
+    row = p.row(long["id"])
+    assert row.button.description == "Cancel" and plain(row.cells[2].value) == "running" and plain(row.cells[3].value) == "1/3"
+    assert p.row(bad["id"]).button.description == "Retry" and "user_exception: ValueError: nope" in plain(p.row(bad["id"]).message.value)
+    # Cancel really cancels the running task
+    row.button.click()
+    p.last_action.result(timeout=30)
+    assert client.task(long["id"])["state"] == "cancelled"
+    wait_until(lambda: plain(p.row(long["id"]).cells[2].value) == "cancelled" and p.row(long["id"]).button.description == "Retry", 10, "the row to show it")
+    # Retry runs the failed task again (one more attempt)
+    p.row(bad["id"]).button.click()
+    p.last_action.result(timeout=30)
+    again = client.wait_task(bad["id"], timeout=60)
+    assert again["state"] == "failed" and again["attempts"] == 2
+    wait_until(lambda: plain(p.row(bad["id"]).cells[3].value) == "2/2", 10, "the attempts to update")
 
 
 # -- sessions ---------------------------------------------------------------------------------------
@@ -159,7 +204,7 @@ def test_coldstarts_panel_draws_a_bar_per_real_start_coloured_by_path(client: Cl
         assert {r.get("fill") for r in segs} == {PATH_COLOURS[start["path"]]}
         for r, key in zip(segs, ("spawn_ms", "init_ms", "first_call_ms"), strict=True):
             assert float(r.get("data-ms") or -1) == pytest.approx(start[key], abs=1e-3)
-        assert start["session_id"] in "".join(bar.itertext())
+        assert (start["session_id"] or start["instance_id"]) in "".join(bar.itertext())
     # one histogram per path, counting that path's starts
     hist = ET.fromstring(f"<div>{p.histograms.value}</div>")
     counts = {h.get("data-path"): int(h.get("data-n") or 0) for h in hist.iter(f"{SVG}svg")}
@@ -251,9 +296,10 @@ def test_panel_factory_tabs_and_replacement(client: Client, panels: list[Any]) -
     client.open_session("pan-tabs", "pan-t")
     d = panel("all", client, function="pan-tabs", interval=0.2)
     panels.append(d)
-    assert isinstance(d, Dashboard) and d.titles == ("Function", "Sessions", "Cold starts")
-    fn, sess, cold = d.panels
-    assert fn.active and not sess.active and not cold.active
+    assert isinstance(d, Dashboard) and d.titles == ("Function", "Sessions", "Cold starts", "Tasks")
+    fn, sess, cold, tasks = d.panels
+    assert fn.active and not sess.active and not cold.active and not tasks.active
+    assert isinstance(tasks, TasksPanel) and tasks.data is None
     assert fn.data is not None and sess.data is None  # a hidden tab does not poll
     d.selected_index = 1
     wait_until(lambda: "pan-t" in sess._rows, 10, "the sessions tab to load when shown")

@@ -111,6 +111,14 @@ async def test_timeout_keeps_the_checkpoint_and_a_retry_continues(rt: Runtime) -
     done = await finished(rt, once["id"])
     assert done["state"] == "timed_out" and done["error"]["kind"] == "timeout"
     assert done["checkpoint"] == {"done": 2} and done["progress"] == 0.5
+    # a manual retry (resume) of the timed-out task goes on from its checkpoint
+    resumed = await rt.tasks.retry(once["id"])
+    assert resumed["state"] == "queued" and resumed["max_attempts"] == 2
+    done = await finished(rt, once["id"])
+    assert done["state"] == "succeeded" and done["result"]["resumed_from"] == 2 and done["attempts"] == 2
+    assert [a["outcome"] for a in done["attempt_history"]] == ["timed_out", "succeeded"]
+    with pytest.raises(Conflict, match="only a failed, cancelled or timed-out task"):
+        await rt.tasks.retry(once["id"])
     again = await rt.tasks.submit("work", {"kind": "steps", "n": 4, "hang_at": 2}, timeout=2, retries=1)
     done = await finished(rt, again["id"])
     assert done["state"] == "succeeded" and done["result"]["resumed_from"] == 2 and done["attempts"] == 2

@@ -295,6 +295,28 @@ class TaskManager:
             self._forget(task)
         return await self.get(task_id)
 
+    async def retry(self, task_id: str) -> dict[str, Any]:
+        """Run a failed, cancelled or timed-out task again: the same task, one
+        more attempt, from its last checkpoint (``ctx.resume_from``). A
+        succeeded, queued or running task is a Conflict."""
+        _check_task_id(task_id)
+        if self._closed:
+            raise Conflict("the runtime is closed")
+        row = await asyncio.to_thread(self.store.get_task, task_id, attempts=False)
+        if row["state"] not in ("failed", "cancelled", "timed_out") or task_id in self._tasks:
+            raise Conflict(f"task {task_id} is {row['state']}: only a failed, cancelled or timed-out task can be retried", task_id=task_id, state=row["state"])
+        self.rt.function(row["function"])  # NotFound if the function is gone
+        options = {**row["options"], "max_attempts": min(100, int(row["attempts"]) + 1)}
+        now = _now()
+        ok = await self._write([("update", {"id": task_id, "_expect_state": row["state"], "state": "queued", "run_after": now, "finished_at": None,
+                                            "result": None, "options": json.dumps(options)})])
+        if not ok:
+            raise Conflict(f"task {task_id} changed while it was being retried", task_id=task_id)
+        task = _Task(task_id, row["seq"], row["function"], row["session_id"], row["event"], options, int(row["attempts"]), now, row["checkpoint"])
+        self._enqueue(task)
+        self._wake.set()
+        return await self.get(task_id)
+
     # -- queueing ---------------------------------------------------------------
 
     def _enqueue(self, task: _Task) -> None:

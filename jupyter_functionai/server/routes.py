@@ -249,6 +249,12 @@ class TaskCancelHandler(BaseHandler):
         self.write_json(await self.runtime.tasks.cancel(task_id))
 
 
+class TaskRetryHandler(BaseHandler):
+    @jupyter_auth
+    async def post(self, task_id: str) -> None:
+        self.write_json(await self.runtime.tasks.retry(task_id))
+
+
 class OpenAPIHandler(BaseHandler):
     @jupyter_auth
     async def get(self) -> None:
@@ -338,6 +344,7 @@ ROUTES: list[Route] = [
     Route(f"{API}/tasks/counts", "/functionai/api/tasks/counts", TaskCountsHandler, {"get": Op("Task counts per function and state", returns="Health")}),
     Route(f"{API}/tasks/{TASK}", "/functionai/api/tasks/{task_id}", TaskHandler, {"get": Op("Describe a task (?wait=S long-polls until it finishes)", returns="Task", query=("wait",))}),
     Route(f"{API}/tasks/{TASK}/cancel", "/functionai/api/tasks/{task_id}/cancel", TaskCancelHandler, {"post": Op("Cancel a queued or running task", returns="Task", errors=(404, 409))}),
+    Route(f"{API}/tasks/{TASK}/retry", "/functionai/api/tasks/{task_id}/retry", TaskRetryHandler, {"post": Op("Run a failed, cancelled or timed-out task again from its last checkpoint", returns="Task", errors=(404, 409))}),
     Route(f"{API}/keys/(?P<key_id>[^/]+)", "/functionai/api/keys/{key_id}", KeyHandler, {"delete": Op("Revoke a key", ok=204)}),
     Route(
         f"/functionai/invoke/{NAME}",
