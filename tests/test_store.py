@@ -71,7 +71,7 @@ def test_open_creates_parent_dirs_and_uses_wal(store: Store, db_path: Path) -> N
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 5000
-        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL: an fsync per commit (durable task transitions)
 
 
 def test_indexes_exist(store: Store) -> None:
