@@ -149,6 +149,7 @@ class Runtime:
         self._invocations: list[dict[str, Any]] = []
         self._flush_event = asyncio.Event()
         self._flush_lock = asyncio.Lock()
+        self._flushes_started = 0
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="fai-store")
         self._tasks: list[asyncio.Task[None]] = []
         self.ephemeral_uids = UidAllocator(uid_base + uid_span, EPHEMERAL_UID_SPAN, set())
@@ -837,11 +838,16 @@ class Runtime:
 
     async def _flush(self) -> None:
         """Commit every write queued before this call (one flush at a time, so a
-        caller never returns while an earlier batch is still being written)."""
+        caller never returns while an earlier batch is still being written).
+        Callers that wait together share one flush (group commit)."""
+        need = self._flushes_started + 1  # a flush that starts after this call
         async with self._flush_lock:
+            if self._flushes_started >= need:
+                return  # one started (and, as we hold the lock, ended) since: it took our writes
             await self._flush_locked()
 
     async def _flush_locked(self) -> None:
+        self._flushes_started += 1
         self._flush_event.clear()
         for sess in self._touched.values():
             fields: dict[str, Any] = {"last_used_at": sess.last_used, "calls": sess.calls}
@@ -856,16 +862,17 @@ class Runtime:
             return
 
         def run() -> None:
-            for fn, args, kw in writes:
-                try:
-                    fn(*args, **kw)
-                except Exception as exc:
-                    log.warning("store write %s failed: %s", getattr(fn, "__name__", fn), exc)
-            if invocations:
-                try:
-                    self.store.log_invocations(invocations)
-                except Exception as exc:
-                    log.warning("logging %d invocations failed: %s", len(invocations), exc)
+            with self.store.batch():  # one transaction, one fsync
+                for fn, args, kw in writes:
+                    try:
+                        fn(*args, **kw)
+                    except Exception as exc:
+                        log.warning("store write %s failed: %s", getattr(fn, "__name__", fn), exc)
+                if invocations:
+                    try:
+                        self.store.log_invocations(invocations)
+                    except Exception as exc:
+                        log.warning("logging %d invocations failed: %s", len(invocations), exc)
 
         # One writer thread: batches commit in the order they were queued, and a
         # cancelled caller never drops a batch (shield).

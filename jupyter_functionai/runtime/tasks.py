@@ -34,7 +34,6 @@ import random
 import time
 import urllib.request
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from ..errors import Conflict, FunctionAIError, InvalidArgument, NotFound
@@ -92,7 +91,9 @@ class TaskManager:
         self._wake = asyncio.Event()
         self._pending: list[tuple[list[tuple[str, dict[str, Any]]], asyncio.Future[bool]]] = []
         self._write_wake = asyncio.Event()
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="fai-tasks")
+        # the runtime's single store-writer thread: two writing threads would
+        # meet on SQLite's write lock and sleep in its busy handler
+        self._writer = runtime._writer
         self._loops: list[asyncio.Task[None]] = []
         self._closed = False
         self._background: set[asyncio.Task[Any]] = set()
@@ -160,7 +161,6 @@ class TaskManager:
             writer.cancel()
             await asyncio.wait({writer}, timeout=10)
         await self._flush_pending()
-        self._writer.shutdown(wait=True)
 
     def _spawn(self, coro: Any) -> None:
         t = asyncio.get_running_loop().create_task(coro)
@@ -398,7 +398,7 @@ class TaskManager:
         started = await self._write([
             ("update", {"id": task.id, "_expect_state": "queued", "state": "running", "attempts": attempt, "started_at": now,
                         "lease_owner": self.owner, "lease_expires": now + self.lease_s, "progress": None, "progress_message": None}),
-            ("attempt", {"task_id": task.id, "attempt": attempt, "started_at": now}),
+            ("attempt_new", {"task_id": task.id, "attempt": attempt, "started_at": now}),
         ])
         if not started or task.cancelled:  # cancelled while it was being started
             await self._write([("attempt", {"task_id": task.id, "attempt": attempt, "finished_at": now, "outcome": "cancelled"})])
