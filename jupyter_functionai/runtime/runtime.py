@@ -63,7 +63,7 @@ from .sessions import (
     make_workdir,
     remove_tree,
 )
-from .tasks import TaskManager
+from .tasks import TaskQueue
 
 log = logging.getLogger("jupyter_functionai.runtime")
 
@@ -156,7 +156,7 @@ class Runtime:
         self._closed = False
         self._start_task: asyncio.Future[None] | None = None
         self.uids = UidAllocator(uid_base, uid_span, set())
-        self.tasks = TaskManager(self, lease_s=task_lease_s)
+        self.tasks = TaskQueue(self, lease_s=task_lease_s)
 
     # -- lifecycle -------------------------------------------------------------
 

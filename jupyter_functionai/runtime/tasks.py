@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("jupyter_functionai.tasks")
 
-__all__ = ["TaskManager"]
+__all__ = ["TaskQueue"]
 
 PRUNE_INTERVAL_S = 60.0
 
@@ -74,7 +74,7 @@ class _Task:
     cancelled: bool = False
 
 
-class TaskManager:
+class TaskQueue:
     """The durable task queue of one :class:`Runtime` (``rt.tasks``)."""
 
     def __init__(self, runtime: Runtime, *, lease_s: float = 15.0) -> None:
