@@ -23,13 +23,14 @@ from .spec import FunctionSpec
 
 if TYPE_CHECKING:
     from .client import AsyncClient, Client
-    from .magics import function
+    from .magics import function, tool
     from .runtime.runtime import ColdStart, InvokeResult, Runtime
 
 # Heavy names load on first use, so that code running inside sandboxes (which
 # imports jupyter_functionai.sandbox.*) never pulls in SQLAlchemy or Jupyter.
 _LAZY = {
     "function": "jupyter_functionai.magics",
+    "tool": "jupyter_functionai.magics",
     "AsyncClient": "jupyter_functionai.client",
     "Client": "jupyter_functionai.client",
     "Runtime": "jupyter_functionai.runtime.runtime",
@@ -74,11 +75,12 @@ __all__ = [
     "UserError",
     "__version__",
     "function",
+    "tool",
 ]
 
 
 def load_ipython_extension(ipython: object) -> None:
-    """``%load_ext jupyter_functionai``: the ``%%function`` and ``%fai`` magics."""
+    """``%load_ext jupyter_functionai``: the ``%%function``, ``%%tool`` and ``%fai`` magics."""
     from .magics import load_ipython_extension as load
 
     load(ipython)

@@ -687,6 +687,59 @@ def cmd_tasks_cancel(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- MCP servers ------------------------------------------------------------------------------
+
+
+def cmd_mcp_add(args: argparse.Namespace) -> int:
+    """``functionai mcp add NAME [options] -- COMMAND [ARGS...]`` or ``--catalog NAME``."""
+    extra = list(getattr(args, "extra", None) or [])
+    if extra and extra[0] != "--":
+        raise _UsageError(f"unrecognized arguments: {' '.join(extra)} (put the server's command after --)")
+    command = [*args.argv, *extra[1:]]
+    if not command and not args.catalog:
+        raise _UsageError("give the server's command after -- (functionai mcp add NAME -- COMMAND ARGS...) or --catalog NAME")
+    client = _client(args)
+    row = client.mcp_add(
+        args.name,
+        command or None,
+        catalog=args.catalog,
+        env=dict(args.env or []) or None,
+        secrets=dict(args.secret or []) or None,
+        idle_ttl=args.idle_ttl,
+        network=args.network,
+        memory=args.memory,
+        probe=args.probe,
+    )
+    if args.json:
+        print_json(row)
+    else:
+        tools = ", ".join(t.get("name", "?") for t in row.get("tools") or []) or "(not probed)"
+        print(f"added MCP server {row['name']}: {client.url.rstrip('/')}{row['path']}")
+        print(f"tools: {tools}")
+    return EXIT_OK
+
+
+def cmd_mcp_ls(args: argparse.Namespace) -> int:
+    client = _client(args)
+    rows = client.mcp_servers()
+    if args.json:
+        print_json(rows)
+        return EXIT_OK
+    base = client.url.rstrip("/") if rows else ""
+    print_table(
+        ("NAME", "KIND", "SESSIONS", "TOOLS", "URL"),
+        [(r["name"], r["kind"], r.get("live_sessions", 0), ", ".join(t.get("name", "?") for t in r.get("tools") or []) or "-", base + r["path"]) for r in rows],
+        "no MCP servers",
+    )
+    return EXIT_OK
+
+
+def cmd_mcp_rm(args: argparse.Namespace) -> int:
+    _client(args).mcp_remove(args.name)
+    print(f"removed MCP server {args.name}")
+    return EXIT_OK
+
+
 # -- main ---------------------------------------------------------------------------------
 
 
@@ -853,6 +906,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id")
     p.set_defaults(func=cmd_tasks_retry)
 
+    mcp = sub.add_parser("mcp", help="hosted MCP servers: add, ls, rm")
+    msub = mcp.add_subparsers(dest="mcp_command", metavar="{add,ls,rm}", required=True)
+    p = msub.add_parser(
+        "add",
+        help="host a stdio MCP server: functionai mcp add NAME -- COMMAND [ARGS...] (or --catalog time|git)",
+        parents=conn,
+    )
+    p.add_argument("name", help="the server's name: its endpoint is /functionai/mcp/NAME/mcp")
+    p.add_argument("argv", nargs="*", metavar="-- COMMAND [ARGS]", help="the server's command, after --")
+    p.add_argument("--catalog", help="a well-known server to install and host (time, git)")
+    p.add_argument("--env", type=_kv, action="append", metavar="NAME=VALUE", help="an environment variable of the server (repeatable)")
+    p.add_argument("--secret", type=_kv, action="append", metavar="NAME=VALUE", help="a secret environment variable (never listed; repeatable)")
+    p.add_argument("--idle-ttl", type=float, help="seconds without requests before a session ends (default 600)")
+    p.add_argument("--network", choices=("none", "loopback", "host"), help="network policy of its sandboxes (default none)")
+    p.add_argument("--memory", help="memory of each session's sandbox, e.g. 512Mi")
+    p.add_argument("--no-probe", dest="probe", action="store_false", help="do not start it once now to check it and list its tools")
+    p.set_defaults(func=cmd_mcp_add, takes_extra=True)
+    _json_option(p)
+    p = msub.add_parser("ls", help="list MCP servers with their URLs and tools", parents=conn)
+    p.set_defaults(func=cmd_mcp_ls)
+    _json_option(p)
+    p = msub.add_parser("rm", help="remove an MCP server (its sessions end)", parents=conn)
+    p.add_argument("name")
+    p.set_defaults(func=cmd_mcp_rm)
+
     demo = sub.add_parser("demo", help="deploy the example agent-memory function and show two isolated sessions")
     demo.add_argument("--state-dir", metavar="DIR", help="runtime state directory (default: a temporary one, deleted afterwards)")
     demo.set_defaults(func=cmd_demo)
@@ -909,7 +987,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.print_usage(sys.stderr)
         print("functionai: error: a command is required (serve, deploy, invoke, ls, ..., demo, bench; see --help)", file=sys.stderr)
         return EXIT_USAGE
-    command = args.command + (f" {args.keys_command}" if args.command == "keys" else "")
+    command = args.command + (f" {args.keys_command}" if args.command == "keys" else "") + (f" {args.mcp_command}" if args.command == "mcp" else "")
+    args.extra = extra  # what follows `--` (functionai mcp add NAME -- COMMAND ...)
     try:
         if args.func in (cmd_serve, cmd_lab):
             return int(args.func(args, extra))

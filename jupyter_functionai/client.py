@@ -94,6 +94,7 @@ DEFAULT_TIMEOUT = 900.0
 API_TIMEOUT = 120.0
 CONNECT_TIMEOUT = 10.0
 PROBE_TIMEOUT = 3.0
+MCP_ADD_WAIT = 600.0
 HOW_TO_START = "start one with `functionai serve` or set FUNCTIONAI_URL and FUNCTIONAI_TOKEN"
 
 
@@ -423,6 +424,51 @@ class _Base:
     def _r_openapi(self) -> _Request:
         return _Request("GET", f"{API}/openapi.json")
 
+    def _r_mcp_servers(self) -> _Request:
+        return _Request("GET", f"{API}/mcp/servers")
+
+    def _r_mcp_server(self, name: str) -> _Request:
+        return _Request("GET", f"{API}/mcp/servers/{_quote(name)}")
+
+    def _r_mcp_add(self, body: dict[str, Any]) -> _Request:
+        # a catalog server may be installed (pip) and every server is probed: allow time
+        return _Request("POST", f"{API}/mcp/servers", body=body, has_body=True, wait=MCP_ADD_WAIT)
+
+    def _r_mcp_remove(self, name: str) -> _Request:
+        return _Request("DELETE", f"{API}/mcp/servers/{_quote(name)}")
+
+    def _r_mcp_publish(self, server: str, tool: dict[str, Any], spec: dict[str, Any] | None) -> _Request:
+        body = dict(tool)
+        if spec:
+            body["spec"] = spec
+        return _Request("PUT", f"{API}/mcp/servers/{_quote(server)}/tools/{_quote(tool['name'])}", body=body, has_body=True)
+
+    def _r_mcp_remove_tool(self, server: str, tool: str) -> _Request:
+        return _Request("DELETE", f"{API}/mcp/servers/{_quote(server)}/tools/{_quote(tool)}")
+
+    def _r_mcp_sessions(self, server: str | None, status: str | None) -> _Request:
+        return _Request("GET", f"{API}/mcp/sessions", query={"server": server, "status": status})
+
+
+def _mcp_add_body(
+    name: str,
+    command: list[str] | None,
+    catalog: str | None,
+    env: dict[str, str] | None,
+    secrets: dict[str, str] | None,
+    idle_ttl: float | None,
+    network: str | None,
+    memory: str | int | None,
+    probe: bool,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"name": name, "probe": probe}
+    if command is not None:
+        body["command"] = list(command)
+    for key, value in (("catalog", catalog), ("env", env), ("secrets", secrets), ("idle_ttl_s", idle_ttl), ("network", network), ("memory", memory)):
+        if value is not None:
+            body[key] = value
+    return body
+
 
 # -- the sync client --------------------------------------------------------------------------
 
@@ -590,6 +636,49 @@ class Client(_Base):
     def openapi(self) -> dict[str, Any]:
         return self._json(self._r_openapi())
 
+    # -- MCP tool service ---------------------------------------------------------------
+
+    def mcp_servers(self) -> list[dict[str, Any]]:
+        """Hosted MCP servers: kind, endpoint ``path`` (under the base URL), tools, sessions."""
+        return self._json(self._r_mcp_servers())
+
+    def mcp_server(self, name: str) -> dict[str, Any]:
+        return self._json(self._r_mcp_server(name))
+
+    def mcp_url(self, name: str) -> str:
+        """The streamable-HTTP endpoint of the MCP server ``name``."""
+        return self.url.rstrip("/") + f"/functionai/mcp/{_quote(name)}/mcp"
+
+    def mcp_add(
+        self,
+        name: str,
+        command: list[str] | None = None,
+        *,
+        catalog: str | None = None,
+        env: dict[str, str] | None = None,
+        secrets: dict[str, str] | None = None,
+        idle_ttl: float | None = None,
+        network: str | None = None,
+        memory: str | int | None = None,
+        probe: bool = True,
+    ) -> dict[str, Any]:
+        """Host a stdio MCP server: ``command`` (its argv) or ``catalog`` (e.g.
+        ``"time"``); each MCP session gets its own process in its own sandbox."""
+        return self._json(self._r_mcp_add(_mcp_add_body(name, command, catalog, env, secrets, idle_ttl, network, memory, probe)))
+
+    def mcp_remove(self, name: str) -> None:
+        self._call(self._r_mcp_remove(name))
+
+    def mcp_publish_tool(self, server: str, tool: dict[str, Any], spec: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Publish a tool (see ``jupyter_functionai.tool``) on a function-backed server."""
+        return self._json(self._r_mcp_publish(server, tool, spec))
+
+    def mcp_remove_tool(self, server: str, tool: str) -> dict[str, Any]:
+        return self._json(self._r_mcp_remove_tool(server, tool))
+
+    def mcp_sessions(self, server: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
+        return self._json(self._r_mcp_sessions(server, status))
+
 
 # -- the async client ---------------------------------------------------------------------------
 
@@ -755,3 +844,41 @@ class AsyncClient(_Base):
 
     async def openapi(self) -> dict[str, Any]:
         return await self._json(self._r_openapi())
+
+    # -- MCP tool service ---------------------------------------------------------------
+
+    async def mcp_servers(self) -> list[dict[str, Any]]:
+        return await self._json(self._r_mcp_servers())
+
+    async def mcp_server(self, name: str) -> dict[str, Any]:
+        return await self._json(self._r_mcp_server(name))
+
+    async def mcp_url(self, name: str) -> str:
+        return (await self.get_url()).rstrip("/") + f"/functionai/mcp/{_quote(name)}/mcp"
+
+    async def mcp_add(
+        self,
+        name: str,
+        command: list[str] | None = None,
+        *,
+        catalog: str | None = None,
+        env: dict[str, str] | None = None,
+        secrets: dict[str, str] | None = None,
+        idle_ttl: float | None = None,
+        network: str | None = None,
+        memory: str | int | None = None,
+        probe: bool = True,
+    ) -> dict[str, Any]:
+        return await self._json(self._r_mcp_add(_mcp_add_body(name, command, catalog, env, secrets, idle_ttl, network, memory, probe)))
+
+    async def mcp_remove(self, name: str) -> None:
+        await self._call(self._r_mcp_remove(name))
+
+    async def mcp_publish_tool(self, server: str, tool: dict[str, Any], spec: dict[str, Any] | None = None) -> dict[str, Any]:
+        return await self._json(self._r_mcp_publish(server, tool, spec))
+
+    async def mcp_remove_tool(self, server: str, tool: str) -> dict[str, Any]:
+        return await self._json(self._r_mcp_remove_tool(server, tool))
+
+    async def mcp_sessions(self, server: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
+        return await self._json(self._r_mcp_sessions(server, status))

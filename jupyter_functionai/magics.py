@@ -56,7 +56,7 @@ from .client import InvokeResponse, NoServer
 from .connect import connect
 from .errors import FunctionAIError, UserError
 
-__all__ = ["FunctionAIMagics", "FunctionHandle", "SandboxError", "SessionHandle", "TaskHandle", "function", "load_ipython_extension"]
+__all__ = ["FunctionAIMagics", "FunctionHandle", "SandboxError", "SessionHandle", "TaskHandle", "ToolHandle", "function", "load_ipython_extension", "tool"]
 
 _PLAIN = (type(None), bool, int, float, str, list, dict, tuple)
 _FRAME = re.compile(r'File "([^"]*)", line (\d+)')
@@ -355,6 +355,111 @@ def function(name: Any = None, *, client: Any = None, **spec: Any) -> Any:
     return deploy
 
 
+def tool(server: Any = None, *, name: str | None = None, description: str | None = None, client: Any = None, **spec: Any) -> Any:
+    """``@jupyter_functionai.tool("SERVER")``: publish a notebook function as a
+    tool of the hosted MCP server ``SERVER`` (created on first use)::
+
+        @jupyter_functionai.tool("math")
+        def add(a: int, b: int = 1) -> int:
+            '''Add two numbers.
+
+            Args:
+                a: the first number
+                b: the second number
+            '''
+            return a + b
+
+        add.url          # http://.../functionai/mcp/math/mcp (MCP over streamable HTTP)
+        add(2, 3)        # still the local function
+
+    The input schema comes from the type hints (as ``MCPServer.tool()`` makes
+    it) and the docstring (parameter descriptions), the output schema from the
+    return type (structured output). The function travels by value with the
+    notebook names it uses, like ``@function``. A parameter named ``ctx``
+    receives the sandbox context (``ctx.session.state`` is shared by the tool
+    calls of one MCP session). ``name`` / ``description`` override the
+    function's; ``spec`` takes FunctionSpec keywords for the server's sandboxes
+    (memory, timeout, network, env, ...).
+    """
+    if callable(server):
+        raise TypeError(
+            "@jupyter_functionai.tool needs the MCP server's name: write @jupyter_functionai.tool('SERVER')"
+        )
+    if not isinstance(server, str):
+        raise TypeError(f"the MCP server's name must be a string, not {type(server).__name__}")
+
+    def publish(fn: Any) -> ToolHandle:
+        if not isinstance(fn, types.FunctionType):
+            raise TypeError(f"@jupyter_functionai.tool decorates a function, not {type(fn).__name__}")
+        try:
+            lines, _ = inspect.getsourcelines(fn)
+        except (OSError, TypeError):
+            raise UsageError(f"the source of {fn.__name__!r} is not available (define it in a notebook cell or a file)") from None
+        tree = ast.parse(textwrap.dedent("".join(lines)))
+        node = tree.body[0]
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            raise UsageError(f"{fn.__name__!r} is not defined by a def statement")
+        source = "".join(lines[node.lineno - 1 :])
+        if source.startswith((" ", "\t")):
+            raise UsageError(f"{fn.__name__!r} is nested inside another block: define it at the top level of a cell")
+        namespace = {k: v for k, v in fn.__globals__.items() if k != fn.__name__}
+        return _publish(server, fn, build_carry(source, namespace), name, description, client, spec)
+
+    return publish
+
+
+def _publish(server: str, fn: Any, carry: _Carry, name: str | None, description: str | None, client: Any, spec: dict[str, Any]) -> ToolHandle:
+    from .mcp.schema import describe_function
+
+    try:
+        info = describe_function(fn, name=name, description=description)
+    except FunctionAIError as exc:
+        raise UsageError(str(exc)) from None
+    row = {**info, "code": carry.code, "handler": fn.__name__}
+    fai = client or connect()
+    if not hasattr(fai, "mcp_publish_tool"):  # the embedded runtime has no HTTP endpoint to serve MCP on
+        raise UsageError(
+            "publishing MCP tools needs a functionai server (its endpoint is served over HTTP): run in JupyterLab "
+            "with the extension, or start one with `functionai serve` and set FUNCTIONAI_URL / FUNCTIONAI_TOKEN"
+        )
+    try:
+        fai.mcp_publish_tool(server, row, spec or None)
+    except NoServer as exc:
+        raise UsageError(str(exc)) from None
+    return ToolHandle(server, info["name"], fai, fn)
+
+
+class ToolHandle:
+    """A published tool: ``.url`` is its MCP server's endpoint; calling it runs
+    the local function."""
+
+    def __init__(self, server: str, name: str, client: Any, fn: Any) -> None:
+        self.server = server
+        self.name = name
+        self.client = client
+        self.fn = fn
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+
+    def __repr__(self) -> str:
+        return f"<ToolHandle {self.name!r} on MCP server {self.server!r} at {self.url}>"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    @property
+    def url(self) -> str:
+        return str(self.client.mcp_url(self.server))
+
+    def describe(self) -> dict[str, Any]:
+        """The server's description: its tools with their schemas, its sessions."""
+        return dict(self.client.mcp_server(self.server))
+
+    def remove(self) -> None:
+        """Unpublish this tool."""
+        self.client.mcp_remove_tool(self.server, self.name)
+
+
 # -- handles ------------------------------------------------------------------------------------
 
 
@@ -511,7 +616,7 @@ FAI_USAGE = """usage: %fai ls | sessions [NAME] | invoke NAME [--session ID] JSO
 
 @magics_class
 class FunctionAIMagics(Magics):
-    """``%%function`` and ``%fai``."""
+    """``%%function``, ``%%tool`` and ``%fai``."""
 
     def __init__(self, shell: Any = None, client: Any = None) -> None:
         super().__init__(shell)
@@ -584,6 +689,44 @@ class FunctionAIMagics(Magics):
         print(f"deployed {name} version {row.get('version')} to {where}; handle: {ident}{carried}")
         if getattr(self.shell, "kernel", None) is not None:  # a notebook: the function's live panel
             self._display_panel(lambda: handle.panel())
+
+    @magic_arguments()
+    @argument("server", help="the MCP server to publish on (created on first use)")
+    @argument("--name", default=None, help="the tool's name (default: the function's)")
+    @argument("--description", default=None, help="the tool's description (default: the docstring's summary)")
+    @argument("--function", dest="fn", default=None, help="which function of the cell is the tool (default: the only public one)")
+    @cell_magic
+    def tool(self, line: str, cell: str) -> None:
+        """Run the cell, then publish the function it defines as a tool of the MCP server SERVER."""
+        args = parse_argstring(self.tool, line)
+        try:
+            tree = ast.parse(cell)
+        except SyntaxError as exc:
+            raise UsageError(f"the cell does not compile: {exc.msg} (cell line {exc.lineno}); nothing was published") from None
+        defined = [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+        if args.fn is not None:
+            if args.fn not in defined:
+                raise UsageError(f"the cell defines no function {args.fn!r} (it defines: {', '.join(defined) or 'none'}); nothing was published")
+            target = args.fn
+        else:
+            public = [n for n in defined if not n.startswith("_")]
+            if len(public) != 1:
+                raise UsageError(
+                    f"the cell must define exactly one public function to publish (it defines: {', '.join(defined) or 'none'}): "
+                    "name it with --function; nothing was published"
+                )
+            target = public[0]
+        ns = self.shell.user_ns if self.shell is not None else {}
+        exec(compile(cell, "<%%tool cell>", "exec"), ns)  # the function exists in the notebook too
+        fn = ns.get(target)
+        if not isinstance(fn, types.FunctionType):
+            raise UsageError(f"{target!r} is not a function after running the cell; nothing was published")
+        carry = build_carry(cell, {k: v for k, v in ns.items() if k not in defined})
+        self._server_url()
+        handle = _publish(args.server, fn, carry, args.name, args.description, self.client, {})
+        ns[target] = handle
+        carried = f" (carried from the notebook: {', '.join(carry.names)})" if carry.names else ""
+        print(f"published tool {handle.name} on MCP server {args.server}: {handle.url}{carried}")
 
     @line_magic
     def fai(self, line: str) -> None:

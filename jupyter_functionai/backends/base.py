@@ -15,6 +15,10 @@ from typing import Any
 
 from ..spec import FunctionSpec
 
+#: ``<state dir>/envs``: read-only environments every sandbox can see (like the
+#: Python installation), e.g. the virtual environments of hosted MCP servers.
+SHARED_ENVS_DIR = "envs"
+
 ProgressCallback = Callable[[float, str], Any]
 ChunkCallback = Callable[[Any], Awaitable[None]]
 CheckpointCallback = Callable[[str], Awaitable[None]]

@@ -35,6 +35,7 @@ from ..sandbox import isolation as iso
 from ..sandbox.protocol import FrameError, encode, read_frame
 from ..spec import FunctionSpec
 from .base import (
+    SHARED_ENVS_DIR,
     Backend,
     Binding,
     CallOutcome,
@@ -667,7 +668,7 @@ class ProcessBackend(Backend):
         """The filesystem view of every instance of ``fv`` (session-independent)."""
         plan = self._plans.get((fv.name, fv.version))
         if plan is None:
-            keep = [*self._keep_paths, fv.code_dir]
+            keep = [*self._keep_paths, fv.code_dir, os.path.join(self.state_dir, SHARED_ENVS_DIR)]
             always = ["/tmp", "/dev/shm", "/var/tmp", self.state_dir]
             plan = self._plans[(fv.name, fv.version)] = iso.plan_masks(keep, always)
         return plan

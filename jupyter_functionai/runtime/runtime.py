@@ -48,6 +48,7 @@ from ..errors import (
     PayloadTooLarge,
     SessionClosed,
 )
+from ..mcp.manager import McpManager
 from ..spec import FunctionSpec
 from ..store import Store
 from .pool import InstancePool
@@ -157,6 +158,7 @@ class Runtime:
         self._start_task: asyncio.Future[None] | None = None
         self.uids = UidAllocator(uid_base, uid_span, set())
         self.tasks = TaskQueue(self, lease_s=task_lease_s)
+        self.mcp = McpManager(self)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -190,6 +192,7 @@ class Runtime:
             if fv.spec.min_instances:
                 self.pool.configure(fv)
         await self.tasks.start()
+        await self.mcp.start()
 
     def _reconcile(self) -> None:
         """Make the store agree with reality after a stop or a crash."""
@@ -225,6 +228,7 @@ class Runtime:
             await asyncio.wait({reaper}, timeout=10)
         if self._tasks:
             await self.tasks.close()
+            await self.mcp.close()
         await self.pool.close()
         for sess in list(self._sessions.values()):
             if sess.instance is not None:
@@ -710,6 +714,17 @@ class Runtime:
             sess.cold_pending = sess.cold_pending or fresh
             sess.last_used = time.time()
         return await self.describe_session(session)
+
+    async def pause_session(self, session_id: str, reason: str = "paused") -> bool:
+        """Stop a live session's instance now if no call is in flight; the session
+        stays resumable (its next call resumes it, at the function's active
+        version, with its state and directory). True if it was paused."""
+        check_session_id(session_id)
+        sess = self._sessions.get(session_id)
+        if sess is None or sess.instance is None or sess.busy or sess.ended:
+            return False
+        await self._pause(sess, reason)
+        return True
 
     async def close_session(self, session_id: str, *, reason: str = "closed") -> None:
         """End a session: its instance stops, its state and working directory are deleted."""

@@ -38,7 +38,8 @@ class BaseHandler(APIHandler):
         await self.settings["functionai_runtime"].ensure_started()
 
     def _server_token_auth(self) -> bool:
-        """The hot path for ``Authorization: token <server token>``.
+        """The hot path for ``Authorization: token <server token>`` (or
+        ``Bearer <server token>``, which Jupyter accepts too).
 
         The same decision Jupyter's own identity providers make (constant-time
         comparison with the server token, then the Host check), without what
@@ -51,7 +52,7 @@ class BaseHandler(APIHandler):
         if type(ip) not in _STOCK_PROVIDERS or not ip.token:
             return False
         scheme, _, cred = self.request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "token" or not hmac.compare_digest(cred.strip().encode(), ip.token.encode()):
+        if scheme.lower() not in ("token", "bearer") or not hmac.compare_digest(cred.strip().encode(), ip.token.encode()):
             return False
         hosts: dict[str, bool] = self.settings.setdefault("functionai_host_ok", {})
         ok = hosts.get(self.request.host)

@@ -14,9 +14,17 @@ from tornado import web
 
 from .._version import __version__
 from ..errors import BadPayload, InvalidArgument
+from ..mcp.manager import KEY_SCOPE_PREFIX
 from ..spec import FunctionSpec
 from .base import BaseHandler, jupyter_auth, query_int
 from .gateway import InvokeHandler
+from .mcp import (
+    McpEndpointHandler,
+    McpServerHandler,
+    McpServersHandler,
+    McpSessionsHandler,
+    McpToolHandler,
+)
 
 API = "/functionai/api"
 # path parameters take any one segment; the handler judges it (a JSON 404, not
@@ -24,6 +32,8 @@ API = "/functionai/api"
 NAME = r"(?P<name>[^/]+)"
 SESSION = r"(?P<session_id>[^/]+)"
 TASK = r"(?P<task_id>[^/]+)"
+SERVER = r"(?P<server>[^/]+)"
+TOOL = r"(?P<tool>[^/]+)"
 
 
 class HealthHandler(BaseHandler):
@@ -170,6 +180,9 @@ class KeysHandler(BaseHandler):
         note = body.get("note", "")
         if not isinstance(note, str):
             raise BadPayload("note must be a string")
+        if body["function"].startswith(KEY_SCOPE_PREFIX):  # "mcp:<server>": that MCP server's endpoint
+            self.write_json(await self.runtime.mcp.create_key(body["function"][len(KEY_SCOPE_PREFIX) :], note), status=201)
+            return
         self.write_json(await self.runtime.create_key(body["function"], note), status=201)
 
 
@@ -347,6 +360,41 @@ ROUTES: list[Route] = [
     Route(f"{API}/tasks/{TASK}/retry", "/functionai/api/tasks/{task_id}/retry", TaskRetryHandler, {"post": Op("Run a failed, cancelled or timed-out task again from its last checkpoint", returns="Task", errors=(404, 409))}),
     Route(f"{API}/keys/(?P<key_id>[^/]+)", "/functionai/api/keys/{key_id}", KeyHandler, {"delete": Op("Revoke a key", ok=204)}),
     Route(
+        f"{API}/mcp/servers",
+        "/functionai/api/mcp/servers",
+        McpServersHandler,
+        {
+            "get": Op("Hosted MCP servers with their endpoints and tools", returns="McpServerList"),
+            "post": Op("Host a stdio MCP server (a command or a catalog name), or create a function-backed one", body="CreateMcpServer", ok=201, returns="McpServer", errors=(400, 409, 422)),
+        },
+    ),
+    Route(
+        f"{API}/mcp/servers/{SERVER}",
+        "/functionai/api/mcp/servers/{server}",
+        McpServerHandler,
+        {"get": Op("One hosted MCP server", returns="McpServer"), "delete": Op("Remove an MCP server and end its sessions", ok=204)},
+    ),
+    Route(
+        f"{API}/mcp/servers/{SERVER}/tools/{TOOL}",
+        "/functionai/api/mcp/servers/{server}/tools/{tool}",
+        McpToolHandler,
+        {
+            "put": Op("Publish a tool (a notebook function) on a function-backed MCP server", body="PublishTool", returns="McpServer", errors=(400, 404, 409, 422)),
+            "delete": Op("Remove a tool", returns="McpServer"),
+        },
+    ),
+    Route(f"{API}/mcp/sessions", "/functionai/api/mcp/sessions", McpSessionsHandler, {"get": Op("MCP sessions, newest first", returns="AnyList", query=("server", "status"))}),
+    Route(
+        f"/functionai/mcp/{SERVER}/mcp",
+        "/functionai/mcp/{server}/mcp",
+        McpEndpointHandler,
+        {
+            "post": Op("MCP over streamable HTTP: one JSON-RPC message (initialize starts a session: Mcp-Session-Id)", body="McpMessage", returns="McpMessage", errors=(400, 401, 403, 404)),
+            "get": Op("MCP over streamable HTTP: the session's server-sent event stream", errors=(400, 401, 403, 404, 406)),
+            "delete": Op("MCP over streamable HTTP: end the session", ok=204, errors=(400, 401, 403, 404)),
+        },
+    ),
+    Route(
         f"/functionai/invoke/{NAME}",
         "/functionai/invoke/{name}",
         InvokeHandler,
@@ -414,6 +462,56 @@ SCHEMAS: dict[str, Any] = {
     "Task": {"type": "object", "required": ["id", "state", "attempts"], "properties": {"id": {"type": "string"}, "state": {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "cancelled", "timed_out"]}, "attempts": {"type": "integer"}, "result": {}, "error": _ANY, "progress": {"type": ["number", "null"]}}},
     "TaskList": {"type": "array", "items": _ANY},
     "Result": {},
+    "McpServer": {
+        "type": "object",
+        "required": ["name", "kind", "path", "tools"],
+        "properties": {
+            "name": {"type": "string"},
+            "kind": {"type": "string", "enum": ["functions", "stdio"]},
+            "function": {"type": "string"},
+            "path": {"type": "string"},
+            "tools": {"type": "array", "items": _ANY},
+            "command": {"type": ["array", "null"], "items": {"type": "string"}},
+            "catalog": {"type": ["string", "null"]},
+            "env": {"type": "object", "additionalProperties": {"type": "string"}},
+            "secrets": {"type": "array", "items": {"type": "string"}},
+            "idle_ttl_s": {"type": ["number", "null"]},
+            "live_sessions": {"type": "integer"},
+        },
+    },
+    "McpServerList": {"type": "array", "items": {"$ref": "#/components/schemas/McpServer"}},
+    "CreateMcpServer": {
+        "type": "object",
+        "required": ["name"],
+        "properties": {
+            "name": {"type": "string", "pattern": "^[A-Za-z][A-Za-z0-9_-]{0,58}$"},
+            "kind": {"type": "string", "enum": ["stdio", "functions"]},
+            "command": {"type": "array", "items": {"type": "string"}},
+            "catalog": {"type": "string"},
+            "env": {"type": "object", "additionalProperties": {"type": "string"}},
+            "secrets": {"type": "object", "additionalProperties": {"type": "string"}},
+            "idle_ttl_s": {"type": "number"},
+            "network": {"type": "string", "enum": ["none", "loopback", "host"]},
+            "memory": {"type": ["string", "integer"]},
+            "probe": {"type": "boolean"},
+            "spec": _ANY,
+        },
+    },
+    "PublishTool": {
+        "type": "object",
+        "required": ["code", "handler", "input_schema"],
+        "properties": {
+            "code": {"type": "string"},
+            "handler": {"type": "string"},
+            "description": {"type": "string"},
+            "input_schema": _ANY,
+            "output_schema": {"type": ["object", "null"]},
+            "wrap_output": {"type": "boolean"},
+            "ctx_param": {"type": ["string", "null"]},
+            "spec": _ANY,
+        },
+    },
+    "McpMessage": {"type": "object", "required": ["jsonrpc"], "properties": {"jsonrpc": {"const": "2.0"}, "id": {"type": ["string", "integer"]}, "method": {"type": "string"}, "params": _ANY}},
 }
 
 
@@ -445,7 +543,7 @@ def openapi() -> dict[str, Any]:
             "schemas": SCHEMAS,
             "securitySchemes": {
                 "jupyterToken": {"type": "apiKey", "in": "header", "name": "Authorization", "description": "Authorization: token <jupyter server token>"},
-                "functionKey": {"type": "http", "scheme": "bearer", "description": "a function-scoped key fai_... (invoke gateway only)"},
+                "functionKey": {"type": "http", "scheme": "bearer", "description": "a scoped key fai_...: a function's invoke gateway, or (scope mcp:<server>) an MCP server's endpoint"},
             },
         },
         "security": [{"jupyterToken": []}],
