@@ -61,7 +61,7 @@ from ._version import __version__
 if TYPE_CHECKING:
     from .client import Client
 
-BENCHMARKS = ("coldstart", "density", "gateway", "tasks")
+BENCHMARKS = ("coldstart", "density", "gateway", "tasks", "mcp")
 DEMO_FUNCTION = "agent-memory"
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -209,7 +209,9 @@ def _load_benchmark(name: str) -> ModuleType:
             "(the benchmarks ship with the repository checkout, not with the installed package)"
         )
     if str(bench) not in sys.path:
-        sys.path.insert(0, str(bench))  # for their shared ``_common`` helpers
+        # last, for their shared ``_common`` helpers: benchmarks/mcp.py must
+        # not hide the ``mcp`` package
+        sys.path.append(str(bench))
     spec = importlib.util.spec_from_file_location(f"_functionai_bench_{name}", path)
     if spec is None or spec.loader is None:
         raise _UsageError(f"cannot load {path}")
@@ -936,10 +938,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
     bench = sub.add_parser(
         "bench",
-        help="run a benchmark (coldstart, density, gateway, tasks) from the repository checkout",
+        help="run a benchmark (coldstart, density, gateway, tasks, mcp) from the repository checkout",
         description="Run benchmarks/<name>.py main(args); pass --help after the name for its options.",
     )
-    bench.add_argument("which", choices=BENCHMARKS, metavar="{coldstart,density,gateway,tasks}", help="which benchmark")
+    bench.add_argument("which", choices=BENCHMARKS, metavar="{coldstart,density,gateway,tasks,mcp}", help="which benchmark")
     bench.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the benchmark")
     bench.set_defaults(func=cmd_bench)
     return ap
