@@ -95,6 +95,8 @@ API_TIMEOUT = 120.0
 CONNECT_TIMEOUT = 10.0
 PROBE_TIMEOUT = 3.0
 MCP_ADD_WAIT = 600.0
+#: the call statistics the server adds to each tool of ``mcp_server(name)["tools"]``
+TOOL_STATS = ("calls", "errors", "p50_ms", "p95_ms", "last_called_at", "last_error")
 HOW_TO_START = "start one with `functionai serve` or set FUNCTIONAI_URL and FUNCTIONAI_TOKEN"
 
 
@@ -449,6 +451,9 @@ class _Base:
     def _r_mcp_sessions(self, server: str | None, status: str | None) -> _Request:
         return _Request("GET", f"{API}/mcp/sessions", query={"server": server, "status": status})
 
+    def _r_mcp_end_session(self, session_id: str) -> _Request:
+        return _Request("DELETE", f"{API}/mcp/sessions/{_quote(session_id)}")
+
 
 def _mcp_add_body(
     name: str,
@@ -643,11 +648,18 @@ class Client(_Base):
         return self._json(self._r_mcp_servers())
 
     def mcp_server(self, name: str) -> dict[str, Any]:
+        """One hosted MCP server; each of its ``tools`` carries its call
+        statistics (``calls``, ``errors``, ``p50_ms``, ``p95_ms``, ...: :data:`TOOL_STATS`)."""
         return self._json(self._r_mcp_server(name))
 
     def mcp_url(self, name: str) -> str:
         """The streamable-HTTP endpoint of the MCP server ``name``."""
         return self.url.rstrip("/") + f"/functionai/mcp/{_quote(name)}/mcp"
+
+    def auth_headers(self) -> dict[str, str]:
+        """The ``Authorization`` header this client sends: what an MCP client
+        pointed at :meth:`mcp_url` needs too."""
+        return _auth_headers(self._resolve()[1])
 
     def mcp_add(
         self,
@@ -678,6 +690,16 @@ class Client(_Base):
 
     def mcp_sessions(self, server: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
         return self._json(self._r_mcp_sessions(server, status))
+
+    def mcp_end_session(self, id: str) -> None:
+        """End an MCP session, whoever opened it: its client's next request gets 404."""
+        self._call(self._r_mcp_end_session(id))
+
+    def mcp_tool_stats(self, server: str) -> dict[str, dict[str, Any]]:
+        """Each tool's calls since the server started: ``calls``, ``errors``
+        (isError results and JSON-RPC errors), ``p50_ms``, ``p95_ms`` (last
+        1,000 calls), ``last_called_at``, ``last_error``."""
+        return {t["name"]: {k: t.get(k) for k in TOOL_STATS} for t in self.mcp_server(server)["tools"]}
 
 
 # -- the async client ---------------------------------------------------------------------------
@@ -882,3 +904,9 @@ class AsyncClient(_Base):
 
     async def mcp_sessions(self, server: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
         return await self._json(self._r_mcp_sessions(server, status))
+
+    async def mcp_end_session(self, id: str) -> None:
+        await self._call(self._r_mcp_end_session(id))
+
+    async def mcp_tool_stats(self, server: str) -> dict[str, dict[str, Any]]:
+        return {t["name"]: {k: t.get(k) for k in TOOL_STATS} for t in (await self.mcp_server(server))["tools"]}

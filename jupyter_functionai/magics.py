@@ -11,7 +11,7 @@
         s.invoke({"x": 2}); s.state
 
     %fai ls | sessions [NAME] | invoke NAME [--session ID] JSON | close ID | url NAME
-    %fai panel [sessions|coldstarts|functions|tasks] [NAME]  # live widget panels
+    %fai panel [sessions|coldstarts|functions|tasks|tools] [NAME]  # live widget panels
     adder.panel()                                         # also under the %%function cell
 
 ``%%function NAME`` deploys the cell's code as a new version of the function
@@ -611,7 +611,7 @@ def _sandbox_error(name: str, exc: UserError, offset: int) -> SandboxError:
 # -- the magics ---------------------------------------------------------------------------------
 
 
-FAI_USAGE = """usage: %fai ls | sessions [NAME] | invoke NAME [--session ID] JSON | close ID | url NAME | panel [sessions|coldstarts|functions|tasks|all] [NAME]"""
+FAI_USAGE = """usage: %fai ls | sessions [NAME] | invoke NAME [--session ID] JSON | close ID | url NAME | panel [sessions|coldstarts|functions|tasks|tools|all] [NAME]"""
 
 
 @magics_class
@@ -771,12 +771,13 @@ class FunctionAIMagics(Magics):
             print(f"(no panel: {exc})")
 
     def _panel(self, rest: list[str], line: str) -> None:
-        """%fai panel [sessions|coldstarts|functions|tasks|all] [NAME]: a live panel (all: the four in tabs)."""
+        """%fai panel [sessions|coldstarts|functions|tasks|tools|all] [NAME]: a live panel (all: the panels in tabs;
+        for tools, NAME is an MCP server)."""
         from .panels import KINDS, panel
 
         kind, names = (rest[0], rest[1:]) if rest and rest[0].lower() in KINDS else ("all", rest)
         if len(names) > 1:
-            raise UsageError(f"unknown panel {rest[0]!r} in {line.strip()!r}: use sessions, coldstarts, functions or all\n{FAI_USAGE}")
+            raise UsageError(f"unknown panel {rest[0]!r} in {line.strip()!r}: use sessions, coldstarts, functions, tasks, tools or all\n{FAI_USAGE}")
         self._display_panel(lambda: panel(kind, self.client, function=names[0] if names else None))
 
     def _ls(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, TypedDict
@@ -22,6 +23,7 @@ from mcp.shared.exceptions import MCPError
 import jupyter_functionai
 from jupyter_functionai.client import Client as FaiClient
 from jupyter_functionai.errors import Conflict, InvalidArgument, NotFound, UserError
+from jupyter_functionai.mcp.manager import LATENCY_WINDOW, ToolStats
 from jupyter_functionai.mcp.schema import describe_function
 
 from .test_cli_server import Server, start_server, stop_server, wait_until
@@ -275,6 +277,76 @@ async def test_cancelling_a_call_stops_it_and_the_session_goes_on(server: Server
         await asyncio.to_thread(wait_until, idle, 20, "the cancelled call to end on the server")
         r = await c.call_tool("recall", {})  # resumed in a new instance, state kept
         assert r.structured_content is not None and r.structured_content["notes"] == ["before"]
+
+
+# -- call statistics per tool -----------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_tool_calls_are_counted_with_their_errors_and_latency(server: Server, fai: FaiClient) -> None:
+    before = fai.mcp_tool_stats("kit")
+    assert set(before) == {f.__name__ for f in TOOLS}
+    assert set(before["add"]) == {"calls", "errors", "p50_ms", "p95_ms", "last_called_at", "last_error"}
+    took: list[float] = []
+    async with mcp_client(fai.mcp_url("kit"), bearer(server)) as c:
+        for i in range(6):
+            t0 = time.perf_counter()
+            assert (await c.call_tool("add", {"a": i})).structured_content == {"result": i + 1}
+            took.append((time.perf_counter() - t0) * 1000)
+        assert (await c.call_tool("add", {"a": "two"})).is_error  # an isError result (the schema)
+        assert (await c.call_tool("fail", {"reason": "counted"})).is_error  # an isError result (it raised)
+        with pytest.raises(MCPError, match="Unknown tool"):  # a name that is no tool: shown nowhere
+            await c.call_tool("nope", {})
+    async with httpx2.AsyncClient(headers={"Authorization": bearer(server)}, timeout=30) as http:
+        sid = await raw_session(http, fai.mcp_url("kit"))
+        msg = {"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {"name": "add", "arguments": [1]}}
+        r = await http.post(fai.mcp_url("kit"), json=msg, headers={**ACCEPT, "Mcp-Session-Id": sid})
+        assert r.json()["error"]["code"] == -32602  # a JSON-RPC error: counted as an error of add
+        await http.delete(fai.mcp_url("kit"), headers={"Mcp-Session-Id": sid})
+    after = fai.mcp_tool_stats("kit")
+    assert after["add"]["calls"] - before["add"]["calls"] == 8
+    assert after["add"]["errors"] - before["add"]["errors"] == 2
+    assert after["add"]["last_error"] == "JSON-RPC error -32602: params.arguments must be an object"
+    assert after["fail"]["calls"] - before["fail"]["calls"] == 1 and after["fail"]["errors"] - before["fail"]["errors"] == 1
+    assert after["fail"]["last_error"] == "ValueError: refused: counted"  # the message, not the traceback
+    assert after["nap"] == before["nap"] and "nope" not in after
+    # the latency as the endpoint sees it: each call's is under what the client waited
+    p50, p95 = after["add"]["p50_ms"], after["add"]["p95_ms"]
+    assert 0 < p50 <= p95 and (before["add"]["calls"] or p50 <= sorted(took)[len(took) // 2])
+    assert after["add"]["last_called_at"] > time.time() - 120
+    listed = next(s for s in fai.mcp_servers() if s["name"] == "kit")  # the list carries them too
+    assert {t["name"]: t["calls"] for t in listed["tools"]} == {name: st["calls"] for name, st in after.items()}
+
+
+def test_tool_stats_keep_a_bounded_window() -> None:
+    st = ToolStats()
+    for i in range(LATENCY_WINDOW + 500):
+        st.record(float(i), None if i % 10 else "boom")
+    d = st.describe()
+    assert d["calls"] == LATENCY_WINDOW + 500 and d["errors"] == (LATENCY_WINDOW + 500) // 10 and d["last_error"] == "boom"
+    assert len(st.durations_ms) == LATENCY_WINDOW
+    assert d["p50_ms"] == 500 + LATENCY_WINDOW / 2 - 1 and d["p95_ms"] == 500 + LATENCY_WINDOW * 0.95 - 1  # over the last 1,000 only
+    assert ToolStats().describe() == {"calls": 0, "errors": 0, "p50_ms": None, "p95_ms": None, "last_called_at": None, "last_error": None}
+
+
+@pytest.mark.asyncio
+async def test_the_rest_api_ends_any_mcp_session(server: Server, fai: FaiClient) -> None:
+    key = fai.create_key("mcp:kit", "ended")
+    url = fai.mcp_url("kit")
+    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {key['key']}"}, timeout=30) as keyed:
+        sid = await raw_session(keyed, url)
+        assert (await raw_call(keyed, url, sid, "add", {"a": 1})).json()["result"]["structuredContent"] == {"result": 2}
+        row = next(s for s in fai.mcp_sessions("kit", "active") if s["id"] == sid)
+        assert row["principal"] == f"key:{key['id']}"
+        fai.mcp_end_session(sid)  # Jupyter's credentials end a session a key opened
+        assert (await raw_call(keyed, url, sid, "add", {"a": 1})).status_code == 404
+    ended = next(s for s in fai.mcp_sessions("kit") if s["id"] == sid)
+    assert ended["status"] == "closed" and ended["close_reason"] == "ended by the server's owner"
+    assert fai.session(row["runtime_session"])["status"] == "closed"
+    fai.mcp_end_session(sid)  # again: nothing to do
+    with pytest.raises(NotFound):
+        fai.mcp_end_session("0" * 32)
+    fai.revoke_key(key["id"])
 
 
 # -- the endpoint's session rules (raw HTTP) --------------------------------------------------

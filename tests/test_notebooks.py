@@ -47,7 +47,7 @@ def execute(path: Path, srv: Server, work: Path) -> Any:
 
 
 def test_there_are_notebooks() -> None:
-    assert [p.name for p in NOTEBOOKS] == ["quickstart.ipynb"]
+    assert [p.name for p in NOTEBOOKS] == ["mcp_tools.ipynb", "quickstart.ipynb"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
@@ -58,6 +58,8 @@ def test_notebook_runs_top_to_bottom(path: Path, server: Server, tmp_path: Path)
             assert "UsageError" not in text(cell) and "Traceback" not in text(cell), (cell.source, text(cell))
     if path.stem == "quickstart":
         check_quickstart(nb, server)
+    if path.stem == "mcp_tools":
+        check_mcp_tools(nb, server)
 
 
 def check_quickstart(nb: Any, srv: Server) -> None:
@@ -78,3 +80,16 @@ def check_quickstart(nb: Any, srv: Server) -> None:
         sessions = client.sessions(function="agent")
         assert len(sessions) == 2 and {s["status"] for s in sessions} == {"closed"}
         assert any(c["function"] == "agent" for c in client.coldstarts())
+
+
+def check_mcp_tools(nb: Any, srv: Server) -> None:
+    out = "\n".join(text(c) for c in nb.cells if c.cell_type == "code")
+    assert "alice: {'items': 3, 'total': 1.5} bob: {'items': 0, 'total': 0}" in out
+    assert "policy: scripted | answer: [scripted] 4 items, total 3.0" in out
+    assert "tool calls: ['add_to_cart', 'checkout']" in out
+    assert f"{srv.url}/functionai/mcp/shop/mcp" in out
+    panel = nb.cells[-1]
+    assert any(WIDGET in o.get("data", {}) for o in panel.outputs), panel.outputs
+    with Client(srv.url, srv.token) as client:
+        shop = client.mcp_server("shop")
+        assert {t["name"] for t in shop["tools"]} == {"add_to_cart", "checkout"}

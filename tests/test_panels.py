@@ -350,6 +350,7 @@ def test_magics_display_the_panels_in_a_kernel(server: Server, client: Client, t
         "coldstarts": "%fai panel coldstarts pan-nb",
         "functions": "%fai panel functions pan-nb",
         "all": "%fai panel",
+        "tools": "%fai panel tools",
         "handle": "pan_nb.panel('sessions')",
         "bad": "%fai panel bogus pan-nb",
     }
@@ -375,7 +376,7 @@ def test_magics_display_the_panels_in_a_kernel(server: Server, client: Client, t
         return [f"{o['ename']}: {o['evalue']}" for o in cell.outputs if o["output_type"] == "error"]
 
     assert not errors(out["session"]), errors(out["session"])
-    for name in ("deploy", "sessions", "coldstarts", "functions", "all", "handle"):
+    for name in ("deploy", "sessions", "coldstarts", "functions", "all", "tools", "handle"):
         assert not errors(out[name]), (name, errors(out[name]))
         assert len(views(out[name])) == 1, (name, out[name].outputs)
     assert "deployed pan-nb version 1" in "".join(o.get("text", "") for o in out["deploy"].outputs)
@@ -396,6 +397,8 @@ def test_magics_display_the_panels_in_a_kernel(server: Server, client: Client, t
     assert 'data-session="pan-nb-s"' in texts(views(out["coldstarts"])[0])
     assert "X-Functionai-Session-Id: pan-nb-s" in html.unescape(texts(views(out["functions"])[0]))
     assert "pan-nb-s" in texts(views(out["handle"])[0])
+    assert "no MCP servers yet" in texts(views(out["tools"])[0])
+    assert state[views(out["all"])[0]]["state"]["titles"] == ["Functions", "Sessions", "Cold starts", "Tasks", "Tools"]
     assert state[views(out["deploy"])[0]]["model_name"] == "TabModel"
     assert client.session("pan-nb-s")["status"] == "live"
 

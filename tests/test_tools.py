@@ -13,7 +13,7 @@ import pytest
 import jupyter_functionai
 from jupyter_functionai import tools
 from jupyter_functionai.client import Client, NoServer
-from jupyter_functionai.tools import ToolError, Toolbox
+from jupyter_functionai.tools import Toolbox, ToolError
 
 from .test_cli_server import Server, start_server, stop_server
 

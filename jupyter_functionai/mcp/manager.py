@@ -21,6 +21,12 @@ Two kinds of hosted server, both behind one endpoint per server
   process. A stdio session ends after ``idle_ttl_s`` without requests and
   when the Jupyter server stops.
 
+Each ``tools/call`` is counted per (server, tool), in memory (from this
+process's start; not persisted): calls, errors (an ``isError`` result or a
+JSON-RPC error, a cancelled call included), and the durations of the last
+:data:`LATENCY_WINDOW` calls (request in to answer out, as the endpoint sees
+it) for p50/p95. :meth:`McpManager.describe` adds them to each tool.
+
 Everything here is asyncio and the store; nothing imports tornado.
 """
 
@@ -30,11 +36,13 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import re
 import secrets
 import shutil
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -68,7 +76,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("jupyter_functionai.mcp")
 
-__all__ = ["KEY_SCOPE_PREFIX", "McpManager", "McpSession", "endpoint_path"]
+__all__ = ["KEY_SCOPE_PREFIX", "LATENCY_WINDOW", "McpManager", "McpSession", "ToolStats", "endpoint_path"]
 
 SERVER_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,58}")
 TOOL_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
@@ -82,6 +90,8 @@ STDIO_CALL_TIMEOUT_S = 120.0  # the relay's own operations (start, poll, stop)
 INIT_TIMEOUT_S = 60.0
 OUTBOX_MAX = 256
 REAP_INTERVAL_S = 1.0
+LATENCY_WINDOW = 1000  # the durations kept per tool, for p50/p95
+MAX_TRACKED_TOOLS = 256  # per server: calls to further (unknown) names are not counted
 _SPEC_KEYS = frozenset(
     {"cpu", "gpu", "memory", "memory_mb", "timeout", "timeout_s", "idle_ttl", "idle_ttl_s", "max_lifetime", "max_lifetime_s",
      "min_instances", "network", "env", "limits", "concurrency", "isolation_required", "description"}
@@ -147,6 +157,56 @@ class McpSession:
         }
 
 
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (``q`` in 0..100) of a non-empty list."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered), max(1, math.ceil(q / 100 * len(ordered)))) - 1]
+
+
+@dataclass
+class ToolStats:
+    """The calls of one tool of one server (see the module docstring)."""
+
+    calls: int = 0
+    errors: int = 0
+    durations_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
+    last_called_at: float | None = None
+    last_error: str | None = None
+
+    def record(self, ms: float, failure: str | None) -> None:
+        self.calls += 1
+        self.durations_ms.append(ms)
+        self.last_called_at = time.time()
+        if failure is not None:
+            self.errors += 1
+            self.last_error = failure[:500]
+
+    def describe(self) -> dict[str, Any]:
+        window = list(self.durations_ms)
+        return {
+            "calls": self.calls,
+            "errors": self.errors,
+            "p50_ms": round(percentile(window, 50), 3) if window else None,
+            "p95_ms": round(percentile(window, 95), 3) if window else None,
+            "last_called_at": self.last_called_at,
+            "last_error": self.last_error,
+        }
+
+
+def _failure(answer: dict[str, Any] | None) -> str | None:
+    """Why a tools/call answer is an error (None if it is not)."""
+    if answer is None:
+        return "the request did not complete"
+    if "error" in answer:
+        err = answer["error"] if isinstance(answer["error"], dict) else {}
+        return f"JSON-RPC error {err.get('code')}: {err.get('message', '')}"
+    res = answer.get("result")
+    if isinstance(res, dict) and res.get("isError"):
+        texts = [c.get("text", "") for c in res.get("content") or [] if isinstance(c, dict) and c.get("type") == "text"]
+        return "\n".join(texts).strip().split("\n\n")[0] or "isError"
+    return None
+
+
 class McpManager:
     """See the module docstring."""
 
@@ -158,6 +218,7 @@ class McpManager:
         self._tools: dict[str, dict[str, dict[str, Any]]] = {}  # server -> tool -> row (+ validator)
         self._locks: dict[str, asyncio.Lock] = {}
         self._touched: dict[str, float] = {}
+        self._stats: dict[str, dict[str, ToolStats]] = {}  # server -> tool -> its calls
         self._reaper: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._closed = False
@@ -236,12 +297,15 @@ class McpManager:
         tools = await self._server_tools(name) if row["kind"] == "functions" else {}
         cfg = row["config"]
         live = [s for s in self._sessions.values() if s.server == name and s.status == ACTIVE]
+        stats = self._stats.get(name, {})
+        idle = ToolStats().describe()
+        listed = [{**t, **(stats[t["name"]].describe() if t.get("name") in stats else idle)} for t in self._public_tools(row, tools)]
         return {
             "name": name,
             "kind": row["kind"],
             "function": row["function"],
             "path": endpoint_path(name),
-            "tools": self._public_tools(row, tools),
+            "tools": listed,
             "command": cfg.get("command"),
             "catalog": cfg.get("catalog"),
             "env": cfg.get("env") or {},
@@ -329,6 +393,7 @@ class McpManager:
             await self._deploy_tools(server, tools, row["config"].get("spec") or {}, row["config"].get("description") or "")
             await self._write(self.store.delete_mcp_tool, server, name)
             self._tools.pop(server, None)
+            self._stats.get(server, {}).pop(name, None)
         await self._tools_changed(server)
         return await self.describe(server)
 
@@ -475,6 +540,7 @@ class McpManager:
             await self._write(self.store.delete_mcp_server, name)
             self._servers.pop(name, None)
             self._tools.pop(name, None)
+            self._stats.pop(name, None)
 
     async def create_key(self, server: str, note: str = "") -> dict[str, Any]:
         """A key valid for this MCP server's endpoint only (scope ``mcp:<server>``)."""
@@ -610,7 +676,36 @@ class McpManager:
 
     async def request(self, sess: McpSession, msg: dict[str, Any], notify: Notify | None) -> dict[str, Any]:
         """A client request of an initialised session; its response message
-        (errors included). ``notify`` sends a message on the request's stream."""
+        (errors included). ``notify`` sends a message on the request's stream.
+        A ``tools/call`` is counted (see :meth:`tool_stats`)."""
+        params = msg.get("params")
+        tool = params.get("name") if msg.get("method") == "tools/call" and isinstance(params, dict) else None
+        if not isinstance(tool, str):
+            return await self._request(sess, msg, notify)
+        started = time.perf_counter()
+        answer: dict[str, Any] | None = None
+        try:
+            answer = await self._request(sess, msg, notify)
+            return answer
+        finally:
+            self._record(sess.server, tool, (time.perf_counter() - started) * 1000.0, _failure(answer))
+
+    def _record(self, server: str, tool: str, ms: float, failure: str | None) -> None:
+        per_server = self._stats.setdefault(server, {})
+        stats = per_server.get(tool)
+        if stats is None:
+            if len(per_server) >= MAX_TRACKED_TOOLS or len(tool) > 128:
+                return
+            stats = per_server[tool] = ToolStats()
+        stats.record(ms, failure)
+
+    def tool_stats(self, server: str) -> dict[str, dict[str, Any]]:
+        """The calls of each tool of ``server`` since this process started:
+        ``calls``, ``errors``, ``p50_ms``, ``p95_ms`` (over the last
+        :data:`LATENCY_WINDOW` calls), ``last_called_at``, ``last_error``."""
+        return {name: st.describe() for name, st in sorted(self._stats.get(server, {}).items())}
+
+    async def _request(self, sess: McpSession, msg: dict[str, Any], notify: Notify | None) -> dict[str, Any]:
         self._touch(sess)
         mid = msg["id"]
         key = id_key(mid)
@@ -685,6 +780,22 @@ class McpManager:
     def unlisten(self, sess: McpSession, q: asyncio.Queue[dict[str, Any] | None]) -> None:
         if sess.listener is q:
             sess.listener = None
+
+    async def end_session(self, session_id: str, reason: str = "ended by the server's owner") -> dict[str, Any]:
+        """End any MCP session (the REST API: the Jupyter user owns the server,
+        whoever opened the session); its client's next request gets 404.
+        Ending an ended session changes nothing. NotFound for an unknown id."""
+        sess = self._sessions.get(session_id)
+        if sess is None:
+            row = await asyncio.to_thread(self.store.get_mcp_session, session_id)
+            if row["status"] == ACTIVE:
+                try:  # a function-backed session not used since a restart: load it, then end it
+                    sess = await self.session(row["server"], session_id, row["principal"])
+                except McpError:  # it expired meanwhile (now recorded) or its server is gone
+                    sess = None
+        if sess is not None:
+            await self._end(sess, CLOSED, reason)
+        return await asyncio.to_thread(self.store.get_mcp_session, session_id)
 
     async def terminate(self, server: str, session_id: str, principal: str = "") -> None:
         """DELETE: the client ends its session."""

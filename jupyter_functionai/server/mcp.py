@@ -325,6 +325,7 @@ class McpServersHandler(BaseHandler):
 class McpServerHandler(BaseHandler):
     @jupyter_auth
     async def get(self, server: str) -> None:
+        """The server, each tool with its call statistics (calls, errors, p50_ms, p95_ms, ...)."""
         self.write_json(await self.runtime.mcp.describe(server))
 
     @jupyter_auth
@@ -354,3 +355,12 @@ class McpSessionsHandler(BaseHandler):
     @jupyter_auth
     async def get(self) -> None:
         self.write_json(await self.runtime.mcp.sessions(self.get_query_argument("server", None), self.get_query_argument("status", None)))
+
+
+class McpSessionHandler(BaseHandler):
+    @jupyter_auth
+    async def delete(self, session_id: str) -> None:
+        """End an MCP session, whoever opened it (its client's next request gets 404)."""
+        await self.runtime.mcp.end_session(session_id)
+        self.set_status(204)
+        self.finish()
