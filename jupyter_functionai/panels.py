@@ -1374,10 +1374,21 @@ class ToolsPanel(_LivePanel):
         self.call_button.add_class("fai-try-call")
         self.result = widgets.HTML()
         self.result.add_class("fai-try-result")
+        # host a stdio MCP server (what `functionai mcp add` does)
+        self.add_title = widgets.HTML("<b>host a stdio MCP server</b> <span style='opacity:.7'>(each MCP session gets its own process in its own sandbox)</span>")
+        self.add_name = widgets.Text(placeholder="name", layout=widgets.Layout(width="160px"))
+        self.add_catalog = widgets.Dropdown(options=[("command:", ""), ("catalog: time", "time"), ("catalog: git", "git")], value="", layout=widgets.Layout(width="150px"))
+        self.add_command = widgets.Text(placeholder="command and arguments, e.g. python -m my_server", layout=widgets.Layout(width="100%"))
+        self.add_env = widgets.Textarea(placeholder="environment, one KEY=VALUE per line (optional)", layout=widgets.Layout(width="100%", height="48px"))
+        self.add_button = widgets.Button(description="Add", icon="plus", layout=widgets.Layout(width="100px"))
+        for w, cls in ((self.add_name, "fai-add-name"), (self.add_catalog, "fai-add-catalog"), (self.add_command, "fai-add-command"), (self.add_env, "fai-add-env"), (self.add_button, "fai-add-button")):
+            w.add_class(cls)
         super().__init__(client, interval=interval, **kw)
         for w in (self.server_select, self.summary, self.servers_box, self.sessions_title, self.grid, *self._header,
-                  self.try_title, self.tool_select, self.arguments, self.call_button, self.result):
+                  self.try_title, self.tool_select, self.arguments, self.call_button, self.result,
+                  self.add_title, self.add_name, self.add_catalog, self.add_command, self.add_env, self.add_button):
             self._own(w)
+        self.add_button.on_click(lambda _b: self.add_server())
         self.server_select.observe(self._on_server, names="value")
         self.tool_select.observe(self._on_tool, names="value")
         self.call_button.on_click(lambda _b: self.call_tool())
@@ -1387,7 +1398,51 @@ class ToolsPanel(_LivePanel):
 
     def _body(self) -> list[Any]:
         row = self._own(widgets.HBox([self.tool_select, self.call_button], layout=widgets.Layout(align_items="center")))
-        return [self.summary, self.servers_box, self.sessions_title, self.grid, self.try_title, row, self.arguments, self.result]
+        body = [self.summary, self.servers_box, self.sessions_title, self.grid, self.try_title, row, self.arguments, self.result]
+        if not self.fixed_server:
+            add = self._own(widgets.HBox([self.add_name, self.add_catalog, self.add_command, self.add_button], layout=widgets.Layout(align_items="center")))
+            body += [self.add_title, add, self.add_env]
+        return body
+
+    def add_server(self) -> Future[Any]:
+        """The Add button: host a stdio MCP server (a command, or a catalog
+        package) on the panel's thread; the outcome shows in the status line."""
+        import shlex
+
+        name = self.add_name.value.strip()
+        catalog = self.add_catalog.value or None
+        try:
+            command = None if catalog else shlex.split(self.add_command.value)
+            env = {}
+            for line in self.add_env.value.splitlines():
+                if line.strip():
+                    key, eq, value = line.partition("=")
+                    if not eq or not key.strip():
+                        raise ValueError(f"environment lines are KEY=VALUE, not {line.strip()!r}")
+                    env[key.strip()] = value
+        except ValueError as exc:
+            fut: Future[Any] = Future()
+            fut.set_exception(exc)
+            with self._lock:
+                self._show_status(f"not added: {exc}")
+            self.last_action = fut
+            return fut
+        if not name or (not catalog and not command):
+            fut = Future()
+            fut.set_exception(ValueError("a name and a command (or a catalog package) are needed"))
+            with self._lock:
+                self._show_status("not added: a name and a command (or a catalog package) are needed")
+            self.last_action = fut
+            return fut
+        self.add_button.disabled = True
+
+        def act() -> Any:
+            try:
+                return self.client.mcp_add(name, command, catalog=catalog, env=env or None)
+            finally:
+                self.add_button.disabled = False
+
+        return self._submit(act, f"added MCP server {name}")
 
     # -- data --------------------------------------------------------------------------------
 

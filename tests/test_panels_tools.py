@@ -316,3 +316,34 @@ def test_on_the_embedded_runtime_the_panel_says_mcp_needs_a_server(tmp_path: Pat
         for p in panels:
             p.close()
         emb.close()
+
+
+def test_the_add_form_hosts_a_stdio_server(client: Client, panels: list[Any]) -> None:
+    p = ToolsPanel(client, interval=60)
+    panels.append(p)
+    import shlex
+
+    p.add_name.value = "pt-added"
+    p.add_command.value = shlex.join(COMMAND)
+    p.add_env.value = "GREETING=hello\n"
+    p.add_button.click()
+    added = p.last_action.result(timeout=60)
+    assert added["name"] == "pt-added" and added["command"] == COMMAND
+    info = client.mcp_server("pt-added")
+    assert info["kind"] == "stdio" and info["env"] == {"GREETING": "hello"} and "put" in {t["name"] for t in info["tools"]}
+    assert "pt-added" in p._blocks  # the panel refreshed after the action
+    assert "added MCP server pt-added" in plain(p.status.value)
+    # bad input: a clear message, nothing added
+    p.add_name.value = "pt-bad"
+    p.add_command.value = "/no/such/command --flag"
+    p.add_env.value = ""
+    p.add_button.click()
+    with pytest.raises(Exception, match="no/such/command"):
+        p.last_action.result(timeout=60)
+    assert "pt-bad" not in {s["name"] for s in client.mcp_servers()}
+    assert "failed" in plain(p.status.value) and "/no/such/command" in plain(p.status.value)
+    p.add_env.value = "not a pair"
+    p.add_button.click()
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        p.last_action.result(timeout=5)
+    client.mcp_remove("pt-added")
