@@ -298,6 +298,29 @@ def build_carry(cell: str, namespace: dict[str, Any]) -> _Carry:
     return _Carry(preamble + "\n" if preamble else "", cell, sorted(code))
 
 
+def _def_source(fn: Any) -> tuple[str, int, int]:
+    """A notebook function's source from its ``def`` line (decorators left
+    out), the first line of its source, and the ``def``'s line within it."""
+    try:
+        lines, first = inspect.getsourcelines(fn)
+    except (OSError, TypeError):
+        raise UsageError(f"the source of {fn.__name__!r} is not available (define it in a notebook cell or a file)") from None
+    tree = ast.parse(textwrap.dedent("".join(lines)))
+    node = tree.body[0]
+    if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        raise UsageError(f"{fn.__name__!r} is not defined by a def statement")
+    def_line = node.lineno  # 1-based within the source, after the decorators
+    source = "".join(lines[def_line - 1 :])
+    if source.startswith((" ", "\t")):
+        raise UsageError(f"{fn.__name__!r} is nested inside another block: define it at the top level of a cell")
+    return source, first, def_line
+
+
+def _namespace_of(fn: Any) -> dict[str, Any]:
+    """The names a decorated function may carry: its module's (the notebook's), but itself."""
+    return {k: v for k, v in fn.__globals__.items() if k != fn.__name__}
+
+
 def function(name: Any = None, *, client: Any = None, **spec: Any) -> Any:
     """``@jupyter_functionai.function(...)``: deploy a notebook function as a sandbox function.
 
@@ -329,20 +352,8 @@ def function(name: Any = None, *, client: Any = None, **spec: Any) -> Any:
         params = [p for p in inspect.signature(fn).parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
         if len(params) < 2:
             raise TypeError(f"{fn.__name__}{inspect.signature(fn)}: a handler takes (event, ctx)")
-        try:
-            lines, first = inspect.getsourcelines(fn)
-        except (OSError, TypeError):
-            raise UsageError(f"the source of {fn.__name__!r} is not available (define it in a notebook cell or a file)") from None
-        tree = ast.parse(textwrap.dedent("".join(lines)))
-        node = tree.body[0]
-        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            raise UsageError(f"{fn.__name__!r} is not defined by a def statement")
-        def_line = node.lineno  # 1-based within the source, after the decorators
-        source = "".join(lines[def_line - 1 :])
-        if source.startswith((" ", "\t")):
-            raise UsageError(f"{fn.__name__!r} is nested inside another block: define it at the top level of a cell")
-        namespace = {k: v for k, v in fn.__globals__.items() if k != fn.__name__}
-        carry = build_carry(source, namespace)
+        source, first, def_line = _def_source(fn)
+        carry = build_carry(source, _namespace_of(fn))
         target = name or fn.__name__
         fai = client or connect()
         try:
@@ -391,19 +402,8 @@ def tool(server: Any = None, *, name: str | None = None, description: str | None
     def publish(fn: Any) -> ToolHandle:
         if not isinstance(fn, types.FunctionType):
             raise TypeError(f"@jupyter_functionai.tool decorates a function, not {type(fn).__name__}")
-        try:
-            lines, _ = inspect.getsourcelines(fn)
-        except (OSError, TypeError):
-            raise UsageError(f"the source of {fn.__name__!r} is not available (define it in a notebook cell or a file)") from None
-        tree = ast.parse(textwrap.dedent("".join(lines)))
-        node = tree.body[0]
-        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            raise UsageError(f"{fn.__name__!r} is not defined by a def statement")
-        source = "".join(lines[node.lineno - 1 :])
-        if source.startswith((" ", "\t")):
-            raise UsageError(f"{fn.__name__!r} is nested inside another block: define it at the top level of a cell")
-        namespace = {k: v for k, v in fn.__globals__.items() if k != fn.__name__}
-        return _publish(server, fn, build_carry(source, namespace), name, description, client, spec)
+        source, _, _ = _def_source(fn)
+        return _publish(server, fn, build_carry(source, _namespace_of(fn)), name, description, client, spec)
 
     return publish
 
