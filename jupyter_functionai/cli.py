@@ -655,6 +655,33 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return _task_outcome(client.wait_task(row["id"]), args.json)
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    client = _client(args)
+    params: dict[str, Any] = {}
+    for name, value in args.parameter or []:
+        try:
+            params[name] = json.loads(value)  # numbers, booleans, lists...
+        except ValueError:
+            params[name] = value  # anything else is a string
+    formats = ["ipynb", "html"] if args.html else None
+    row = client.start_run(args.notebook, params, timeout=args.timeout, retries=args.retries, output_formats=formats)
+    if not args.wait:
+        print_json(row) if args.json else print(row["id"])
+        return EXIT_OK
+    print(f"started run {row['id']}", file=sys.stderr)
+    row = client.wait_run(row["id"])
+    if args.json:
+        print_json(row)
+    else:
+        print(f"run {row['id']} {row['state']} after {row.get('attempts')} attempt(s)")
+        for fmt, path in sorted((row.get("outputs") or {}).items()):
+            print(f"  {fmt}: {path}")
+        err = row.get("error") or {}
+        if err:
+            print(f"{err.get('kind')}: {err.get('message')}", file=sys.stderr)
+    return EXIT_OK if row["state"] == "succeeded" else EXIT_FAILED
+
+
 def cmd_tasks_ls(args: argparse.Namespace) -> int:
     rows = _client(args).tasks(args.function, state=args.state, limit=args.limit)
     if args.json:
@@ -883,6 +910,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, help="seconds per attempt (default: the function's tasks.timeout_s, 1 h)")
     p.add_argument("--retries", type=int, help="extra attempts after a failure (default: the function's tasks.max_attempts - 1)")
     p.add_argument("--wait", action="store_true", help="wait for the outcome; exit 1 unless it succeeded")
+    _json_option(p)
+
+    p = command("run", cmd_run, "run a notebook with papermill in a sandbox (a durable task); prints the run id")
+    p.add_argument("notebook", help="its path, relative to the server's root directory")
+    p.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"), help="a parameter (JSON values are parsed; repeatable)")
+    p.add_argument("--timeout", type=float, help="seconds (default 1 h, at most 24 h)")
+    p.add_argument("--retries", type=int, help="extra attempts after a failure (default 0)")
+    p.add_argument("--html", action="store_true", help="also write an HTML copy of the output")
+    p.add_argument("--wait", action="store_true", help="wait for it; exit 1 unless it succeeded")
     _json_option(p)
 
     tasks = sub.add_parser("tasks", help="durable tasks: ls, show, wait, cancel, retry")

@@ -423,6 +423,18 @@ class _Base:
     def _r_retry_task(self, task_id: str) -> _Request:
         return _Request("POST", f"{API}/tasks/{_quote(task_id)}/retry")
 
+    def _r_start_run(self, body: dict[str, Any]) -> _Request:
+        return _Request("POST", f"{API}/runs", body=body, has_body=True, headers={"Content-Type": "application/json"})
+
+    def _r_run(self, run_id: str, wait: float = 0.0) -> _Request:
+        return _Request("GET", f"{API}/runs/{_quote(run_id)}", query={"wait": wait or None}, wait=wait)
+
+    def _r_runs(self, state: str | None, limit: int | None) -> _Request:
+        return _Request("GET", f"{API}/runs", query={"state": state, "limit": limit})
+
+    def _r_cancel_run(self, run_id: str) -> _Request:
+        return _Request("POST", f"{API}/runs/{_quote(run_id)}/cancel")
+
     def _r_openapi(self) -> _Request:
         return _Request("GET", f"{API}/openapi.json")
 
@@ -633,6 +645,32 @@ class Client(_Base):
 
     def cancel_task(self, id: str) -> dict[str, Any]:
         return self._json(self._r_cancel_task(id))
+
+    def start_run(
+        self, notebook: str, parameters: dict[str, Any] | None = None, *, timeout: float | None = None, retries: int | None = None,
+        output_formats: list[str] | None = None, kernel: str | None = None,
+    ) -> dict[str, Any]:
+        """Run ``notebook`` (a path under the server's root) with papermill in a
+        sandbox, as a durable task; returns the run (``state`` "queued") at once."""
+        body = {k: v for k, v in {"notebook": notebook, "parameters": parameters, "timeout": timeout, "retries": retries, "output_formats": output_formats, "kernel": kernel}.items() if v is not None}
+        return self._json(self._r_start_run(body))
+
+    def run(self, id: str, *, wait: float = 0.0) -> dict[str, Any]:
+        return self._json(self._r_run(id, wait))
+
+    def wait_run(self, id: str, timeout: float | None = None, poll: float = 60.0) -> dict[str, Any]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic()))
+            row = self.run(id, wait=left)
+            if row["state"] in TASK_FINAL_STATES or (deadline is not None and time.monotonic() >= deadline):
+                return row
+
+    def runs(self, state: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        return self._json(self._r_runs(state, limit))
+
+    def cancel_run(self, id: str) -> dict[str, Any]:
+        return self._json(self._r_cancel_run(id))
 
     def retry_task(self, id: str) -> dict[str, Any]:
         """Run a failed / cancelled / timed-out task again from its last checkpoint."""

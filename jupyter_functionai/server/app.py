@@ -62,6 +62,11 @@ class FunctionAI(ExtensionApp):
             task_lease_s=self.task_lease_s,
         )
         self.settings["functionai_runtime"] = self.runtime
+        from ..runs.manager import RunManager
+
+        root = getattr(self.serverapp, "root_dir", None) or os.getcwd()
+        self.runs = RunManager(self.runtime, root)
+        self.settings["functionai_runs"] = self.runs
         self.log.info("functionai: data dir %s, backend %s", self.data_dir, self.backend)
 
     def initialize_handlers(self) -> None:

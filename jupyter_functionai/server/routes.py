@@ -269,6 +269,47 @@ class TaskRetryHandler(BaseHandler):
         self.write_json(await self.runtime.tasks.retry(task_id))
 
 
+class RunsHandler(BaseHandler):
+    @property
+    def runs(self) -> Any:
+        return self.settings["functionai_runs"]
+
+    @jupyter_auth
+    async def get(self) -> None:
+        self.write_json(await self.runs.list_runs(self.get_query_argument("state", None), query_int(self, "limit", 100)))
+
+    @jupyter_auth
+    async def post(self) -> None:
+        """Start a run: ``{"notebook", "parameters", "timeout", "retries", "output_formats", "kernel"}``."""
+        body = self.json_body()
+        if not isinstance(body, dict):
+            raise BadPayload('the body must be {"notebook": PATH, "parameters": {...}, ...}')
+        unknown = set(body) - {"notebook", "parameters", "timeout", "retries", "output_formats", "kernel"}
+        if unknown:
+            raise InvalidArgument(f"unknown field(s): {', '.join(sorted(unknown))}")
+        run = await self.runs.start(
+            body.get("notebook"), body.get("parameters"), timeout=body.get("timeout"), retries=body.get("retries"),
+            output_formats=body.get("output_formats"), kernel=body.get("kernel"),
+        )
+        self.set_header("Location", self.base_url.rstrip("/") + f"/functionai/api/runs/{run['id']}")
+        self.write_json(run, status=202)
+
+
+class RunHandler(BaseHandler):
+    @jupyter_auth
+    async def get(self, run_id: str) -> None:
+        """The run; ``?wait=S`` long-polls up to S seconds (<= 300) for it to finish."""
+        runs = self.settings["functionai_runs"]
+        wait = query_float(self, "wait", 0, 300)
+        self.write_json(await (runs.wait(run_id, wait) if wait else runs.get(run_id)))
+
+
+class RunCancelHandler(BaseHandler):
+    @jupyter_auth
+    async def post(self, run_id: str) -> None:
+        self.write_json(await self.settings["functionai_runs"].cancel(run_id))
+
+
 class OpenAPIHandler(BaseHandler):
     @jupyter_auth
     async def get(self) -> None:
@@ -359,6 +400,12 @@ ROUTES: list[Route] = [
     Route(f"{API}/tasks/{TASK}", "/functionai/api/tasks/{task_id}", TaskHandler, {"get": Op("Describe a task (?wait=S long-polls until it finishes)", returns="Task", query=("wait",))}),
     Route(f"{API}/tasks/{TASK}/cancel", "/functionai/api/tasks/{task_id}/cancel", TaskCancelHandler, {"post": Op("Cancel a queued or running task", returns="Task", errors=(404, 409))}),
     Route(f"{API}/tasks/{TASK}/retry", "/functionai/api/tasks/{task_id}/retry", TaskRetryHandler, {"post": Op("Run a failed, cancelled or timed-out task again from its last checkpoint", returns="Task", errors=(404, 409))}),
+    Route(f"{API}/runs", "/functionai/api/runs", RunsHandler, {
+        "get": Op("List runs, newest first", returns="AnyList", query=("state", "limit")),
+        "post": Op("Start a run: a notebook executed with papermill in a sandbox (a durable task)", body="StartRun", ok=202, returns="Run", errors=(400, 404)),
+    }),
+    Route(f"{API}/runs/(?P<run_id>[^/]+)", "/functionai/api/runs/{run_id}", RunHandler, {"get": Op("Describe a run (?wait=S long-polls until it finishes)", returns="Run", query=("wait",))}),
+    Route(f"{API}/runs/(?P<run_id>[^/]+)/cancel", "/functionai/api/runs/{run_id}/cancel", RunCancelHandler, {"post": Op("Cancel a run", returns="Run", errors=(404, 409))}),
     Route(f"{API}/keys/(?P<key_id>[^/]+)", "/functionai/api/keys/{key_id}", KeyHandler, {"delete": Op("Revoke a key", ok=204)}),
     Route(
         f"{API}/mcp/servers",
@@ -466,6 +513,8 @@ SCHEMAS: dict[str, Any] = {
     "CreateKey": {"type": "object", "required": ["function"], "properties": {"function": {"type": "string"}, "note": {"type": "string"}}},
     "Key": {"type": "object", "properties": {"key": {"type": "string"}, "id": {"type": "string"}, "function": {"type": "string"}}},
     "Event": {},
+    "StartRun": {"type": "object", "required": ["notebook"], "properties": {"notebook": {"type": "string"}, "parameters": {"type": "object"}, "timeout": {"type": "number"}, "retries": {"type": "integer"}, "output_formats": {"type": "array", "items": {"type": "string", "enum": ["ipynb", "html"]}}, "kernel": {"type": "string"}}},
+    "Run": {"type": "object", "required": ["id", "state"], "properties": {"id": {"type": "string"}, "state": {"type": "string"}, "notebook": {"type": "string"}, "parameters": {"type": "object"}, "attempts": {"type": "integer"}, "error": {}, "progress": {"type": ["number", "null"]}, "outputs": {"type": "object"}}},
     "Task": {"type": "object", "required": ["id", "state", "attempts"], "properties": {"id": {"type": "string"}, "state": {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "cancelled", "timed_out"]}, "attempts": {"type": "integer"}, "result": {}, "error": _ANY, "progress": {"type": ["number", "null"]}}},
     "TaskList": {"type": "array", "items": _ANY},
     "Result": {},

@@ -1,0 +1,1 @@
+"""Papermill runs of notebooks in sandbox sessions, as durable tasks."""
