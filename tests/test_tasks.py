@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
@@ -283,9 +284,12 @@ async def test_a_busy_session_is_not_paused_for_idleness_then_is(rt: Runtime) ->
         return (await rt.tasks.get(t["id"]))["state"] == "running"
 
     await wait_for(running, 30, "the task to run")
-    await asyncio.sleep(0.8)  # well past the idle TTL, while the call runs
-    desc = await rt.describe_session("long")
-    assert desc["status"] == "live" and desc["busy"] is True
+    # while the call runs, well past the idle TTL (the reaper runs every 0.05 s), it stays live and busy
+    until = time.monotonic() + 0.8
+    while time.monotonic() < until:
+        desc = await rt.describe_session("long")
+        assert desc["status"] == "live" and desc["busy"] is True, desc
+        await asyncio.sleep(0.05)
     done = await finished(rt, t["id"])
     assert done["state"] == "succeeded" and done["result"]["n"] == 1
 
@@ -312,8 +316,7 @@ async def test_finished_tasks_are_pruned_after_their_retention(rt: Runtime) -> N
     a = await finished(rt, (await rt.tasks.submit("brief", {"x": 1}))["id"])
     b = await finished(rt, (await rt.tasks.submit("kept", {"x": 1}))["id"])
     assert await rt.tasks.prune() == 0  # both younger than their retention
-    await asyncio.sleep(0.6)
-    assert await rt.tasks.prune() == 1
+    assert await rt.tasks.prune(now=time.time() + 0.6) == 1  # as of a moment past "brief"'s retention
     with pytest.raises(NotFound):
         await rt.tasks.get(a["id"])
     assert (await rt.tasks.get(b["id"]))["state"] == "succeeded"

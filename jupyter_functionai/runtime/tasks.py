@@ -538,10 +538,10 @@ class TaskQueue:
                 with contextlib.suppress(Exception):
                     await self.prune()
 
-    async def prune(self) -> int:
+    async def prune(self, now: float | None = None) -> int:
         """Delete finished tasks older than their function's retention (tasks
-        of deleted functions: the default retention)."""
-        now = _now()
+        of deleted functions: the default retention), as of ``now``."""
+        now = _now() if now is None else now
         cuts = {f["name"]: now - self.policy(f["name"]).retention_s for f in self.rt.functions()}
         return await asyncio.to_thread(self.store.prune_tasks, cuts, now - TaskPolicy().retention_s)
 
