@@ -132,9 +132,19 @@ def run_all(page: Page) -> None:
     """Run the first cell alone (Shift+Enter) and wait for it: the kernel answers;
     then Run > Run All Cells through the menu (the same command in Lab and Notebook 7)."""
     first = page.locator(".jp-Notebook .jp-Cell").first
-    first.locator(".jp-InputPrompt").click()
-    page.keyboard.press("Shift+Enter")
-    expect(first.locator(".jp-InputPrompt")).to_have_text(re.compile(r"\[\d+\]"))
+    prompt = first.locator(".jp-InputPrompt")
+    # a key pressed while the page is still settling (focus taken back by the
+    # notebook panel as it activates) can be lost: press again until the cell
+    # is queued ("[*]") or has run; a second %load_ext is harmless
+    for _ in range(4):
+        first.locator(".jp-InputArea-editor").click()
+        page.keyboard.press("Shift+Enter")
+        try:
+            expect(prompt).not_to_have_text(re.compile(r"^\[ \]"), timeout=10_000)
+            break
+        except AssertionError:
+            continue
+    expect(prompt).to_have_text(re.compile(r"\[\d+\]"))
     page.locator(".lm-MenuBar-item", has_text="Run").first.click()
     page.locator('.lm-Menu-item[data-command="runmenu:run-all"]').click()
 
