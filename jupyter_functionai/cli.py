@@ -7,6 +7,12 @@
     functionai sessions [NAME] | session ID | open-session NAME | close-session ID
     functionai coldstarts [NAME] | logs NAME | health
     functionai keys create FUNCTION [--note TEXT] | keys ls [FUNCTION] | keys revoke ID
+    functionai submit NAME [--data JSON] [--wait] | tasks ls|show|wait|cancel|retry
+    functionai run NOTEBOOK [-p NAME VALUE ...] [--html] [--tag T] [--wait]
+    functionai runs ls|show|cancel|rm|download ...
+    functionai schedule add NOTEBOOK --cron CRON [--tz TZ] [-p NAME VALUE ...] | ls | show ID
+    functionai schedule pause|resume|rm|run-now|runs ID
+    functionai mcp add NAME -- COMMAND ... | mcp ls | mcp rm NAME
     functionai demo [--state-dir DIR]        deploy the example, two isolated sessions
     functionai bench coldstart|density ...   run a benchmark from the repository checkout
     functionai --version
@@ -655,16 +661,24 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return _task_outcome(client.wait_task(row["id"]), args.json)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    client = _client(args)
+def _parameters(pairs: list[list[str]] | None) -> dict[str, Any]:
     params: dict[str, Any] = {}
-    for name, value in args.parameter or []:
+    for name, value in pairs or []:
         try:
             params[name] = json.loads(value)  # numbers, booleans, lists...
         except ValueError:
             params[name] = value  # anything else is a string
+    return params
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    client = _client(args)
+    params = _parameters(args.parameter)
     formats = ["ipynb", "html"] if args.html else None
-    row = client.start_run(args.notebook, params, timeout=args.timeout, retries=args.retries, output_formats=formats)
+    row = client.start_run(
+        args.notebook, params, timeout=args.timeout, retries=args.retries, output_formats=formats, kernel=args.kernel,
+        name=args.name, tags=args.tag, idempotency_token=args.idempotency_token,
+    )
     if not args.wait:
         print_json(row) if args.json else print(row["id"])
         return EXIT_OK
@@ -680,6 +694,119 @@ def cmd_run(args: argparse.Namespace) -> int:
         if err:
             print(f"{err.get('kind')}: {err.get('message')}", file=sys.stderr)
     return EXIT_OK if row["state"] == "succeeded" else EXIT_FAILED
+
+
+def cmd_runs_ls(args: argparse.Namespace) -> int:
+    rows = _client(args).runs(args.state, args.limit, tag=args.tag, schedule=args.schedule)
+    if args.json:
+        print_json(rows)
+        return EXIT_OK
+    table = [
+        (r["id"], r.get("name") or "", r["state"], r.get("notebook") or "", f"{r['duration_s']:.1f}s" if r.get("duration_s") is not None else "-",
+         _when(r.get("created_at")), ",".join(r.get("tags") or []))
+        for r in rows
+    ]
+    print_table(("ID", "NAME", "STATE", "NOTEBOOK", "DURATION", "CREATED", "TAGS"), table, "no runs")
+    return EXIT_OK
+
+
+def cmd_runs_show(args: argparse.Namespace) -> int:
+    print_json(_client(args).run(args.id))
+    return EXIT_OK
+
+
+def cmd_runs_cancel(args: argparse.Namespace) -> int:
+    row = _client(args).cancel_run(args.id)
+    print(f"run {row['id']} {row['state']}")
+    return EXIT_OK
+
+
+def cmd_runs_rm(args: argparse.Namespace) -> int:
+    _client(args).delete_run(args.id)
+    print(f"deleted run {args.id}")
+    return EXIT_OK
+
+
+def cmd_runs_download(args: argparse.Namespace) -> int:
+    client = _client(args)
+    data = client.run_output(args.id, args.format)
+    out = args.output or os.path.basename(client.run(args.id)["outputs"][args.format])
+    if out == "-":
+        sys.stdout.buffer.write(data)
+    else:
+        with open(out, "wb") as f:
+            f.write(data)
+        print(out)
+    return EXIT_OK
+
+
+def _schedule_rows(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    return [
+        (r["id"], r["name"], r.get("cron") or "(on demand)", r["timezone"], "yes" if r["enabled"] else "paused",
+         r["next_fire_times"][0] if r.get("next_fire_times") else "-", r.get("last_result") or "-", r.get("last_run_id") or "-", r["notebook"])
+        for r in rows
+    ]
+
+
+def _print_schedule(row: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print_json(row)
+    else:
+        print_table(("ID", "NAME", "CRON", "TZ", "ENABLED", "NEXT", "LAST", "LAST RUN", "NOTEBOOK"), _schedule_rows([row]), "")
+
+
+def cmd_schedule_add(args: argparse.Namespace) -> int:
+    fields = {
+        "timezone": args.timezone, "parameters": _parameters(args.parameter) or None, "overlap": args.overlap, "catch_up": args.catch_up,
+        "output_formats": ["ipynb", "html"] if args.html else None, "kernel": args.kernel, "name": args.name, "tags": args.tag,
+        "timeout": args.timeout, "retries": args.retries, "idempotency_token": args.idempotency_token,
+        "enabled": False if args.paused else None,
+    }
+    cron = None if args.cron.strip().lower() == "none" else args.cron
+    row = _client(args).create_schedule(args.notebook, cron, **fields)
+    _print_schedule(row, args.json)
+    return EXIT_OK
+
+
+def cmd_schedule_ls(args: argparse.Namespace) -> int:
+    rows = _client(args).schedules()
+    if args.json:
+        print_json(rows)
+    else:
+        print_table(("ID", "NAME", "CRON", "TZ", "ENABLED", "NEXT", "LAST", "LAST RUN", "NOTEBOOK"), _schedule_rows(rows), "no schedules")
+    return EXIT_OK
+
+
+def cmd_schedule_show(args: argparse.Namespace) -> int:
+    print_json(_client(args).schedule(args.id))
+    return EXIT_OK
+
+
+def cmd_schedule_pause(args: argparse.Namespace) -> int:
+    _print_schedule(_client(args).pause_schedule(args.id), args.json)
+    return EXIT_OK
+
+
+def cmd_schedule_resume(args: argparse.Namespace) -> int:
+    _print_schedule(_client(args).resume_schedule(args.id), args.json)
+    return EXIT_OK
+
+
+def cmd_schedule_rm(args: argparse.Namespace) -> int:
+    _client(args).delete_schedule(args.id)
+    print(f"deleted schedule {args.id}")
+    return EXIT_OK
+
+
+def cmd_schedule_run_now(args: argparse.Namespace) -> int:
+    row = _client(args).run_schedule_now(args.id)
+    print_json(row) if args.json else print(row["id"])
+    return EXIT_OK
+
+
+def cmd_schedule_runs(args: argparse.Namespace) -> int:
+    args.tag, args.state, args.schedule = None, None, args.id
+    return cmd_runs_ls(args)
 
 
 def cmd_tasks_ls(args: argparse.Namespace) -> int:
@@ -918,7 +1045,78 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, help="seconds (default 1 h, at most 24 h)")
     p.add_argument("--retries", type=int, help="extra attempts after a failure (default 0)")
     p.add_argument("--html", action="store_true", help="also write an HTML copy of the output")
+    p.add_argument("--kernel", help="the kernelspec to run it with (default: the notebook's own)")
+    p.add_argument("--name", help="a name for the run (default: the notebook's)")
+    p.add_argument("--tag", action="append", help="a tag (repeatable)")
+    p.add_argument("--idempotency-token", help="the same token gives back the run first made with it")
     p.add_argument("--wait", action="store_true", help="wait for it; exit 1 unless it succeeded")
+    _json_option(p)
+
+    runs = sub.add_parser("runs", help="notebook runs: ls, show, cancel, rm, download")
+    rsub = runs.add_subparsers(dest="runs_command", metavar="{ls,show,cancel,rm,download}", required=True)
+    p = rsub.add_parser("ls", help="list runs, newest first", parents=conn)
+    p.add_argument("--state", choices=("queued", "running", "succeeded", "failed", "cancelled", "timed_out"))
+    p.add_argument("--tag")
+    p.add_argument("--schedule", help="only the runs of this schedule")
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(func=cmd_runs_ls)
+    _json_option(p)
+    p = rsub.add_parser("show", help="one run (JSON)", parents=conn)
+    p.add_argument("id")
+    p.set_defaults(func=cmd_runs_show)
+    p = rsub.add_parser("cancel", help="stop a queued or running run", parents=conn)
+    p.add_argument("id")
+    p.set_defaults(func=cmd_runs_cancel)
+    p = rsub.add_parser("rm", help="delete a finished run and its outputs", parents=conn)
+    p.add_argument("id")
+    p.set_defaults(func=cmd_runs_rm)
+    p = rsub.add_parser("download", help="save an output of a run (prints the file's name)", parents=conn)
+    p.add_argument("id")
+    p.add_argument("--format", choices=("ipynb", "html"), default="ipynb")
+    p.add_argument("-o", "--output", help="the file to write (- for stdout; default: the output's own name)")
+    p.set_defaults(func=cmd_runs_download)
+
+    sched = sub.add_parser("schedule", help="cron schedules of notebook runs: add, ls, show, pause, resume, rm, run-now, runs")
+    ssub = sched.add_subparsers(dest="schedule_command", metavar="{add,ls,show,pause,resume,rm,run-now,runs}", required=True)
+    p = ssub.add_parser("add", help="schedule a notebook", parents=conn)
+    p.add_argument("notebook", help="its path, relative to the server's root directory")
+    p.add_argument("--cron", required=True, help="'MIN HOUR DAY MONTH WEEKDAY' (or 6 fields, seconds last); 'none' for on demand only")
+    p.add_argument("--timezone", "--tz", help="an IANA time zone (default UTC)")
+    p.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"), help="a parameter (repeatable)")
+    p.add_argument("--overlap", choices=("skip", "queue", "allow"), help="when the previous run is still going (default skip)")
+    p.add_argument("--catch-up", choices=("none", "latest"), help="times missed while the server was down (default none)")
+    p.add_argument("--html", action="store_true", help="also write an HTML copy of each output")
+    p.add_argument("--kernel", help="the kernelspec to run it with")
+    p.add_argument("--name")
+    p.add_argument("--tag", action="append", help="a tag for its runs (repeatable)")
+    p.add_argument("--timeout", type=float, help="seconds per run")
+    p.add_argument("--retries", type=int, help="extra attempts after a failure")
+    p.add_argument("--idempotency-token", help="the same token gives back the schedule first made with it")
+    p.add_argument("--paused", action="store_true", help="create it paused")
+    p.set_defaults(func=cmd_schedule_add)
+    _json_option(p)
+    p = ssub.add_parser("ls", help="list schedules with their next fire time", parents=conn)
+    p.set_defaults(func=cmd_schedule_ls)
+    _json_option(p)
+    p = ssub.add_parser("show", help="one schedule (JSON)", parents=conn)
+    p.add_argument("id")
+    p.set_defaults(func=cmd_schedule_show)
+    for verb, func, text in (("pause", cmd_schedule_pause, "stop firing"), ("resume", cmd_schedule_resume, "fire again (from now on)")):
+        p = ssub.add_parser(verb, help=text, parents=conn)
+        p.add_argument("id")
+        p.set_defaults(func=func)
+        _json_option(p)
+    p = ssub.add_parser("rm", help="delete a schedule (its runs stay)", parents=conn)
+    p.add_argument("id")
+    p.set_defaults(func=cmd_schedule_rm)
+    p = ssub.add_parser("run-now", help="start a run of the schedule now (prints the run id)", parents=conn)
+    p.add_argument("id")
+    p.set_defaults(func=cmd_schedule_run_now)
+    _json_option(p)
+    p = ssub.add_parser("runs", help="the schedule's runs, newest first", parents=conn)
+    p.add_argument("id")
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(func=cmd_schedule_runs)
     _json_option(p)
 
     tasks = sub.add_parser("tasks", help="durable tasks: ls, show, wait, cancel, retry")

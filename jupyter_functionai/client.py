@@ -182,6 +182,10 @@ class _Response:
     body: bytes
 
 
+def _fields(**fields: Any) -> dict[str, Any]:
+    return {k: v for k, v in fields.items() if v is not None}
+
+
 def _quote(part: str) -> str:
     return urllib.parse.quote(str(part), safe="")
 
@@ -429,11 +433,38 @@ class _Base:
     def _r_run(self, run_id: str, wait: float = 0.0) -> _Request:
         return _Request("GET", f"{API}/runs/{_quote(run_id)}", query={"wait": wait or None}, wait=wait)
 
-    def _r_runs(self, state: str | None, limit: int | None) -> _Request:
-        return _Request("GET", f"{API}/runs", query={"state": state, "limit": limit})
+    def _r_runs(self, state: str | None, limit: int | None, tag: str | None = None, schedule: str | None = None) -> _Request:
+        return _Request("GET", f"{API}/runs", query={"state": state, "limit": limit, "tag": tag, "schedule": schedule})
 
     def _r_cancel_run(self, run_id: str) -> _Request:
         return _Request("POST", f"{API}/runs/{_quote(run_id)}/cancel")
+
+    def _r_delete_run(self, run_id: str) -> _Request:
+        return _Request("DELETE", f"{API}/runs/{_quote(run_id)}")
+
+    def _r_run_output(self, run_id: str, fmt: str) -> _Request:
+        return _Request("GET", f"{API}/runs/{_quote(run_id)}/outputs/{_quote(fmt)}")
+
+    def _r_create_schedule(self, body: dict[str, Any]) -> _Request:
+        return _Request("POST", f"{API}/schedules", body=body, has_body=True, headers={"Content-Type": "application/json"})
+
+    def _r_schedules(self) -> _Request:
+        return _Request("GET", f"{API}/schedules")
+
+    def _r_schedule(self, schedule_id: str) -> _Request:
+        return _Request("GET", f"{API}/schedules/{_quote(schedule_id)}")
+
+    def _r_update_schedule(self, schedule_id: str, body: dict[str, Any]) -> _Request:
+        return _Request("PATCH", f"{API}/schedules/{_quote(schedule_id)}", body=body, has_body=True, headers={"Content-Type": "application/json"})
+
+    def _r_delete_schedule(self, schedule_id: str) -> _Request:
+        return _Request("DELETE", f"{API}/schedules/{_quote(schedule_id)}")
+
+    def _r_schedule_action(self, schedule_id: str, action: str) -> _Request:
+        return _Request("POST", f"{API}/schedules/{_quote(schedule_id)}/{action}")
+
+    def _r_schedule_runs(self, schedule_id: str, limit: int | None) -> _Request:
+        return _Request("GET", f"{API}/schedules/{_quote(schedule_id)}/runs", query={"limit": limit})
 
     def _r_openapi(self) -> _Request:
         return _Request("GET", f"{API}/openapi.json")
@@ -648,12 +679,55 @@ class Client(_Base):
 
     def start_run(
         self, notebook: str, parameters: dict[str, Any] | None = None, *, timeout: float | None = None, retries: int | None = None,
-        output_formats: list[str] | None = None, kernel: str | None = None,
+        output_formats: list[str] | None = None, kernel: str | None = None, name: str | None = None, tags: list[str] | None = None,
+        idempotency_token: str | None = None,
     ) -> dict[str, Any]:
         """Run ``notebook`` (a path under the server's root) with papermill in a
-        sandbox, as a durable task; returns the run (``state`` "queued") at once."""
-        body = {k: v for k, v in {"notebook": notebook, "parameters": parameters, "timeout": timeout, "retries": retries, "output_formats": output_formats, "kernel": kernel}.items() if v is not None}
+        sandbox, as a durable task; returns the run (``state`` "queued") at once.
+        The same ``idempotency_token`` gives back the run first made with it."""
+        body = _fields(notebook=notebook, parameters=parameters, timeout=timeout, retries=retries, output_formats=output_formats,
+                       kernel=kernel, name=name, tags=tags, idempotency_token=idempotency_token)
         return self._json(self._r_start_run(body))
+
+    def delete_run(self, id: str) -> None:
+        """Delete a finished run and its outputs."""
+        self._call(self._r_delete_run(id))
+
+    def run_output(self, id: str, fmt: str = "ipynb") -> bytes:
+        """The bytes of a run's output (``ipynb`` or ``html``)."""
+        return self._call(self._r_run_output(id, fmt)).body
+
+    def create_schedule(self, notebook: str, cron: str | None, **fields: Any) -> dict[str, Any]:
+        """A schedule (job definition): ``timezone``, ``parameters``, ``enabled``,
+        ``overlap`` (skip | queue | allow), ``catch_up`` (none | latest),
+        ``output_formats``, ``kernel``, ``name``, ``tags``, ``timeout``,
+        ``retries``, ``idempotency_token``. ``cron=None``: run on demand only."""
+        return self._json(self._r_create_schedule({"notebook": notebook, "cron": cron, **_fields(**fields)}))
+
+    def schedules(self) -> list[dict[str, Any]]:
+        return self._json(self._r_schedules())
+
+    def schedule(self, id: str) -> dict[str, Any]:
+        return self._json(self._r_schedule(id))
+
+    def update_schedule(self, id: str, **fields: Any) -> dict[str, Any]:
+        return self._json(self._r_update_schedule(id, fields))
+
+    def delete_schedule(self, id: str) -> None:
+        self._call(self._r_delete_schedule(id))
+
+    def pause_schedule(self, id: str) -> dict[str, Any]:
+        return self._json(self._r_schedule_action(id, "pause"))
+
+    def resume_schedule(self, id: str) -> dict[str, Any]:
+        return self._json(self._r_schedule_action(id, "resume"))
+
+    def run_schedule_now(self, id: str) -> dict[str, Any]:
+        """Start a run of the schedule now; returns the run."""
+        return self._json(self._r_schedule_action(id, "run"))
+
+    def schedule_runs(self, id: str, limit: int | None = None) -> list[dict[str, Any]]:
+        return self._json(self._r_schedule_runs(id, limit))
 
     def run(self, id: str, *, wait: float = 0.0) -> dict[str, Any]:
         return self._json(self._r_run(id, wait))
@@ -666,8 +740,8 @@ class Client(_Base):
             if row["state"] in TASK_FINAL_STATES or (deadline is not None and time.monotonic() >= deadline):
                 return row
 
-    def runs(self, state: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-        return self._json(self._r_runs(state, limit))
+    def runs(self, state: str | None = None, limit: int | None = None, *, tag: str | None = None, schedule: str | None = None) -> list[dict[str, Any]]:
+        return self._json(self._r_runs(state, limit, tag, schedule))
 
     def cancel_run(self, id: str) -> dict[str, Any]:
         return self._json(self._r_cancel_run(id))

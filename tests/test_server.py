@@ -184,7 +184,7 @@ async def test_gateway_streams_server_sent_events(api):
 
 
 def _concrete(path: str) -> str:
-    return re.sub(r"\{[^}]+\}", lambda m: {"{name}": "echo", "{session_id}": "s1", "{key_id}": "abc", "{task_id}": "t-0123abcd", "{run_id}": "t-0123abcd", "{server}": "tools", "{tool}": "add"}[m.group(0)], path)
+    return re.sub(r"\{[^}]+\}", lambda m: {"{name}": "echo", "{session_id}": "s1", "{key_id}": "abc", "{task_id}": "t-0123abcd", "{run_id}": "t-0123abcd", "{schedule_id}": "s-0123abcd", "{fmt}": "html", "{action}": "pause", "{server}": "tools", "{tool}": "add"}[m.group(0)], path)
 
 
 async def test_no_route_answers_an_unauthenticated_request(api, jp_serverapp, jp_http_port, jp_base_url):

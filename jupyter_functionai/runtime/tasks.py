@@ -184,6 +184,32 @@ class TaskQueue:
     ) -> dict[str, Any]:
         """Persist a queued task for ``name`` and return it (it runs later).
         ``retries`` = extra attempts after the first (``max_attempts - 1``)."""
+        task, row = self.prepare(name, event, session=session, timeout=timeout, max_attempts=max_attempts, retries=retries)
+        await self._write([("insert", row)])
+        self.admit(task)
+        return self._public({**row, "event": event, "options": task.options})
+
+    async def submit_with(self, task: _Task, row: dict[str, Any], write: Any) -> Any:
+        """Persist a prepared task with ``write(row)`` (the store call that
+        inserts it together with other rows, in one transaction, on the
+        runtime's writer thread) and queue it if that inserted it (a truthy
+        answer). Returns what ``write`` returned."""
+        done = await asyncio.get_running_loop().run_in_executor(self._writer, write, row)
+        if done == row["id"]:
+            self.admit(task)
+        return done
+
+    def prepare(
+        self,
+        name: str,
+        event: Any = None,
+        *,
+        session: str | None = None,
+        timeout: float | None = None,
+        max_attempts: int | None = None,
+        retries: int | None = None,
+    ) -> tuple[_Task, dict[str, Any]]:
+        """Validate a submission: the task and the row that records it."""
         if self._closed:
             raise Conflict("the runtime is closed")
         fv = self.rt.function(name)  # NotFound for an unknown function
@@ -222,10 +248,12 @@ class TaskQueue:
             "id": task.id, "seq": task.seq, "function": name, "session_id": session, "event": text,
             "state": "queued", "attempts": 0, "options": json.dumps(task.options), "created_at": now, "run_after": now,
         }
-        await self._write([("insert", row)])
+        return task, row
+
+    def admit(self, task: _Task) -> None:
+        """Queue a task whose row is committed."""
         self._enqueue(task)
         self._wake.set()
-        return self._public({**row, "event": event, "options": task.options})
 
     async def get(self, task_id: str) -> dict[str, Any]:
         _check_task_id(task_id)

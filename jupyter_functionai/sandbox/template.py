@@ -94,9 +94,15 @@ def main(argv: list[str] | None = None) -> int:
             hook = getattr(module, spec["warmup"], None)
             if not callable(hook):
                 raise LookupError(f"the module defines no callable {spec['warmup']!r} (the spec's warmup)")
-            res = hook()
-            if inspect.iscoroutine(res):
-                asyncio.run(res)
+            # the hook can tell it runs here, before any fork (where it must not
+            # start processes or event loops the forks would share)
+            os.environ["FUNCTIONAI_TEMPLATE"] = "1"
+            try:
+                res = hook()
+                if inspect.iscoroutine(res):
+                    asyncio.run(res)
+            finally:
+                os.environ.pop("FUNCTIONAI_TEMPLATE", None)
     except BaseException as exc:
         frames = [f for f in traceback.extract_tb(exc.__traceback__) if "jupyter_functionai" not in f.filename]
         tb = "Traceback (most recent call last):\n" + "".join(traceback.format_list(frames))

@@ -13,7 +13,7 @@ from typing import Any
 
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Bool, Float, Unicode, default
+from traitlets import Bool, Float, Int, Unicode, default
 
 from .._version import __version__
 from ..client import PARENT_TOKEN, PARENT_URL
@@ -44,6 +44,17 @@ class FunctionAI(ExtensionApp):
         help="Seconds a running task's lease lasts without renewal: after a crash, its task is retried this long after the last renewal.",
     )
 
+    warm_kernels = Int(
+        1,
+        config=True,
+        help="Sandboxes kept ready for notebook runs, each with its kernel started (0: every run starts its kernel).",
+    )
+    schedule_grace_s = Float(
+        60.0,
+        config=True,
+        help="A schedule's cron time found later than this (the server was down) is missed: its catch_up policy applies.",
+    )
+
     aliases = {
         "data-dir": "FunctionAI.data_dir",
         "backend": "FunctionAI.backend",
@@ -63,10 +74,13 @@ class FunctionAI(ExtensionApp):
         )
         self.settings["functionai_runtime"] = self.runtime
         from ..runs.manager import RunManager
+        from ..runs.schedules import Scheduler
 
         root = getattr(self.serverapp, "root_dir", None) or os.getcwd()
-        self.runs = RunManager(self.runtime, root)
+        self.runs = RunManager(self.runtime, root, warm_kernels=self.warm_kernels)
+        self.scheduler = Scheduler(self.runs, grace_s=self.schedule_grace_s)
         self.settings["functionai_runs"] = self.runs
+        self.settings["functionai_schedules"] = self.scheduler
         self.log.info("functionai: data dir %s, backend %s", self.data_dir, self.backend)
 
     def initialize_handlers(self) -> None:
@@ -74,6 +88,7 @@ class FunctionAI(ExtensionApp):
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
         await self.runtime.ensure_started()
+        self.scheduler.start()
         self._advertise(serverapp)
 
     def _advertise(self, serverapp: Any) -> None:
@@ -89,6 +104,7 @@ class FunctionAI(ExtensionApp):
         if advertised and all(os.environ.get(k) == v for k, v in advertised.items()):
             for key in advertised:
                 os.environ.pop(key, None)
+        await self.scheduler.close()
         await self.runtime.close()
 
 

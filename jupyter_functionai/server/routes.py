@@ -7,6 +7,7 @@ gateway's POST which also accepts a function-scoped key.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,8 @@ SESSION = r"(?P<session_id>[^/]+)"
 TASK = r"(?P<task_id>[^/]+)"
 SERVER = r"(?P<server>[^/]+)"
 TOOL = r"(?P<tool>[^/]+)"
+RUN = r"(?P<run_id>[^/]+)"
+SCHEDULE = r"(?P<schedule_id>[^/]+)"
 
 
 class HealthHandler(BaseHandler):
@@ -269,6 +272,9 @@ class TaskRetryHandler(BaseHandler):
         self.write_json(await self.runtime.tasks.retry(task_id))
 
 
+RUN_FIELDS = ("notebook", "parameters", "timeout", "retries", "output_formats", "kernel", "name", "tags", "idempotency_token")
+
+
 class RunsHandler(BaseHandler):
     @property
     def runs(self) -> Any:
@@ -276,20 +282,27 @@ class RunsHandler(BaseHandler):
 
     @jupyter_auth
     async def get(self) -> None:
-        self.write_json(await self.runs.list_runs(self.get_query_argument("state", None), query_int(self, "limit", 100)))
+        """Runs, newest first: ``?state=``, ``?tag=``, ``?schedule=``, ``?limit=``."""
+        self.write_json(
+            await self.runs.list_runs(
+                self.get_query_argument("state", None), query_int(self, "limit", 100),
+                schedule_id=self.get_query_argument("schedule", None), tag=self.get_query_argument("tag", None),
+            )
+        )
 
     @jupyter_auth
     async def post(self) -> None:
-        """Start a run: ``{"notebook", "parameters", "timeout", "retries", "output_formats", "kernel"}``."""
+        """Start a run: ``{"notebook", "parameters", "timeout", "retries", "output_formats", "kernel", "name", "tags", "idempotency_token"}``."""
         body = self.json_body()
         if not isinstance(body, dict):
             raise BadPayload('the body must be {"notebook": PATH, "parameters": {...}, ...}')
-        unknown = set(body) - {"notebook", "parameters", "timeout", "retries", "output_formats", "kernel"}
+        unknown = set(body) - set(RUN_FIELDS)
         if unknown:
-            raise InvalidArgument(f"unknown field(s): {', '.join(sorted(unknown))}")
+            raise InvalidArgument(f"unknown field(s): {', '.join(sorted(unknown))}; known: {', '.join(RUN_FIELDS)}", field=sorted(unknown)[0])
         run = await self.runs.start(
             body.get("notebook"), body.get("parameters"), timeout=body.get("timeout"), retries=body.get("retries"),
-            output_formats=body.get("output_formats"), kernel=body.get("kernel"),
+            output_formats=body.get("output_formats"), kernel=body.get("kernel"), name=body.get("name"), tags=body.get("tags"),
+            idempotency_token=body.get("idempotency_token"),
         )
         self.set_header("Location", self.base_url.rstrip("/") + f"/functionai/api/runs/{run['id']}")
         self.write_json(run, status=202)
@@ -303,11 +316,88 @@ class RunHandler(BaseHandler):
         wait = query_float(self, "wait", 0, 300)
         self.write_json(await (runs.wait(run_id, wait) if wait else runs.get(run_id)))
 
+    @jupyter_auth
+    async def delete(self, run_id: str) -> None:
+        """Delete a finished run and its outputs (409 while it is queued or running)."""
+        await self.settings["functionai_runs"].delete(run_id)
+        self.set_status(204)
+        self.finish()
+
 
 class RunCancelHandler(BaseHandler):
     @jupyter_auth
     async def post(self, run_id: str) -> None:
         self.write_json(await self.settings["functionai_runs"].cancel(run_id))
+
+
+class RunOutputHandler(BaseHandler):
+    @jupyter_auth
+    async def get(self, run_id: str, fmt: str) -> None:
+        """Download an output of the run (``ipynb`` or ``html``) as an attachment."""
+        path = await self.settings["functionai_runs"].output_path(run_id, fmt)
+        with open(path, "rb") as f:
+            data = f.read()
+        self.set_header("Content-Type", "text/html; charset=utf-8" if fmt == "html" else "application/x-ipynb+json")
+        self.set_header("Content-Disposition", f'attachment; filename="{os.path.basename(path)}"')
+        self.finish(data)
+
+
+class SchedulesHandler(BaseHandler):
+    @property
+    def schedules(self) -> Any:
+        return self.settings["functionai_schedules"]
+
+    @jupyter_auth
+    async def get(self) -> None:
+        self.write_json(await self.schedules.list_schedules())
+
+    @jupyter_auth
+    async def post(self) -> None:
+        """Create a schedule: 201 (200 when ``idempotency_token`` names one made before)."""
+        schedule, created = await self.schedules.create(self.json_body())
+        self.set_header("Location", self.base_url.rstrip("/") + f"/functionai/api/schedules/{schedule['id']}")
+        self.write_json(schedule, status=201 if created else 200)
+
+
+class ScheduleHandler(BaseHandler):
+    @property
+    def schedules(self) -> Any:
+        return self.settings["functionai_schedules"]
+
+    @jupyter_auth
+    async def get(self, schedule_id: str) -> None:
+        self.write_json(await self.schedules.get(schedule_id))
+
+    @jupyter_auth
+    async def patch(self, schedule_id: str) -> None:
+        self.write_json(await self.schedules.update(schedule_id, self.json_body()))
+
+    @jupyter_auth
+    async def delete(self, schedule_id: str) -> None:
+        await self.schedules.delete(schedule_id)
+        self.set_status(204)
+        self.finish()
+
+
+class ScheduleActionHandler(BaseHandler):
+    @jupyter_auth
+    async def post(self, schedule_id: str, action: str) -> None:
+        schedules = self.settings["functionai_schedules"]
+        if action == "run":
+            self.write_json(await schedules.run_now(schedule_id), status=202)
+        elif action == "pause":
+            self.write_json(await schedules.pause(schedule_id))
+        else:
+            self.write_json(await schedules.resume(schedule_id))
+
+
+class ScheduleRunsHandler(BaseHandler):
+    @jupyter_auth
+    async def get(self, schedule_id: str) -> None:
+        """The schedule's runs, newest first (``?state=``, ``?limit=``)."""
+        self.write_json(
+            await self.settings["functionai_schedules"].runs_of(schedule_id, query_int(self, "limit", 100), self.get_query_argument("state", None))
+        )
 
 
 class OpenAPIHandler(BaseHandler):
@@ -401,11 +491,32 @@ ROUTES: list[Route] = [
     Route(f"{API}/tasks/{TASK}/cancel", "/functionai/api/tasks/{task_id}/cancel", TaskCancelHandler, {"post": Op("Cancel a queued or running task", returns="Task", errors=(404, 409))}),
     Route(f"{API}/tasks/{TASK}/retry", "/functionai/api/tasks/{task_id}/retry", TaskRetryHandler, {"post": Op("Run a failed, cancelled or timed-out task again from its last checkpoint", returns="Task", errors=(404, 409))}),
     Route(f"{API}/runs", "/functionai/api/runs", RunsHandler, {
-        "get": Op("List runs, newest first", returns="AnyList", query=("state", "limit")),
+        "get": Op("List runs, newest first", returns="AnyList", query=("state", "tag", "schedule", "limit")),
         "post": Op("Start a run: a notebook executed with papermill in a sandbox (a durable task)", body="StartRun", ok=202, returns="Run", errors=(400, 404)),
     }),
-    Route(f"{API}/runs/(?P<run_id>[^/]+)", "/functionai/api/runs/{run_id}", RunHandler, {"get": Op("Describe a run (?wait=S long-polls until it finishes)", returns="Run", query=("wait",))}),
-    Route(f"{API}/runs/(?P<run_id>[^/]+)/cancel", "/functionai/api/runs/{run_id}/cancel", RunCancelHandler, {"post": Op("Cancel a run", returns="Run", errors=(404, 409))}),
+    Route(f"{API}/runs/{RUN}", "/functionai/api/runs/{run_id}", RunHandler, {
+        "get": Op("Describe a run (?wait=S long-polls until it finishes)", returns="Run", query=("wait",)),
+        "delete": Op("Delete a finished run and its outputs", ok=204, errors=(404, 409)),
+    }),
+    Route(f"{API}/runs/{RUN}/cancel", "/functionai/api/runs/{run_id}/cancel", RunCancelHandler, {"post": Op("Stop a queued or running run", returns="Run", errors=(404, 409))}),
+    Route(f"{API}/runs/{RUN}/outputs/(?P<fmt>[^/]+)", "/functionai/api/runs/{run_id}/outputs/{fmt}", RunOutputHandler, {
+        "get": Op("Download an output of a run (ipynb or html)", errors=(404,)),
+    }),
+    Route(f"{API}/schedules", "/functionai/api/schedules", SchedulesHandler, {
+        "get": Op("List schedules with their next fire times", returns="AnyList"),
+        "post": Op("Create a schedule (a job definition): a notebook run on a cron", body="CreateSchedule", ok=201, returns="Schedule", errors=(400, 404)),
+    }),
+    Route(f"{API}/schedules/{SCHEDULE}", "/functionai/api/schedules/{schedule_id}", ScheduleHandler, {
+        "get": Op("Describe a schedule", returns="Schedule", errors=(404,)),
+        "patch": Op("Change a schedule's fields", body="CreateSchedule", returns="Schedule"),
+        "delete": Op("Delete a schedule (its runs stay)", ok=204, errors=(404,)),
+    }),
+    Route(f"{API}/schedules/{SCHEDULE}/(?P<action>run|pause|resume)", "/functionai/api/schedules/{schedule_id}/{action}", ScheduleActionHandler, {
+        "post": Op("run: start a run now; pause / resume the schedule", returns="Schedule", errors=(404,)),
+    }),
+    Route(f"{API}/schedules/{SCHEDULE}/runs", "/functionai/api/schedules/{schedule_id}/runs", ScheduleRunsHandler, {
+        "get": Op("The schedule's runs, newest first", returns="AnyList", query=("state", "limit"), errors=(404,)),
+    }),
     Route(f"{API}/keys/(?P<key_id>[^/]+)", "/functionai/api/keys/{key_id}", KeyHandler, {"delete": Op("Revoke a key", ok=204)}),
     Route(
         f"{API}/mcp/servers",
@@ -513,7 +624,9 @@ SCHEMAS: dict[str, Any] = {
     "CreateKey": {"type": "object", "required": ["function"], "properties": {"function": {"type": "string"}, "note": {"type": "string"}}},
     "Key": {"type": "object", "properties": {"key": {"type": "string"}, "id": {"type": "string"}, "function": {"type": "string"}}},
     "Event": {},
-    "StartRun": {"type": "object", "required": ["notebook"], "properties": {"notebook": {"type": "string"}, "parameters": {"type": "object"}, "timeout": {"type": "number"}, "retries": {"type": "integer"}, "output_formats": {"type": "array", "items": {"type": "string", "enum": ["ipynb", "html"]}}, "kernel": {"type": "string"}}},
+    "StartRun": {"type": "object", "required": ["notebook"], "properties": {"notebook": {"type": "string"}, "parameters": {"type": "object"}, "timeout": {"type": "number"}, "retries": {"type": "integer"}, "output_formats": {"type": "array", "items": {"type": "string", "enum": ["ipynb", "html"]}}, "kernel": {"type": "string"}, "name": {"type": "string"}, "tags": {"type": "array", "items": {"type": "string"}}, "idempotency_token": {"type": "string"}}},
+    "CreateSchedule": {"type": "object", "required": ["notebook"], "properties": {"notebook": {"type": "string"}, "cron": {"type": ["string", "null"]}, "timezone": {"type": "string"}, "parameters": {"type": "object"}, "enabled": {"type": "boolean"}, "overlap": {"type": "string", "enum": ["skip", "queue", "allow"]}, "catch_up": {"type": "string", "enum": ["none", "latest"]}, "output_formats": {"type": "array", "items": {"type": "string", "enum": ["ipynb", "html"]}}, "kernel": {"type": "string"}, "name": {"type": "string"}, "tags": {"type": "array", "items": {"type": "string"}}, "timeout": {"type": "number"}, "retries": {"type": "integer"}, "idempotency_token": {"type": "string"}}},
+    "Schedule": {"type": "object", "required": ["id", "notebook", "cron"], "properties": {"id": {"type": "string"}, "notebook": {"type": "string"}, "cron": {"type": ["string", "null"]}, "timezone": {"type": "string"}, "enabled": {"type": "boolean"}, "next_fire_at": {"type": ["number", "null"]}, "next_fire_times": {"type": "array"}, "last_result": {"type": ["string", "null"]}, "last_run_id": {"type": ["string", "null"]}}},
     "Run": {"type": "object", "required": ["id", "state"], "properties": {"id": {"type": "string"}, "state": {"type": "string"}, "notebook": {"type": "string"}, "parameters": {"type": "object"}, "attempts": {"type": "integer"}, "error": {}, "progress": {"type": ["number", "null"]}, "outputs": {"type": "object"}}},
     "Task": {"type": "object", "required": ["id", "state", "attempts"], "properties": {"id": {"type": "string"}, "state": {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "cancelled", "timed_out"]}, "attempts": {"type": "integer"}, "result": {}, "error": _ANY, "progress": {"type": ["number", "null"]}}},
     "TaskList": {"type": "array", "items": _ANY},
