@@ -129,6 +129,11 @@ class RunManager:
         """NotFound / InvalidArgument unless ``path`` is a readable, valid notebook under the root."""
         _read_notebook(self.resolve(path), path)
 
+    async def prepare(self) -> None:
+        """Deploy the notebook-run function now (the server does at start), so
+        the first run neither waits for it nor for its warm kernels."""
+        await self._ensure_function()
+
     async def _ensure_function(self) -> None:
         async with self._lock:
             if self._deployed:

@@ -88,6 +88,7 @@ class FunctionAI(ExtensionApp):
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
         await self.runtime.ensure_started()
+        await self.runs.prepare()
         self.scheduler.start()
         self._advertise(serverapp)
 
