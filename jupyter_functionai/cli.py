@@ -67,7 +67,7 @@ from ._version import __version__
 if TYPE_CHECKING:
     from .client import Client
 
-BENCHMARKS = ("coldstart", "density", "gateway", "tasks", "mcp")
+BENCHMARKS = ("coldstart", "density", "gateway", "tasks", "mcp", "runs")
 DEMO_FUNCTION = "agent-memory"
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -1172,10 +1172,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
     bench = sub.add_parser(
         "bench",
-        help="run a benchmark (coldstart, density, gateway, tasks, mcp) from the repository checkout",
+        help="run a benchmark (coldstart, density, gateway, tasks, mcp, runs) from the repository checkout",
         description="Run benchmarks/<name>.py main(args); pass --help after the name for its options.",
     )
-    bench.add_argument("which", choices=BENCHMARKS, metavar="{coldstart,density,gateway,tasks,mcp}", help="which benchmark")
+    bench.add_argument("which", choices=BENCHMARKS, metavar="{coldstart,density,gateway,tasks,mcp,runs}", help="which benchmark")
     bench.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the benchmark")
     bench.set_defaults(func=cmd_bench)
     return ap

@@ -46,6 +46,7 @@ import shlex
 import sys
 import textwrap
 import types
+from html import escape as html_escape
 from typing import Any
 
 from IPython.core.error import UsageError
@@ -611,7 +612,9 @@ def _sandbox_error(name: str, exc: UserError, offset: int) -> SandboxError:
 # -- the magics ---------------------------------------------------------------------------------
 
 
-FAI_USAGE = """usage: %fai ls | sessions [NAME] | invoke NAME [--session ID] JSON | close ID | url NAME | panel [sessions|coldstarts|functions|tasks|tools|all] [NAME]"""
+FAI_USAGE = """usage: %fai ls | sessions [NAME] | invoke NAME [--session ID] JSON | close ID | url NAME
+       %fai run NOTEBOOK [-p NAME VALUE ...] [--html] [--tag T] [--timeout S] [--no-wait]   (NOTEBOOK: a path under the server's root)
+       %fai panel [sessions|coldstarts|functions|tasks|tools|runs|all] [NAME]"""
 
 
 @magics_class
@@ -729,8 +732,8 @@ class FunctionAIMagics(Magics):
         print(f"published tool {handle.name} on MCP server {args.server}: {handle.url}{carried}")
 
     @line_magic
-    def fai(self, line: str) -> None:
-        """%fai ls | sessions [NAME] | invoke NAME [--session ID] JSON | close ID | url NAME | panel [KIND] [NAME]"""
+    def fai(self, line: str) -> Any:
+        """%fai ls | sessions [NAME] | invoke NAME [--session ID] JSON | close ID | url NAME | run NOTEBOOK [-p NAME VALUE ...] | panel [KIND] [NAME]"""
         try:
             words = shlex.split(line)
         except ValueError as exc:
@@ -752,6 +755,8 @@ class FunctionAIMagics(Magics):
                 print(FunctionHandle(rest[0], self.client).url)
             elif cmd == "panel" and len(rest) <= 2:
                 self._panel(rest, line)
+            elif cmd == "run" and rest:
+                return self._run(rest)
             else:
                 raise UsageError(f"unknown or malformed %fai command: {line.strip()!r}\n{FAI_USAGE}")
         except NoServer as exc:
@@ -777,8 +782,65 @@ class FunctionAIMagics(Magics):
 
         kind, names = (rest[0], rest[1:]) if rest and rest[0].lower() in KINDS else ("all", rest)
         if len(names) > 1:
-            raise UsageError(f"unknown panel {rest[0]!r} in {line.strip()!r}: use sessions, coldstarts, functions, tasks, tools or all\n{FAI_USAGE}")
+            raise UsageError(f"unknown panel {rest[0]!r} in {line.strip()!r}: use sessions, coldstarts, functions, tasks, runs, tools or all\n{FAI_USAGE}")
         self._display_panel(lambda: panel(kind, self.client, function=names[0] if names else None))
+
+    def _run(self, rest: list[str]) -> Any:
+        """%fai run NOTEBOOK [-p NAME VALUE ...]: a papermill Run in a sandbox; waits
+        for it (unless --no-wait) and returns the run (a dict), its outputs as links."""
+        import argparse
+
+        ap = argparse.ArgumentParser(prog="%fai run", add_help=False, exit_on_error=False)
+        ap.add_argument("notebook")
+        ap.add_argument("-p", "--parameter", nargs=2, action="append", default=[])
+        ap.add_argument("--html", action="store_true")
+        ap.add_argument("--tag", action="append")
+        ap.add_argument("--timeout", type=float)
+        ap.add_argument("--kernel")
+        ap.add_argument("--no-wait", action="store_true")
+        try:
+            args, extra = ap.parse_known_args(rest)
+        except (argparse.ArgumentError, SystemExit) as exc:
+            raise UsageError(f"{exc}\n{FAI_USAGE}") from None
+        if extra:
+            raise UsageError(f"unknown %fai run option(s): {' '.join(extra)}\n{FAI_USAGE}")
+        params: dict[str, Any] = {}
+        for name, value in args.parameter:
+            try:
+                params[name] = json.loads(value)
+            except ValueError:
+                params[name] = value
+        run = self.client.start_run(
+            args.notebook, params, timeout=args.timeout, output_formats=["ipynb", "html"] if args.html else None, tags=args.tag, kernel=args.kernel,
+        )
+        if args.no_wait:
+            print(f"started run {run['id']} of {args.notebook}")
+            return run
+        run = self.client.wait_run(run["id"])
+        took = f" in {run['duration_s']:.1f} s" if run.get("duration_s") is not None else ""
+        print(f"run {run['id']} of {args.notebook}: {run['state']}{took}")
+        self._show_outputs(run)
+        err = run.get("error") or {}
+        if err:
+            print(f"{err.get('kind')}: {err.get('message')}")
+        return run
+
+    def _show_outputs(self, run: dict[str, Any]) -> None:
+        outputs = run.get("outputs") or {}
+        if not outputs:
+            return
+        from IPython.display import HTML, display
+
+        base = self.client.url.rstrip("/")
+        links = []
+        for fmt, path in sorted(outputs.items()):
+            href = f"{base}/lab/tree/{path}" if fmt == "ipynb" else f"{base}/files/{path}"
+            links.append((fmt, path, href))
+        if self.shell is not None:
+            display(HTML(" · ".join(f'<a href="{html_escape(h)}" target="_blank">{fmt}: {html_escape(p)}</a>' for fmt, p, h in links)))
+        else:
+            for fmt, path, _ in links:
+                print(f"  {fmt}: {path}")
 
     def _ls(self) -> None:
         rows = self.client.functions()

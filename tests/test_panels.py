@@ -398,7 +398,7 @@ def test_magics_display_the_panels_in_a_kernel(server: Server, client: Client, t
     assert "X-Functionai-Session-Id: pan-nb-s" in html.unescape(texts(views(out["functions"])[0]))
     assert "pan-nb-s" in texts(views(out["handle"])[0])
     assert "no MCP servers yet" in texts(views(out["tools"])[0])
-    assert state[views(out["all"])[0]]["state"]["titles"] == ["Functions", "Sessions", "Cold starts", "Tasks", "Tools"]
+    assert state[views(out["all"])[0]]["state"]["titles"] == ["Functions", "Sessions", "Cold starts", "Tasks", "Runs", "Tools"]
     assert state[views(out["deploy"])[0]]["model_name"] == "TabModel"
     assert client.session("pan-nb-s")["status"] == "live"
 

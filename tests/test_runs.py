@@ -58,7 +58,7 @@ def test_a_parameterised_run_in_a_sandbox(root: Path, fai: Client) -> None:
     assert done["progress"] == 1.0 and done["cells"] == 3 and done["attempts"] == 1 and done["parameters"] == {"x": 6, "name": "runs"}
     files = outputs(root, done)
     assert set(files) == {"ipynb", "html"} and all(p.is_file() for p in files.values())
-    assert files["ipynb"].relative_to(root).parts[:2] == (".functionai", "runs")
+    assert files["ipynb"].relative_to(root).parts[0] == "functionai-runs"
     nb = nbformat.read(files["ipynb"], as_version=4)
     assert any("injected-parameters" in c.metadata.get("tags", []) for c in nb.cells)
     printed = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
@@ -104,7 +104,7 @@ def test_the_cli(root: Path, server: Server) -> None:
     notebook(root / "cli.ipynb", "print('sum', x + 1)")
     p = cli(server, "run", "cli.ipynb", "-p", "x", "41", "--html", "--wait", timeout=180)
     assert p.returncode == 0, (p.stdout, p.stderr)
-    assert "succeeded" in p.stdout and "ipynb: .functionai/runs/" in p.stdout and "html: " in p.stdout
+    assert "succeeded" in p.stdout and "ipynb: functionai-runs/" in p.stdout and "html: " in p.stdout
     run_id = p.stdout.split()[1]
     nb = json.loads((root / p.stdout.split("ipynb: ")[1].split()[0]).read_text())
     assert "sum 42" in json.dumps(nb) and run_id.startswith("t-")

@@ -244,6 +244,6 @@ async def test_idempotency_tokens_tags_delete_and_outputs(sched: Scheduler, runs
     html = await runs.output_path(one["id"], "html")
     assert Path(html).read_text().startswith("<!DOCTYPE html>")
     await runs.delete(one["id"])
-    assert not Path(html).exists() and not (root / ".functionai" / "runs" / one["id"]).exists()
+    assert not Path(html).exists() and not (root / "functionai-runs" / one["id"]).exists()
     with pytest.raises(NotFound):
         await runs.get(one["id"])

@@ -84,10 +84,15 @@ def test_schedules_and_runs_through_rest_and_the_cli(tmp_path: Path) -> None:
         saved = tmp_path / "out.html"
         ok(cli(srv, "runs", "download", run_id, "--format", "html", "-o", str(saved)))
         assert "report 3" in saved.read_text()
+        # the outputs are ordinary files under the root: the contents API and /files serve them
+        for fmt, rel in done["outputs"].items():
+            req = urllib.request.Request(f"{srv.url}/api/contents/{rel}?content=0", headers={"Authorization": f"token {srv.token}"})
+            with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(req, timeout=30) as resp:
+                assert resp.status == 200 and json.loads(resp.read())["type"] == ("notebook" if fmt == "ipynb" else "file")
         executed = nbformat.reads(fai.run_output(run_id, "ipynb").decode(), as_version=4)
         assert any("report 3" in o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
         ok(cli(srv, "runs", "rm", run_id))
-        assert not (root / ".functionai" / "runs" / run_id).exists() and fai.schedule_runs(sched["id"]) == []
+        assert not (root / "functionai-runs" / run_id).exists() and fai.schedule_runs(sched["id"]) == []
         ok(cli(srv, "schedule", "rm", sched["id"]))
         assert "no schedules" not in ok(cli(srv, "schedule", "ls")).stdout  # the idempotent one is left
         assert sched["id"] not in ok(cli(srv, "schedule", "ls")).stdout
@@ -102,6 +107,8 @@ def test_a_schedule_fires_in_real_time_within_a_second(tmp_path: Path) -> None:
     srv = start_server(tmp_path / "home", tmp_path / "data", args=(f"--ServerApp.root_dir={root}",))
     try:
         fai = Client(srv.url, srv.token)
+        # a server that has finished starting (its run function deployed, its warm kernel up)
+        assert fai.wait_run(fai.start_run("tick.ipynb")["id"], timeout=60)["state"] == "succeeded"
         sched = fai.create_schedule("tick.ipynb", "* * * * * */2", parameters={"x": 1})  # every 2 s (croniter's seconds field, last)
         wait_until(lambda: len(fai.schedule_runs(sched["id"])) >= 2, 30, "two fires of a 2-second schedule")
         fai.pause_schedule(sched["id"])
@@ -135,11 +142,11 @@ def test_kill_9_during_runs_and_during_a_schedules_fires(tmp_path: Path) -> None
             srv.proc.wait()
             # down while a cron time passes (every 2 s): a time for the restart to catch up
             next_time = (int(time.time()) // 2 + 1) * 2
-            wait_until(lambda: time.time() > next_time + 1.2, 10, "a cron time to pass while the server is down")
+            wait_until(lambda t=next_time: time.time() > t + 1.2, 10, "a cron time to pass while the server is down")
             srv = srv2 = start_server(tmp_path / "home", tmp_path / "data", args=args)
             fai = Client(srv.url, srv.token)
             seen = len(fai.schedule_runs(sched["id"]))
-            wait_until(lambda: len(fai.schedule_runs(sched["id"])) >= seen + 1, 30, "the schedule to fire again after the restart")
+            wait_until(lambda c=fai, n=seen: len(c.schedule_runs(sched["id"])) >= n + 1, 30, "the schedule to fire again after the restart")
         fai.pause_schedule(sched["id"])
         done = fai.wait_run(long_run["id"], timeout=120)
         assert done["state"] == "succeeded" and done["attempts"] >= 2, done  # the lost attempt counted, then it went on

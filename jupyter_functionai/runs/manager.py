@@ -8,7 +8,8 @@ notebook's path is relative to the root directory (the Jupyter server's
 notebook's text travels in the task's event, so a run reads nothing from the
 host once queued and survives a restart like any task.
 
-Outputs are written under ``<root>/.functionai/runs/<run id>/``: the executed
+Outputs are written under ``<root>/functionai-runs/<run id>/`` (not a hidden
+folder: Jupyter's contents API, Lab and ``/files`` refuse those): the executed
 notebook (``ipynb``) and, if asked, its ``html``. A failed run keeps its
 partially executed notebook (the task's checkpoint). Outputs are written when
 the run finishes, or on the first read after a restart if the server stopped
@@ -42,7 +43,7 @@ __all__ = ["FORMATS", "RUN_FUNCTION", "RunManager", "check_tags", "check_token"]
 
 RUN_FUNCTION = "notebook-run"
 FORMATS = ("ipynb", "html")
-OUTPUT_DIR = ".functionai/runs"
+OUTPUT_DIR = "functionai-runs"
 
 
 FINAL = ("succeeded", "failed", "timed_out", "cancelled")
@@ -131,8 +132,10 @@ class RunManager:
 
     async def prepare(self) -> None:
         """Deploy the notebook-run function now (the server does at start), so
-        the first run neither waits for it nor for its warm kernels."""
+        the first run neither waits for it nor for its warm kernels, nor for
+        nbformat's first validation (which compiles its JSON schema)."""
         await self._ensure_function()
+        await asyncio.to_thread(_warm_nbformat)
 
     async def _ensure_function(self) -> None:
         async with self._lock:
@@ -342,6 +345,13 @@ class RunManager:
             "cold_start": {**cold, "warm_kernel": kernel.get("warm"), "kernel_start_ms": kernel.get("start_ms")} if cold else None,
             "outputs": outputs,
         }
+
+
+def _warm_nbformat() -> None:
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    nbformat.validate(nbformat.reads(nbformat.writes(new_notebook(cells=[new_code_cell("1")])), as_version=4))
 
 
 def _read_notebook(full: str, shown: str) -> str:
