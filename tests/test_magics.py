@@ -64,6 +64,9 @@ CELLS: dict[str, str] = {
     "deco_noparens": "@fai.function\ndef nope(event, ctx):\n    return 1",
     "deco_boom": "@fai.function()\ndef breaker(event, ctx):\n    a = 1\n    raise KeyError('nope ' + str(a))\n",
     "deco_boom_call": "breaker.invoke()",
+    "fai_run": "r = %fai run reports/report.ipynb -p x 5 --html --tag magic\nprint('returned', r['state'], r['parameters'])",
+    "fai_run_missing": "%fai run reports/missing.ipynb",
+    "fai_run_badopt": "%fai run reports/report.ipynb --frobnicate",
 }
 
 
@@ -91,6 +94,9 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, dict
         kernel_home = root / "kernel"
         work = root / "nb"
         work.mkdir()
+        from .test_runs import notebook
+
+        notebook(root / "home" / "reports" / "report.ipynb", "print('report for', x)")  # under the server's root (its cwd)
         with pytest.MonkeyPatch.context() as mp:
             for key in [k for k in os.environ if k.startswith(("FUNCTIONAI_", "JUPYTER_"))]:
                 mp.delenv(key)
@@ -147,6 +153,23 @@ def test_fai_line_magic(run: tuple[Server, dict[str, Any]]) -> None:
     assert '"sum": 23' in out and "(session " in out
     bad = text(cells["bad_fai"])
     assert "UsageError" in bad and "usage: %fai ls" in bad and "frobnicate" in bad
+
+
+def test_fai_run_runs_a_notebook_in_a_sandbox(run: tuple[Server, dict[str, Any]]) -> None:
+    srv, cells = run
+    out = text(cells["fai_run"])
+    assert not errors(cells["fai_run"]), out
+    assert "of reports/report.ipynb: succeeded in " in out and "returned succeeded {'x': 5}" in out, out
+    links = [o["data"]["text/html"] for o in cells["fai_run"]["outputs"] if o["output_type"] == "display_data"]
+    assert links and f'href="{srv.url}/lab/tree/functionai-runs/' in links[0] and f'href="{srv.url}/files/functionai-runs/' in links[0], links
+    with Client(srv.url, srv.token) as client:
+        made = client.runs(tag="magic")
+        assert len(made) == 1 and made[0]["state"] == "succeeded" and set(made[0]["outputs"]) == {"ipynb", "html"}
+        assert "report for 5" in client.run_output(made[0]["id"], "html").decode()
+    missing = text(cells["fai_run_missing"])
+    assert "UsageError" in missing and "not_found" in missing and "reports/missing.ipynb" in missing, missing
+    badopt = text(cells["fai_run_badopt"])
+    assert "UsageError" in badopt and "--frobnicate" in badopt, badopt
 
 
 def test_remote_traceback_points_at_the_cell_line(run: tuple[Server, dict[str, Any]]) -> None:

@@ -247,3 +247,15 @@ async def test_idempotency_tokens_tags_delete_and_outputs(sched: Scheduler, runs
     assert not Path(html).exists() and not (root / "functionai-runs" / one["id"]).exists()
     with pytest.raises(NotFound):
         await runs.get(one["id"])
+
+
+async def test_kernel_choice_per_run(runs: RunManager) -> None:
+    ok = await runs.start("job.ipynb", {"x": 3}, kernel="python3")
+    bad = await runs.start("job.ipynb", kernel="no-such-kernel")
+    assert ok is not None and bad is not None
+    assert (await runs.wait(ok["id"], 60))["state"] == "succeeded"
+    failed = await runs.wait(bad["id"], 60)
+    assert failed["state"] == "failed" and failed["kernel"] == "no-such-kernel", failed
+    assert "no-such-kernel" in failed["error"]["message"], failed["error"]
+    with pytest.raises(InvalidArgument):
+        await runs.start("job.ipynb", kernel="../../bin/sh")

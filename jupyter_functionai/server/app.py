@@ -88,9 +88,9 @@ class FunctionAI(ExtensionApp):
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
         await self.runtime.ensure_started()
+        self._advertise(serverapp)  # first: kernels started from now on know this server
         await self.runs.prepare()
         self.scheduler.start()
-        self._advertise(serverapp)
 
     def _advertise(self, serverapp: Any) -> None:
         """Tell the processes this server starts (kernels, terminals) where it
