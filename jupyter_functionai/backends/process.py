@@ -596,7 +596,7 @@ class ProcessBackend(Backend):
             "max_state_bytes": spec.limits.max_state_bytes,
             "max_payload_bytes": spec.limits.max_payload_bytes,
             "concurrency": spec.concurrency,
-            "env": dict(spec.env),
+            "env": {**_gpu_env(spec.resources.gpu), **spec.env},
             "tmp_mb": min(spec.resources.memory_mb, 1024),
             "state_dir": self.state_dir,
             "masks": self.mask_plan(fv),
@@ -711,3 +711,16 @@ def _python_paths() -> list[str]:
             paths.add(sysconfig.get_paths()[key])
     paths.update(p for p in sys.path if p and os.path.isabs(p))
     return sorted(p for p in paths if os.path.exists(p))
+
+
+def _gpu_env(gpu: float) -> dict[str, str]:
+    """What an instance with a GPU share is told of it. The process backend does
+    not partition a GPU: the share is advisory, for the framework to apply
+    (``torch.cuda.set_per_process_memory_fraction``; JAX reads
+    ``XLA_PYTHON_CLIENT_MEM_FRACTION`` itself)."""
+    if gpu <= 0:
+        return {}
+    env = {"FUNCTIONAI_GPU_FRACTION": f"{gpu:g}"}
+    if gpu < 1:
+        env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{gpu:g}"
+    return env
