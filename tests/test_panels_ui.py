@@ -200,3 +200,41 @@ def test_panels_in_jupyterlab_and_notebook_7(lab: Server, browser: Browser) -> N
     for p in (page, nb7):
         p.close()
 
+
+
+def test_runs_panel_in_jupyterlab(lab: Server, browser: Browser) -> None:
+    """The Runs panel in a real JupyterLab: a schedule shows with its next fire
+    time; Run now starts a run that the panel follows to the end, and its
+    output link opens the executed notebook in Lab (a non-hidden folder)."""
+    nb = {
+        "nbformat": 4, "nbformat_minor": 5, "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+        "cells": [
+            {"cell_type": "code", "id": "p", "metadata": {"tags": ["parameters"]}, "source": "x = 1", "outputs": [], "execution_count": None},
+            {"cell_type": "code", "id": "w", "metadata": {}, "source": "print('ui run', x)", "outputs": [], "execution_count": None},
+        ],
+    }
+    api(lab, "PUT", "api/contents/job.ipynb", {"type": "notebook", "format": "json", "content": nb})
+    client = Client(lab.url, lab.token)
+    sched = client.create_schedule("job.ipynb", "0 6 * * *", timezone="Europe/Paris", name="ui-morning", parameters={"x": 7}, output_formats=["ipynb", "html"])
+    put_notebook(lab, "runs.ipynb", ["%load_ext jupyter_functionai", "%fai panel runs"])
+    page = open_notebook(browser, f"{lab.url}/lab/tree/runs.ipynb?token={lab.token}", 2)
+    run_all(page)
+    panel_ = cell(page, 1).locator(".fai-panel-runs")
+    row = panel_.locator(f".fai-row-{sched['id']}")
+    expect(row).to_be_visible()
+    expect(row.locator(".fai-schedule-name")).to_contain_text("ui-morning")
+    expect(row.locator(".fai-schedule-next")).to_contain_text(sched["next_fire_times"][0][:16])
+    row.locator(".fai-schedule-run-now").click()
+    wait_until(lambda: len(client.schedule_runs(sched["id"])) == 1, 30, "Run now to start a run")
+    run_id = client.schedule_runs(sched["id"])[0]["id"]
+    run_row = panel_.locator(f".fai-run-row.fai-row-{run_id}")
+    expect(run_row.locator(".fai-run-state")).to_contain_text("succeeded")
+    link = run_row.locator('a.fai-run-link[data-format="ipynb"]')
+    href = link.get_attribute("href")
+    assert href is not None and href.startswith(f"{lab.url}/lab/tree/functionai-runs/{run_id}/"), href
+    opened = browser.new_page()
+    opened.goto(f"{href}?token={lab.token}")
+    expect(opened.locator(".jp-Notebook .jp-Cell")).to_have_count(3)  # the injected-parameters cell too
+    expect(opened.locator(".jp-OutputArea-output").last).to_contain_text("ui run 7")
+    for p in (page, opened):
+        p.close()
