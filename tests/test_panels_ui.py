@@ -217,7 +217,8 @@ def test_runs_panel_in_jupyterlab(lab: Server, browser: Browser) -> None:
     client = Client(lab.url, lab.token)
     sched = client.create_schedule("job.ipynb", "0 6 * * *", timezone="Europe/Paris", name="ui-morning", parameters={"x": 7}, output_formats=["ipynb", "html"])
     put_notebook(lab, "runs.ipynb", ["%load_ext jupyter_functionai", "%fai panel runs"])
-    page = open_notebook(browser, f"{lab.url}/lab/tree/runs.ipynb?token={lab.token}", 2)
+    # a workspace of its own: the default one would reopen the other test's notebooks beside it
+    page = open_notebook(browser, f"{lab.url}/lab/workspaces/runs-ui/tree/runs.ipynb?token={lab.token}", 2)
     run_all(page)
     panel_ = cell(page, 1).locator(".fai-panel-runs")
     row = panel_.locator(f".fai-row-{sched['id']}")
@@ -233,7 +234,7 @@ def test_runs_panel_in_jupyterlab(lab: Server, browser: Browser) -> None:
     href = link.get_attribute("href")
     assert href is not None and href.startswith(f"{lab.url}/lab/tree/functionai-runs/{run_id}/"), href
     opened = browser.new_page()
-    opened.goto(f"{href}?token={lab.token}")
+    opened.goto(f"{href.replace('/lab/tree/', '/lab/workspaces/runs-out/tree/')}?token={lab.token}")  # the link's path, in a workspace of its own
     expect(opened.locator(".jp-Notebook .jp-Cell")).to_have_count(3)  # the injected-parameters cell too
     expect(opened.locator(".jp-OutputArea-output").last).to_contain_text("ui run 7")
     for p in (page, opened):
