@@ -319,6 +319,7 @@ schedules = Table(
     Column("pending_at", Float, nullable=True),  # overlap=queue: a cron time waiting for the running one
     Column("last_result", String(16), nullable=True),  # fired | queued | skipped | missed
     Column("last_run_id", String(40), nullable=True),
+    Column("last_error", Text, nullable=True),  # why the last time could not start a run
     Column("fired", Integer, nullable=False),
     Column("skipped", Integer, nullable=False),
     Column("missed", Integer, nullable=False),
@@ -327,7 +328,7 @@ schedules = Table(
 _SCHEDULE_JSON = ("parameters", "output_formats", "tags")
 _SCHEDULE_UPDATABLE = frozenset(
     {"name", "notebook", "cron", "timezone", "parameters", "enabled", "overlap", "catch_up", "output_formats", "kernel", "tags",
-     "timeout_s", "retries", "updated_at", "anchor_at", "last_fire_at", "pending_at", "last_result", "last_run_id",
+     "timeout_s", "retries", "updated_at", "anchor_at", "last_fire_at", "pending_at", "last_result", "last_run_id", "last_error",
      "fired", "skipped", "missed"}
 )
 _MCP_SESSION_UPDATABLE = frozenset({"status", "last_used_at", "closed_at", "close_reason", "protocol_version"})

@@ -259,3 +259,20 @@ async def test_kernel_choice_per_run(runs: RunManager) -> None:
     assert "no-such-kernel" in failed["error"]["message"], failed["error"]
     with pytest.raises(InvalidArgument):
         await runs.start("job.ipynb", kernel="../../bin/sh")
+
+
+async def test_a_schedule_whose_notebook_went_away_records_an_error_and_the_others_fire(sched: Scheduler, runs: RunManager, root: Path, clock: Clock) -> None:
+    write_notebook(root / "temp.ipynb", "print(x)")
+    gone, _ = await sched.create({"notebook": "temp.ipynb", "cron": EVERY_5})
+    fine, _ = await sched.create({"notebook": "job.ipynb", "cron": EVERY_5})
+    (root / "temp.ipynb").unlink()
+    clock.t = T0 + 0.5
+    await sched.tick()
+    broken = await sched.get(gone["id"])
+    assert broken["last_result"] == "error" and broken["last_fire_at"] == T0 and await sched.runs_of(gone["id"]) == []
+    assert broken["last_error"].startswith("not_found:") and "temp.ipynb" in broken["last_error"]
+    await sched.tick()  # dealt with: not retried on every tick
+    assert (await sched.get(gone["id"]))["last_fire_at"] == T0
+    fired = await sched.runs_of(fine["id"])
+    assert len(fired) == 1
+    await settle(runs, [fired[0]["id"]])

@@ -178,13 +178,13 @@ class Scheduler:
                     continue
                 try:
                     await self._tick_one(row, now)
-                    fresh = await asyncio.to_thread(self.store.get_schedule, row["id"])
-                except NotFound:
-                    continue  # deleted meanwhile
                 except FunctionAIError as exc:  # e.g. its notebook was removed: recorded, the others go on
                     log.warning("schedule %s: %s", row["id"], exc)
                     await asyncio.to_thread(self._record_error, row, now, exc)
-                    continue
+                try:
+                    fresh = await asyncio.to_thread(self.store.get_schedule, row["id"])
+                except NotFound:
+                    continue  # deleted meanwhile
                 if fresh["pending_at"] is not None:
                     soonest = min(soonest, 1.0)  # its previous run's end is not signalled: look again soon
                 if fresh["cron"]:
@@ -193,8 +193,10 @@ class Scheduler:
             return soonest
 
     def _record_error(self, row: dict[str, Any], now: float, exc: FunctionAIError) -> None:
+        """A time that could not start its run (its notebook is gone or no longer
+        valid) is dealt with: recorded as an error, not tried on every tick."""
         latest, _ = _latest_due(row["cron"], row["timezone"], max(row["anchor_at"], row["last_fire_at"] or 0.0), now) if row["cron"] else (None, 0)
-        fields: dict[str, Any] = {"last_result": "error", "updated_at": now}
+        fields: dict[str, Any] = {"last_result": "error", "last_error": f"{exc.kind}: {exc.message}"[:1000], "updated_at": now}
         if latest is not None:
             fields["last_fire_at"] = latest  # dealt with: a broken schedule does not fire again and again
         with contextlib.suppress(NotFound):
@@ -237,7 +239,7 @@ class Scheduler:
     async def _fire(self, row: dict[str, Any], at: float, fields: dict[str, Any], expect: dict[str, Any]) -> dict[str, Any] | None:
         """Start the run for cron time ``at``, recording ``fields`` on the
         schedule in the same transaction, only while it matches ``expect``."""
-        run_id_fields = {**fields, "last_result": "fired", "fired": row["fired"] + 1}
+        run_id_fields = {**fields, "last_result": "fired", "last_error": None, "fired": row["fired"] + 1}
         return await self._start_run(row, scheduled_for=at, claim=(row["id"], expect, run_id_fields))
 
     async def _start_run(self, row: dict[str, Any], *, scheduled_for: float | None, claim: Any = None) -> dict[str, Any] | None:
@@ -326,7 +328,7 @@ class Scheduler:
             "kernel": None, "tags": [], "timeout_s": None, "retries": None,
             **fields,
             "idempotency_token": token, "created_at": now, "updated_at": now, "anchor_at": now,
-            "last_fire_at": None, "pending_at": None, "last_result": None, "last_run_id": None, "fired": 0, "skipped": 0, "missed": 0,
+            "last_fire_at": None, "pending_at": None, "last_result": None, "last_run_id": None, "last_error": None, "fired": 0, "skipped": 0, "missed": 0,
         }
         created, new = await asyncio.to_thread(self.store.create_schedule, row)
         self.poke()
