@@ -1165,7 +1165,8 @@ class _ScheduleRow:
             ),
             f"<span title='{_esc(chr(10).join(nxt))}' style='white-space:nowrap'>{_esc(nxt[0])}</span>" if nxt else "—",
             (
-                f"<span class='fai-result-{_esc(result)}' title='{_esc(last_fire + counts)}' style='color:{RESULT_COLOURS.get(str(result), 'inherit')};font-weight:bold'>{_esc(result)}</span>"
+                f"<span class='fai-result-{_esc(result)}' title='{_esc(last_fire + counts + (chr(10) + str(s['last_error']) if s.get('last_error') else ''))}' "
+                f"style='color:{RESULT_COLOURS.get(str(result), 'inherit')};font-weight:bold'>{_esc(result)}</span>"
                 if result
                 else f"<span title='{_esc(counts)}'>-</span>"
             ),
