@@ -60,6 +60,8 @@ def test_schedules_and_runs_through_rest_and_the_cli(tmp_path: Path) -> None:
         assert sched["id"] in listed and "morning report" in listed and "30 6 * * 1-5" in listed
         assert "paused" in ok(cli(srv, "schedule", "pause", sched["id"])).stdout
         assert fai.schedule(sched["id"])["next_fire_at"] is None
+        code, err = post(srv, f"schedules/{sched['id']}/frobnicate", {})
+        assert code == 404 and err["error"]["kind"] == "not_found" and "run, pause or resume" in err["error"]["message"]
         assert "paused" not in ok(cli(srv, "schedule", "resume", sched["id"])).stdout
         # idempotent create: the same token, the same schedule
         code, again = post(srv, "schedules", {"notebook": "jobs/report.ipynb", "cron": "0 0 * * *", "idempotency_token": "tok-1"})

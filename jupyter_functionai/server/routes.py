@@ -14,7 +14,7 @@ from typing import Any
 from tornado import web
 
 from .._version import __version__
-from ..errors import BadPayload, InvalidArgument
+from ..errors import BadPayload, InvalidArgument, NotFound
 from ..mcp.manager import KEY_SCOPE_PREFIX
 from ..spec import FunctionSpec
 from .base import BaseHandler, jupyter_auth, query_int
@@ -383,6 +383,8 @@ class ScheduleActionHandler(BaseHandler):
     @jupyter_auth
     async def post(self, schedule_id: str, action: str) -> None:
         schedules = self.settings["functionai_schedules"]
+        if action not in ("run", "pause", "resume"):
+            raise NotFound(f"no schedule action {action!r}: run, pause or resume")
         if action == "run":
             self.write_json(await schedules.run_now(schedule_id), status=202)
         elif action == "pause":
@@ -511,11 +513,11 @@ ROUTES: list[Route] = [
         "patch": Op("Change a schedule's fields", body="CreateSchedule", returns="Schedule"),
         "delete": Op("Delete a schedule (its runs stay)", ok=204, errors=(404,)),
     }),
-    Route(f"{API}/schedules/{SCHEDULE}/(?P<action>run|pause|resume)", "/functionai/api/schedules/{schedule_id}/{action}", ScheduleActionHandler, {
-        "post": Op("run: start a run now; pause / resume the schedule", returns="Schedule", errors=(404,)),
-    }),
     Route(f"{API}/schedules/{SCHEDULE}/runs", "/functionai/api/schedules/{schedule_id}/runs", ScheduleRunsHandler, {
         "get": Op("The schedule's runs, newest first", returns="AnyList", query=("state", "limit"), errors=(404,)),
+    }),
+    Route(f"{API}/schedules/{SCHEDULE}/(?P<action>[^/]+)", "/functionai/api/schedules/{schedule_id}/{action}", ScheduleActionHandler, {
+        "post": Op("run: start a run now; pause / resume the schedule", returns="Schedule", errors=(404,)),
     }),
     Route(f"{API}/keys/(?P<key_id>[^/]+)", "/functionai/api/keys/{key_id}", KeyHandler, {"delete": Op("Revoke a key", ok=204)}),
     Route(
