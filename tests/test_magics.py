@@ -71,15 +71,22 @@ CELLS: dict[str, str] = {
 
 
 def text(cell: Any) -> str:
-    out = []
+    """A cell's outputs as text. Stream chunks are joined as they are: one
+    ``print`` can arrive as several stream messages (the kernel flushes on a
+    timer), and a newline put between them would split the line."""
+    out = ""
     for o in cell.get("outputs", []):
         if o["output_type"] == "stream":
-            out.append(o["text"])
-        elif o["output_type"] == "error":
-            out.append(f"{o['ename']}: {o['evalue']}\n" + "\n".join(o["traceback"]))
+            out += o["text"]
+            continue
+        if o["output_type"] == "error":
+            piece = f"{o['ename']}: {o['evalue']}\n" + "\n".join(o["traceback"])
         elif o["output_type"] in ("execute_result", "display_data"):
-            out.append(o["data"].get("text/plain", ""))
-    return "\n".join(out)
+            piece = o["data"].get("text/plain", "")
+        else:
+            continue
+        out += ("\n" if out and not out.endswith("\n") else "") + piece + "\n"
+    return out
 
 
 def errors(cell: Any) -> list[str]:

@@ -341,9 +341,10 @@ class TaskQueue:
         if not ok:
             raise Conflict(f"task {task_id} changed while it was being retried", task_id=task_id)
         task = _Task(task_id, row["seq"], row["function"], row["session_id"], row["event"], options, int(row["attempts"]), now, row["checkpoint"])
+        queued = await self.get(task_id)  # as committed: queued (the dispatcher may start it at once)
         self._enqueue(task)
         self._wake.set()
-        return await self.get(task_id)
+        return queued
 
     # -- queueing ---------------------------------------------------------------
 
