@@ -276,3 +276,21 @@ async def test_a_schedule_whose_notebook_went_away_records_an_error_and_the_othe
     fired = await sched.runs_of(fine["id"])
     assert len(fired) == 1
     await settle(runs, [fired[0]["id"]])
+
+
+async def test_a_queued_time_whose_notebook_went_away_is_dropped_with_an_error(sched: Scheduler, runs: RunManager, root: Path, clock: Clock) -> None:
+    write_notebook(root / "queued.ipynb", "import time\ntime.sleep(sleep)")
+    s, _ = await sched.create({"notebook": "queued.ipynb", "cron": EVERY_5, "overlap": "queue", "parameters": {"sleep": 600}})
+    clock.t = T0 + 1
+    await sched.tick()
+    clock.t = T0 + 301
+    await sched.tick()
+    first = (await sched.runs_of(s["id"]))[0]
+    assert (await sched.get(s["id"]))["pending_at"] == T0 + 300
+    (root / "queued.ipynb").unlink()
+    await runs.cancel(first["id"])
+    await sched.tick()  # the pending time cannot start: an error, and it is not tried again
+    row = await sched.get(s["id"])
+    assert row["pending_at"] is None and row["last_result"] == "error" and "queued.ipynb" in row["last_error"]
+    assert len(await sched.runs_of(s["id"])) == 1
+    await settle(runs, [first["id"]])

@@ -281,9 +281,17 @@ async def test_a_busy_session_is_not_paused_for_idleness_then_is(rt: Runtime) ->
     t = await rt.tasks.submit("work", {"kind": "sleep", "s": 1.5, "x": 1}, session="long")
 
     async def running() -> bool:
-        return (await rt.tasks.get(t["id"]))["state"] == "running"
+        # the task's attempt has started and its call has reached the session's instance
+        # (an attempt is "running" from before its instance is up)
+        if (await rt.tasks.get(t["id"]))["state"] != "running":
+            return False
+        try:
+            desc = await rt.describe_session("long")
+        except NotFound:  # not opened yet
+            return False
+        return desc["status"] == "live" and desc["busy"] is True
 
-    await wait_for(running, 30, "the task to run")
+    await wait_for(running, 30, "the task's call to run in its session")
     # while the call runs, well past the idle TTL (the reaper runs every 0.05 s), it stays live and busy
     until = time.monotonic() + 0.8
     while time.monotonic() < until:

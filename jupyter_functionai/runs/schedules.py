@@ -196,7 +196,7 @@ class Scheduler:
         """A time that could not start its run (its notebook is gone or no longer
         valid) is dealt with: recorded as an error, not tried on every tick."""
         latest, _ = _latest_due(row["cron"], row["timezone"], max(row["anchor_at"], row["last_fire_at"] or 0.0), now) if row["cron"] else (None, 0)
-        fields: dict[str, Any] = {"last_result": "error", "last_error": f"{exc.kind}: {exc.message}"[:1000], "updated_at": now}
+        fields: dict[str, Any] = {"last_result": "error", "last_error": f"{exc.kind}: {exc.message}"[:1000], "updated_at": now, "pending_at": None}
         if latest is not None:
             fields["last_fire_at"] = latest  # dealt with: a broken schedule does not fire again and again
         with contextlib.suppress(NotFound):
