@@ -204,7 +204,10 @@ class RunManager:
         run_id = await self.rt.tasks.submit_with(task, row, lambda r: store.insert_run(r, meta, schedule=schedule))
         if run_id is None:
             return None
-        return await self.get(run_id)
+        if run_id != task.id:  # the idempotency token's earlier run
+            return await self.get(run_id)
+        # the run as committed (queued): the dispatcher may already be starting it
+        return self._public(self.rt.tasks.public({**row, "event": event, "options": task.options}), meta)
 
     async def get(self, run_id: str) -> dict[str, Any]:
         task = await self.rt.tasks.get(run_id)

@@ -187,7 +187,7 @@ class TaskQueue:
         task, row = self.prepare(name, event, session=session, timeout=timeout, max_attempts=max_attempts, retries=retries)
         await self._write([("insert", row)])
         self.admit(task)
-        return self._public({**row, "event": event, "options": task.options})
+        return self.public({**row, "event": event, "options": task.options})
 
     async def submit_with(self, task: _Task, row: dict[str, Any], write: Any) -> Any:
         """Persist a prepared task with ``write(row)`` (the store call that
@@ -608,6 +608,11 @@ class TaskQueue:
                     fut.set_result(ok)
 
     # -- presentation -----------------------------------------------------------
+
+    @staticmethod
+    def public(row: dict[str, Any], brief: bool = False) -> dict[str, Any]:
+        """A task row as the API shows it."""
+        return TaskQueue._public(row, brief)
 
     @staticmethod
     def _public(row: dict[str, Any], brief: bool = False) -> dict[str, Any]:
