@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import html
 import os
+import re
 import textwrap
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -78,3 +81,31 @@ def pid_alive(pid: int) -> bool:
             return f.read().split(") ")[1][0] != "Z"
     except OSError:
         return False
+
+
+# -- the widget panels' tests (a module-scoped ``server`` fixture of the module gives ``client``) --
+
+
+@pytest.fixture(scope="module")
+def client(server: Any) -> Any:
+    from jupyter_functionai.client import Client
+
+    return Client(server.url, server.token)
+
+
+@pytest.fixture
+def panels() -> Iterator[list[Any]]:
+    """Panels a test made: closed after it, and their threads must be gone."""
+    from .test_cli_server import wait_until
+
+    made: list[Any] = []
+    yield made
+    for p in made:
+        p.close()
+    threads = [t for p in made for t in ([p._thread] if hasattr(p, "_thread") else [q._thread for q in p.panels])]
+    wait_until(lambda: not any(t.is_alive() for t in threads), 10, "the panels' threads to stop")
+
+
+def plain(value: str) -> str:
+    """A panel's HTML as the text it shows."""
+    return html.unescape(re.sub(r"<[^>]+>", "", value))

@@ -7,6 +7,7 @@ own session, bad commands are clear errors, idle sessions expire; the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 from collections.abc import Iterator
@@ -91,9 +92,12 @@ async def test_a_stdio_server_is_hosted_end_to_end(server: Server, fai: FaiClien
 @pytest.mark.asyncio
 async def test_server_requests_notifications_and_cancellation_are_forwarded(server: Server, fai: FaiClient) -> None:
     heard: list[Any] = []
+    list_changed = asyncio.Event()
 
     async def on_message(message: Any) -> None:
         heard.append(message)
+        if getattr(message, "method", None) == "notifications/tools/list_changed":
+            list_changed.set()
 
     async def list_roots(context: Any) -> types.ListRootsResult:
         return types.ListRootsResult(roots=[types.Root(uri="file:///work/project", name="project")])
@@ -104,11 +108,9 @@ async def test_server_requests_notifications_and_cancellation_are_forwarded(serv
         assert answer == {"roots": [{"uri": "file:///work/project", "name": "project"}]}
         # a notification outside of any request reaches the client (the GET stream)
         assert text(await c.call_tool("announce", {})) == "soon"
-        for _ in range(200):
-            if any(getattr(m, "method", None) == "notifications/tools/list_changed" for m in heard):
-                break
-            await asyncio.sleep(0.05)
-        assert any(getattr(m, "method", None) == "notifications/tools/list_changed" for m in heard), heard
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(list_changed.wait(), 10)
+        assert list_changed.is_set(), heard
         # a cancelled call: the server is told, the session goes on
         token = json.loads(text(await c.call_tool("whoami", {})))["token"]
         with pytest.raises(TimeoutError):

@@ -19,6 +19,7 @@ from jupyter_functionai.client import Client
 from jupyter_functionai.errors import NotFound
 from jupyter_functionai.panels import KINDS, PATH_COLOURS, Dashboard, RunsPanel, output_links, panel
 
+from .conftest import plain
 from .test_cli_server import Server, start_server, stop_server, wait_until
 from .test_runs import notebook
 
@@ -39,25 +40,6 @@ def server(root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ser
     finally:
         stop_server(srv)
 
-
-@pytest.fixture(scope="module")
-def client(server: Server) -> Client:
-    return Client(server.url, server.token)
-
-
-@pytest.fixture
-def panels() -> Iterator[list[Any]]:
-    """Panels a test made: closed after it, and their threads must be gone."""
-    made: list[Any] = []
-    yield made
-    for p in made:
-        p.close()
-    threads = [t for p in made for t in ([p._thread] if hasattr(p, "_thread") else [q._thread for q in p.panels])]
-    wait_until(lambda: not any(t.is_alive() for t in threads), 10, "the panels' threads to stop")
-
-
-def plain(value: str) -> str:
-    return html.unescape(re.sub(r"<[^>]+>", "", value))
 
 
 def hrefs(value: str) -> dict[str, str]:

@@ -33,6 +33,7 @@ from jupyter_functionai.panels import (
     tool_result_html,
 )
 
+from .conftest import plain
 from .test_cli_server import Server, start_server, stop_server, wait_until
 from .test_mcp_server import bearer, mcp_client, raw_call, raw_session
 from .test_mcp_stdio import COMMAND, text
@@ -70,25 +71,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     finally:
         stop_server(srv)
 
-
-@pytest.fixture(scope="module")
-def client(server: Server) -> Client:
-    return Client(server.url, server.token)
-
-
-@pytest.fixture
-def panels() -> Iterator[list[Any]]:
-    """Panels a test made: closed after it, and their threads must be gone."""
-    made: list[Any] = []
-    yield made
-    for p in made:
-        p.close()
-    threads = [t for p in made for t in ([p._thread] if hasattr(p, "_thread") else [q._thread for q in p.panels])]
-    wait_until(lambda: not any(t.is_alive() for t in threads), 10, "the panels' threads to stop")
-
-
-def plain(value: str) -> str:
-    return html.unescape(re.sub(r"<[^>]+>", "", value))
 
 
 def tool_rows(value: str) -> dict[str, dict[str, Any]]:
