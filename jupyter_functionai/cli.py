@@ -740,6 +740,9 @@ def cmd_runs_download(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+SCHEDULE_COLUMNS = ("ID", "NAME", "CRON", "TZ", "ENABLED", "NEXT", "LAST", "LAST RUN", "NOTEBOOK")
+
+
 def _schedule_rows(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
     return [
         (r["id"], r["name"], r.get("cron") or "(on demand)", r["timezone"], "yes" if r["enabled"] else "paused",
@@ -752,7 +755,7 @@ def _print_schedule(row: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print_json(row)
     else:
-        print_table(("ID", "NAME", "CRON", "TZ", "ENABLED", "NEXT", "LAST", "LAST RUN", "NOTEBOOK"), _schedule_rows([row]), "")
+        print_table(SCHEDULE_COLUMNS, _schedule_rows([row]), "")
 
 
 def cmd_schedule_add(args: argparse.Namespace) -> int:
@@ -773,7 +776,7 @@ def cmd_schedule_ls(args: argparse.Namespace) -> int:
     if args.json:
         print_json(rows)
     else:
-        print_table(("ID", "NAME", "CRON", "TZ", "ENABLED", "NEXT", "LAST", "LAST RUN", "NOTEBOOK"), _schedule_rows(rows), "no schedules")
+        print_table(SCHEDULE_COLUMNS, _schedule_rows(rows), "no schedules")
     return EXIT_OK
 
 

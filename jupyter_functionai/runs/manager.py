@@ -214,8 +214,11 @@ class RunManager:
         if task["function"] != RUN_FUNCTION:
             raise NotFound(f"no run {run_id!r}", run_id=run_id)
         meta, cold = await asyncio.to_thread(self._meta, task)
-        if cold is None and task["state"] in FINAL and task.get("attempt_history"):
-            await self.rt.flush()  # cold starts are written with the next group commit
+        finished = task.get("finished_at") or 0.0
+        if cold is None and task["state"] in FINAL and task.get("attempt_history") and time.time() - finished < 10:
+            # just finished: its cold start is written with the next group commit (an
+            # attempt whose instance crashed has none, and is not flushed for again)
+            await self.rt.flush()
             meta, cold = await asyncio.to_thread(self._meta, task)
         if task["state"] in FINAL:
             await asyncio.to_thread(self._write_outputs, task)
