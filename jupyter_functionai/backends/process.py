@@ -32,7 +32,7 @@ from ..errors import (
     UserError,
 )
 from ..sandbox import isolation as iso
-from ..sandbox.protocol import FrameError, encode, read_frame
+from ..sandbox.protocol import FrameError, check_instance_frame, encode, read_frame
 from ..spec import FunctionSpec
 from .base import (
     SHARED_ENVS_DIR,
@@ -230,6 +230,7 @@ class ProcessInstance(Instance):
         self._stop_reason: str | None = None
         self.oom_killed = False
         self._dead = False
+        self._fault: str | None = None  # why the runtime ended it over what it sent
         self._reader_task: asyncio.Task[None] | None = None
 
     # -- plumbing -----------------------------------------------------------
@@ -239,49 +240,63 @@ class ProcessInstance(Instance):
         self._reader_task = asyncio.get_running_loop().create_task(self._read_loop(), name=f"fai-instance-{self.id}")
 
     async def _read_loop(self) -> None:
+        """Every frame is checked before anything acts on it; a bad frame, or a
+        callback that fails on one, ends this instance (its calls get
+        ``instance_crashed`` saying why) and nothing else."""
         assert self.reader is not None
-        limit = self.fv.spec.limits.max_result_bytes + (1 << 16)
+        limits = self.fv.spec.limits
+        frame_limit = max(limits.max_result_bytes, limits.max_state_bytes) + (1 << 16)
         try:
             while True:
-                msg = await read_frame(self.reader, limit=max(limit, self.fv.spec.limits.max_state_bytes + (1 << 16)))
+                msg = await read_frame(self.reader, limit=frame_limit)
                 if msg is None:
                     break
-                op = msg.get("op")
-                cid = msg.get("id")
-                if op in ("ready", "bound"):
-                    self._control.put_nowait(msg)
-                elif op == "progress" and cid in self._pending:
-                    cb = self._pending[cid].on_progress
-                    if cb is not None:
-                        with contextlib.suppress(Exception):
-                            res = cb(float(msg.get("fraction", 0.0)), str(msg.get("message", "")))
-                            if asyncio.iscoroutine(res):
-                                await res
-                elif op == "checkpoint" and cid in self._pending:
-                    cb3 = self._pending[cid].on_checkpoint
-                    if cb3 is not None:  # awaited: stored before the result is read
-                        await cb3(str(msg.get("data_json", "null")))
-                elif op == "chunk" and cid in self._pending:
-                    cb2 = self._pending[cid].on_chunk
-                    if cb2 is not None:
-                        await cb2(msg.get("data"))
-                elif op in ("result", "error") and cid is not None:
-                    p = self._pending.pop(cid, None)
-                    if p is not None and not p.fut.done():
-                        p.fut.set_result(msg)
-                elif op == "error":
-                    self._control.put_nowait(msg)
+                check_instance_frame(msg, max_state_bytes=limits.max_state_bytes)
+                await self._dispatch(msg)
         except (FrameError, ConnectionError, OSError) as exc:
+            self._fault = f"the instance sent an invalid frame: {exc}" if isinstance(exc, FrameError) else None
             self.owner.log_event(f"instance {self.id}: bad stream: {exc}")
         except asyncio.CancelledError:
             pass
+        except Exception as exc:  # a callback failed (e.g. the store refused a checkpoint)
+            self._fault = f"the runtime could not handle what the instance sent: {type(exc).__name__}: {exc}"
+            self.owner.log_event(f"instance {self.id}: {self._fault}")
         await self._died()
+
+    async def _dispatch(self, msg: dict[str, Any]) -> None:
+        op = msg["op"]
+        cid = msg.get("id")
+        if op in ("ready", "bound"):
+            self._control.put_nowait(msg)
+        elif op == "progress" and cid in self._pending:
+            cb = self._pending[cid].on_progress
+            if cb is not None:
+                with contextlib.suppress(Exception):
+                    res = cb(float(msg.get("fraction", 0.0)), str(msg.get("message", "")))
+                    if asyncio.iscoroutine(res):
+                        await res
+        elif op == "checkpoint" and cid in self._pending:
+            cb3 = self._pending[cid].on_checkpoint
+            if cb3 is not None:  # awaited: stored before the result is read
+                await cb3(str(msg.get("data_json", "null")))
+        elif op == "chunk" and cid in self._pending:
+            cb2 = self._pending[cid].on_chunk
+            if cb2 is not None:
+                await cb2(msg.get("data"))
+        elif op in ("result", "error") and cid is not None:
+            p = self._pending.pop(cid, None)
+            if p is not None and not p.fut.done():
+                p.fut.set_result(msg)
+        elif op == "error":
+            self._control.put_nowait(msg)
 
     async def _died(self) -> None:
         if self._dead:
             return
         self._dead = True
-        if self._stop_reason is None and self.pid is not None:
+        if self._fault is not None:
+            self._kill()  # it is still running: what it sent ended it
+        elif self._stop_reason is None and self.pid is not None:
             # ended on its own: wait (briefly) for the exit status to classify it
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._exit), 2.0)
@@ -310,6 +325,8 @@ class ProcessInstance(Instance):
                 f"the instance exceeded its memory limit of {self.fv.spec.resources.memory_mb} MiB and was killed",
                 instance_id=self.id,
             )
+        if self._fault is not None:
+            return InstanceCrashed(self._fault, instance_id=self.id)
         if self._exit.done():
             st = self._exit.result()
             if os.WIFSIGNALED(st):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import socket
 import struct
 from typing import Any
@@ -37,8 +38,122 @@ def decode_body(body: bytes) -> dict[str, Any]:
         msg = json.loads(body)
     except ValueError as exc:
         raise FrameError(f"frame is not JSON: {exc}") from None
+    except RecursionError:
+        raise FrameError("frame is nested too deeply") from None
     if not isinstance(msg, dict):
         raise FrameError("frame is not a JSON object")
+    return msg
+
+
+# -- what an instance may send (the runtime trusts none of it) ---------------
+
+#: Nesting allowed in any value an instance sends (events and results included).
+MAX_DEPTH = 128
+#: Error kinds a worker may report; anything else is a forged frame.
+INSTANCE_ERROR_KINDS = frozenset(
+    {"user_exception", "bad_payload", "payload_too_large", "out_of_memory", "instance_crashed", "error"}
+)
+_MAX_ID = 128
+_MAX_TEXT = 1 << 16
+
+
+def _depth_ok(value: Any, limit: int = MAX_DEPTH) -> bool:
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict):
+            if d >= limit:
+                return False
+            stack.extend((x, d + 1) for x in v.values())
+        elif isinstance(v, list):
+            if d >= limit:
+                return False
+            stack.extend((x, d + 1) for x in v)
+        elif isinstance(v, float) and not math.isfinite(v):
+            return False
+    return True
+
+
+def _text(msg: dict[str, Any], key: str, *, required: bool = False, limit: int = _MAX_TEXT) -> None:
+    v = msg.get(key)
+    if v is None and not required:
+        return
+    if not isinstance(v, str) or len(v) > limit:
+        raise FrameError(f"{key!r} must be a string of at most {limit} characters")
+
+
+def _number(msg: dict[str, Any], key: str, lo: float = 0.0, hi: float = math.inf) -> None:
+    v = msg.get(key)
+    if v is None:
+        return
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
+        raise FrameError(f"{key!r} must be a number in [{lo:g}, {hi:g}]")
+
+
+def _json_text(msg: dict[str, Any], key: str, *, obj: bool, limit: int) -> None:
+    v = msg.get(key)
+    if v is None:
+        return
+    if not isinstance(v, str):
+        raise FrameError(f"{key!r} must be JSON text")
+    if len(v) > limit or (len(v) * 4 > limit and len(v.encode()) > limit):
+        raise FrameError(f"{key!r} is over the limit of {limit} bytes")
+    try:
+        decoded = json.loads(v)
+    except (ValueError, RecursionError):
+        raise FrameError(f"{key!r} is not valid JSON") from None
+    if obj and not isinstance(decoded, dict):
+        raise FrameError(f"{key!r} must be a JSON object")
+    if not _depth_ok(decoded):
+        raise FrameError(f"{key!r} is nested deeper than {MAX_DEPTH} or holds a non-finite number")
+
+
+def check_instance_frame(msg: dict[str, Any], *, max_state_bytes: int) -> dict[str, Any]:
+    """Validate one frame that an instance sent, before anything acts on it:
+    a known op, fields of the right types and sizes, JSON that parses (the
+    session state must be a JSON object), bounded nesting, finite numbers.
+    Raises :class:`FrameError` naming the first problem; the runtime then ends
+    that instance (its session keeps its last persisted state)."""
+    op = msg.get("op")
+    if op in ("ready", "bound"):
+        if not isinstance(msg.get("isolation", {}), dict) or not _depth_ok(msg.get("isolation", {}), 8):
+            raise FrameError("'isolation' must be a small JSON object")
+        _number(msg, "bind_ms")
+        return msg
+    if op == "error" and msg.get("id") is None:  # a setup error, before any call
+        pass
+    else:
+        cid = msg.get("id")
+        if not isinstance(cid, str) or not 0 < len(cid) <= _MAX_ID:
+            raise FrameError(f"{op!r} frame needs a call id (a string of 1-{_MAX_ID} characters)")
+    if op == "progress":
+        _number(msg, "fraction", 0.0, 1.0)
+        _text(msg, "message")
+    elif op == "checkpoint":
+        _json_text(msg, "data_json", obj=False, limit=max(max_state_bytes, 1 << 20))
+    elif op == "chunk":
+        if not _depth_ok(msg.get("data")):
+            raise FrameError(f"'data' is nested deeper than {MAX_DEPTH} or holds a non-finite number")
+    elif op in ("result", "error"):
+        _json_text(msg, "state_json", obj=True, limit=max_state_bytes)
+        _text(msg, "logs", limit=1 << 26)
+        _number(msg, "logs_dropped")
+        _number(msg, "duration_ms")
+        if op == "result":
+            if not isinstance(msg.get("streamed", False), bool):
+                raise FrameError("'streamed' must be a boolean")
+            if not _depth_ok(msg.get("value")):
+                raise FrameError(f"'value' is nested deeper than {MAX_DEPTH} or holds a non-finite number")
+        else:
+            err = msg.get("error")
+            if not isinstance(err, dict) or err.get("kind") not in INSTANCE_ERROR_KINDS:
+                raise FrameError(f"'error' must be an object whose kind is one of {sorted(INSTANCE_ERROR_KINDS)}")
+            for key in ("message", "type", "traceback"):
+                _text(err, key, limit=1 << 20)
+            if not _depth_ok(err, 8):
+                raise FrameError("'error' is nested too deeply")
+    else:
+        raise FrameError(f"unknown op {op!r}")
     return msg
 
 
