@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -198,6 +199,11 @@ class _Pending:
 
 
 _SECRETS = ("FUNCTIONAI_TOKEN", "FUNCTIONAI_PARENT_TOKEN", "JUPYTER_TOKEN", "JPY_API_TOKEN", "JUPYTERHUB_API_TOKEN")
+
+
+def cgroup_tag(state_dir: str) -> str:
+    """The prefix of the cgroups of the runtime of ``state_dir``."""
+    return "r" + hashlib.sha256(os.path.realpath(state_dir).encode()).hexdigest()[:10]
 
 
 def sandbox_env(environ: Mapping[str, str]) -> dict[str, str]:
@@ -503,7 +509,10 @@ class ProcessBackend(Backend):
         self._pending_cgroups: set[str] = set()
         self._cgroups_live: set[str] = set()  # created by this backend, not yet removed
         self._retiring: set[_Template] = set()
-        self.cgroups.sweep()
+        # cgroups are named after this data directory, so that a restart finds
+        # and removes what a killed earlier run of it left, whatever its age
+        self.cgroup_tag = cgroup_tag(self.state_dir)
+        self.cgroups.sweep(own=self.cgroup_tag)
         self._keep_paths = _python_paths()
         self._plans: dict[tuple[str, int], list[tuple[str, list[str]]]] = {}
         self._events: list[str] = []
@@ -588,13 +597,14 @@ class ProcessBackend(Backend):
         spec = fv.spec
         cg_procs: list[str] = []
         cg_err = self.cgroups.reason
+        cg_name = f"{self.cgroup_tag}-{iid}"
         if self.cgroups.version and self.isolate:
             try:
-                self._cgroups_live.add(iid)
-                cg_procs = self.cgroups.create(iid, cpu=spec.resources.cpu, memory_mb=spec.resources.memory_mb, pids=spec.limits.max_pids)
+                self._cgroups_live.add(cg_name)
+                cg_procs = self.cgroups.create(cg_name, cpu=spec.resources.cpu, memory_mb=spec.resources.memory_mb, pids=spec.limits.max_pids)
             except OSError as exc:
                 cg_err = f"creating the cgroup failed: {exc}"
-        inst = ProcessInstance(self, fv, iid, path, iid if cg_procs else None)
+        inst = ProcessInstance(self, fv, iid, path, cg_name if cg_procs else None)
         inst.template = template
         cfg = {
             "instance_id": iid,
@@ -627,7 +637,7 @@ class ProcessBackend(Backend):
         except BaseException:
             theirs.close()
             await inst.stop("start failed")
-            self._cleanup_cgroup(iid)
+            self._cleanup_cgroup(cg_name)
             raise
         theirs.close()
         inst.pid = pid

@@ -48,7 +48,6 @@ from ..errors import (
     PayloadTooLarge,
     SessionClosed,
 )
-from ..mcp.manager import McpManager
 from ..spec import FunctionSpec
 from ..store import Store
 from .pool import InstancePool
@@ -121,6 +120,7 @@ class Runtime:
         state_dir: str | os.PathLike[str],
         *,
         store_url: str | None = None,
+        store: Store | None = None,
         backend: Backend | str = "process",
         reap_interval: float = 1.0,
         uid_base: int = UID_BASE,
@@ -132,7 +132,10 @@ class Runtime:
         self.state_dir = os.path.realpath(os.path.expanduser(os.fspath(state_dir)))
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
         os.chmod(self.state_dir, 0o700)
-        self.store = Store(store_url) if store_url else Store.open(os.path.join(self.state_dir, "functionai.db"))
+        self._own_store = store is None  # a store handed in is closed by whoever built it
+        if store is None:
+            store = Store(store_url) if store_url else Store.open(os.path.join(self.state_dir, "functionai.db"))
+        self.store = store
         if isinstance(backend, str):
             backend = _make_backend(backend, self.state_dir, use_templates=use_templates, isolate=isolate)
         self.backend = backend
@@ -158,7 +161,6 @@ class Runtime:
         self._start_task: asyncio.Future[None] | None = None
         self.uids = UidAllocator(uid_base, uid_span, set())
         self.tasks = TaskQueue(self, lease_s=task_lease_s)
-        self.mcp = McpManager(self)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -192,7 +194,6 @@ class Runtime:
             if fv.spec.min_instances:
                 self.pool.configure(fv)
         await self.tasks.start()
-        await self.mcp.start()
 
     def _reconcile(self) -> None:
         """Make the store agree with reality after a stop or a crash."""
@@ -217,6 +218,13 @@ class Runtime:
         self.uids = UidAllocator(self._uid_base, self._uid_span, in_use)
         self._stored = stored
         remove_tree(os.path.join(self.state_dir, "ephemeral"))
+        # what an earlier run left that no paused session owns: warm-pool
+        # instances' directories, sessions that ended while it died
+        keep = {os.path.dirname(s["workdir"]) for s in self.store.list_sessions() if s["status"] not in ENDED}
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(os.path.join(self.state_dir, "sessions")):
+                if entry.path not in keep:
+                    remove_tree(entry.path)
 
     async def close(self) -> None:
         if self._closed:
@@ -228,7 +236,6 @@ class Runtime:
             await asyncio.wait({reaper}, timeout=10)
         if self._tasks:
             await self.tasks.close()
-            await self.mcp.close()
         await self.pool.close()
         for sess in list(self._sessions.values()):
             if sess.instance is not None:
@@ -239,7 +246,8 @@ class Runtime:
             await asyncio.wait({flusher}, timeout=10)
         await self._flush()
         self._writer.shutdown(wait=True)
-        self.store.close()
+        if self._own_store:
+            self.store.close()
 
     async def __aenter__(self) -> Runtime:
         return self
@@ -921,11 +929,9 @@ class _Opener:
 
 
 def _make_backend(name: str, state_dir: str, *, use_templates: bool, isolate: bool) -> Backend:
-    if name == "process":
-        from ..backends.process import ProcessBackend
+    from ..backends import backend_class
 
-        return ProcessBackend(state_dir, use_templates=use_templates, isolate=isolate)
-    raise NotFound(f"unknown backend {name!r} (available: process)")
+    return backend_class(name)(state_dir, use_templates=use_templates, isolate=isolate)  # type: ignore[call-arg]
 
 
 def _payload_size(event: Any, limit: int) -> int:

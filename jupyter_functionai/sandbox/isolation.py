@@ -11,12 +11,14 @@ called through libc with ctypes.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import fcntl
 import os
 import random
 import resource
+import signal
 import socket
 import stat
 import struct
@@ -224,17 +226,18 @@ class CgroupManager:
         except (OSError, ValueError):
             return None
 
-    def sweep(self, older_than_s: float = 60.0) -> int:
-        """Remove empty instance cgroups left by runtimes that died (a cgroup
-        with processes cannot be removed, so live ones are safe; young ones are
-        skipped in case another runtime is about to use them)."""
-        if self.version == 2:
-            bases = [os.path.join(self.root, self.prefix)]
-        elif self.version == 1:
-            bases = [os.path.join(self.root, c, self.prefix) for c in V1_CONTROLLERS]
-        else:
-            return 0
+    def sweep(self, older_than_s: float = 60.0, own: str | None = None) -> int:
+        """Remove instance cgroups left by runtimes that died.
+
+        Those named ``<own>-...`` belong to this data directory: an earlier
+        run of it left them (a kill -9), so whatever still runs in them is
+        killed and they go, however young.  Any other empty one older than
+        ``older_than_s`` goes too (a cgroup with processes cannot be removed,
+        so another runtime's live ones are safe; young ones are skipped in case
+        another runtime is about to use them)."""
+        bases = self._bases()
         now = time.time()
+        mine: list[str] = []
         removed = 0
         for base in bases:
             try:
@@ -242,7 +245,12 @@ class CgroupManager:
             except OSError:
                 continue
             for e in entries:
-                if not (e.name.startswith("i-") and e.is_dir(follow_symlinks=False)):
+                if not e.is_dir(follow_symlinks=False):
+                    continue
+                if own is not None and e.name.startswith(own + "-"):
+                    mine.append(e.path)
+                    continue
+                if not e.name.startswith(("i-", "r")):
                     continue
                 try:
                     if now - e.stat(follow_symlinks=False).st_mtime < older_than_s:
@@ -251,7 +259,42 @@ class CgroupManager:
                     removed += 1
                 except OSError:
                     pass
+        for path in mine:
+            with contextlib.suppress(OSError):
+                for pid in _read(os.path.join(path, "cgroup.procs")).split():
+                    with contextlib.suppress(ProcessLookupError, PermissionError, ValueError):
+                        os.kill(int(pid), signal.SIGKILL)
+        deadline = time.monotonic() + 5.0
+        while mine:
+            left = []
+            for path in mine:
+                try:
+                    os.rmdir(path)
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+                except OSError:
+                    left.append(path)
+            mine = left
+            if not mine or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)  # killed processes leave their cgroup asynchronously
         return removed
+
+    def _bases(self) -> list[str]:
+        if self.version == 2:
+            return [os.path.join(self.root, self.prefix)]
+        if self.version == 1:
+            return [os.path.join(self.root, c, self.prefix) for c in V1_CONTROLLERS]
+        return []
+
+    def names(self, own: str) -> set[str]:
+        """The cgroups of this data directory that exist now."""
+        out: set[str] = set()
+        for base in self._bases():
+            with contextlib.suppress(OSError):
+                out.update(e.name for e in os.scandir(base) if e.name.startswith(own + "-"))
+        return out
 
     def remove(self, name: str) -> bool:
         """Remove the instance's cgroup(s); False while processes remain."""

@@ -8,17 +8,32 @@ line and the ``FUNCTIONAI_DATA_DIR`` environment variable all work.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 from typing import Any
 
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Bool, Float, Int, Unicode, default
+from traitlets import Bool, Float, Int, Type, Unicode, default
 
 from .._version import __version__
+from ..backends import BACKENDS
+from ..backends.base import Backend
 from ..client import PARENT_TOKEN, PARENT_URL
-from ..runtime import Runtime
+from ..stack import Stack
 from .routes import handlers
+
+
+class BackendType(Type):
+    """A :class:`Backend` subclass, by dotted path or by short name (``process``)."""
+
+    info_text = f"a Backend subclass, or one of: {', '.join(BACKENDS)}"
+
+    def validate(self, obj: Any, value: Any) -> Any:
+        if isinstance(value, str):
+            value = BACKENDS.get(value, value)
+        return super().validate(obj, value)
 
 
 class FunctionAI(ExtensionApp):
@@ -35,7 +50,12 @@ class FunctionAI(ExtensionApp):
         help="Where the store, session directories and logs live "
         "(default: $FUNCTIONAI_DATA_DIR, else <jupyter data dir>/functionai).",
     )
-    backend = Unicode("process", config=True, help="Sandbox backend: process.")
+    backend = BackendType(
+        default_value=BACKENDS["process"],
+        klass=Backend,
+        config=True,
+        help=f"Sandbox backend: a Backend subclass, by dotted path or short name ({', '.join(BACKENDS)}).",
+    )
     reap_interval = Float(1.0, config=True, help="Seconds between idle/lifetime checks of sessions.")
     use_templates = Bool(True, config=True, help="Fork instances from per-function templates (else a fresh interpreter each).")
     task_lease_s = Float(
@@ -65,32 +85,36 @@ class FunctionAI(ExtensionApp):
         return os.environ.get("FUNCTIONAI_DATA_DIR") or os.path.join(jupyter_data_dir(), "functionai")
 
     def initialize_settings(self) -> None:
-        self.runtime = Runtime(
+        """The composition root (``Stack``) builds the store, the runtime and
+        the services; handlers reach each through its own setting."""
+        root = getattr(self.serverapp, "root_dir", None) or os.getcwd()
+        self.stack = Stack(
             self.data_dir,
             backend=self.backend,
+            root_dir=root,
             reap_interval=self.reap_interval,
             use_templates=self.use_templates,
             task_lease_s=self.task_lease_s,
+            warm_kernels=self.warm_kernels,
+            schedule_grace_s=self.schedule_grace_s,
         )
-        self.settings["functionai_runtime"] = self.runtime
-        from ..runs.manager import RunManager
-        from ..runs.schedules import Scheduler
-
-        root = getattr(self.serverapp, "root_dir", None) or os.getcwd()
-        self.runs = RunManager(self.runtime, root, warm_kernels=self.warm_kernels)
-        self.scheduler = Scheduler(self.runs, grace_s=self.schedule_grace_s)
-        self.settings["functionai_runs"] = self.runs
-        self.settings["functionai_schedules"] = self.scheduler
-        self.log.info("functionai: data dir %s, backend %s", self.data_dir, self.backend)
+        self.runtime = self.stack.runtime
+        self.settings.update(
+            functionai_stack=self.stack,
+            functionai_runtime=self.stack.runtime,
+            functionai_mcp=self.stack.mcp,
+            functionai_runs=self.stack.runs,
+            functionai_schedules=self.stack.scheduler,
+        )
+        self.log.info("functionai: data dir %s, backend %s", self.data_dir, self.backend.__name__)
 
     def initialize_handlers(self) -> None:
         self.handlers.extend(handlers())
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
-        await self.runtime.ensure_started()
+        await self.stack.ensure_started()
         self._advertise(serverapp)  # first: kernels started from now on know this server
-        await self.runs.prepare()
-        self.scheduler.start()
+        await self.stack.start_schedules()
 
     def _advertise(self, serverapp: Any) -> None:
         """Tell the processes this server starts (kernels, terminals) where it
@@ -105,8 +129,32 @@ class FunctionAI(ExtensionApp):
         if advertised and all(os.environ.get(k) == v for k, v in advertised.items()):
             for key in advertised:
                 os.environ.pop(key, None)
-        await self.scheduler.close()
-        await self.runtime.close()
+        await self._stop_sandbox_kernels()  # before the runtime they run in
+        stack = getattr(self, "stack", None)  # None when the extension failed to load
+        if stack is not None:
+            await stack.close()
+
+    async def _stop_sandbox_kernels(self) -> None:
+        """Jupyter stops extensions before kernels; sandbox kernels run in this
+        extension's runtime, so they are shut down first (at once: the server
+        is going), each one's session closed, before the runtime closes."""
+        from ..kernel.provisioner import SandboxProvisioner
+
+        km = getattr(self.serverapp, "kernel_manager", None)
+        if km is None:
+            return
+        ids = []
+        for kid in list(km.list_kernel_ids()):
+            with contextlib.suppress(KeyError):
+                if isinstance(getattr(km.get_kernel(kid), "provisioner", None), SandboxProvisioner):
+                    ids.append(kid)
+        if not ids:
+            return
+        self.log.info("functionai: shutting down %d sandbox kernel(s)", len(ids))
+        done = await asyncio.gather(*(asyncio.wait_for(km.shutdown_kernel(kid, now=True), 10) for kid in ids), return_exceptions=True)
+        for kid, res in zip(ids, done, strict=True):
+            if isinstance(res, BaseException):
+                self.log.warning("functionai: sandbox kernel %s did not shut down cleanly: %s", kid, res)
 
 
 main = launch_new_instance = FunctionAI.launch_instance
