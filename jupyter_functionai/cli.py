@@ -20,10 +20,16 @@
 ``serve`` runs a Jupyter Server with the extension (it blocks; SIGINT or
 SIGTERM stop it gracefully, closing the runtime and its sandboxes).  Every
 other server command talks HTTP to a running server through
-:class:`jupyter_functionai.client.Client`: ``--url`` / ``--token`` (before or
-after the command), else ``FUNCTIONAI_URL`` / ``FUNCTIONAI_TOKEN``, else the
-newest running Jupyter server whose functionai API answers.  List commands
-print tables; ``--json`` prints the server's JSON instead.
+:class:`jupyter_functionai.client.Client`, chosen in this order
+(:func:`jupyter_functionai.client.choose_server`): ``--url`` / ``--token``
+(before or after the command), else ``FUNCTIONAI_URL`` / ``FUNCTIONAI_TOKEN``,
+else ``FUNCTIONAI_PARENT_URL`` / ``FUNCTIONAI_PARENT_TOKEN`` (the server that
+started this terminal or kernel), else the one running Jupyter server whose
+functionai API answers; with several it refuses and lists them.  Errors and
+``invoke --verbose`` name the server used.  ``serve`` and ``lab`` print
+``export FUNCTIONAI_URL=... FUNCTIONAI_TOKEN=...`` on stdout once their server
+answers.  List commands print tables; ``--json`` prints the server's JSON
+instead.
 
 Exit codes:
 
@@ -52,10 +58,12 @@ import importlib.util
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -65,7 +73,7 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__
 
 if TYPE_CHECKING:
-    from .client import Client
+    from .client import Client, ServerChoice
 
 BENCHMARKS = ("coldstart", "density", "gateway", "tasks", "mcp", "runs")
 DEMO_FUNCTION = "agent-memory"
@@ -73,7 +81,7 @@ DEMO_FUNCTION = "agent-memory"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 # error kinds that mean "the request was wrong or could not be made" (exit 2)
 USAGE_KINDS = frozenset(
-    {"invalid_spec", "bad_payload", "invalid_argument", "no_server", "unauthorized", "request_timeout", "bad_response", "client_error"}
+    {"invalid_spec", "bad_payload", "invalid_argument", "no_server", "ambiguous_server", "unauthorized", "request_timeout", "bad_response", "client_error"}
 )
 
 
@@ -248,8 +256,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def serve_argv(args: argparse.Namespace, extra: Sequence[str]) -> list[str]:
-    """The Jupyter Server command line of ``functionai serve``."""
-    argv = ["--ServerApp.open_browser=False"]
+    """The Jupyter Server command line of ``functionai serve`` / ``lab``
+    (``open_browser`` once: Jupyter refuses a repeated option)."""
+    argv = [f"--ServerApp.open_browser={bool(args.browser)}"]
     if os.geteuid() == 0:
         argv.append("--allow-root")
     # a tty's ^C would ask "Shut down this Jupyter server (y/[n])?": stop at once instead
@@ -263,9 +272,47 @@ def serve_argv(args: argparse.Namespace, extra: Sequence[str]) -> list[str]:
         argv.append(f"--IdentityProvider.token={token}")
     if args.data_dir is not None:
         argv.append(f"--FunctionAI.data_dir={os.path.abspath(os.path.expanduser(args.data_dir))}")
-    if args.browser:
-        argv.append("--ServerApp.open_browser=True")
     return argv + list(extra)
+
+
+def _announce_when_up(timeout: float = 600.0) -> threading.Event:
+    """Print ``export FUNCTIONAI_URL=... FUNCTIONAI_TOKEN=...`` once, on
+    stdout, when the server this process runs answers its functionai health
+    route (checked here, over HTTP).  Set the returned event to give up."""
+    stop = threading.Event()
+
+    def watch() -> None:
+        from jupyter_server.serverapp import ServerApp
+
+        from .client import Client, ClientError
+
+        deadline = time.monotonic() + timeout
+        while not stop.wait(0.1) and time.monotonic() < deadline:
+            app = ServerApp.instance() if ServerApp.initialized() else None
+            info_file = getattr(app, "info_file", None)
+            if app is None or getattr(app, "_stopping", False) or not info_file or not os.path.exists(info_file):
+                continue  # the runtime file is written once the port is bound
+            url = app.connection_url.rstrip("/")
+            token = getattr(app.identity_provider, "token", "") or ""
+            try:
+                Client(url, token, timeout=5).health()
+            except ClientError:
+                continue
+            print(f"export FUNCTIONAI_URL={shlex.quote(url)} FUNCTIONAI_TOKEN={shlex.quote(token)}", flush=True)
+            return
+
+    threading.Thread(target=watch, name="functionai-announce", daemon=True).start()
+    return stop
+
+
+def _forget_client_env() -> None:
+    """The server this process becomes is not a client: a FUNCTIONAI_URL /
+    FUNCTIONAI_TOKEN inherited from the shell (another server's) must not
+    reach its kernels and terminals, which talk to it (FUNCTIONAI_PARENT_URL)."""
+    from .client import ENV_TOKEN, ENV_URL
+
+    for key in (ENV_URL, ENV_TOKEN):
+        os.environ.pop(key, None)
 
 
 def _stop_server_on_sigint() -> None:
@@ -290,12 +337,16 @@ def cmd_serve(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from .server.app import FunctionAI
 
     argv = serve_argv(args, extra)
+    _forget_client_env()
     _stop_server_on_sigint()
+    announcer = _announce_when_up()
     try:
         FunctionAI.launch_instance(argv=argv)
     except SystemExit as exc:  # --help, a bad option, a port in use ...
         code = exc.code
         return code if isinstance(code, int) else (EXIT_OK if code is None else EXIT_FAILED)
+    finally:
+        announcer.set()
     return EXIT_OK
 
 
@@ -329,12 +380,16 @@ def cmd_lab(args: argparse.Namespace, extra: Sequence[str]) -> int:
         state = asyncio.run(_seed_example(os.path.abspath(os.path.expanduser(args.data_dir))))
         print(f"functionai: example function {DEMO_FUNCTION!r} {state} (data dir {args.data_dir})", file=sys.stderr)
     argv = serve_argv(args, extra)
+    _forget_client_env()
     _stop_server_on_sigint()
+    announcer = _announce_when_up()
     try:
         LabApp.launch_instance(argv=argv)
     except SystemExit as exc:
         code = exc.code
         return code if isinstance(code, int) else (EXIT_OK if code is None else EXIT_FAILED)
+    finally:
+        announcer.set()
     return EXIT_OK
 
 
@@ -382,10 +437,22 @@ def print_json(value: Any) -> None:
 # -- the server commands ----------------------------------------------------------------------
 
 
+def _choose(args: argparse.Namespace) -> ServerChoice:
+    """The server of this command (see ``choose_server``), chosen once."""
+    from .client import choose_server
+
+    choice: ServerChoice | None = getattr(args, "server_choice", None)
+    if choice is None:
+        choice = choose_server(getattr(args, "url", None), getattr(args, "token", None), url_source="--url")
+        args.server_choice = choice
+    return choice
+
+
 def _client(args: argparse.Namespace) -> Client:
     from .client import Client
 
-    return Client(url=getattr(args, "url", None), token=getattr(args, "token", None))
+    choice = _choose(args)
+    return Client(url=choice.url, token=choice.token)
 
 
 def default_name(path: str) -> str:
@@ -491,7 +558,10 @@ def _load_data(text: str | None) -> Any:
 
 def cmd_invoke(args: argparse.Namespace) -> int:
     event = _load_data(args.data)
-    r = _client(args).invoke(args.name, event, session=args.session)
+    client = _client(args)
+    if args.verbose:
+        print(f"server: {_choose(args).describe()}", file=sys.stderr)
+    r = client.invoke(args.name, event, session=args.session)
     if args.verbose:
         print(f"HTTP {r.status}", file=sys.stderr)
         for key in sorted(r.headers, key=str.lower):
@@ -907,7 +977,10 @@ def _connection_options(required: bool = False) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     default = None if required else argparse.SUPPRESS
     g = p.add_argument_group("server")
-    g.add_argument("--url", default=default, help="the server's base URL (default: $FUNCTIONAI_URL, else the newest running Jupyter server)")
+    g.add_argument(
+        "--url", default=default,
+        help="the server's base URL (default: $FUNCTIONAI_URL, else $FUNCTIONAI_PARENT_URL, else the one running Jupyter server with functionai)",
+    )
     g.add_argument("--token", default=default, help="its token (default: $FUNCTIONAI_TOKEN, else the token in its runtime file)")
     return p
 
@@ -1193,16 +1266,23 @@ def exit_code(exc: BaseException) -> int:
     return EXIT_FAILED
 
 
-def report(command: str, exc: BaseException) -> None:
+def report(command: str, exc: BaseException, server: ServerChoice | None = None) -> None:
+    """An error on stderr; ``server``: the server the command talked to (named)."""
     from .errors import FunctionAIError
 
+    at = f" [server {server.describe()}]" if server is not None else ""
     if not isinstance(exc, FunctionAIError):
-        print(f"functionai: {command} failed ({type(exc).__name__}): {exc}", file=sys.stderr)
+        print(f"functionai: {command} failed ({type(exc).__name__}): {exc}{at}", file=sys.stderr)
         return
-    if exc.kind in ("no_server", "unauthorized"):
-        print(f"functionai: error: {exc}", file=sys.stderr)
+    if exc.kind in ("no_server", "ambiguous_server", "unauthorized"):
+        text = str(exc)
+        if server is not None and server.url not in text:
+            text += at
+        elif server is not None:
+            text += f" [chosen by {server.source}]"
+        print(f"functionai: error: {text}", file=sys.stderr)
         return
-    print(f"functionai: {command} failed ({exc.kind}): {exc}", file=sys.stderr)
+    print(f"functionai: {command} failed ({exc.kind}): {exc}{at}", file=sys.stderr)
     tb = exc.details.get("traceback")
     if tb:
         print(str(tb).rstrip("\n"), file=sys.stderr)
@@ -1242,7 +1322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `functionai logs f | head`
         return EXIT_OK
     except Exception as exc:
-        report(command, exc)
+        report(command, exc, getattr(args, "server_choice", None))
         return exit_code(exc)
 
 

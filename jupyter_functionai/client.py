@@ -15,8 +15,16 @@ Jupyter Server with the extension enabled).
 1. the ``url`` / ``token`` arguments;
 2. the environment variables ``FUNCTIONAI_URL`` / ``FUNCTIONAI_TOKEN``;
 3. the runtime files of running Jupyter servers
-   (``jupyter_server.serverapp.list_running_servers()``), newest first: the
-   first whose ``/functionai/api/health`` answers is used.
+   (``jupyter_server.serverapp.list_running_servers()``): the one server
+   whose ``/functionai/api/health`` answers is used.  With several such
+   servers nothing is guessed: :class:`AmbiguousServer` lists them (URL, pid,
+   root dir) and says how to pick one.
+
+The ``functionai`` command and the notebook surfaces (``connect``) put one
+more step between 2 and 3: ``FUNCTIONAI_PARENT_URL`` /
+``FUNCTIONAI_PARENT_TOKEN``, the server that started this kernel or terminal
+(see :func:`choose_server`).  ``client.source`` says which step chose the
+server.
 
 A URL given without a token takes the token of the running server with that
 URL, if there is one.  When nothing is found, :class:`NoServer` says how to
@@ -66,6 +74,7 @@ from .spec import FunctionSpec
 
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "AmbiguousServer",
     "AsyncClient",
     "BadResponse",
     "Client",
@@ -73,7 +82,9 @@ __all__ = [
     "InvokeResponse",
     "NoServer",
     "RequestTimeout",
+    "ServerChoice",
     "Unauthorized",
+    "choose_server",
 ]
 
 TASK_FINAL_STATES = ("succeeded", "failed", "cancelled", "timed_out")
@@ -98,6 +109,7 @@ MCP_ADD_WAIT = 600.0
 #: the call statistics the server adds to each tool of ``mcp_server(name)["tools"]``
 TOOL_STATS = ("calls", "errors", "p50_ms", "p95_ms", "last_called_at", "last_error")
 HOW_TO_START = "start one with `functionai serve` or set FUNCTIONAI_URL and FUNCTIONAI_TOKEN"
+HOW_TO_PICK = "pick one with --url URL --token TOKEN, or export FUNCTIONAI_URL=URL FUNCTIONAI_TOKEN=TOKEN"
 
 
 # -- errors of the client itself -----------------------------------------------------------
@@ -115,6 +127,13 @@ class NoServer(ClientError, ConnectionError):
 
     kind = "no_server"
     status = 503
+
+
+class AmbiguousServer(NoServer):
+    """Several running Jupyter servers have the functionai extension and none was named."""
+
+    kind = "ambiguous_server"
+    status = 409
 
 
 class Unauthorized(ClientError, PermissionError):
@@ -246,6 +265,63 @@ def _running_servers() -> list[dict[str, Any]]:
     return [info for _, info in found]
 
 
+def _server_line(info: dict[str, Any]) -> str:
+    return f"{_normalise_url(str(info['url']))}  pid {info.get('pid', '?')}  root {info.get('root_dir') or info.get('notebook_dir') or '?'}"
+
+
+def _ambiguous(found: list[dict[str, Any]]) -> AmbiguousServer:
+    lines = "\n".join(f"  {_server_line(info)}" for info in found)
+    return AmbiguousServer(f"{len(found)} running Jupyter servers have the functionai extension; {HOW_TO_PICK}:\n{lines}")
+
+
+def _only_server(found: list[dict[str, Any]], tried: list[str]) -> tuple[str, str, str]:
+    """URL, token and source of the one running functionai server in ``found``."""
+    if len(found) > 1:
+        raise _ambiguous(found)
+    if not found:
+        where = f" (tried {', '.join(tried)})" if tried else ""
+        raise NoServer(f"no running functionai server found{where}: {HOW_TO_START}")
+    info = found[0]
+    return _normalise_url(str(info["url"])), str(info.get("token") or ""), f"the only running Jupyter server with functionai (pid {info.get('pid', '?')}, root {info.get('root_dir') or '?'})"
+
+
+@dataclass(frozen=True)
+class ServerChoice:
+    """The server a command talks to, and why (``source``: ``"--url"``,
+    ``"FUNCTIONAI_URL"``, ``"FUNCTIONAI_PARENT_URL ..."`` or ``"the only
+    running Jupyter server ..."``)."""
+
+    url: str
+    token: str
+    source: str
+
+    def describe(self) -> str:
+        return f"{self.url} (chosen by {self.source})"
+
+
+def choose_server(url: str | None = None, token: str | None = None, *, url_source: str = "the url argument", parent: bool = True) -> ServerChoice:
+    """The server of the ``functionai`` command and the notebook surfaces, in
+    this order: ``url`` (and ``token``); ``FUNCTIONAI_URL`` (and
+    ``FUNCTIONAI_TOKEN``); with ``parent``, ``FUNCTIONAI_PARENT_URL`` (and
+    ``FUNCTIONAI_PARENT_TOKEN``: the server that started this kernel or
+    terminal exports them); else the one running Jupyter server whose
+    functionai API answers.  Several such servers raise
+    :class:`AmbiguousServer`, none :class:`NoServer`.  Blocking (it may probe
+    the running servers): in a coroutine, run it in a thread."""
+    explicit = url or os.environ.get(ENV_URL) or None
+    if explicit:
+        tok = token if token is not None else os.environ.get(ENV_TOKEN)
+        base = _normalise_url(explicit)
+        if tok is None:
+            tok = next((str(s.get("token") or "") for s in _running_servers() if _same_server(s["url"], base)), "")
+        return ServerChoice(base, tok, url_source if url else ENV_URL)
+    parent_url = os.environ.get(PARENT_URL) if parent else None
+    if parent_url:
+        return ServerChoice(_normalise_url(parent_url), os.environ.get(PARENT_TOKEN, "") if token is None else token, f"{PARENT_URL}, the Jupyter server that started this process")
+    found_url, found_token, source = Client()._discover()
+    return ServerChoice(found_url, found_token if token is None else token, source)
+
+
 def _error_from(resp: _Response, url: str) -> FunctionAIError:
     """The exception for a non-2xx answer."""
     data: Any = None
@@ -344,9 +420,6 @@ class _Base:
             return self.timeout + req.wait
         return DEFAULT_TIMEOUT if req.path.startswith("functionai/invoke/") else API_TIMEOUT + req.wait
 
-    def _no_server(self, tried: list[str]) -> NoServer:
-        where = f" (tried {', '.join(tried)})" if tried else ""
-        return NoServer(f"no running functionai server found{where}: {HOW_TO_START}")
 
     # -- routes: each returns a request and how to read its answer --------------------------
 
@@ -545,14 +618,9 @@ class Client(_Base):
         except OSError as exc:
             raise NoServer(f"no running functionai server found at {base} ({exc}): {HOW_TO_START}") from None
 
-    def _resolve(self) -> tuple[str, str | None]:
-        if self._url is not None:
-            return self._url, self._token
-        explicit = self._explicit()
-        if explicit is not None:
-            self._url, self._token = explicit
-            return explicit
-        tried = []
+    def _discover(self) -> tuple[str, str, str]:
+        """The one running Jupyter server whose functionai API answers."""
+        tried, found = [], []
         for info in _running_servers():
             url, token = _normalise_url(info["url"]), str(info.get("token") or "")
             tried.append(url)
@@ -561,9 +629,18 @@ class Client(_Base):
             except ClientError:
                 continue
             if resp.status == 200:
-                self._url, self._token = url, token
-                return url, token
-        raise self._no_server(tried)
+                found.append(info)
+        return _only_server(found, tried)
+
+    def _resolve(self) -> tuple[str, str | None]:
+        if self._url is not None:
+            return self._url, self._token
+        explicit = self._explicit()
+        if explicit is not None:
+            self._url, self._token = explicit
+            return explicit
+        self._url, self._token, _ = self._discover()
+        return self._url, self._token
 
     @property
     def url(self) -> str:
@@ -853,7 +930,7 @@ class AsyncClient(_Base):
         if explicit is not None:
             self._url, self._token = explicit
             return explicit
-        tried = []
+        tried, found = [], []
         for info in _running_servers():
             url, token = _normalise_url(info["url"]), str(info.get("token") or "")
             tried.append(url)
@@ -862,9 +939,9 @@ class AsyncClient(_Base):
             except ClientError:
                 continue
             if resp.status == 200:
-                self._url, self._token = url, token
-                return url, token
-        raise self._no_server(tried)
+                found.append(info)
+        self._url, self._token, _ = _only_server(found, tried)
+        return self._url, self._token
 
     async def get_url(self) -> str:
         """The server's base URL (found on first use)."""

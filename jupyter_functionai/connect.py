@@ -2,44 +2,61 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-from .client import ENV_URL, PARENT_TOKEN, PARENT_URL, Client, ClientError, NoServer
+from .client import (
+    ENV_URL,
+    PARENT_URL,
+    AmbiguousServer,
+    Client,
+    ClientError,
+    NoServer,
+    ServerChoice,
+    choose_server,
+)
 
 _EMBEDDED: Any = None
 
 
+def _choice(parent: bool = True) -> ServerChoice | None:
+    try:
+        return choose_server(parent=parent)
+    except AmbiguousServer:
+        raise  # several servers and none named: guessing would pick the wrong one
+    except NoServer:
+        return None
+
+
 def connect(announce: Any = print) -> Any:
     """The server that notebook surfaces (magics, panels, sandbox kernels) talk
-    to, in this order, and ``announce`` says which:
+    to, in the order of the ``functionai`` command (:func:`choose_server`),
+    and ``announce`` says which:
 
-    1. the Jupyter server that started this process (``FUNCTIONAI_PARENT_URL``,
-       set by the server extension for its kernels and terminals);
-    2. ``FUNCTIONAI_URL`` / ``FUNCTIONAI_TOKEN``, else the running servers;
-    3. an embedded runtime in this process (``EmbeddedClient``).
+    1. ``FUNCTIONAI_URL`` / ``FUNCTIONAI_TOKEN``;
+    2. the Jupyter server that started this process (``FUNCTIONAI_PARENT_URL``,
+       set by the server extension for its kernels and terminals), if it
+       answers;
+    3. the one running Jupyter server with the extension (several raise
+       :class:`AmbiguousServer`, which lists them);
+    4. else an embedded runtime in this process (``EmbeddedClient``).
 
     The result has ``.source``, a short phrase naming the choice.
     """
     global _EMBEDDED
-    parent = os.environ.get(PARENT_URL)
-    if parent:
-        client = Client(parent, os.environ.get(PARENT_TOKEN, ""))
+    choice = _choice()
+    if choice is not None and choice.source.startswith(PARENT_URL):
+        client = Client(choice.url, choice.token)
         try:
             client.health()
         except ClientError:
-            pass
+            choice = _choice(parent=False)  # it is gone: look further
         else:
             client.source = f"the Jupyter server that started this kernel ({client.url})"
             return client
-    client = Client()
-    try:
-        url = client.url
-    except NoServer:
-        pass
-    else:
-        how = "FUNCTIONAI_URL" if os.environ.get(ENV_URL) else "a running Jupyter server"
-        client.source = f"{how} ({url})"
+    if choice is not None:
+        client = Client(choice.url, choice.token)
+        how = ENV_URL if choice.source == ENV_URL else "a running Jupyter server"
+        client.source = f"{how} ({choice.url})"
         return client
     from .embedded import shared_client  # (a Runtime: imported only when needed)
 

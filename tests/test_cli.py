@@ -171,3 +171,24 @@ def test_bench_density_small_run(tmp_path: Path) -> None:
         assert r["total_mb"] > 0
     for st in ("after-call", "opened"):
         assert f"Goal: 1,000 idle isolated sessions at <= 5 MB USS each, sessions {st}: NOT RUN" in p.stdout
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["serve"], "False"),
+        (["serve", "--no-browser"], "False"),
+        (["serve", "--browser"], "True"),
+        (["serve", "--no-browser", "--browser"], "True"),
+        (["lab"], "True"),
+        (["lab", "--browser"], "True"),
+        (["lab", "--no-browser"], "False"),
+        (["lab", "--browser", "--no-browser"], "False"),
+    ],
+)
+def test_serve_argv_gives_open_browser_exactly_once(argv: list[str], expected: str) -> None:
+    """Jupyter refuses a repeated option (``open_browser only accepts one value``)."""
+    args, extra = cli.build_parser().parse_known_args(argv)
+    out = cli.serve_argv(args, extra)
+    assert [a for a in out if "open_browser" in a] == [f"--ServerApp.open_browser={expected}"]
+    assert len(out) == len(set(out))

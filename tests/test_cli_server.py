@@ -244,6 +244,7 @@ def test_deploy_ls_versions_rollback(server: Server, tmp_path: Path) -> None:
     assert ok(cli(server, "delete", "ver")).stdout.strip() == "deleted ver"
     p = cli(server, "invoke", "ver")
     assert p.returncode == 1 and "invoke failed (not_found)" in p.stderr
+    assert f"[server {server.url}/ (chosen by FUNCTIONAI_URL)]" in p.stderr  # the error names the server
 
 
 def test_invalid_spec_fails_before_the_request(server: Server, tmp_path: Path) -> None:
@@ -277,7 +278,7 @@ def test_invoke_session_affinity_and_headers(server: Server, echo: str) -> None:
     assert hb["X-Functionai-Instance-Id"] != h1["X-Functionai-Instance-Id"]
     assert re.fullmatch(r"(warm-pool|template-fork|fresh);ms=[0-9.]+", h1["X-Functionai-Cold-Start"])
     assert "X-Functionai-Cold-Start" not in h2
-    assert a1.stderr.startswith("HTTP 200\n")
+    assert a1.stderr.startswith(f"server: {server.url}/ (chosen by FUNCTIONAI_URL)\nHTTP 200\n")
     # without --verbose, stderr stays empty
     assert ok(cli(server, "invoke", echo, "--session", "aff-A")).stderr == ""
 
@@ -501,3 +502,105 @@ def test_lab_main_job_serves_jupyterlab_with_the_example_deployed(tmp_path: Path
         assert [f["active_version"] for f in json.loads(ok(cli(again, "ls", "--json")).stdout)] == [1]
     finally:
         stop_server(again)
+
+
+# -- which server: --url, FUNCTIONAI_URL, FUNCTIONAI_PARENT_URL, the one running server -------------
+
+
+def test_serve_prints_the_export_line_once(server: Server) -> None:
+    line = f"export FUNCTIONAI_URL={server.url.replace('127.0.0.1', 'localhost')} FUNCTIONAI_TOKEN={server.token}"
+    wait_until(lambda: "export FUNCTIONAI_URL=" in server.log, 30, "the export line")
+    exports = [ln for ln in server.log.splitlines() if ln.startswith("export FUNCTIONAI_URL=")]
+    assert len(exports) == 1, exports
+    url = re.fullmatch(r"export FUNCTIONAI_URL=(\S+) FUNCTIONAI_TOKEN=(\S+)", exports[0])
+    assert url is not None and url[2] == server.token, (exports, line)
+    assert url[1].rsplit(":", 1)[1] == server.url.rsplit(":", 1)[1]
+    # what it says works: a client with only these two variables
+    env = {**base_env(server.home / "elsewhere"), "FUNCTIONAI_URL": url[1], "FUNCTIONAI_TOKEN": url[2]}
+    assert json.loads(ok(cli(None, "health", "--json", env=env)).stdout)["status"] == "ok"
+
+
+def test_serve_with_browser_starts(tmp_path: Path) -> None:
+    """``--browser`` used to give Jupyter open_browser twice, which it refuses.
+    BROWSER=true (the POSIX command) makes Python's webbrowser "open" nothing."""
+    srv = start_server(tmp_path / "home", tmp_path / "data", env={"BROWSER": "true"}, args=("--browser",))
+    try:
+        assert "open_browser only accepts one value" not in srv.log
+        wait_until(lambda: "export FUNCTIONAI_URL=" in srv.log, 30, "the export line")
+    finally:
+        stop_server(srv)
+
+
+@pytest.fixture(scope="module")
+def two_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Server, Path]]:
+    """Two servers writing their runtime files to one JUPYTER_RUNTIME_DIR (the
+    home of a client that names neither)."""
+    root = tmp_path_factory.mktemp("two")
+    shared = root / "client"
+    base_env(shared)
+    runtime = {"JUPYTER_RUNTIME_DIR": str(shared / "runtime")}
+    a = start_server(root / "a", root / "a-data", env=runtime)
+    try:
+        b = start_server(root / "b", root / "b-data", env=runtime)
+    except BaseException:
+        stop_server(a)
+        raise
+    try:
+        yield a, b, shared
+    finally:
+        stop_server(b)
+        stop_server(a)
+
+
+def _data_dir(p: subprocess.CompletedProcess[str]) -> str:
+    return str(json.loads(ok(p).stdout)["data_dir"])
+
+
+def test_several_servers_are_refused_and_listed(two_servers: tuple[Server, Server, Path]) -> None:
+    a, b, shared = two_servers
+    p = cli(None, "invoke", "agent-memory", "--session", "alice", env=base_env(shared))
+    assert p.returncode == 2 and p.stdout == ""
+    assert p.stderr.startswith("functionai: error: 2 running Jupyter servers have the functionai extension; ")
+    assert "--url" in p.stderr and "FUNCTIONAI_URL" in p.stderr
+    for srv in (a, b):
+        port = srv.url.rsplit(":", 1)[1]
+        assert re.search(rf"^  http://\S+:{port}/  pid {srv.proc.pid}  root {re.escape(str(srv.home))}$", p.stderr, re.M), p.stderr
+
+
+def test_url_and_functionai_url_pick_one(two_servers: tuple[Server, Server, Path]) -> None:
+    a, b, shared = two_servers
+    env = base_env(shared)
+    # --url without a token takes the token of that server's runtime file
+    assert _data_dir(cli(None, "--url", a.url, "health", "--json", env=env)) == str(a.data_dir)
+    assert _data_dir(cli(None, "health", "--json", "--url", b.url, "--token", b.token, env=env)) == str(b.data_dir)
+    assert _data_dir(cli(None, "health", "--json", env={**env, "FUNCTIONAI_URL": b.url})) == str(b.data_dir)
+    # --url wins over FUNCTIONAI_URL, which wins over the parent
+    both = {**env, "FUNCTIONAI_URL": b.url, "FUNCTIONAI_PARENT_URL": a.url, "FUNCTIONAI_PARENT_TOKEN": a.token}
+    assert _data_dir(cli(None, "health", "--json", env=both)) == str(b.data_dir)
+    assert _data_dir(cli(None, "health", "--json", "--url", a.url, env={**env, "FUNCTIONAI_URL": b.url})) == str(a.data_dir)
+
+
+def test_parent_url_picks_the_server_that_started_the_terminal(two_servers: tuple[Server, Server, Path]) -> None:
+    _a, b, shared = two_servers
+    env = {**base_env(shared), "FUNCTIONAI_PARENT_URL": b.url, "FUNCTIONAI_PARENT_TOKEN": b.token}
+    assert _data_dir(cli(None, "health", "--json", env=env)) == str(b.data_dir)
+    p = ok(cli(None, "health", env=env))
+    assert p.stdout.startswith(f"{b.url}/: ok")
+
+
+def test_errors_and_verbose_name_the_server(two_servers: tuple[Server, Server, Path], tmp_path: Path) -> None:
+    a, b, shared = two_servers
+    env = base_env(shared)
+    p = cli(None, "invoke", "agent-memory", "--session", "nobody-here", "--url", a.url, env=env)
+    assert p.returncode == 1
+    assert "invoke failed (not_found): " in p.stderr and f"[server {a.url}/ (chosen by --url)]" in p.stderr
+    p = cli(None, "invoke", "agent-memory", env={**env, "FUNCTIONAI_PARENT_URL": b.url, "FUNCTIONAI_PARENT_TOKEN": b.token})
+    assert p.returncode == 1 and f"[server {b.url}/ (chosen by FUNCTIONAI_PARENT_URL, " in p.stderr
+    p = cli(None, "ls", "--url", b.url, "--token", "wrong", env=env)
+    assert p.returncode == 2 and "rejected the credentials" in p.stderr and b.url in p.stderr and "[chosen by --url]" in p.stderr
+    src = tmp_path / "hello.py"
+    src.write_text("def handler(event, ctx):\n    return 'hi'\n")
+    ok(cli(None, "deploy", str(src), "--url", b.url, env=env))
+    p = ok(cli(None, "invoke", "hello", "--session", "verbose-hello", "--verbose", env={**env, "FUNCTIONAI_URL": b.url}))
+    assert p.stderr.startswith(f"server: {b.url}/ (chosen by FUNCTIONAI_URL)\nHTTP 200\n")
+    assert json.loads(p.stdout) == "hi"
