@@ -125,6 +125,23 @@ class SessionClosed(FunctionAIError):
     status = 404  # a closed session is gone: the gateway answers as for an unknown one
 
 
+class SchemaError(FunctionAIError):
+    """The store's database cannot be brought to this code's schema version
+    (a migration step failed, or its version record is damaged); ``step``
+    names the failing step when there is one."""
+
+    kind = "schema_error"
+    status = 500
+
+
+class SchemaTooNew(SchemaError):
+    """The database was written by a newer release (its schema version is
+    higher than this code knows); it is left untouched."""
+
+    kind = "schema_too_new"
+    status = 500
+
+
 _BY_KIND: dict[str, type[FunctionAIError]] = {
     c.kind: c
     for c in (
@@ -141,6 +158,8 @@ _BY_KIND: dict[str, type[FunctionAIError]] = {
         InstanceCrashed,
         NoCapacity,
         SessionClosed,
+        SchemaError,
+        SchemaTooNew,
     )
 }
 
@@ -158,6 +177,8 @@ __all__ = [
     "NotFound",
     "OutOfMemory",
     "PayloadTooLarge",
+    "SchemaError",
+    "SchemaTooNew",
     "SessionClosed",
     "UserError",
 ]

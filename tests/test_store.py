@@ -1,4 +1,4 @@
-"""The SQLAlchemy Core store: functions, sessions, uids, instances, timings, logs."""
+"""The SQLAlchemy Core store: functions, sessions, instances, timings, logs."""
 
 from __future__ import annotations
 
@@ -88,6 +88,7 @@ def test_indexes_exist(store: Store) -> None:
         "ix_invocations_function",
         "ix_invocations_session_id",
         "ix_coldstarts_function",
+        "ix_tasks_seq",
     ):
         assert expected in names
 
@@ -164,8 +165,6 @@ def test_not_found_messages(store: Store) -> None:
     with pytest.raises(NotFound, match="session 'nope' not found"):
         store.update_session("nope", status="active")
     with pytest.raises(NotFound, match="instance 'nope' not found"):
-        store.get_instance("nope")
-    with pytest.raises(NotFound, match="instance 'nope' not found"):
         store.update_instance("nope", status="stopped")
     assert store.get_function("echo")["version"] == 1  # the failed rollback changed nothing
 
@@ -188,13 +187,13 @@ def test_delete_function_keeps_history_rows(store: Store) -> None:
     store.create_session("s1", "echo", 2, None, "/w", 9e9)
     store.add_instance("i1", "echo", 2, "process", "full", 1, {}, "s1", 1.0)
     store.add_coldstart("i1", "echo", 2, "full", 1.0, 2.0)
-    store.log_invocation("c1", "echo", 2, "s1", "i1", 1.0, 3.0, "ok", None, 1, 2)
+    store.log_invocations([_inv(1, function="echo", version=2)])
     store.delete_function("echo")
     assert store.list_functions() == []
     with pytest.raises(NotFound):
         store.get_function("echo")
     assert store.get_session("s1")["function"] == "echo"
-    assert store.get_instance("i1")["function"] == "echo"
+    assert [i["function"] for i in store.list_instances()] == ["echo"]
     assert len(store.list_coldstarts("echo")) == 1
     assert len(store.list_invocations("echo")) == 1
     # A redeploy starts again at version 1.
@@ -292,78 +291,11 @@ def test_list_sessions_newest_first_and_filters(store: Store) -> None:
     assert store.list_sessions(function="nobody") == []
 
 
-# --------------------------------------------------------------------------- uids
-
-
-def test_allocate_uid_cycles_and_skips_live_sessions(store: Store) -> None:
-    first = store.allocate_uid(20000, 4)
-    assert first == 20000
-    store.create_session("s0", "f", 1, first, "/w", 1.0)
-    second = store.allocate_uid(20000, 4)
-    assert second == 20001
-    store.create_session("s1", "f", 1, second, "/w", 1.0)
-    # Cycling: does not restart at the lowest free uid.
-    store.update_session("s0", status="closed")
-    third = store.allocate_uid(20000, 4)
-    assert third == 20002
-    store.create_session("s2", "f", 1, third, "/w", 1.0)
-    fourth = store.allocate_uid(20000, 4)
-    assert fourth == 20003
-    store.create_session("s3", "f", 1, fourth, "/w", 1.0)
-    # Wraps around and skips s1 (live), s2, s3, landing on s0's freed uid.
-    assert store.allocate_uid(20000, 4) == 20000
-
-
-def test_allocate_uid_never_returns_live_uid(store: Store) -> None:
-    live: set[int] = set()
-    for i in range(40):
-        uid = store.allocate_uid(500, 8)
-        assert 500 <= uid < 508
-        assert uid not in live
-        store.create_session(f"s{i}", "f", 1, uid, "/w", 1.0)
-        live.add(uid)
-        if len(live) == 8:
-            # Free two, one closed and one expired; the rest stay live.
-            for sid, status in ((f"s{i}", "closed"), (f"s{i - 3}", "expired")):
-                row = store.get_session(sid)
-                if row["uid"] in live:
-                    store.update_session(sid, status=status)
-                    live.discard(row["uid"])
-            live = {s["uid"] for s in store.list_sessions(status=["new", "active", "paused"])}
-
-
-def test_allocate_uid_exhausted_is_conflict(store: Store) -> None:
-    for i in range(3):
-        store.create_session(f"s{i}", "f", 1, store.allocate_uid(10, 3), "/w", 1.0)
-    with pytest.raises(Conflict, match="no free session uid"):
-        store.allocate_uid(10, 3)
-    store.update_session("s1", status="expired")
-    assert store.allocate_uid(10, 3) == 11
-
-
-def test_allocate_uid_survives_reopen(store: Store, reopen: Callable[[], Store]) -> None:
-    a = store.allocate_uid(1000, 10)
-    store.create_session("s-a", "f", 1, a, "/w", 1.0)
-    b = store.allocate_uid(1000, 10)
-    store.create_session("s-b", "f", 1, b, "/w", 1.0)
-    store.update_session("s-a", status="closed")  # a is free again but recently used
-    store.close()
-    again = reopen()
-    c = again.allocate_uid(1000, 10)
-    assert c not in (a, b)
-    assert c == b + 1
-
-
-def test_allocate_uid_rejects_bad_ranges(store: Store) -> None:
-    with pytest.raises(InvalidArgument):
-        store.allocate_uid(-1, 5)
-    with pytest.raises(InvalidArgument):
-        store.allocate_uid(10, 0)
-    with pytest.raises(InvalidArgument):
-        store.allocate_uid(True, 5)  # type: ignore[arg-type]
-
-
 # --------------------------------------------------------------------------- instances
+
+
+def _instance(store: Store, id: str) -> dict[str, Any]:
+    return next(i for i in store.list_instances() if i["id"] == id)
 
 
 def test_instances(store: Store) -> None:
@@ -371,7 +303,7 @@ def test_instances(store: Store) -> None:
     store.add_instance("i1", "echo", 1, "process", "template-fork", 4242, iso, "s1", 10.0)
     store.add_instance("i2", "echo", 1, "process", "full", None, {}, None, 12.0)
     store.add_instance("i3", "other", 2, "ray", "warm-pool", 7, {}, None, 11.0)
-    row = store.get_instance("i1")
+    row = _instance(store, "i1")
     assert row == {
         "id": "i1",
         "function": "echo",
@@ -392,15 +324,15 @@ def test_instances(store: Store) -> None:
     store.update_instance("i2", isolation={"mount": True}, session_id="s2")
     assert [i["id"] for i in store.list_instances(status="running")] == ["i2", "i3"]
     assert [i["id"] for i in store.list_instances("echo", "stopped")] == ["i1"]
-    stopped = store.get_instance("i1")
+    stopped = _instance(store, "i1")
     assert (stopped["status"], stopped["stopped_at"], stopped["exit_reason"]) == (
         "stopped",
         20.0,
         "idle",
     )
     assert stopped["pid"] is None
-    assert store.get_instance("i2")["isolation"] == {"mount": True}
-    assert store.get_instance("i2")["session_id"] == "s2"
+    assert _instance(store, "i2")["isolation"] == {"mount": True}
+    assert _instance(store, "i2")["session_id"] == "s2"
     with pytest.raises(ValueError, match="backend"):
         store.update_instance("i1", backend="docker")
     with pytest.raises(Conflict):
@@ -432,14 +364,9 @@ def test_coldstarts(store: Store, clock: FakeClock) -> None:
     assert [r["instance_id"] for r in store.list_coldstarts("echo")] == ["i2", "i1"]
     assert [r["instance_id"] for r in store.list_coldstarts(limit=2)] == ["i4", "i2"]
 
-    store.set_first_call("i1", 7.5, session_id="s1")
-    store.set_first_call("i2", 3.0)
-    by_id = {r["instance_id"]: r for r in store.list_coldstarts()}
-    assert (by_id["i1"]["first_call_ms"], by_id["i1"]["session_id"]) == (7.5, "s1")
-    assert (by_id["i2"]["first_call_ms"], by_id["i2"]["session_id"]) == (3.0, "s2")
-    assert by_id["i1"]["spawn_ms"] == 50.0 and by_id["i1"]["init_ms"] == 120.0
-    with pytest.raises(NotFound, match="i9"):
-        store.set_first_call("i9", 1.0)
+    assert store.coldstart_of("i3") == {"path": "warm-pool", "spawn_ms": 0.1, "init_ms": 0.0, "first_call_ms": 1.0}
+    assert store.coldstart_of("i1") == {"path": "full", "spawn_ms": 50.0, "init_ms": 120.0, "first_call_ms": None}
+    assert store.coldstart_of("i9") is None
 
 
 # --------------------------------------------------------------------------- invocations
@@ -464,10 +391,10 @@ def _inv(i: int, **over: Any) -> dict[str, Any]:
     return row
 
 
-def test_log_invocation_and_list(store: Store) -> None:
-    store.log_invocation(**_inv(1))
-    store.log_invocation(**{k: v for k, v in _inv(2, outcome="error").items() if k != "logs"})
-    store.log_invocation(**_inv(3, function="other", error_kind="timeout", outcome="error"))
+def test_log_invocations_and_list(store: Store) -> None:
+    store.log_invocations([_inv(1)])
+    store.log_invocations([{k: v for k, v in _inv(2, outcome="error").items() if k != "logs"}])
+    store.log_invocations([_inv(3, function="other", error_kind="timeout", outcome="error")])
     rows = store.list_invocations()
     assert [r["id"] for r in rows] == ["call-3", "call-2", "call-1"]
     assert rows[2] == {**_inv(1)}
@@ -477,7 +404,7 @@ def test_log_invocation_and_list(store: Store) -> None:
     assert [r["id"] for r in store.list_invocations("echo", "s1")] == ["call-1"]
     assert [r["id"] for r in store.list_invocations(limit=1)] == ["call-3"]
     with pytest.raises(Conflict):
-        store.log_invocation(**_inv(1))
+        store.log_invocations([_inv(1)])
 
 
 def test_log_invocations_batch(store: Store) -> None:
@@ -514,7 +441,7 @@ def test_concurrent_writers(db_path: Path) -> None:
             barrier.wait(timeout=10)
             for i in range(20):
                 s.deploy("shared", {"tag": tag, "i": i}, None)
-                s.create_session(f"{tag}-{i}", "shared", 1, s.allocate_uid(0, 1000), "/w", 1.0)
+                s.create_session(f"{tag}-{i}", "shared", 1, (0 if tag == "da" else 100) + i, "/w", 1.0)
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -547,8 +474,32 @@ def test_concurrent_writers(db_path: Path) -> None:
         assert len(a.list_invocations(limit=10_000)) == 2 * 20 * 5
         uids = [s["uid"] for s in a.list_sessions() if s["uid"] is not None]
         assert len(uids) == 40
-        assert len(set(uids)) == 40  # no live uid handed out twice
+        assert len(set(uids)) == 40  # every session row landed
         assert a.get_session("la-seed")["calls"] == 19
     finally:
         a.close()
         b.close()
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def _task(id: str, seq: int, state: str = "succeeded", finished_at: float | None = 10.0) -> dict[str, Any]:
+    return {"id": id, "seq": seq, "function": "notebook-run", "event": "{}", "state": state, "attempts": 1, "options": "{}",
+            "created_at": 1.0, "run_after": 1.0, "finished_at": finished_at}
+
+
+def test_deleting_and_pruning_runs_take_their_task_and_attempts(store: Store) -> None:
+    for i, state in enumerate(("succeeded", "failed", "running"), start=1):
+        store.insert_run(_task(f"t{i}", i, state, None if state == "running" else 10.0), {"id": f"t{i}", "notebook": "a.ipynb", "tags": ["x"], "created_at": 1.0})
+        store.write_tasks([("attempt_new", {"task_id": f"t{i}", "attempt": 1, "started_at": 1.0})])
+    assert [r["id"] for r in store.list_runs()] == ["t3", "t2", "t1"]
+    store.delete_run("t1")
+    assert [r["id"] for r in store.list_runs()] == ["t3", "t2"]
+    with pytest.raises(NotFound):
+        store.get_task("t1")
+    assert store.prune_tasks({}, other=20.0) == 1  # t2 finished before the cut; t3 still runs
+    assert [r["id"] for r in store.list_runs()] == ["t3"]
+    assert store.get_run("t2") is None
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT task_id FROM task_attempts").fetchall() == [("t3",)]
