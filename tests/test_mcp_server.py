@@ -420,10 +420,21 @@ async def test_unauthenticated_and_wrongly_scoped_requests_are_refused(server: S
     with pytest.raises(NotFound):
         fai.create_key("mcp:nosuch")
     async with httpx2.AsyncClient(timeout=30) as http:
-        for auth in (None, "token wrong", "Bearer wrong", f"Bearer {other['key']}", f"Bearer {fn_key['key']}", f"Bearer {own['key'][:-3]}xyz"):
+        # no or a wrong credential: 401 with the challenge MCP clients start their auth flow from;
+        # a valid key for something else: 403
+        for auth, status, kind in (
+            (None, 401, "unauthorized"),
+            ("token wrong", 401, "unauthorized"),
+            ("Bearer wrong", 401, "unauthorized"),
+            (f"Bearer {own['key'][:-3]}xyz", 401, "unauthorized"),
+            (f"Bearer {other['key']}", 403, "forbidden"),
+            (f"Bearer {fn_key['key']}", 403, "forbidden"),
+        ):
             headers = {**ACCEPT, **({"Authorization": auth} if auth else {})}
             r = await http.post(url, json=INIT, headers=headers)
-            assert r.status_code in (401, 403), (auth, r.status_code, r.text)
+            assert r.status_code == status, (auth, r.status_code, r.text)
+            assert r.json()["error"]["kind"] == kind and r.json()["jsonrpc"] == "2.0", r.text
+            assert r.headers.get("www-authenticate", "").startswith('Bearer realm="functionai"') == (status == 401), r.headers
             assert "mcp-session-id" not in r.headers
         # the right key works through the official client, and opens nothing else
         async with mcp_client(url, f"Bearer {own['key']}") as c:
@@ -432,7 +443,7 @@ async def test_unauthenticated_and_wrongly_scoped_requests_are_refused(server: S
         keyed = httpx2.AsyncClient(headers={"Authorization": f"Bearer {own['key']}"}, timeout=30)
         async with keyed:
             sid = await raw_session(keyed, url)
-            assert (await raw_call(http, url, sid, "add", {"a": 1})).status_code in (401, 403)  # no credentials
+            assert (await raw_call(http, url, sid, "add", {"a": 1})).status_code == 401  # no credentials
             theirs = await http.post(url, json={"jsonrpc": "2.0", "id": 3, "method": "ping"},
                                      headers={**ACCEPT, "Mcp-Session-Id": sid, "Authorization": bearer(server)})
             assert theirs.status_code == 404

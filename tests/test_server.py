@@ -111,13 +111,13 @@ async def test_gateway_assigns_a_session_and_honours_cookie_and_query(api):
     sid = first.headers["X-Functionai-Session-Id"]
     assert sid.startswith("s-")
     cookie = first.headers["Set-Cookie"]
-    assert f"functionai_session={sid}" in cookie and "HttpOnly" in cookie
-    by_cookie = await invoke(api, "echo", 2, Cookie=f"functionai_session={sid}")
+    assert f"functionai_session_echo={sid}" in cookie and "HttpOnly" in cookie and "Path=/a%40b/functionai/invoke/echo;" in cookie
+    by_cookie = await invoke(api, "echo", 2, Cookie=f"functionai_session_echo={sid}")
     assert by_cookie.headers["X-Functionai-Instance-Id"] == first.headers["X-Functionai-Instance-Id"]
     by_query = await api("functionai", "invoke", "echo", method="POST", body="3", params={"session": sid}, raw=True)
     assert json.loads(by_query.body)["n"] == 3
     # the header wins over the cookie
-    both = await invoke(api, "echo", 4, session="other", Cookie=f"functionai_session={sid}")
+    both = await invoke(api, "echo", 4, session="other", Cookie=f"functionai_session_echo={sid}")
     assert both.headers["X-Functionai-Session-Id"] == "other" and json.loads(both.body)["n"] == 1
 
 
@@ -281,3 +281,193 @@ async def test_browser_requests_need_the_xsrf_token(api, jp_http_port, jp_base_u
     assert no_xsrf.code == 403
     with_xsrf = await client.fetch(HTTPRequest(url, method="POST", body="1", headers={"Cookie": cookie_header, "X-XSRFToken": xsrf}), raise_error=False)
     assert with_xsrf.code == 200, with_xsrf.body
+
+
+# -- request bodies: refused from their size, before they are read ---------------------------------
+
+
+async def raw_post(port: int, path: str, headers: dict[str, str], body_sent: bytes, chunks: list[bytes] | None = None) -> tuple[int, dict[str, str], bytes, float]:
+    """A POST over a raw socket that sends only ``body_sent`` of what its
+    headers announce (or ``chunks`` in chunked encoding, stopping once the
+    answer is there); returns the status, the headers, the body and the
+    seconds until the answer came. The server must then close the connection."""
+    import asyncio
+
+    return await asyncio.to_thread(_raw_post, port, path, headers, body_sent, chunks)
+
+
+def _raw_post(port: int, path: str, headers: dict[str, str], body_sent: bytes, chunks: list[bytes] | None) -> tuple[int, dict[str, str], bytes, float]:
+    import select
+    import socket
+    import time
+
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    t0 = time.monotonic()
+    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+    try:
+        sock.sendall(head.encode() + body_sent)
+        for c in chunks or ():
+            if select.select([sock], [], [], 0)[0]:
+                break  # answered: send no more
+            sock.sendall(f"{len(c):x}\r\n".encode() + c + b"\r\n")
+    except OSError:
+        pass  # the server answered and closed: read the answer
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    elapsed = time.monotonic() - t0
+    head_bytes, _, body = data.partition(b"\r\n\r\n")
+    lines = head_bytes.decode().split("\r\n")
+    got = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    while len(body) < int(got.get("content-length", 0)):
+        body += sock.recv(65536)
+    try:
+        rest = sock.recv(65536)  # the server closes: it will not read the rest
+    except ConnectionResetError:
+        rest = b""
+    assert rest == b"" or "chunked" in headers.get("Transfer-Encoding", ""), rest[:200]
+    sock.close()
+    return int(lines[0].split()[1]), got, body, elapsed
+
+
+async def test_a_body_over_the_limit_is_refused_from_its_content_length(api, jp_http_port, jp_base_url, jp_auth_header):
+    await deploy(api, "echo", ECHO, limits={"max_payload_bytes": 100_000})
+    base = jp_base_url.rstrip("/")
+    auth = dict(jp_auth_header)
+    cases = [  # (path, declared length, the limit named)
+        (f"{base}/functionai/invoke/echo", 200 * 1024 * 1024, 100_000),  # the function's limit
+        (f"{base}/functionai/invoke/echo", 100_001, 100_000),
+        (f"{base}/functionai/api/functions", 200 * 1024 * 1024, 16 * 1024 * 1024),  # the API's
+        (f"{base}/functionai/mcp/kit/mcp", 200 * 1024 * 1024, 16 * 1024 * 1024),
+        (f"{base}/functionai/invoke/echo", 10 * 1024**3, 100_000),  # over the server's own max_body_size too
+    ]
+    for path, declared, limit in cases:
+        code, headers, body, elapsed = await raw_post(
+            jp_http_port, path, {**auth, "Content-Type": "application/json", "Content-Length": str(declared), "X-Functionai-Session-Id": "big"}, b'"' + b"x" * 1000
+        )
+        assert code == 413, (path, code, body)
+        err = json.loads(body)["error"]
+        assert err["kind"] == "payload_too_large" and f"{declared} bytes" in err["message"], err
+        assert (err["data"] if "/mcp/" in path else err)["limit"] == limit, err
+        assert elapsed < 5, elapsed
+        if "invoke" in path:
+            assert headers["x-functionai-session-id"] == "big"
+    # no credential: 401 first (the size of an unauthenticated body says nothing)
+    code, headers, body, _ = await raw_post(jp_http_port, f"{base}/functionai/invoke/echo", {"Content-Length": str(200 * 1024 * 1024)}, b"{}")
+    assert code == 401 and "www-authenticate" in headers
+    # the server is fine, and a body within the limit goes through
+    r = await invoke(api, "echo", "y" * 90_000, session="ok")
+    assert r.code == 200 and json.loads(r.body)["event"] == "y" * 90_000
+
+
+async def test_a_chunked_body_is_refused_once_it_passes_the_limit(api, jp_http_port, jp_base_url, jp_auth_header):
+    await deploy(api, "echo", ECHO, limits={"max_payload_bytes": 100_000})
+    path = f"{jp_base_url.rstrip('/')}/functionai/invoke/echo"
+    chunks = [b'"' + b"x" * 65_535] + [b"x" * 65_536] * 200  # ~13 MB if it were all read
+    code, _, body, _ = await raw_post(jp_http_port, path, {**dict(jp_auth_header), "Transfer-Encoding": "chunked"}, b"", chunks)
+    assert code == 413 and json.loads(body)["error"]["kind"] == "payload_too_large"
+    # within the limit, chunked works
+    small = json.dumps("z" * 1000).encode()
+    reader_code, _, body, _ = await raw_post(jp_http_port, path, {**dict(jp_auth_header), "Transfer-Encoding": "chunked", "Connection": "close"}, b"", [small[:500], small[500:], b""])
+    assert reader_code == 200 and json.loads(body)["event"] == "z" * 1000
+
+
+# -- session cookies are per function -------------------------------------------------------------
+
+
+class CookieJar:
+    """The browser's rules (``http.cookiejar``: path matching included) for tornado's client."""
+
+    def __init__(self) -> None:
+        import http.cookiejar
+
+        self.jar = http.cookiejar.CookieJar()
+
+    def header(self, url: str) -> dict[str, str]:
+        import urllib.request
+
+        req = urllib.request.Request(url)
+        self.jar.add_cookie_header(req)
+        cookie = req.get_header("Cookie")
+        return {"Cookie": cookie} if cookie else {}
+
+    def keep(self, url: str, response: Any) -> None:
+        import email.message
+        import urllib.request
+
+        msg = email.message.Message()
+        for value in response.headers.get_list("Set-Cookie"):
+            msg["Set-Cookie"] = value
+
+        class _Info:
+            def info(self) -> email.message.Message:
+                return msg
+
+        self.jar.extract_cookies(_Info(), urllib.request.Request(url))  # type: ignore[arg-type]
+
+
+async def test_a_browser_keeps_one_session_per_function(api, jp_http_port, jp_base_url, jp_auth_header):
+    await deploy(api, "echo", ECHO)
+    await deploy(api, "other", ECHO)
+    jar = CookieJar()
+    client = AsyncHTTPClient()
+    base = f"http://127.0.0.1:{jp_http_port}{jp_base_url.rstrip('/')}/functionai/invoke"
+
+    async def call(fn: str, event: Any) -> Any:
+        url = f"{base}/{fn}"
+        r = await client.fetch(HTTPRequest(url, method="POST", body=json.dumps(event), headers={**jp_auth_header, **jar.header(url)}), raise_error=False)
+        assert r.code == 200, (fn, r.code, r.body)
+        jar.keep(url, r)
+        return r
+
+    a1, b1, a2, b2 = await call("echo", 1), await call("other", 2), await call("echo", 3), await call("other", 4)
+    assert [json.loads(r.body)["n"] for r in (a1, b1, a2, b2)] == [1, 1, 2, 2]
+    sa, sb = a1.headers["X-Functionai-Session-Id"], b1.headers["X-Functionai-Session-Id"]
+    assert sa != sb and a2.headers["X-Functionai-Session-Id"] == sa and b2.headers["X-Functionai-Session-Id"] == sb
+    assert jar.header(f"{base}/echo") == {"Cookie": f"functionai_session_echo={sa}"}
+    assert jar.header(f"{base}/echo2") == {}  # path-scoped: not even to a function whose name starts alike
+
+
+async def test_the_old_server_wide_cookie_is_read_for_its_own_function_only(api):
+    await deploy(api, "echo", ECHO)
+    await deploy(api, "other", ECHO)
+    first = await invoke(api, "echo", 1, session="legacy-1")
+    assert first.code == 200
+    old = {"Cookie": "functionai_session=legacy-1"}
+    # another function does not get it (no 409): a session of its own, the old cookie left alone
+    b = await invoke(api, "other", 1, **old)
+    assert b.code == 200 and b.headers["X-Functionai-Session-Id"] not in ("legacy-1", None)
+    assert all(not c.startswith("functionai_session=") for c in b.headers.get_list("Set-Cookie"))
+    # its own function reads it, moves it to the function's cookie and clears it
+    a = await invoke(api, "echo", 2, **old)
+    assert a.code == 200 and a.headers["X-Functionai-Session-Id"] == "legacy-1" and json.loads(a.body)["n"] == 2
+    cookies = a.headers.get_list("Set-Cookie")
+    assert any(c.startswith("functionai_session_echo=legacy-1;") for c in cookies), cookies
+    assert any(c.startswith("functionai_session=\"\"; expires=") and c.endswith("Path=/a%40b/") for c in cookies), cookies
+
+
+# -- a session serves one function: tasks are refused at submit time ------------------------------
+
+
+async def test_a_task_with_another_functions_session_is_refused_at_submit(api):
+    await deploy(api, "echo", ECHO)
+    await deploy(api, "other", ECHO)
+    assert (await invoke(api, "echo", 1, session="alice")).code == 200  # alice is echo's (live)
+    code, body = await api("functionai", "api", "functions", "other", "tasks", method="POST", body=1, params={"session": "alice"})
+    assert code == 409, body
+    assert body["error"]["kind"] == "conflict" and body["error"]["function"] == "echo" and "belongs to function 'echo'" in body["error"]["message"]
+    code, listed = await api("functionai", "api", "tasks", params={"function": "other"})
+    assert code == 200 and listed == []  # nothing queued
+    # a session only a queued task has named is that task's function's too
+    code, queued = await api("functionai", "api", "functions", "echo", "tasks", method="POST", body=2, params={"session": "bob"})
+    assert code == 202, queued
+    code, body = await api("functionai", "api", "functions", "other", "tasks", method="POST", body=3, params={"session": "bob"})
+    assert code == 409 and body["error"]["function"] == "echo", body
+    # its own function's task is accepted; a paused (stored) session is still its function's
+    code, ok = await api("functionai", "api", "functions", "echo", "tasks", method="POST", body=4, params={"session": "alice"})
+    assert code == 202, ok
+    code, _ = await api("functionai", "api", "tasks", ok["id"], params={"wait": "30"})
+    code, _ = await api("functionai", "api", "sessions", "alice", method="DELETE")
+    assert code == 204
+    code, body = await api("functionai", "api", "functions", "other", "tasks", method="POST", body=5, params={"session": "alice"})
+    assert code == 409 and body["error"]["function"] == "echo", body

@@ -185,9 +185,37 @@ class TaskQueue:
         """Persist a queued task for ``name`` and return it (it runs later).
         ``retries`` = extra attempts after the first (``max_attempts - 1``)."""
         task, row = self.prepare(name, event, session=session, timeout=timeout, max_attempts=max_attempts, retries=retries)
+        if session is not None:
+            await self.check_session_owner(session, name)  # a Conflict now, not a failed task later
         await self._write([("insert", row)])
         self.admit(task)
         return self.public({**row, "event": event, "options": task.options})
+
+    async def session_owner(self, session_id: str) -> str | None:
+        """The function ``session_id`` belongs to: its live session's, its
+        stored row's, or that of a task already queued with it; None for an
+        id nothing has used yet."""
+        live = self.rt._sessions.get(session_id)
+        if live is not None:
+            return str(live.function)
+        if session_id in self.rt._stored:
+            with contextlib.suppress(NotFound):
+                row = await asyncio.to_thread(self.store.get_session, session_id)
+                return str(row["function"])
+        for t in self._tasks.values():
+            if t.session_id == session_id:
+                return t.function
+        return None
+
+    async def check_session_owner(self, session_id: str, function: str) -> None:
+        """Conflict if ``session_id`` belongs to a function other than ``function``."""
+        owner = await self.session_owner(session_id)
+        if owner is not None and owner != function:
+            raise Conflict(
+                f"session {session_id!r} belongs to function {owner!r}, not {function!r}: a session serves one function",
+                session_id=session_id,
+                function=owner,
+            )
 
     async def submit_with(self, task: _Task, row: dict[str, Any], write: Any) -> Any:
         """Persist a prepared task with ``write(row)`` (the store call that
@@ -334,6 +362,8 @@ class TaskQueue:
         if row["state"] not in ("failed", "cancelled", "timed_out") or task_id in self._tasks:
             raise Conflict(f"task {task_id} is {row['state']}: only a failed, cancelled or timed-out task can be retried", task_id=task_id, state=row["state"])
         self.rt.function(row["function"])  # NotFound if the function is gone
+        if row["session_id"] is not None:  # taken by another function since (the reason it failed?)
+            await self.check_session_owner(row["session_id"], row["function"])
         options = {**row["options"], "max_attempts": min(100, int(row["attempts"]) + 1)}
         now = _now()
         ok = await self._write([("update", {"id": task_id, "_expect_state": row["state"], "state": "queued", "run_after": now, "finished_at": None,

@@ -1,5 +1,19 @@
-"""The one place that turns domain errors into HTTP answers, and the
-authentication decorators every verb carries."""
+"""The one place that turns domain errors into HTTP answers, the
+authentication decorators every verb carries, and the request-body limit.
+
+Authentication failures say what happened: a request with no credential, a
+wrong token or login cookie, or an invalid/revoked key is answered ``401``
+with ``WWW-Authenticate: Bearer realm="functionai"`` (RFC 6750; Jupyter's own
+``Authorization: token T`` works as well) and ``{"error": {"kind":
+"unauthorized", "message": ...}}``; a credential that is valid but not for
+this route is ``403 forbidden``. A browser request authenticated by its login
+cookie still needs the XSRF token (``403`` without it).
+
+Request bodies are streamed (``@web.stream_request_body``): ``prepare`` runs
+once the headers are in, so a ``Content-Length`` over the route's limit is
+answered ``413 payload_too_large`` before the body is read (the connection is
+then closed), and a chunked body is refused as soon as it passes the limit.
+"""
 
 from __future__ import annotations
 
@@ -14,12 +28,42 @@ from jupyter_server.auth.identity import IdentityProvider, PasswordIdentityProvi
 from jupyter_server.base.handlers import APIHandler
 from tornado import web
 
-from ..errors import FunctionAIError, NoCapacity
+from ..errors import FunctionAIError, NoCapacity, PayloadTooLarge
+from ..mcp.manager import McpManager
 from ..runtime import Runtime
 
 _STOCK_PROVIDERS = (IdentityProvider, PasswordIdentityProvider)
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+MIB = 1 << 20
+API_MAX_BODY_BYTES = 16 * MIB  # a REST API body (spec + code, a task's event...); settings["functionai_max_body_bytes"]
+KEY_PREFIX = "fai_"
+REALM = "functionai"
+
+
+class Unauthorized(FunctionAIError):
+    """No credential, or one that is not valid (``401`` + ``WWW-Authenticate``)."""
+
+    kind = "unauthorized"
+    status = 401
+
+    def __init__(self, message: str, *, invalid: bool = True, **details: Any) -> None:
+        super().__init__(message, **details)
+        self.invalid = invalid  # a credential was sent (RFC 6750 error="invalid_token")
+
+    def challenge(self) -> str:
+        if not self.invalid:
+            return f'Bearer realm="{REALM}"'
+        why = self.message.replace("\\", "").replace('"', "'")
+        return f'Bearer realm="{REALM}", error="invalid_token", error_description="{why}"'
+
+
+class Forbidden(FunctionAIError):
+    """A valid credential that does not open this route (a key for another function)."""
+
+    kind = "forbidden"
+    status = 403
 
 
 def jupyter_auth(method: F) -> F:
@@ -29,13 +73,129 @@ def jupyter_auth(method: F) -> F:
     return wrapped  # type: ignore[return-value]
 
 
+@web.stream_request_body
 class BaseHandler(APIHandler):
     auth_resource = "functionai"
+    _body_limit = API_MAX_BODY_BYTES
+    _body: bytes | None = None
+    _chunks: list[bytes] | None = None
+    _received = 0
 
     async def prepare(self) -> None:  # type: ignore[override]
+        """Runs once the headers are in (the body streams in after it)."""
+        await self.authenticate()
+        await self.settings["functionai_stack"].ensure_started()
+        self.limit_body(self.body_limit())
+
+    async def authenticate(self) -> None:
+        """Who sends this request (the lean token path, else Jupyter's)."""
         if not self._server_token_auth():
+            await self._refuse_key_here()
             await super().prepare()
-        await self.settings["functionai_runtime"].ensure_started()
+
+    # -- the request body ----------------------------------------------------------
+
+    def body_limit(self) -> int:
+        """The most bytes this request's body may have."""
+        return int(self.settings.get("functionai_max_body_bytes", API_MAX_BODY_BYTES))
+
+    def limit_body(self, limit: int) -> None:
+        """Refuse a body over ``limit`` bytes from its Content-Length, before
+        it is read; a chunked body is refused in ``data_received``."""
+        self._body_limit = limit
+        conn: Any = self.request.connection
+        declared = self.request.headers.get("Content-Length", "").strip()
+        if declared.isdigit() and int(declared) > limit:
+            if hasattr(conn, "set_max_body_size"):
+                # let tornado start the read that closing the connection after
+                # this answer cuts short, rather than add its own bare 400
+                conn.set_max_body_size(int(declared))
+            raise PayloadTooLarge(f"the request body is {int(declared)} bytes, over the limit of {limit} bytes", limit=limit)
+        server_max = int(getattr(self.serverapp, "max_body_size", 0) or 0)
+        if limit >= server_max and hasattr(conn, "set_max_body_size"):
+            conn.set_max_body_size(limit + MIB)  # a function's limit above the server's own: ours decides
+
+    def data_received(self, chunk: bytes) -> None:
+        if self._finished:
+            return
+        self._received += len(chunk)
+        if self._received > self._body_limit:  # a chunked body passed the limit: answer now, read no more
+            self._chunks = None
+            exc = PayloadTooLarge(f"the request body is over the limit of {self._body_limit} bytes", limit=self._body_limit)
+            self.log_exception(type(exc), exc, None)
+            self.send_error(413, exc_info=(type(exc), exc, None))
+            return
+        if self._chunks is None:
+            self._chunks = []
+        self._chunks.append(chunk)
+
+    @property
+    def body(self) -> bytes:
+        """The request body, read in full before the verb runs."""
+        if self._body is None:
+            self._body = self.request.body = b"".join(self._chunks or ()) or self.request.body
+            self._chunks = None
+        return self._body
+
+    # -- authentication ------------------------------------------------------------
+
+    def _credential(self) -> tuple[str, str]:
+        scheme, _, cred = self.request.headers.get("Authorization", "").partition(" ")
+        return scheme.strip().lower(), cred.strip()
+
+    async def _refuse_key_here(self) -> None:
+        """A function key on a route that keys do not open: say so."""
+        scheme, cred = self._credential()
+        if scheme != "bearer" or not cred.startswith(KEY_PREFIX):
+            return
+        if not self.check_host():
+            raise web.HTTPError(403)
+        await self.settings["functionai_stack"].ensure_started()
+        rt = self.settings["functionai_runtime"]
+        scope = await rt.key_function(cred)
+        if scope is None:
+            raise Unauthorized("invalid or revoked function key")
+        raise Forbidden(
+            f"this key is for {scope!r}: a key opens only its function's gateway (functionai/invoke/<function>) "
+            "or its MCP server's endpoint; this route needs Jupyter's token"
+        )
+
+    def unauthorized(self) -> Unauthorized:
+        """Why Jupyter's authentication found no user in this request."""
+        scheme, cred = self._credential()
+        if self.request.headers.get("Authorization"):
+            if scheme not in ("token", "bearer"):
+                return Unauthorized(f"unsupported Authorization scheme {scheme!r}: send 'Authorization: Bearer <token>' (or 'token <token>')")
+            if not cred:
+                return Unauthorized(f"the Authorization header has the scheme {scheme!r} but no token")
+            if cred.startswith(KEY_PREFIX):
+                return Unauthorized("invalid or revoked function key")
+            return Unauthorized("invalid token: it is not this server's token")
+        if self.get_query_argument("token", None):
+            return Unauthorized("invalid token (in ?token=): it is not this server's token")
+        try:
+            login_cookie = self.identity_provider.get_cookie_name(self)
+        except Exception:  # a custom identity provider
+            login_cookie = ""
+        if login_cookie and self.get_cookie(login_cookie):
+            return Unauthorized("the login cookie is invalid or expired: log in again")
+        return Unauthorized(
+            "no credential: send 'Authorization: Bearer <server token>' (or a function key for the gateway and MCP endpoints)",
+            invalid=False,
+        )
+
+    def check_xsrf_cookie(self) -> None:
+        """A request with no user is refused as unauthenticated (401) before
+        XSRF is judged; a cookie-authenticated one still needs the XSRF token."""
+        if getattr(self, "_jupyter_current_user", "unresolved") is None and self.request.method not in ("GET", "HEAD", "OPTIONS"):
+            raise self.unauthorized()
+        super().check_xsrf_cookie()
+
+    def get_login_url(self) -> str:
+        """``@web.authenticated`` on a GET with no user: 401, not a redirect or a bare 403."""
+        if not self.current_user:
+            raise self.unauthorized()
+        return super().get_login_url()
 
     def _server_token_auth(self) -> bool:
         """The hot path for ``Authorization: token <server token>`` (or
@@ -75,11 +235,17 @@ class BaseHandler(APIHandler):
             raise NoCapacity("the functionai runtime is not running")
         return rt
 
+    @property
+    def mcp(self) -> McpManager:
+        mgr: McpManager = self.settings["functionai_mcp"]
+        return mgr
+
     def json_body(self) -> Any:
-        if not self.request.body:
+        body = self.body
+        if not body:
             return None
         try:
-            return json.loads(self.request.body)
+            return json.loads(body)
         except ValueError as exc:
             from ..errors import BadPayload
 
@@ -102,8 +268,7 @@ class BaseHandler(APIHandler):
         """Errors are ``{"error": {"kind", "message", ...}}``; a 500 carries no traceback."""
         exc = kwargs.get("exc_info", (None, None, None))[1]
         self.set_header("Content-Type", "application/json")
-        for name, value in getattr(self, "_keep_headers", {}).items():  # send_error cleared them
-            self.set_header(name, value)
+        self.keep_headers(exc)
         if isinstance(exc, FunctionAIError):
             body = exc.to_dict()
             if exc.details.get("instance_id"):
@@ -113,6 +278,13 @@ class BaseHandler(APIHandler):
         else:
             body = {"kind": "internal", "message": "internal server error (see the server log)"}
         self.finish(json.dumps({"error": body}))
+
+    def keep_headers(self, exc: Any) -> None:
+        """Headers an error answer carries (``send_error`` cleared them)."""
+        for name, value in getattr(self, "_keep_headers", {}).items():
+            self.set_header(name, value)
+        if isinstance(exc, Unauthorized):
+            self.set_header("WWW-Authenticate", exc.challenge())
 
     def write_json(self, obj: Any, status: int = 200) -> None:
         self.set_status(status)

@@ -1,9 +1,14 @@
 """``POST /functionai/invoke/{function}``: JSON in, JSON out, session affinity.
 
 The session comes from the ``X-Functionai-Session-Id`` header, the
-``functionai_session`` cookie or ``?session=``, in that order; a session-ful
+function's session cookie or ``?session=``, in that order; a session-ful
 function called with none gets a new id (returned in the header and the
-cookie).  Responses carry ``X-Functionai-Session-Id``,
+cookie).  The cookie is per function: named ``functionai_session_<function>``
+and scoped to ``<base_url>functionai/invoke/<function>``, so a browser calling
+two functions keeps one session for each.  The cookie of earlier releases
+(``functionai_session``, path ``<base_url>``) is still read when the
+function's own is absent; that call moves it to the function's cookie and
+clears it.  Responses carry ``X-Functionai-Session-Id``,
 ``X-Functionai-Instance-Id`` and, when the call started an instance,
 ``X-Functionai-Cold-Start: <path>;ms=<n>``.  Generator handlers stream as
 server-sent events when the client accepts ``text/event-stream``.
@@ -11,7 +16,10 @@ server-sent events when the client accepts ``text/event-stream``.
 Authentication: Jupyter's own (token, cookie + XSRF), or a function-scoped key
 ``Authorization: Bearer fai_...`` valid for this function only.  A key request
 carries no cookie credential, so it needs no XSRF token (like Jupyter's token
-authentication); the Host check still applies.
+authentication); the Host check still applies.  No credential, a wrong token
+or an invalid/revoked key: ``401`` with ``WWW-Authenticate``; a key for another
+function: ``403``.  Both before the body is read; so is a ``Content-Length``
+over the function's ``limits.max_payload_bytes`` (``413``).
 """
 
 from __future__ import annotations
@@ -26,36 +34,54 @@ from tornado import web
 from tornado.iostream import StreamClosedError
 
 from ..errors import FunctionAIError
-from ..runtime.sessions import check_session_id
-from .base import BaseHandler
+from ..runtime.sessions import SESSION_ID_RE, check_session_id
+from .base import KEY_PREFIX, BaseHandler, Forbidden, Unauthorized
 
 SESSION_HEADER = "X-Functionai-Session-Id"
-SESSION_COOKIE = "functionai_session"
-KEY_PREFIX = "fai_"
+SESSION_COOKIE = "functionai_session"  # + "_<function>"; the bare name is the legacy, server-wide cookie
+
+__all__ = ["KEY_PREFIX", "SESSION_COOKIE", "SESSION_HEADER", "InvokeHandler", "session_cookie"]
+
+
+def session_cookie(function: str) -> str:
+    """The name of ``function``'s session cookie (function names are cookie-safe)."""
+    return f"{SESSION_COOKIE}_{function}"
 
 
 class InvokeHandler(BaseHandler):
     _key_function: str | None = None
 
-    async def prepare(self) -> None:  # type: ignore[override]
-        auth = self.request.headers.get("Authorization", "")
-        scheme, _, cred = auth.partition(" ")
-        cred = cred.strip()
-        if scheme.lower() == "bearer" and cred.startswith(KEY_PREFIX):
+    async def authenticate(self) -> None:
+        scheme, cred = self._credential()
+        if scheme == "bearer" and cred.startswith(KEY_PREFIX):
             if not self.check_host():
                 raise web.HTTPError(403)
-            await self.settings["functionai_runtime"].ensure_started()
+            await self.settings["functionai_stack"].ensure_started()
             function = await self.settings["functionai_runtime"].key_function(cred)
             if function is None:
-                raise web.HTTPError(401, "invalid or revoked function key")
+                raise Unauthorized("invalid or revoked function key")
+            name = self.path_kwargs.get("name", "")
+            if function != name:
+                raise Forbidden(f"this key is for function {function!r}, not {name!r}")
             self._key_function = function
             return
-        await super().prepare()
+        await super().authenticate()
+
+    def body_limit(self) -> int:
+        """The function's payload limit (the API's default for an unknown one: its 404 comes later)."""
+        sid = self.request.headers.get(SESSION_HEADER)
+        if sid and SESSION_ID_RE.match(sid):  # echoed on an early 413 too
+            self._keep_headers = {SESSION_HEADER: sid}
+        try:
+            fv = self.settings["functionai_runtime"].function(self.path_kwargs.get("name", ""))
+        except FunctionAIError:
+            return super().body_limit()
+        return int(fv.spec.limits.max_payload_bytes)
 
     async def post(self, name: str) -> None:
         if self._key_function is not None:
-            if self._key_function != name:
-                raise web.HTTPError(403, f"this key is for function {self._key_function!r}, not {name!r}")
+            if self._key_function != name:  # (authenticate refused it already)
+                raise Forbidden(f"this key is for function {self._key_function!r}, not {name!r}")
             await self._invoke(name)
         else:
             await cast("Awaitable[None]", self._invoke_as_user(name))  # Jupyter's authn + authz
@@ -70,11 +96,18 @@ class InvokeHandler(BaseHandler):
     async def _invoke(self, name: str) -> None:
         rt = self.runtime
         fv = rt.function(name)  # 404 for an unknown function, before the session is touched
-        session = (
-            self.request.headers.get(SESSION_HEADER)
-            or self.get_cookie(SESSION_COOKIE)
-            or self.get_query_argument("session", None)
-        )
+        cookie = session_cookie(name)
+        legacy = self.get_cookie(SESSION_COOKIE)  # the server-wide cookie of earlier releases
+        session = self.request.headers.get(SESSION_HEADER) or self.get_cookie(cookie)
+        moved = False
+        if not session and legacy and fv.spec.session.enabled:
+            # this function's if nobody else's: moved to its own cookie; else not sent here
+            try:
+                moved = await rt.tasks.session_owner(check_session_id(legacy)) in (None, name)
+            except FunctionAIError:  # a malformed old cookie: ignored
+                moved = False
+            session = legacy if moved else None
+        session = session or self.get_query_argument("session", None)
         assigned = session is None and fv.spec.session.enabled
         if assigned:
             session = f"s-{uuid.uuid4().hex[:20]}"
@@ -86,8 +119,10 @@ class InvokeHandler(BaseHandler):
         if session is not None:
             self.set_header(SESSION_HEADER, session)
             self._keep_headers = {SESSION_HEADER: session}  # on error answers too
-            if assigned:  # the client did not name one: keep it for the next call
-                self.set_cookie(SESSION_COOKIE, session, path=self.base_url, httponly=True, samesite="Strict")
+            if assigned or moved:  # the client named none (or in the old cookie): keep it for this function's next call
+                self.set_cookie(cookie, session, path=f"{self.base_url}functionai/invoke/{name}", httponly=True, samesite="Strict")
+        if moved:
+            self.clear_cookie(SESSION_COOKIE, path=self.base_url)
         if "text/event-stream" in self.request.headers.get("Accept", ""):
             await self._stream(name, event, session)
             return

@@ -23,7 +23,11 @@ unknown one.
 Authentication: Jupyter's (``Authorization: token T`` or ``Bearer T``, the
 browser's cookie with XSRF), or a key scoped to this MCP server
 (``Authorization: Bearer fai_...``, made with ``{"function": "mcp:<server>"}``
-on ``POST /functionai/api/keys``).
+on ``POST /functionai/api/keys``).  No credential, a wrong token or an
+invalid/revoked key: ``401`` with ``WWW-Authenticate: Bearer realm="functionai"``
+(what MCP clients look for to start their authorization); a key for another
+server: ``403``.  The body is a JSON-RPC error whose ``error`` also carries
+``kind`` (``unauthorized``, ``forbidden``, ``payload_too_large``).
 """
 
 from __future__ import annotations
@@ -50,8 +54,7 @@ from ..mcp.protocol import (
     kind_of,
     unsupported_version,
 )
-from .base import BaseHandler, jupyter_auth
-from .gateway import KEY_PREFIX
+from .base import KEY_PREFIX, BaseHandler, Forbidden, Unauthorized, jupyter_auth
 
 SESSION_HEADER = "Mcp-Session-Id"
 VERSION_HEADER = "MCP-Protocol-Version"
@@ -66,7 +69,7 @@ def key_or_jupyter(method: Callable[..., Awaitable[None]]) -> Callable[..., Awai
     async def verb(self: McpEndpointHandler, server: str) -> None:
         if self._key_scope is not None:
             if self._key_scope != KEY_SCOPE_PREFIX + server:
-                raise web.HTTPError(403, f"this key is for {self._key_scope!r}, not the MCP server {server!r}")
+                raise Forbidden(f"this key is for {self._key_scope!r}, not the MCP server {server!r}")
             await method(self, server)
         else:
             await as_user(self, server)  # type: ignore[misc]
@@ -80,21 +83,22 @@ class McpEndpointHandler(BaseHandler):
     _key_id = ""
     _queue: asyncio.Queue[dict[str, Any] | None] | None = None
 
-    async def prepare(self) -> None:  # type: ignore[override]
-        scheme, _, cred = self.request.headers.get("Authorization", "").partition(" ")
-        cred = cred.strip()
-        if scheme.lower() == "bearer" and cred.startswith(KEY_PREFIX):
+    async def authenticate(self) -> None:
+        scheme, cred = self._credential()
+        if scheme == "bearer" and cred.startswith(KEY_PREFIX):
             if not self.check_host():
                 raise web.HTTPError(403)
-            rt = self.settings["functionai_runtime"]
-            await rt.ensure_started()
-            scope = await rt.key_function(cred)
+            await self.settings["functionai_stack"].ensure_started()
+            scope = await self.settings["functionai_runtime"].key_function(cred)
             if scope is None:
-                raise web.HTTPError(401, "invalid or revoked key")
+                raise Unauthorized("invalid or revoked key")
+            server = self.path_kwargs.get("server", "")
+            if scope != KEY_SCOPE_PREFIX + server:
+                raise Forbidden(f"this key is for {scope!r}, not the MCP server {server!r}")
             self._key_scope = scope
             self._key_id = cred.split("_", 2)[1]
             return
-        await super().prepare()
+        await super().authenticate()
 
     @property
     def principal(self) -> str:
@@ -130,12 +134,15 @@ class McpEndpointHandler(BaseHandler):
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, McpError):
             body = exc.to_message(None)
-        elif isinstance(exc, FunctionAIError):
-            body = error(None, INVALID_REQUEST if status_code < 500 else INTERNAL_ERROR, exc.message, {"kind": exc.kind})
+        elif isinstance(exc, FunctionAIError):  # (authentication, body size): ``error.kind`` as on every other route
+            data = {k: v for k, v in exc.to_dict().items() if k != "message"}
+            body = error(None, INVALID_REQUEST if status_code < 500 else INTERNAL_ERROR, exc.message, data)
+            body["error"]["kind"] = exc.kind
         elif isinstance(exc, web.HTTPError):
             body = error(None, INVALID_REQUEST if status_code < 500 else INTERNAL_ERROR, exc.log_message or self._reason)
         else:
             body = error(None, INTERNAL_ERROR, "internal server error (see the server log)")
+        self.keep_headers(exc)
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(body))
 
@@ -159,9 +166,9 @@ class McpEndpointHandler(BaseHandler):
 
     @key_or_jupyter
     async def post(self, server: str) -> None:
-        mgr = self.runtime.mcp
+        mgr = self.mcp
         try:
-            body = json.loads(self.request.body or b"null")
+            body = json.loads(self.body or b"null")
         except ValueError as exc:
             self._answer(400, error(None, PARSE_ERROR, f"Parse error: the body is not JSON ({exc})"))
             return
@@ -222,7 +229,7 @@ class McpEndpointHandler(BaseHandler):
 
     @key_or_jupyter
     async def get(self, server: str) -> None:
-        mgr = self.runtime.mcp
+        mgr = self.mcp
         if "text/event-stream" not in self.request.headers.get("Accept", ""):
             self._answer(406, error(None, INVALID_REQUEST, "Not Acceptable: the GET stream needs Accept: text/event-stream"))
             return
@@ -264,7 +271,7 @@ class McpEndpointHandler(BaseHandler):
         try:
             if not sid:
                 raise McpError(INVALID_REQUEST, f"Bad Request: no {SESSION_HEADER} header", http_status=400)
-            await self.runtime.mcp.terminate(server, sid, self.principal)
+            await self.mcp.terminate(server, sid, self.principal)
         except McpError as exc:
             self._answer(exc.http_status, exc.to_message(None))
             return
@@ -283,7 +290,7 @@ def _object(body: Any, what: str) -> dict[str, Any]:
 class McpServersHandler(BaseHandler):
     @jupyter_auth
     async def get(self) -> None:
-        self.write_json(await self.runtime.mcp.servers())
+        self.write_json(await self.mcp.servers())
 
     @jupyter_auth
     async def post(self) -> None:
@@ -295,7 +302,7 @@ class McpServersHandler(BaseHandler):
         unknown = set(body) - allowed
         if unknown:
             raise BadPayload(f"unknown field(s): {', '.join(sorted(unknown))} (allowed: {', '.join(sorted(allowed))})")
-        mgr = self.runtime.mcp
+        mgr = self.mcp
         name = body.get("name")
         if not isinstance(name, str):
             raise BadPayload('the body needs "name" (a string)')
@@ -326,11 +333,11 @@ class McpServerHandler(BaseHandler):
     @jupyter_auth
     async def get(self, server: str) -> None:
         """The server, each tool with its call statistics (calls, errors, p50_ms, p95_ms, ...)."""
-        self.write_json(await self.runtime.mcp.describe(server))
+        self.write_json(await self.mcp.describe(server))
 
     @jupyter_auth
     async def delete(self, server: str) -> None:
-        await self.runtime.mcp.remove(server)
+        await self.mcp.remove(server)
         self.set_status(204)
         self.finish()
 
@@ -344,23 +351,23 @@ class McpToolHandler(BaseHandler):
         if body.get("name", tool) != tool:
             raise BadPayload(f"the body names the tool {body.get('name')!r}, the path {tool!r}")
         body["name"] = tool
-        self.write_json(await self.runtime.mcp.publish_tool(server, body, spec))
+        self.write_json(await self.mcp.publish_tool(server, body, spec))
 
     @jupyter_auth
     async def delete(self, server: str, tool: str) -> None:
-        self.write_json(await self.runtime.mcp.remove_tool(server, tool))
+        self.write_json(await self.mcp.remove_tool(server, tool))
 
 
 class McpSessionsHandler(BaseHandler):
     @jupyter_auth
     async def get(self) -> None:
-        self.write_json(await self.runtime.mcp.sessions(self.get_query_argument("server", None), self.get_query_argument("status", None)))
+        self.write_json(await self.mcp.sessions(self.get_query_argument("server", None), self.get_query_argument("status", None)))
 
 
 class McpSessionHandler(BaseHandler):
     @jupyter_auth
     async def delete(self, session_id: str) -> None:
         """End an MCP session, whoever opened it (its client's next request gets 404)."""
-        await self.runtime.mcp.end_session(session_id)
+        await self.mcp.end_session(session_id)
         self.set_status(204)
         self.finish()

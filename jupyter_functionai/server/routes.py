@@ -185,7 +185,7 @@ class KeysHandler(BaseHandler):
         if not isinstance(note, str):
             raise BadPayload("note must be a string")
         if body["function"].startswith(KEY_SCOPE_PREFIX):  # "mcp:<server>": that MCP server's endpoint
-            self.write_json(await self.runtime.mcp.create_key(body["function"][len(KEY_SCOPE_PREFIX) :], note), status=201)
+            self.write_json(await self.mcp.create_key(body["function"][len(KEY_SCOPE_PREFIX) :], note), status=201)
             return
         self.write_json(await self.runtime.create_key(body["function"], note), status=201)
 
