@@ -199,7 +199,8 @@ async def test_no_route_answers_an_unauthenticated_request(api, jp_serverapp, jp
             for headers in ({}, {"Authorization": "token wrong"}, {"Authorization": "Bearer wrong"}):
                 req = HTTPRequest(url, method=verb.upper(), headers=headers, body="{}" if verb in ("post",) else None, allow_nonstandard_methods=True)
                 r = await client.fetch(req, raise_error=False)
-                assert r.code in (401, 403), (verb, path, headers, r.code, r.body)
+                assert r.code == 401 and r.headers["WWW-Authenticate"].startswith('Bearer realm="functionai"'), (verb, path, headers, r.code, r.body)
+                assert json.loads(r.body)["error"]["kind"] == "unauthorized", (verb, path, r.body)
                 checked += 1
     assert checked >= 3 * 19
 
