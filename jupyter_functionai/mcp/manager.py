@@ -253,9 +253,8 @@ class McpManager:
         await self._flush_touched()
 
     def _write(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Awaitable[Any]:
-        """A store write on the runtime's single writer thread (two writing
-        threads would meet on SQLite's write lock)."""
-        return asyncio.get_running_loop().run_in_executor(self.rt._writer, partial(fn, *args, **kw))
+        """A store write through the store's one write path (returns once committed)."""
+        return self.store.writer.write(fn, *args, **kw)
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coro)

@@ -268,7 +268,7 @@ class RunManager:
         run = await self.get(run_id)
         if run["state"] not in FINAL:
             raise Conflict(f"run {run_id} is {run['state']}: cancel it before deleting it", run_id=run_id, state=run["state"])
-        await asyncio.to_thread(self.rt.store.delete_run, run_id)
+        await self.rt.store.writer.write(self.rt.store.delete_run, run_id)
         await asyncio.to_thread(shutil.rmtree, self.output_dir(run_id), True)
 
     async def output_path(self, run_id: str, fmt: str) -> str:

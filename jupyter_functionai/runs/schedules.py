@@ -180,7 +180,7 @@ class Scheduler:
                     await self._tick_one(row, now)
                 except FunctionAIError as exc:  # e.g. its notebook was removed: recorded, the others go on
                     log.warning("schedule %s: %s", row["id"], exc)
-                    await asyncio.to_thread(self._record_error, row, now, exc)
+                    await self.store.writer.write(self._record_error, row, now, exc)
                 try:
                     fresh = await asyncio.to_thread(self.store.get_schedule, row["id"])
                 except NotFound:
@@ -220,7 +220,7 @@ class Scheduler:
         missed = earlier
         if now - latest > self.grace_s and row["catch_up"] == "none":
             missed += 1
-            await asyncio.to_thread(
+            await self.store.writer.write(
                 self.store.update_schedule, sid,
                 {"last_fire_at": latest, "last_result": "missed", "missed": row["missed"] + missed},
                 expect=expect,
@@ -232,7 +232,7 @@ class Scheduler:
                 fields = {"last_fire_at": latest, "last_result": "skipped", "skipped": row["skipped"] + 1, **counts}
             else:
                 fields = {"last_fire_at": latest, "pending_at": latest, "last_result": "queued", **counts}
-            await asyncio.to_thread(self.store.update_schedule, sid, fields, expect=expect)
+            await self.store.writer.write(self.store.update_schedule, sid, fields, expect=expect)
             return
         await self._fire(row, latest, {"last_fire_at": latest, **counts}, expect)
 
@@ -330,7 +330,7 @@ class Scheduler:
             "idempotency_token": token, "created_at": now, "updated_at": now, "anchor_at": now,
             "last_fire_at": None, "pending_at": None, "last_result": None, "last_run_id": None, "last_error": None, "fired": 0, "skipped": 0, "missed": 0,
         }
-        created, new = await asyncio.to_thread(self.store.create_schedule, row)
+        created, new = await self.store.writer.write(self.store.create_schedule, row)
         self.poke()
         return self.public(created), new
 
@@ -354,7 +354,7 @@ class Scheduler:
         now = self.clock()
         if any(k in fields and fields[k] != current[k] for k in ("cron", "timezone")) or (fields.get("enabled") and not current["enabled"]):
             fields["anchor_at"] = now
-        await asyncio.to_thread(self.store.update_schedule, schedule_id, {**fields, "updated_at": now})
+        await self.store.writer.write(self.store.update_schedule, schedule_id, {**fields, "updated_at": now})
         self.poke()
         return await self.get(schedule_id)
 
@@ -366,14 +366,14 @@ class Scheduler:
 
     async def delete(self, schedule_id: str) -> None:
         """Delete a schedule; its runs stay (a running one goes on)."""
-        await asyncio.to_thread(self.store.delete_schedule, _check_id(schedule_id))
+        await self.store.writer.write(self.store.delete_schedule, _check_id(schedule_id))
 
     async def run_now(self, schedule_id: str) -> dict[str, Any]:
         """Start a run of the schedule now, whatever its cron and overlap."""
         row = await asyncio.to_thread(self.store.get_schedule, _check_id(schedule_id))
         run = await self._start_run(row, scheduled_for=None)
         assert run is not None
-        await asyncio.to_thread(self.store.update_schedule, schedule_id, {"last_run_id": run["id"]})
+        await self.store.writer.write(self.store.update_schedule, schedule_id, {"last_run_id": run["id"]})
         return run
 
     async def runs_of(self, schedule_id: str, limit: int = 100, state: str | None = None) -> list[dict[str, Any]]:

@@ -22,7 +22,6 @@ import resource
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -148,13 +147,9 @@ class Runtime:
         self._opening: dict[str, asyncio.Lock] = {}
         self._stored: dict[str, str] = {}  # id -> status of stored sessions not in memory
         self._deploy_lock = asyncio.Lock()
-        self._writes: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
         self._touched: dict[str, LiveSession] = {}  # sessions called since the last flush
         self._invocations: list[dict[str, Any]] = []
         self._flush_event = asyncio.Event()
-        self._flush_lock = asyncio.Lock()
-        self._flushes_started = 0
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="fai-store")
         self._tasks: list[asyncio.Task[None]] = []
         self.ephemeral_uids = UidAllocator(uid_base + uid_span, EPHEMERAL_UID_SPAN, set())
         self._closed = False
@@ -244,10 +239,9 @@ class Runtime:
         self._flush_event.set()
         if flusher is not None:
             await asyncio.wait({flusher}, timeout=10)
-        await self._flush()
-        self._writer.shutdown(wait=True)
+        await self.flush()
         if self._own_store:
-            self.store.close()
+            await asyncio.to_thread(self.store.close)
 
     async def __aenter__(self) -> Runtime:
         return self
@@ -276,7 +270,7 @@ class Runtime:
             except BaseException:
                 remove_tree(fv.code_dir)
                 raise
-            row = await asyncio.to_thread(self.store.deploy, spec.name, spec.to_dict(), source)
+            row = await self.store.writer.write(self.store.deploy, spec.name, spec.to_dict(), source)
             if row["version"] != version:  # another process deployed meanwhile
                 await self.backend.retire(fv)
                 fv = self._materialize(spec.name, row["version"], spec, source)
@@ -341,7 +335,7 @@ class Runtime:
 
     async def rollback(self, name: str, version: int) -> dict[str, Any]:
         async with self._deploy_lock:
-            row = await asyncio.to_thread(self.store.rollback, name, version)
+            row = await self.store.writer.write(self.store.rollback, name, version)
             fv = self._load_version(name, version)
             await self.backend.prepare(fv)
             self._activate(fv)
@@ -356,7 +350,7 @@ class Runtime:
             fv = self._active.pop(name, None)
             if fv is not None:
                 await self.backend.retire(fv)
-            await asyncio.to_thread(self.store.delete_function, name)
+            await self.store.writer.write(self.store.delete_function, name)
 
     # -- invocation --------------------------------------------------------------
 
@@ -412,11 +406,16 @@ class Runtime:
                 sess.busy -= 1
                 sess.last_used = time.time()
             sess.calls += 1
-            if outcome.state_json is not None:
+            if outcome.state_json is not None and outcome.state_json != sess.state_json:
+                # acknowledged means committed: the new state is stored before the answer
                 sess.state_json = outcome.state_json
-                sess.state_dirty = True
-            self._touched[sess.id] = sess  # written once per group commit, however many calls
-            self._flush_event.set()
+                self._touched.pop(sess.id, None)
+                await self.store.writer.write(
+                    self.store.update_session, sess.id, last_used_at=sess.last_used, calls=sess.calls, state=json.loads(sess.state_json)
+                )
+            else:
+                self._touched[sess.id] = sess  # bookkeeping: written once per group commit, however many calls
+                self._flush_event.set()
             return self._finish(inst, sess.id, outcome, elapsed, fresh, size)
 
     async def _invoke_ephemeral(
@@ -743,7 +742,7 @@ class Runtime:
         self._stored[session_id] = status  # before any await: no call may reopen it
         self._touched.pop(session_id, None)  # its pending coalesced update must not outlive the close
         if sess is None:
-            await self._flush()
+            await self.flush()
             try:
                 row = await asyncio.to_thread(self.store.get_session, session_id)
             except NotFound:
@@ -769,12 +768,12 @@ class Runtime:
 
     async def describe_session(self, session_id: str) -> dict[str, Any]:
         check_session_id(session_id)
-        await self._flush()
+        await self.flush()
         row = await asyncio.to_thread(self.store.get_session, session_id)
         return self._describe(row)
 
     async def sessions(self, function: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
-        await self._flush()
+        await self.flush()
         rows = await asyncio.to_thread(self.store.list_sessions, function, status)
         return [self._describe(r) for r in rows]
 
@@ -793,11 +792,11 @@ class Runtime:
         return out
 
     async def coldstarts(self, function: str | None = None, limit: int = 500) -> list[dict[str, Any]]:
-        await self._flush()
+        await self.flush()
         return await asyncio.to_thread(self.store.list_coldstarts, function, limit)
 
     async def invocations(self, function: str | None = None, session_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        await self._flush()
+        await self.flush()
         return await asyncio.to_thread(self.store.list_invocations, function, session_id, limit)
 
     # -- function-scoped keys ------------------------------------------------------
@@ -805,14 +804,14 @@ class Runtime:
     async def create_key(self, function: str, note: str = "") -> dict[str, Any]:
         """A key that may invoke ``function`` only. The secret is shown once."""
         self.store.get_function(function)  # NotFound for an unknown function
-        key = await asyncio.to_thread(self.store.create_key, function, note)
+        key = await self.store.writer.write(self.store.create_key, function, note)
         return {"key": key, "id": key.split("_", 2)[1], "function": function, "note": note}
 
     async def keys(self, function: str | None = None) -> list[dict[str, Any]]:
         return await asyncio.to_thread(self.store.list_keys, function)
 
     async def revoke_key(self, key_id: str) -> None:
-        await asyncio.to_thread(self.store.revoke_key, key_id)
+        await self.store.writer.write(self.store.revoke_key, key_id)
 
     async def key_function(self, key: str) -> str | None:
         """The function a valid key is scoped to (None for an unknown or revoked key)."""
@@ -845,61 +844,32 @@ class Runtime:
                 await self._pause(sess, "idle")
 
     def _defer(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> None:
-        self._writes.append((fn, args, kw))
-        self._flush_event.set()
+        """A record nobody waits for (instances, cold starts, status changes),
+        committed in order with the next batch of the store's writer."""
+        self.store.writer.defer(fn, *args, **kw)
 
     async def _flusher(self) -> None:
+        """Hands the coalesced bookkeeping (session touches, invocation logs)
+        to the store's writer, at most every 20 ms: many calls, one row each."""
         while not self._closed:
             await self._flush_event.wait()
             if not self._closed:
-                await asyncio.sleep(0.02)  # group commit: gather what arrives meanwhile
-            await self._flush()
+                await asyncio.sleep(0.02)
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        self._flush_event.clear()
+        for sess in self._touched.values():
+            self.store.writer.defer(self.store.update_session, sess.id, last_used_at=sess.last_used, calls=sess.calls)
+        self._touched.clear()
+        invocations, self._invocations = self._invocations, []
+        if invocations:
+            self.store.writer.defer(self.store.log_invocations, invocations)
 
     async def flush(self) -> None:
         """Commit every store write queued so far (session state, records)."""
-        await self._flush()
-
-    async def _flush(self) -> None:
-        """Commit every write queued before this call (one flush at a time, so a
-        caller never returns while an earlier batch is still being written).
-        Callers that wait together share one flush (group commit)."""
-        need = self._flushes_started + 1  # a flush that starts after this call
-        async with self._flush_lock:
-            if self._flushes_started >= need:
-                return  # one started (and, as we hold the lock, ended) since: it took our writes
-            await self._flush_locked()
-
-    async def _flush_locked(self) -> None:
-        self._flushes_started += 1
-        self._flush_event.clear()
-        for sess in self._touched.values():
-            fields: dict[str, Any] = {"last_used_at": sess.last_used, "calls": sess.calls}
-            if sess.state_dirty:
-                fields["state"] = json.loads(sess.state_json)
-                sess.state_dirty = False
-            self._writes.append((self.store.update_session, (sess.id,), fields))
-        self._touched.clear()
-        writes, self._writes = self._writes, []
-        invocations, self._invocations = self._invocations, []
-        if not writes and not invocations:
-            return
-
-        def run() -> None:
-            with self.store.batch():  # one transaction, one fsync
-                for fn, args, kw in writes:
-                    try:
-                        fn(*args, **kw)
-                    except Exception as exc:
-                        log.warning("store write %s failed: %s", getattr(fn, "__name__", fn), exc)
-                if invocations:
-                    try:
-                        self.store.log_invocations(invocations)
-                    except Exception as exc:
-                        log.warning("logging %d invocations failed: %s", len(invocations), exc)
-
-        # One writer thread: batches commit in the order they were queued, and a
-        # cancelled caller never drops a batch (shield).
-        await asyncio.shield(asyncio.get_running_loop().run_in_executor(self._writer, run))
+        self._hand_over()
+        await self.store.writer.flush()
 
 
 class _Opener:

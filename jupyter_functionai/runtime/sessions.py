@@ -62,8 +62,7 @@ class LiveSession:
     status: str = PAUSED
     busy: int = 0
     ended: str | None = None
-    cold_pending: bool = False
-    state_dirty: bool = False  # state changed since it was last written  # opened without a call: the first call completes its ColdStart
+    cold_pending: bool = False  # opened without a call: the first call completes its ColdStart
     slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))
     start_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 

@@ -91,9 +91,6 @@ class TaskQueue:
         self._wake = asyncio.Event()
         self._pending: list[tuple[list[tuple[str, dict[str, Any]]], asyncio.Future[bool]]] = []
         self._write_wake = asyncio.Event()
-        # the runtime's single store-writer thread: two writing threads would
-        # meet on SQLite's write lock and sleep in its busy handler
-        self._writer = runtime._writer
         self._loops: list[asyncio.Task[None]] = []
         self._closed = False
         self._background: set[asyncio.Task[Any]] = set()
@@ -222,7 +219,7 @@ class TaskQueue:
         inserts it together with other rows, in one transaction, on the
         runtime's writer thread) and queue it if that inserted it (a truthy
         answer). Returns what ``write`` returned."""
-        done = await asyncio.get_running_loop().run_in_executor(self._writer, write, row)
+        done = await self.store.writer.write(write, row)
         if done == row["id"]:
             self.admit(task)
         return done
@@ -601,8 +598,8 @@ class TaskQueue:
         """Delete finished tasks older than their function's retention (tasks
         of deleted functions: the default retention), as of ``now``."""
         now = _now() if now is None else now
-        cuts = {f["name"]: now - self.policy(f["name"]).retention_s for f in self.rt.functions()}
-        return await asyncio.to_thread(self.store.prune_tasks, cuts, now - TaskPolicy().retention_s)
+        cuts = {f["name"]: now - self.policy(f["name"]).retention_s for f in await asyncio.to_thread(self.rt.functions)}
+        return await self.store.writer.write(self.store.prune_tasks, cuts, now - TaskPolicy().retention_s)
 
     async def _write(self, ops: list[tuple[str, dict[str, Any]]]) -> bool:
         """Commit ``ops`` (with whatever else is waiting: one transaction).
@@ -620,15 +617,28 @@ class TaskQueue:
             await self._flush_pending()
 
     async def _flush_pending(self) -> None:
+        """Commit what is pending as one write of the store's writer (so with
+        whatever else it is committing: one transaction); if that fails, each
+        caller's ops are written alone, so one bad row fails only its caller."""
         while self._pending:
             batch, self._pending = self._pending, []
             ops = [op for ops, _ in batch for op in ops]
             try:
-                applied = await asyncio.get_running_loop().run_in_executor(self._writer, self.store.write_tasks, ops)
+                applied = await self.store.writer.write(self.store.write_tasks, ops)
             except Exception as exc:
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(exc)
+                if len(batch) == 1:
+                    if not batch[0][1].done():
+                        batch[0][1].set_exception(exc)
+                    continue
+                for entry, fut in batch:
+                    try:
+                        ok = all(await self.store.writer.write(self.store.write_tasks, entry))
+                    except Exception as one:
+                        if not fut.done():
+                            fut.set_exception(one)
+                    else:
+                        if not fut.done():
+                            fut.set_result(ok)
                 continue
             i = 0
             for entry, fut in batch:

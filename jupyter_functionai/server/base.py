@@ -17,6 +17,7 @@ then closed), and a chunked body is refused as soon as it passes the limit.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 from collections.abc import Awaitable, Callable
@@ -38,6 +39,7 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 MIB = 1 << 20
 API_MAX_BODY_BYTES = 16 * MIB  # a REST API body (spec + code, a task's event...); settings["functionai_max_body_bytes"]
+REFUSED_BODY_BYTES = MIB  # a body of a refused request that is still read (and dropped) before the 401
 KEY_PREFIX = "fai_"
 REALM = "functionai"
 
@@ -81,9 +83,41 @@ class BaseHandler(APIHandler):
     _chunks: list[bytes] | None = None
     _received = 0
 
+    _refusal: FunctionAIError | None = None
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        """Every verb first raises a refusal that ``prepare`` held back."""
+        super().__init_subclass__(**kw)
+        for verb in ("get", "post", "put", "patch", "delete", "head"):
+            fn = cls.__dict__.get(verb)
+            if fn is None or getattr(fn, "_functionai_refusal", False):
+                continue
+
+            @functools.wraps(fn)
+            async def checked(self: BaseHandler, *args: Any, __fn: Any = fn, **kwargs: Any) -> Any:
+                if self._refusal is not None:
+                    raise self._refusal
+                return await __fn(self, *args, **kwargs)
+
+            checked._functionai_refusal = True  # type: ignore[attr-defined]
+            setattr(cls, verb, checked)
+
     async def prepare(self) -> None:  # type: ignore[override]
-        """Runs once the headers are in (the body streams in after it)."""
-        await self.authenticate()
+        """Runs once the headers are in (the body streams in after it).
+
+        A refused credential on a small body is answered after the body has
+        been read (and dropped): answering first would close the connection
+        under a client still sending, which then sees a reset instead of the
+        401.  A large one is answered at once."""
+        try:
+            await self.authenticate()
+        except (Unauthorized, Forbidden) as exc:
+            declared = self.request.headers.get("Content-Length", "").strip()
+            if self.request.method in ("GET", "HEAD", "DELETE", "OPTIONS") or not declared.isdigit() or int(declared) > REFUSED_BODY_BYTES:
+                raise
+            self._refusal = exc
+            self._body_limit = REFUSED_BODY_BYTES
+            return
         await self.settings["functionai_stack"].ensure_started()
         self.limit_body(self.body_limit())
 
@@ -125,6 +159,8 @@ class BaseHandler(APIHandler):
             self.log_exception(type(exc), exc, None)
             self.send_error(413, exc_info=(type(exc), exc, None))
             return
+        if self._refusal is not None:
+            return  # read and dropped: the verb answers with the refusal
         if self._chunks is None:
             self._chunks = []
         self._chunks.append(chunk)

@@ -7,6 +7,7 @@ gateway's POST which also accepts a function-scoped key.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,17 +41,24 @@ RUN = r"(?P<run_id>[^/]+)"
 SCHEDULE = r"(?P<schedule_id>[^/]+)"
 
 
+def _read_bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
 class HealthHandler(BaseHandler):
     @jupyter_auth
     async def get(self) -> None:
         rt = self.runtime
+        store = rt.store.writer.health()  # writes that failed for good make the server "degraded"
         self.write_json(
             {
-                "status": "ok",
+                "status": "ok" if store["status"] == "ok" else "degraded",
                 "version": __version__,
                 "backend": rt.backend.name,
                 "data_dir": rt.state_dir,
-                "functions": len(rt.functions()),
+                "store": store,
+                "functions": len(await asyncio.to_thread(rt.functions)),
                 "live_instances": len(rt.live_instances()),
                 "pool": rt.pool.sizes(),
             }
@@ -60,7 +68,7 @@ class HealthHandler(BaseHandler):
 class FunctionsHandler(BaseHandler):
     @jupyter_auth
     async def get(self) -> None:
-        self.write_json(self.runtime.functions())
+        self.write_json(await asyncio.to_thread(self.runtime.functions))
 
     @jupyter_auth
     async def post(self) -> None:
@@ -78,7 +86,7 @@ class FunctionHandler(BaseHandler):
     @jupyter_auth
     async def get(self, name: str) -> None:
         rt = self.runtime
-        row = rt.store.get_function(name)
+        row = await asyncio.to_thread(rt.store.get_function, name)
         row["pool"] = rt.pool.sizes().get(name)
         row["endpoint"] = self.base_url.rstrip("/") + f"/functionai/invoke/{name}"
         self.write_json(row)
@@ -93,7 +101,7 @@ class FunctionHandler(BaseHandler):
 class VersionsHandler(BaseHandler):
     @jupyter_auth
     async def get(self, name: str) -> None:
-        self.write_json(self.runtime.versions(name))
+        self.write_json(await asyncio.to_thread(self.runtime.versions, name))
 
 
 class RollbackHandler(BaseHandler):
@@ -335,8 +343,7 @@ class RunOutputHandler(BaseHandler):
     async def get(self, run_id: str, fmt: str) -> None:
         """Download an output of the run (``ipynb`` or ``html``) as an attachment."""
         path = await self.settings["functionai_runs"].output_path(run_id, fmt)
-        with open(path, "rb") as f:
-            data = f.read()
+        data = await asyncio.to_thread(_read_bytes, path)
         self.set_header("Content-Type", "text/html; charset=utf-8" if fmt == "html" else "application/x-ipynb+json")
         self.set_header("Content-Disposition", f'attachment; filename="{os.path.basename(path)}"')
         self.finish(data)

@@ -6,6 +6,7 @@
 - ``tasks``: durable tasks and their attempts
 - ``runs``: notebook runs and schedules
 - ``mcp``: hosted MCP servers, their tools, MCP sessions
+- ``writer``: the one write path (acknowledged means committed)
 - ``migrations``: the schema version and the steps that bring an older database to it
 - ``_base``: the engine, SQLite pragmas, transactions, shared helpers
 
@@ -39,6 +40,7 @@ from .mcp import McpStore
 from .runs import RunsStore
 from .sessions import SESSION_FINAL_STATUSES, SessionsStore
 from .tasks import TASK_FINAL_STATES, TASK_STATES, TasksStore
+from .writer import Writer
 
 __all__ = ["SESSION_FINAL_STATUSES", "TABLES", "TASK_FINAL_STATES", "TASK_STATES", "Store", "metadata"]
 
@@ -59,6 +61,13 @@ class Store(FunctionsStore, SessionsStore, KeysStore, RunsStore, TasksStore, Mcp
             raise
         self.schema_version: int = outcome.version
         self.migrations_applied: tuple[int, ...] = outcome.applied
+        #: The one write path (see ``writer``): the runtime and every service write through it.
+        self.writer = Writer(self)
+
+    def close(self) -> None:
+        """Commit what is queued, then close the engine."""
+        self.writer.close()
+        super().close()
 
 
 #: Every table of the store by name (for migrations, tests and raw queries).
