@@ -64,8 +64,8 @@ def test_the_readme_commands_are_what_the_tests_run() -> None:
 
 
 def copy_checkout(dest: Path) -> None:
-    """The files git knows (as they are in the working tree), nothing else."""
-    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout.decode().split("\0")
+    """The files git knows or would add (as they are in the working tree): a clone, with what is not committed yet."""
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO, capture_output=True, check=True).stdout.decode().split("\0")
     for name in filter(None, files):
         src = REPO / name
         if src.is_file():
@@ -130,7 +130,7 @@ def run_quick_start(checkout: Path, env: dict[str, str], user: str | None = None
         assert f"server: {url}/ (chosen by FUNCTIONAI_URL)" in p.stderr
         assert "X-Functionai-Cold-Start: warm-pool;" in p.stderr, p.stderr  # the example's warm pool
     finally:
-        server_pids = [pid for pid in descendants(proc.pid) | {proc.pid} if "functionai" in _cmdline(pid) and " lab" in _cmdline(pid)]
+        server_pids = [pid for pid in descendants(proc.pid) | {proc.pid} if _is_lab(_cmdline(pid))]
         for pid in server_pids:
             os.kill(pid, signal.SIGTERM)
         try:
@@ -145,12 +145,17 @@ def run_quick_start(checkout: Path, env: dict[str, str], user: str | None = None
     assert "received signal 15, stopping" in log() or "Shutting down" in log()
 
 
-def _cmdline(pid: int) -> str:
+def _cmdline(pid: int) -> list[str]:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace")
+            return f.read().decode(errors="replace").split("\0")
     except OSError:
-        return ""
+        return []
+
+
+def _is_lab(argv: list[str]) -> bool:
+    """``.../bin/python3 .venv/bin/functionai lab`` (not the ``sh -c`` around it)."""
+    return any(a.endswith("bin/functionai") and argv[i + 1 : i + 2] == ["lab"] for i, a in enumerate(argv[:2]))
 
 
 def test_quick_start_as_printed(tmp_path: Path) -> None:
