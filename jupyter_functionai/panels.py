@@ -1535,25 +1535,15 @@ def _call_tool_once(url: str, headers: dict[str, str], tool: str, arguments: dic
     Blocking: run it on a thread with no event loop (a panel's)."""
 
     async def go() -> dict[str, Any]:
-        import httpx2
-        from mcp import Client as McpClient
-        from mcp.client.streamable_http import streamable_http_client
-        from mcp.shared.exceptions import MCPError
-        from mcp.types import Implementation
-
         from ._version import __version__
+        from .mcp.client import McpCallError, open_session
 
-        info = Implementation(name=PANEL_CLIENT, version=__version__)
-        async with (
-            httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=timeout)) as http,
-            McpClient(streamable_http_client(url, http_client=http), client_info=info) as session,
-        ):
+        async with open_session(url, headers=headers, timeout=timeout, client_name=PANEL_CLIENT, client_version=__version__) as session:
             started = time.perf_counter()
             try:
-                r = await session.call_tool(tool, arguments)
-            except MCPError as exc:
+                out = await session.call_tool(tool, arguments)
+            except McpCallError as exc:
                 return {"error": {"code": exc.code, "message": exc.message}, "ms": (time.perf_counter() - started) * 1000}
-            out: dict[str, Any] = r.model_dump(by_alias=True, mode="json", exclude_none=True)
             out["ms"] = (time.perf_counter() - started) * 1000
             return out
 

@@ -9,7 +9,8 @@
         reply = box.run_tool_call(message["tool_calls"][0])  # -> {"role": "tool", ...}
 
 Calls go through the hosted endpoint (``/functionai/mcp/{server}/mcp``) with
-the official ``mcp`` client, so they are authenticated, run in the MCP
+the official ``mcp`` client (the ``[mcp]`` extra, 1.x or 2.x, through
+:mod:`jupyter_functionai.mcp.client`), so they are authenticated, run in the MCP
 session's sandbox (every call of one :class:`Toolbox` reaches the same
 instance: affinity) and are counted like any client's. The blocking methods
 work inside a Jupyter kernel: the MCP session lives on a thread of its own.
@@ -70,17 +71,12 @@ class Toolbox:
     async def _own(self) -> None:
         """Open the MCP session and serve requests from the queue in this one
         task (the client's context managers must exit in the task they entered)."""
-        import httpx2
-        from mcp import Client
-        from mcp.client.streamable_http import streamable_http_client
+        from .mcp.client import open_session
 
         self._queue = asyncio.Queue()
         headers = {"Authorization": f"token {self._token}"} if self._token else {}
         try:
-            async with (
-                httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=self.timeout)) as http,
-                Client(streamable_http_client(self.url, http_client=http)) as session,
-            ):
+            async with open_session(self.url, headers=headers, timeout=self.timeout) as session:
                 self._ready.set_result(None)
                 while True:
                     item = await self._queue.get()
@@ -110,9 +106,9 @@ class Toolbox:
         """The server's tools: name, description, input_schema."""
 
         async def go(session: Any) -> Any:
-            return (await session.list_tools()).tools
+            return await session.list_tools()
 
-        return [{"name": t.name, "description": t.description or "", "input_schema": t.input_schema} for t in self._run(go)]
+        return [{"name": t["name"], "description": t.get("description") or "", "input_schema": t.get("inputSchema")} for t in self._run(go)]
 
     def call(self, tool: str, arguments: dict[str, Any] | None = None) -> Any:
         """Call ``tool``: its structured content if it has one, else its text
@@ -122,11 +118,11 @@ class Toolbox:
             return await session.call_tool(tool, arguments or {})
 
         result = self._run(go)
-        text = "\n".join(c.text for c in result.content if getattr(c, "type", "") == "text")
-        if result.is_error:
+        text = "\n".join(str(c.get("text", "")) for c in result.get("content") or [] if c.get("type") == "text")
+        if result.get("isError"):
             raise ToolError(f"{self.server}/{tool}: {text or 'the tool failed'}", tool=tool, server=self.server)
-        if result.structured_content is not None:
-            sc = result.structured_content
+        if result.get("structuredContent") is not None:
+            sc = result["structuredContent"]
             return sc["result"] if isinstance(sc, dict) and set(sc) == {"result"} else sc
         try:
             return json.loads(text)

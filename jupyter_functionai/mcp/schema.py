@@ -1,19 +1,39 @@
 """A Python function as an MCP tool description: name, description, input
 and output JSON schemas.
 
-The one adapter to the ``mcp`` package (pinned ``mcp>=2.3,<3``): the schemas
-are those ``MCPServer.tool()`` publishes for the same function
-(``func_metadata``), so a tool hosted here looks exactly like one served by
-the SDK. The docstring adds what type hints cannot say: the tool's
-description (the text before an ``Args:`` / ``Parameters`` section) and each
-parameter's description (Google ``name: text`` or Sphinx ``:param name:``).
+Built on pydantic v2 alone (no ``mcp`` package: serving tools needs no SDK).
+The schemas are those the official SDK's ``MCPServer.tool()`` publishes for
+the same function (mcp 2's ``func_metadata``; ``tests/test_dependencies.py``
+compares the two), so a tool hosted here looks exactly like one served by the
+SDK: an ``{name}Arguments`` model of the parameters, and for the return type
+either the type's own schema (a model, a TypedDict, a ``dict[str, T]``, an
+annotated class) or a ``{name}Output`` model wrapping it in ``result``. The
+docstring adds what type hints cannot say: the tool's description (the text
+before an ``Args:`` / ``Parameters`` section) and each parameter's
+description (Google ``name: text`` or Sphinx ``:param name:``).
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
 import re
-from typing import Any
+import sys
+import types
+from typing import Annotated, Any, NotRequired, Required, cast, get_args, get_origin, get_type_hints
+
+import pydantic_core
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PydanticUserError,
+    TypeAdapter,
+    WithJsonSchema,
+    create_model,
+)
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaWarningKind
+from typing_extensions import is_typeddict
 
 from ..errors import InvalidArgument
 
@@ -72,16 +92,130 @@ def parse_docstring(doc: str | None) -> tuple[str, dict[str, str]]:
     return "\n".join(summary).strip(), {k: v for k, v in params.items() if v}
 
 
+class _StrictJsonSchema(GenerateJsonSchema):
+    """Raise instead of warning, so a return type with no JSON form publishes no output schema."""
+
+    def emit_warning(self, kind: JsonSchemaWarningKind, detail: str) -> None:
+        raise ValueError(f"JSON schema warning: {kind} - {detail}")
+
+
+class _ArgModelBase(BaseModel):
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+
+_DEFS = "#/$defs/"
+_NO_DEFAULT = object()
+_log = logging.getLogger(__name__)
+
+
+def _inline_root_ref(schema: dict[str, Any]) -> dict[str, Any]:
+    """An output schema must have an object root: a root that is only a ``$ref``
+    (a self-referencing model) gets its definition copied onto the root."""
+    ref = schema.get("$ref")
+    if not isinstance(ref, str) or not ref.startswith(_DEFS):
+        return schema
+    definition = cast(dict[str, Any], schema["$defs"][ref.removeprefix(_DEFS)])
+    return {**definition, **{k: v for k, v in schema.items() if k != "$ref"}}
+
+
+def _arguments_model(fn: Any, sig: inspect.Signature, skip: str | None) -> type[BaseModel]:
+    fields: dict[str, Any] = {}
+    for param in sig.parameters.values():
+        if param.name == skip:
+            continue
+        if param.name.startswith("_"):
+            raise InvalidArgument(f"{fn.__name__}: parameter {param.name!r} cannot start with '_'")
+        annotation: Any = Any if param.annotation is inspect.Parameter.empty else param.annotation
+        metadata: list[Any] = []
+        if param.annotation is inspect.Parameter.empty:
+            metadata.append(WithJsonSchema({"title": param.name, "type": "string"}))
+        field_name, field_kwargs = param.name, {}
+        if callable(getattr(BaseModel, field_name, None)):  # would shadow a BaseModel method: aliased
+            field_name, field_kwargs = f"field_{field_name}", {"alias": param.name}
+        typ = Annotated[(annotation, *metadata, Field(**field_kwargs))]
+        fields[field_name] = typ if param.default is inspect.Parameter.empty else (typ, param.default)
+    return create_model(f"{fn.__name__}Arguments", __base__=_ArgModelBase, **fields)
+
+
+def _wrapped(fn_name: str, annotation: Any) -> type[BaseModel]:
+    return create_model(f"{fn_name}Output", result=annotation)
+
+
+def _model_from_class(cls: type[Any], hints: dict[str, Any]) -> type[BaseModel]:
+    fields: dict[str, Any] = {}
+    for fname, ftype in hints.items():
+        if fname.startswith("_"):
+            continue
+        default = getattr(cls, fname, _NO_DEFAULT)
+        fields[fname] = ftype if default is _NO_DEFAULT else (ftype, default)
+    return create_model(cls.__name__, __config__=ConfigDict(from_attributes=True), **fields)
+
+
+def _output_model(annotation: Any, type_expr: Any, fn_name: str) -> tuple[Any, bool]:
+    """(the type structured output is validated against or None, whether results are wrapped in ``result``)."""
+    if type_expr is None:
+        return _wrapped(fn_name, annotation), True
+    if isinstance(type_expr, types.GenericAlias):
+        args = get_args(type_expr)
+        if get_origin(type_expr) is dict and len(args) == 2 and args[0] is str:
+            return Annotated[type_expr, Field(title=f"{fn_name}DictOutput")], False
+        return _wrapped(fn_name, annotation), True
+    if isinstance(type_expr, type):
+        if issubclass(type_expr, BaseModel) or is_typeddict(type_expr):
+            return type_expr, False
+        if type_expr in (str, int, float, bool, bytes, type(None)):
+            return _wrapped(fn_name, annotation), True
+        hints = get_type_hints(type_expr)
+        return (_model_from_class(type_expr, hints) if hints else None), False
+    return _wrapped(fn_name, annotation), True  # unions, Optional, Literal, ...
+
+
+def _readable_typeddict(model: Any) -> Any:
+    """pydantic refuses a ``typing.TypedDict`` below Python 3.12: rebuild it as a
+    ``typing_extensions.TypedDict`` with the same keys, totality and docstring."""
+    if sys.version_info >= (3, 12) or not is_typeddict(model) or type(model).__module__ != "typing":
+        return model
+    from typing_extensions import TypedDict
+
+    items: dict[str, Any] = {}
+    for key, hint in get_type_hints(model, include_extras=True).items():
+        required = key in model.__required_keys__
+        while get_origin(hint) in (Required, NotRequired):  # an explicit qualifier wins over totality
+            required = get_origin(hint) is Required
+            hint = get_args(hint)[0]
+        items[key] = hint if required else NotRequired[hint]
+    rebuilt = cast(Any, TypedDict)(model.__name__, items)
+    for attr in ("__doc__", "__module__", "__qualname__", "__pydantic_config__"):
+        if hasattr(model, attr):
+            setattr(rebuilt, attr, getattr(model, attr))
+    return rebuilt
+
+
+def _output_schema(fn: Any, sig: inspect.Signature) -> tuple[dict[str, Any] | None, bool]:
+    """(output schema or None, wrap_output) for the return annotation, as the SDK derives them."""
+    annotation = sig.return_annotation
+    if annotation is inspect.Parameter.empty:
+        return None, False
+    type_expr = annotation
+    while get_origin(type_expr) is Annotated:
+        type_expr = get_args(type_expr)[0]
+    model, wrap = _output_model(annotation, type_expr, fn.__name__)
+    if model is None:
+        return None, False
+    try:
+        schema = TypeAdapter(_readable_typeddict(model)).json_schema(schema_generator=_StrictJsonSchema)
+    except (PydanticUserError, NameError, TypeError, ValueError, RuntimeError, pydantic_core.SchemaError) as exc:
+        _log.info("no output schema for %s's return type %r: %s: %s", fn.__name__, type_expr, type(exc).__name__, exc)
+        return None, False
+    return _inline_root_ref(schema), wrap
+
+
 def describe_function(fn: Any, *, name: str | None = None, description: str | None = None) -> dict[str, Any]:
     """The tool description of ``fn`` (see the module docstring).
 
     Returns ``{"name", "description", "input_schema", "output_schema",
     "wrap_output", "ctx_param"}``; ``output_schema`` is None when the
     return type says nothing structured (then results travel as text)."""
-    try:
-        from mcp.server.mcpserver.utilities.func_metadata import func_metadata
-    except ImportError as exc:  # pragma: no cover - a core dependency
-        raise InvalidArgument(f"publishing tools needs the mcp package (pip install 'mcp>=2.3,<3'): {exc}") from None
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError) as exc:
@@ -91,8 +225,11 @@ def describe_function(fn: Any, *, name: str | None = None, description: str | No
             raise InvalidArgument(f"{fn.__name__}: a tool takes named parameters, not *{p.name} / **{p.name}")
     ctx_param = CTX_PARAM if CTX_PARAM in params else None
     try:
-        meta = func_metadata(fn, skip_names=[ctx_param] if ctx_param else [])
-        input_schema = meta.arg_model.model_json_schema(by_alias=True)
+        sig = inspect.signature(fn, eval_str=True)
+        input_schema = _arguments_model(fn, sig, ctx_param).model_json_schema(by_alias=True)
+        output_schema, wrap_output = _output_schema(fn, sig)
+    except InvalidArgument:
+        raise
     except Exception as exc:
         raise InvalidArgument(f"cannot derive a JSON schema for tool {fn.__name__!r}: {exc}") from None
     summary, docs = parse_docstring(fn.__doc__)
@@ -104,7 +241,7 @@ def describe_function(fn: Any, *, name: str | None = None, description: str | No
         "name": name or fn.__name__,
         "description": description if description is not None else summary,
         "input_schema": input_schema,
-        "output_schema": meta.output_schema,
-        "wrap_output": bool(meta.wrap_output),
+        "output_schema": output_schema,
+        "wrap_output": wrap_output,
         "ctx_param": ctx_param,
     }
