@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+import logging
 import os
 import re
 import textwrap
@@ -31,6 +32,43 @@ def jp_server_config(tmp_path):
         "ServerApp": {"jpserver_extensions": {"jupyter_functionai": True}},
         "FunctionAI": {"data_dir": str(tmp_path / "fai"), "reap_interval": 0.05},
     }
+
+
+#: A callback of the server's event loop that runs longer than this fails the
+#: test: blocking work (SQLite, files, subprocess waits, slow imports) belongs
+#: in threads.  Generous: asyncio's debug mode itself makes a request's step
+#: take 0.1-0.2 s here (it records a stack for every future), and a busy
+#: machine multiplies that; what this exists for (a 200 MB body read in one
+#: go, a grammar compiled on first use, a 5 s process wait) takes seconds.
+SLOW_CALLBACK_S = 1.0
+
+
+class _SlowCallbacks(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.slow: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        if msg.startswith("Executing "):
+            self.slow.append(msg)
+
+
+@pytest.fixture
+def jp_serverapp(jp_serverapp: Any, jp_asyncio_loop: Any) -> Iterator[Any]:
+    """The server runs with asyncio debug on; a slow callback fails the test."""
+    handler = _SlowCallbacks()
+    logger = logging.getLogger("asyncio")
+    logger.addHandler(handler)
+    jp_asyncio_loop.set_debug(True)
+    jp_asyncio_loop.slow_callback_duration = SLOW_CALLBACK_S
+    try:
+        yield jp_serverapp
+    finally:
+        jp_asyncio_loop.set_debug(False)
+        logger.removeHandler(handler)
+    if handler.slow:
+        pytest.fail("the server's event loop was blocked:\n" + "\n".join(handler.slow[:10]))
 
 
 @pytest_asyncio.fixture

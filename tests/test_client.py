@@ -179,7 +179,7 @@ async def test_async_unauthorized_and_keys(server):
     wrong = AsyncClient(server["url"], "wrong")
     with pytest.raises(Unauthorized) as un:
         await wrong.functions()
-    assert un.value.kind == "unauthorized" and un.value.status == 403 and isinstance(un.value, FunctionAIError) and "token" in str(un.value)
+    assert un.value.kind == "unauthorized" and un.value.status == 401 and isinstance(un.value, FunctionAIError) and "token" in str(un.value)
     with pytest.raises(Unauthorized):
         await wrong.invoke("echo", 1)
 

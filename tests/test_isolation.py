@@ -354,20 +354,22 @@ async def test_instance_sits_in_its_own_cgroups_with_the_specs_limits(rt: Runtim
     inst = rt.live_instances()[0]
     if not cg.version:
         pytest.skip(f"no writable cgroups on this machine: {cg.reason}")
+    name = inst.cgroup  # named after the data dir and the instance
+    assert name == f"{rt.backend.cgroup_tag}-{inst.id}"  # type: ignore[attr-defined]
     with open(f"/proc/{inst.pid}/cgroup") as f:
         membership = f.read()
     if cg.version == 1:
         for ctl in ("memory", "pids", "cpu"):
-            assert f"{ctl}:/{cg.prefix}/{inst.id}" in membership or f"{ctl},cpuacct:/{cg.prefix}/{inst.id}" in membership, membership
-        base = f"{cg.root}/memory/{cg.prefix}/{inst.id}"
+            assert f"{ctl}:/{cg.prefix}/{name}" in membership or f"{ctl},cpuacct:/{cg.prefix}/{name}" in membership, membership
+        base = f"{cg.root}/memory/{cg.prefix}/{name}"
         with open(f"{base}/memory.limit_in_bytes") as f:
             assert int(f.read()) == 96 * 1024 * 1024
-        with open(f"{cg.root}/cpu/{cg.prefix}/{inst.id}/cpu.cfs_quota_us") as f:
+        with open(f"{cg.root}/cpu/{cg.prefix}/{name}/cpu.cfs_quota_us") as f:
             assert int(f.read()) == 50000
         with open(f"{base}/cgroup.procs") as f:
             assert [int(p) for p in f.read().split()] == [inst.pid]  # the whole process, nothing else
     else:
-        assert f"0::/{cg.prefix}/{inst.id}" in membership
+        assert f"0::/{cg.prefix}/{name}" in membership
 
 
 ATTACKS = """

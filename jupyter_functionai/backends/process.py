@@ -184,8 +184,20 @@ class _Template:
         if self.proc is not None and self.proc.poll() is None:
             with contextlib.suppress(OSError):
                 self.proc.send_signal(signal.SIGKILL)
-            with contextlib.suppress(Exception):
-                self.proc.wait(timeout=5)
+            _reap_soon(self.proc)
+
+
+def _reap_soon(proc: subprocess.Popen[bytes]) -> None:
+    """Wait for a killed process off the event loop (it may take a moment to die)."""
+
+    def reap() -> None:
+        with contextlib.suppress(Exception):
+            proc.wait(timeout=30)
+
+    try:
+        asyncio.get_running_loop().run_in_executor(None, reap)
+    except RuntimeError:  # no loop running (interpreter exit): wait here
+        reap()
 
 
 class _Pending:
@@ -198,7 +210,19 @@ class _Pending:
         self.on_chunk = on_chunk
 
 
-_SECRETS = ("FUNCTIONAI_TOKEN", "FUNCTIONAI_PARENT_TOKEN", "JUPYTER_TOKEN", "JPY_API_TOKEN", "JUPYTERHUB_API_TOKEN")
+#: What of the server's environment a template (and so every sandbox forked
+#: from it) starts with: an allowlist, so that no server secret (tokens, cloud
+#: keys, anything the user exported) is ever in a sandbox's memory, stack or
+#: /proc; a function gets more only through its spec's ``env``.
+SANDBOX_ENV_NAMES = frozenset(
+    {
+        "PATH", "LANG", "LANGUAGE", "TZ", "TERM", "VIRTUAL_ENV", "LD_LIBRARY_PATH",
+        "CUDA_VISIBLE_DEVICES", "CUDA_HOME", "CUDA_PATH", "NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES",
+        # older OpenBLAS builds compute wrong results on some processors without these
+        "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
+    }
+)
+SANDBOX_ENV_PREFIXES = ("LC_",)
 
 
 def cgroup_tag(state_dir: str) -> str:
@@ -207,9 +231,8 @@ def cgroup_tag(state_dir: str) -> str:
 
 
 def sandbox_env(environ: Mapping[str, str]) -> dict[str, str]:
-    """The server's environment without its credentials: a function's
-    module-level code runs in the template before any sandbox exists."""
-    return {k: v for k, v in environ.items() if k not in _SECRETS}
+    """The part of the server's environment a sandbox may see (see ``SANDBOX_ENV_NAMES``)."""
+    return {k: v for k, v in environ.items() if k in SANDBOX_ENV_NAMES or k.startswith(SANDBOX_ENV_PREFIXES)}
 
 
 class ProcessInstance(Instance):

@@ -451,7 +451,7 @@ class Runtime:
         await inst.stop("ephemeral call done")
         self._defer(self.store.update_instance, inst.id, status="stopped", stopped_at=time.time(), exit_reason="ephemeral call done")
         if root:
-            remove_tree(root)
+            await asyncio.to_thread(remove_tree, root)
             self.ephemeral_uids.release(uid)
         else:
             self._release_prebound(inst)
@@ -762,9 +762,9 @@ class Runtime:
             workdir, uid = sess.workdir, sess.uid
         if workdir:  # a session that never got an instance has no row yet
             self._defer(self.store.update_session, session_id, status=status, closed_at=time.time(), close_reason=reason, instance_id=None, state={})
-        if workdir:
-            remove_tree(os.path.dirname(workdir))
-        self.uids.release(uid)
+        if workdir:  # off the event loop: a session's directory may hold a lot
+            await asyncio.to_thread(remove_tree, os.path.dirname(workdir))
+        self.uids.release(uid)  # only once nothing of the session is left
 
     async def describe_session(self, session_id: str) -> dict[str, Any]:
         check_session_id(session_id)
