@@ -59,6 +59,7 @@ from .sessions import (
     LiveSession,
     UidAllocator,
     check_session_id,
+    chown_tree,
     make_workdir,
     remove_tree,
 )
@@ -240,6 +241,8 @@ class Runtime:
         if flusher is not None:
             await asyncio.wait({flusher}, timeout=10)
         await self.flush()
+        self.uids.close()
+        self.ephemeral_uids.close()
         if self._own_store:
             await asyncio.to_thread(self.store.close)
 
@@ -622,8 +625,12 @@ class Runtime:
                 calls=row["calls"],
                 last_used=row["last_used_at"],
             )
-            if sess.uid is not None:
-                self.uids.in_use.add(sess.uid)
+            if sess.uid is not None and not self.uids.claim(sess.uid):
+                # another runtime on the host holds its old uid now: it moves to a new one
+                uid = self.uids.allocate()
+                await asyncio.to_thread(chown_tree, os.path.dirname(sess.workdir), uid)
+                sess.uid = uid
+                await self.store.writer.write(self.store.update_session, session_id, uid=uid)
         else:
             # brand new: uid and working directory come with its first instance
             now = time.time()

@@ -115,6 +115,7 @@ _SESSION_UPDATABLE = frozenset(
         "closed_at",
         "close_reason",
         "version",
+        "uid",
     }
 )
 _INSTANCE_UPDATABLE = frozenset(
