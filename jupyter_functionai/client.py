@@ -47,28 +47,29 @@ HTTP status.  Errors of the client itself derive from :class:`ClientError`.
 for the other routes); past it :class:`RequestTimeout` is raised (the call
 may still be running on the server).
 
-**Threads and event loops**: the sync :class:`Client` uses
-``urllib.request`` and blocks the calling thread.  It works in any thread,
-including one whose event loop is running, but it then blocks that loop for
-the duration of the call: never call it from the thread of the event loop that
-runs the *server itself* (that deadlocks until the timeout); use
+**One implementation**: every API method is written once, as a coroutine of
+:class:`AsyncClient` (tornado's ``AsyncHTTPClient``, a connection per
+request; tornado is imported at the first request).  :class:`Client` is
+generated from it (``jupyter_functionai._sync``): each of its methods runs the
+coroutine on one event loop per process, in a daemon thread, and blocks the
+calling thread until it is done.  It works in any thread, including one whose
+event loop is running (a kernel's), but it then blocks that loop for the
+duration of the call: never call it from the thread of the event loop that runs
+the *server itself* (that deadlocks until the timeout); use
 :class:`AsyncClient` there, or ``await asyncio.to_thread(client.invoke, ...)``.
-An :class:`AsyncClient` uses tornado's ``AsyncHTTPClient`` of the running
-loop; tornado is imported only when an ``AsyncClient`` makes a request.
+HTTP proxies (``HTTP_PROXY``) are not used.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ._sync import Blocking, blocking, shared_portal
 from .errors import FunctionAIError, InvalidArgument, InvalidSpec
 from .spec import FunctionSpec
 
@@ -169,7 +170,7 @@ class InvokeResponse:
     headers: dict[str, str] = field(default_factory=dict, repr=False)
 
 
-# -- the request plumbing shared by both clients --------------------------------------------
+# -- the request plumbing --------------------------------------------
 
 
 @dataclass
@@ -232,16 +233,6 @@ def _same_server(a: str, b: str) -> bool:
         return "127.0.0.1" if h in ("localhost", "::1", "0.0.0.0", "") else h
 
     return (pa.scheme, host(pa.hostname), pa.port, pa.path) == (pb.scheme, host(pb.hostname), pb.port, pb.path)
-
-
-def _is_loopback(url: str) -> bool:
-    host = urllib.parse.urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _running_servers() -> list[dict[str, Any]]:
@@ -318,7 +309,7 @@ def choose_server(url: str | None = None, token: str | None = None, *, url_sourc
     parent_url = os.environ.get(PARENT_URL) if parent else None
     if parent_url:
         return ServerChoice(_normalise_url(parent_url), os.environ.get(PARENT_TOKEN, "") if token is None else token, f"{PARENT_URL}, the Jupyter server that started this process")
-    found_url, found_token, source = Client()._discover()
+    found_url, found_token, source = shared_portal().run(AsyncClient()._discover())
     return ServerChoice(found_url, found_token if token is None else token, source)
 
 
@@ -374,7 +365,8 @@ def _invoke_response(resp: _Response, url: str) -> InvokeResponse:
     )
 
 
-def _spec_body(name: str, code: str | None, file: str | os.PathLike[str] | None, handler: str, spec_fields: dict[str, Any]) -> dict[str, Any]:
+def _spec(name: str, code: str | None, file: str | os.PathLike[str] | None, handler: str, spec_fields: dict[str, Any]) -> FunctionSpec:
+    """The spec of a deploy from ``code`` or the ``file``'s text (exactly one)."""
     if (code is None) == (file is None):
         raise InvalidArgument("deploy needs the function's code or a file (exactly one of them)")
     if file is not None:
@@ -385,190 +377,7 @@ def _spec_body(name: str, code: str | None, file: str | os.PathLike[str] | None,
         except (OSError, UnicodeDecodeError) as exc:
             raise InvalidSpec("source.path", path, f"cannot be read: {exc}") from exc
     assert code is not None
-    return FunctionSpec.from_code(name, code, handler=handler, **spec_fields).to_dict()
-
-
-class _Base:
-    """Discovery, routes and answers; subclasses only move bytes."""
-
-    def __init__(self, url: str | None = None, token: str | None = None, timeout: float | None = None) -> None:
-        """``timeout``: seconds to wait for the server's answer (default: 900 for
-        an invoke, 120 for the other routes)."""
-        self._url_arg = url
-        self._token_arg = token
-        self.timeout = timeout
-        self._url: str | None = None
-        self.source = ""  # how ``connect`` chose this server
-        self._token: str | None = None
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(url={self._url or self._url_arg or os.environ.get(ENV_URL)!r})"
-
-    def _explicit(self) -> tuple[str, str | None] | None:
-        """The URL and token given as arguments or by the environment (None: discover)."""
-        url = self._url_arg or os.environ.get(ENV_URL) or None
-        token = self._token_arg if self._token_arg is not None else os.environ.get(ENV_TOKEN)
-        if url is None:
-            return None
-        url = _normalise_url(url)
-        if token is None:
-            token = next((str(s.get("token") or "") for s in _running_servers() if _same_server(s["url"], url)), "")
-        return url, token
-
-    def _timeout(self, req: _Request) -> float:
-        if self.timeout is not None:
-            return self.timeout + req.wait
-        return DEFAULT_TIMEOUT if req.path.startswith("functionai/invoke/") else API_TIMEOUT + req.wait
-
-
-    # -- routes: each returns a request and how to read its answer --------------------------
-
-    def _r_health(self) -> _Request:
-        return _Request("GET", f"{API}/health")
-
-    def _r_deploy(self, body: dict[str, Any]) -> _Request:
-        return _Request("POST", f"{API}/functions", body=body, has_body=True)
-
-    def _r_functions(self) -> _Request:
-        return _Request("GET", f"{API}/functions")
-
-    def _r_function(self, name: str) -> _Request:
-        return _Request("GET", f"{API}/functions/{_quote(name)}")
-
-    def _r_versions(self, name: str) -> _Request:
-        return _Request("GET", f"{API}/functions/{_quote(name)}/versions")
-
-    def _r_rollback(self, name: str, version: int) -> _Request:
-        return _Request("POST", f"{API}/functions/{_quote(name)}/rollback", body={"version": version}, has_body=True)
-
-    def _r_delete(self, name: str) -> _Request:
-        return _Request("DELETE", f"{API}/functions/{_quote(name)}")
-
-    def _r_invoke(self, name: str, event: Any, session: str | None) -> _Request:
-        headers = {"Content-Type": "application/json"}
-        if session is not None:
-            headers[SESSION_HEADER] = session
-        return _Request("POST", f"functionai/invoke/{_quote(name)}", body=event, has_body=True, headers=headers)
-
-    def _r_sessions(self, function: str | None, status: str | None) -> _Request:
-        return _Request("GET", f"{API}/sessions", query={"function": function, "status": status})
-
-    def _r_session(self, session_id: str) -> _Request:
-        return _Request("GET", f"{API}/sessions/{_quote(session_id)}")
-
-    def _r_open_session(self, name: str, session: str | None) -> _Request:
-        body = {} if session is None else {"session": session}
-        return _Request("POST", f"{API}/functions/{_quote(name)}/sessions", body=body, has_body=True)
-
-    def _r_close_session(self, session_id: str) -> _Request:
-        return _Request("DELETE", f"{API}/sessions/{_quote(session_id)}")
-
-    def _r_instances(self) -> _Request:
-        return _Request("GET", f"{API}/instances")
-
-    def _r_coldstarts(self, function: str | None, limit: int | None) -> _Request:
-        return _Request("GET", f"{API}/coldstarts", query={"function": function, "limit": limit})
-
-    def _r_invocations(self, function: str | None, session: str | None, limit: int | None) -> _Request:
-        return _Request("GET", f"{API}/invocations", query={"function": function, "session": session, "limit": limit})
-
-    def _r_create_key(self, function: str, note: str) -> _Request:
-        return _Request("POST", f"{API}/keys", body={"function": function, "note": note}, has_body=True)
-
-    def _r_keys(self, function: str | None) -> _Request:
-        return _Request("GET", f"{API}/keys", query={"function": function})
-
-    def _r_revoke_key(self, key_id: str) -> _Request:
-        return _Request("DELETE", f"{API}/keys/{_quote(key_id)}")
-
-    def _r_submit(self, name: str, event: Any, session: str | None, timeout: float | None, retries: int | None) -> _Request:
-        query = {"session": session, "timeout": timeout, "retries": retries}
-        return _Request("POST", f"{API}/functions/{_quote(name)}/tasks", query=query, body=event, has_body=True, headers={"Content-Type": "application/json"})
-
-    def _r_task(self, task_id: str, wait: float = 0.0) -> _Request:
-        return _Request("GET", f"{API}/tasks/{_quote(task_id)}", query={"wait": wait or None}, wait=wait)
-
-    def _r_tasks(self, function: str | None, state: str | None, limit: int | None) -> _Request:
-        return _Request("GET", f"{API}/tasks", query={"function": function, "state": state, "limit": limit})
-
-    def _r_task_counts(self) -> _Request:
-        return _Request("GET", f"{API}/tasks/counts")
-
-    def _r_cancel_task(self, task_id: str) -> _Request:
-        return _Request("POST", f"{API}/tasks/{_quote(task_id)}/cancel")
-
-    def _r_retry_task(self, task_id: str) -> _Request:
-        return _Request("POST", f"{API}/tasks/{_quote(task_id)}/retry")
-
-    def _r_start_run(self, body: dict[str, Any]) -> _Request:
-        return _Request("POST", f"{API}/runs", body=body, has_body=True, headers={"Content-Type": "application/json"})
-
-    def _r_run(self, run_id: str, wait: float = 0.0) -> _Request:
-        return _Request("GET", f"{API}/runs/{_quote(run_id)}", query={"wait": wait or None}, wait=wait)
-
-    def _r_runs(self, state: str | None, limit: int | None, tag: str | None = None, schedule: str | None = None) -> _Request:
-        return _Request("GET", f"{API}/runs", query={"state": state, "limit": limit, "tag": tag, "schedule": schedule})
-
-    def _r_cancel_run(self, run_id: str) -> _Request:
-        return _Request("POST", f"{API}/runs/{_quote(run_id)}/cancel")
-
-    def _r_delete_run(self, run_id: str) -> _Request:
-        return _Request("DELETE", f"{API}/runs/{_quote(run_id)}")
-
-    def _r_run_output(self, run_id: str, fmt: str) -> _Request:
-        return _Request("GET", f"{API}/runs/{_quote(run_id)}/outputs/{_quote(fmt)}")
-
-    def _r_create_schedule(self, body: dict[str, Any]) -> _Request:
-        return _Request("POST", f"{API}/schedules", body=body, has_body=True, headers={"Content-Type": "application/json"})
-
-    def _r_schedules(self) -> _Request:
-        return _Request("GET", f"{API}/schedules")
-
-    def _r_schedule(self, schedule_id: str) -> _Request:
-        return _Request("GET", f"{API}/schedules/{_quote(schedule_id)}")
-
-    def _r_update_schedule(self, schedule_id: str, body: dict[str, Any]) -> _Request:
-        return _Request("PATCH", f"{API}/schedules/{_quote(schedule_id)}", body=body, has_body=True, headers={"Content-Type": "application/json"})
-
-    def _r_delete_schedule(self, schedule_id: str) -> _Request:
-        return _Request("DELETE", f"{API}/schedules/{_quote(schedule_id)}")
-
-    def _r_schedule_action(self, schedule_id: str, action: str) -> _Request:
-        return _Request("POST", f"{API}/schedules/{_quote(schedule_id)}/{action}")
-
-    def _r_schedule_runs(self, schedule_id: str, limit: int | None) -> _Request:
-        return _Request("GET", f"{API}/schedules/{_quote(schedule_id)}/runs", query={"limit": limit})
-
-    def _r_openapi(self) -> _Request:
-        return _Request("GET", f"{API}/openapi.json")
-
-    def _r_mcp_servers(self) -> _Request:
-        return _Request("GET", f"{API}/mcp/servers")
-
-    def _r_mcp_server(self, name: str) -> _Request:
-        return _Request("GET", f"{API}/mcp/servers/{_quote(name)}")
-
-    def _r_mcp_add(self, body: dict[str, Any]) -> _Request:
-        # a catalog server may be installed (pip) and every server is probed: allow time
-        return _Request("POST", f"{API}/mcp/servers", body=body, has_body=True, wait=MCP_ADD_WAIT)
-
-    def _r_mcp_remove(self, name: str) -> _Request:
-        return _Request("DELETE", f"{API}/mcp/servers/{_quote(name)}")
-
-    def _r_mcp_publish(self, server: str, tool: dict[str, Any], spec: dict[str, Any] | None) -> _Request:
-        body = dict(tool)
-        if spec:
-            body["spec"] = spec
-        return _Request("PUT", f"{API}/mcp/servers/{_quote(server)}/tools/{_quote(tool['name'])}", body=body, has_body=True)
-
-    def _r_mcp_remove_tool(self, server: str, tool: str) -> _Request:
-        return _Request("DELETE", f"{API}/mcp/servers/{_quote(server)}/tools/{_quote(tool)}")
-
-    def _r_mcp_sessions(self, server: str | None, status: str | None) -> _Request:
-        return _Request("GET", f"{API}/mcp/sessions", query={"server": server, "status": status})
-
-    def _r_mcp_end_session(self, session_id: str) -> _Request:
-        return _Request("DELETE", f"{API}/mcp/sessions/{_quote(session_id)}")
+    return FunctionSpec.from_code(name, code, handler=handler, **spec_fields)
 
 
 def _mcp_add_body(
@@ -591,311 +400,54 @@ def _mcp_add_body(
     return body
 
 
-# -- the sync client --------------------------------------------------------------------------
+def _json_body(method: str, path: str, body: Any, **kw: Any) -> _Request:
+    return _Request(method, path, body=body, has_body=True, headers={"Content-Type": "application/json"}, **kw)
 
 
-class Client(_Base):
-    """A blocking client (``urllib.request``).  See the module docstring."""
+def _health() -> _Request:
+    return _Request("GET", f"{API}/health")
 
-    def _send(self, base: str, token: str | None, req: _Request, timeout: float) -> _Response:
-        url = req.url(base)
-        r = urllib.request.Request(url, data=req.data(), method=req.method, headers={"Accept": "application/json", **_auth_headers(token), **req.headers})
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({})) if _is_loopback(url) else urllib.request.build_opener()
-        try:
-            with opener.open(r, timeout=timeout) as resp:
-                return _Response(resp.status, resp.reason, dict(resp.headers.items()), resp.read())
-        except urllib.error.HTTPError as exc:
-            with exc:
-                body = exc.read()
-            return _Response(exc.code, str(exc.reason), dict(exc.headers.items()) if exc.headers else {}, body)
-        except urllib.error.URLError as exc:
-            reason = exc.reason
-            if isinstance(reason, TimeoutError):
-                raise RequestTimeout(f"no answer from {url} within {timeout:g} s") from None
-            raise NoServer(f"no running functionai server found at {base} ({reason}): {HOW_TO_START}") from None
-        except TimeoutError:
-            raise RequestTimeout(f"no answer from {url} within {timeout:g} s") from None
-        except OSError as exc:
-            raise NoServer(f"no running functionai server found at {base} ({exc}): {HOW_TO_START}") from None
 
-    def _discover(self) -> tuple[str, str, str]:
-        """The one running Jupyter server whose functionai API answers."""
-        tried, found = [], []
-        for info in _running_servers():
-            url, token = _normalise_url(info["url"]), str(info.get("token") or "")
-            tried.append(url)
-            try:
-                resp = self._send(url, token, self._r_health(), PROBE_TIMEOUT)
-            except ClientError:
-                continue
-            if resp.status == 200:
-                found.append(info)
-        return _only_server(found, tried)
+# -- the client: one implementation, async -------------------------------------------------------
 
-    def _resolve(self) -> tuple[str, str | None]:
-        if self._url is not None:
-            return self._url, self._token
-        explicit = self._explicit()
-        if explicit is not None:
-            self._url, self._token = explicit
-            return explicit
-        self._url, self._token, _ = self._discover()
-        return self._url, self._token
 
-    @property
-    def url(self) -> str:
-        """The server's base URL (found on first use)."""
-        return self._resolve()[0]
+class AsyncClient:
+    """The coroutine client; :class:`Client` is its blocking twin.  See the
+    module docstring."""
 
-    def _call(self, req: _Request) -> _Response:
-        base, token = self._resolve()
-        resp = self._send(base, token, req, self._timeout(req))
-        if not 200 <= resp.status < 300:
-            raise _error_from(resp, req.url(base))
-        return resp
+    def __init__(self, url: str | None = None, token: str | None = None, timeout: float | None = None) -> None:
+        """``timeout``: seconds to wait for the server's answer (default: 900 for
+        an invoke, 120 for the other routes)."""
+        self._url_arg = url
+        self._token_arg = token
+        self.timeout = timeout
+        self._url: str | None = None
+        self.source = ""  # how ``connect`` chose this server
+        self._token: str | None = None
 
-    def _json(self, req: _Request) -> Any:
-        base, _ = self._resolve()
-        return _decode(self._call(req), req.url(base))
+    def _where(self) -> str | None:
+        return self._url or self._url_arg or os.environ.get(ENV_URL)
 
-    def close(self) -> None:
-        """Nothing to release (a connection per request); for symmetry with AsyncClient."""
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(url={self._where()!r})"
 
-    def __enter__(self) -> Client:
-        return self
+    def _explicit(self) -> tuple[str, str | None] | None:
+        """The URL and token given as arguments or by the environment (None: discover)."""
+        url = self._url_arg or os.environ.get(ENV_URL) or None
+        token = self._token_arg if self._token_arg is not None else os.environ.get(ENV_TOKEN)
+        if url is None:
+            return None
+        url = _normalise_url(url)
+        if token is None:
+            token = next((str(s.get("token") or "") for s in _running_servers() if _same_server(s["url"], url)), "")
+        return url, token
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def _timeout(self, req: _Request) -> float:
+        if self.timeout is not None:
+            return self.timeout + req.wait
+        return DEFAULT_TIMEOUT if req.path.startswith("functionai/invoke/") else API_TIMEOUT + req.wait
 
-    # -- API --------------------------------------------------------------------------------
-
-    def health(self) -> dict[str, Any]:
-        return self._json(self._r_health())
-
-    def deploy(self, name: str, code: str | None = None, *, file: str | os.PathLike[str] | None = None, handler: str = "handler", **spec_fields: Any) -> dict[str, Any]:
-        """Deploy a new version from ``code`` or the ``file``'s text; the spec is
-        validated here first (a bad one raises InvalidSpec before any request)."""
-        return self._json(self._r_deploy(_spec_body(name, code, file, handler, spec_fields)))
-
-    def functions(self) -> list[dict[str, Any]]:
-        return self._json(self._r_functions())
-
-    def function(self, name: str) -> dict[str, Any]:
-        return self._json(self._r_function(name))
-
-    def versions(self, name: str) -> list[dict[str, Any]]:
-        return self._json(self._r_versions(name))
-
-    def rollback(self, name: str, version: int) -> dict[str, Any]:
-        return self._json(self._r_rollback(name, version))
-
-    def delete(self, name: str) -> None:
-        self._call(self._r_delete(name))
-
-    def invoke(self, name: str, event: Any = None, *, session: str | None = None) -> InvokeResponse:
-        req = self._r_invoke(name, event, session)
-        resp = self._call(req)
-        return _invoke_response(resp, req.url(self._resolve()[0]))
-
-    def sessions(self, function: str | None = None, *, status: str | None = None) -> list[dict[str, Any]]:
-        return self._json(self._r_sessions(function, status))
-
-    def session(self, id: str) -> dict[str, Any]:
-        return self._json(self._r_session(id))
-
-    def open_session(self, name: str, session: str | None = None) -> dict[str, Any]:
-        return self._json(self._r_open_session(name, session))
-
-    def close_session(self, id: str) -> None:
-        self._call(self._r_close_session(id))
-
-    def instances(self) -> list[dict[str, Any]]:
-        return self._json(self._r_instances())
-
-    def coldstarts(self, function: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-        return self._json(self._r_coldstarts(function, limit))
-
-    def invocations(self, function: str | None = None, session: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-        return self._json(self._r_invocations(function, session, limit))
-
-    def create_key(self, function: str, note: str = "") -> dict[str, Any]:
-        return self._json(self._r_create_key(function, note))
-
-    def keys(self, function: str | None = None) -> list[dict[str, Any]]:
-        return self._json(self._r_keys(function))
-
-    def revoke_key(self, id: str) -> None:
-        self._call(self._r_revoke_key(id))
-
-    def submit(self, name: str, event: Any = None, *, session: str | None = None, timeout: float | None = None, retries: int | None = None) -> dict[str, Any]:
-        """Enqueue a durable task; returns it (``state`` "queued") at once."""
-        return self._json(self._r_submit(name, event, session, timeout, retries))
-
-    def task(self, id: str, *, wait: float = 0.0) -> dict[str, Any]:
-        """The task; with ``wait`` the server holds the answer up to that many
-        seconds (≤ 300) for it to finish."""
-        return self._json(self._r_task(id, wait))
-
-    def wait_task(self, id: str, timeout: float | None = None, poll: float = 60.0) -> dict[str, Any]:
-        """Long-poll until the task is finished (or ``timeout`` s passed)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            left = poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic()))
-            row = self.task(id, wait=left)
-            if row["state"] in TASK_FINAL_STATES or (deadline is not None and time.monotonic() >= deadline):
-                return row
-
-    def tasks(self, function: str | None = None, state: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-        return self._json(self._r_tasks(function, state, limit))
-
-    def task_counts(self) -> dict[str, dict[str, int]]:
-        return self._json(self._r_task_counts())
-
-    def cancel_task(self, id: str) -> dict[str, Any]:
-        return self._json(self._r_cancel_task(id))
-
-    def start_run(
-        self, notebook: str, parameters: dict[str, Any] | None = None, *, timeout: float | None = None, retries: int | None = None,
-        output_formats: list[str] | None = None, kernel: str | None = None, name: str | None = None, tags: list[str] | None = None,
-        idempotency_token: str | None = None,
-    ) -> dict[str, Any]:
-        """Run ``notebook`` (a path under the server's root) with papermill in a
-        sandbox, as a durable task; returns the run (``state`` "queued") at once.
-        The same ``idempotency_token`` gives back the run first made with it."""
-        body = _fields(notebook=notebook, parameters=parameters, timeout=timeout, retries=retries, output_formats=output_formats,
-                       kernel=kernel, name=name, tags=tags, idempotency_token=idempotency_token)
-        return self._json(self._r_start_run(body))
-
-    def delete_run(self, id: str) -> None:
-        """Delete a finished run and its outputs."""
-        self._call(self._r_delete_run(id))
-
-    def run_output(self, id: str, fmt: str = "ipynb") -> bytes:
-        """The bytes of a run's output (``ipynb`` or ``html``)."""
-        return self._call(self._r_run_output(id, fmt)).body
-
-    def create_schedule(self, notebook: str, cron: str | None, **fields: Any) -> dict[str, Any]:
-        """A schedule (job definition): ``timezone``, ``parameters``, ``enabled``,
-        ``overlap`` (skip | queue | allow), ``catch_up`` (none | latest),
-        ``output_formats``, ``kernel``, ``name``, ``tags``, ``timeout``,
-        ``retries``, ``idempotency_token``. ``cron=None``: run on demand only."""
-        return self._json(self._r_create_schedule({"notebook": notebook, "cron": cron, **_fields(**fields)}))
-
-    def schedules(self) -> list[dict[str, Any]]:
-        return self._json(self._r_schedules())
-
-    def schedule(self, id: str) -> dict[str, Any]:
-        return self._json(self._r_schedule(id))
-
-    def update_schedule(self, id: str, **fields: Any) -> dict[str, Any]:
-        return self._json(self._r_update_schedule(id, fields))
-
-    def delete_schedule(self, id: str) -> None:
-        self._call(self._r_delete_schedule(id))
-
-    def pause_schedule(self, id: str) -> dict[str, Any]:
-        return self._json(self._r_schedule_action(id, "pause"))
-
-    def resume_schedule(self, id: str) -> dict[str, Any]:
-        return self._json(self._r_schedule_action(id, "resume"))
-
-    def run_schedule_now(self, id: str) -> dict[str, Any]:
-        """Start a run of the schedule now; returns the run."""
-        return self._json(self._r_schedule_action(id, "run"))
-
-    def schedule_runs(self, id: str, limit: int | None = None) -> list[dict[str, Any]]:
-        return self._json(self._r_schedule_runs(id, limit))
-
-    def run(self, id: str, *, wait: float = 0.0) -> dict[str, Any]:
-        return self._json(self._r_run(id, wait))
-
-    def wait_run(self, id: str, timeout: float | None = None, poll: float = 60.0) -> dict[str, Any]:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            left = poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic()))
-            row = self.run(id, wait=left)
-            if row["state"] in TASK_FINAL_STATES or (deadline is not None and time.monotonic() >= deadline):
-                return row
-
-    def runs(self, state: str | None = None, limit: int | None = None, *, tag: str | None = None, schedule: str | None = None) -> list[dict[str, Any]]:
-        return self._json(self._r_runs(state, limit, tag, schedule))
-
-    def cancel_run(self, id: str) -> dict[str, Any]:
-        return self._json(self._r_cancel_run(id))
-
-    def retry_task(self, id: str) -> dict[str, Any]:
-        """Run a failed / cancelled / timed-out task again from its last checkpoint."""
-        return self._json(self._r_retry_task(id))
-
-    def openapi(self) -> dict[str, Any]:
-        return self._json(self._r_openapi())
-
-    # -- MCP tool service ---------------------------------------------------------------
-
-    def mcp_servers(self) -> list[dict[str, Any]]:
-        """Hosted MCP servers: kind, endpoint ``path`` (under the base URL), tools, sessions."""
-        return self._json(self._r_mcp_servers())
-
-    def mcp_server(self, name: str) -> dict[str, Any]:
-        """One hosted MCP server; each of its ``tools`` carries its call
-        statistics (``calls``, ``errors``, ``p50_ms``, ``p95_ms``, ...: :data:`TOOL_STATS`)."""
-        return self._json(self._r_mcp_server(name))
-
-    def mcp_url(self, name: str) -> str:
-        """The streamable-HTTP endpoint of the MCP server ``name``."""
-        return self.url.rstrip("/") + f"/functionai/mcp/{_quote(name)}/mcp"
-
-    def auth_headers(self) -> dict[str, str]:
-        """The ``Authorization`` header this client sends: what an MCP client
-        pointed at :meth:`mcp_url` needs too."""
-        return _auth_headers(self._resolve()[1])
-
-    def mcp_add(
-        self,
-        name: str,
-        command: list[str] | None = None,
-        *,
-        catalog: str | None = None,
-        env: dict[str, str] | None = None,
-        secrets: dict[str, str] | None = None,
-        idle_ttl: float | None = None,
-        network: str | None = None,
-        memory: str | int | None = None,
-        probe: bool = True,
-    ) -> dict[str, Any]:
-        """Host a stdio MCP server: ``command`` (its argv) or ``catalog`` (e.g.
-        ``"time"``); each MCP session gets its own process in its own sandbox."""
-        return self._json(self._r_mcp_add(_mcp_add_body(name, command, catalog, env, secrets, idle_ttl, network, memory, probe)))
-
-    def mcp_remove(self, name: str) -> None:
-        self._call(self._r_mcp_remove(name))
-
-    def mcp_publish_tool(self, server: str, tool: dict[str, Any], spec: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Publish a tool (see ``jupyter_functionai.tool``) on a function-backed server."""
-        return self._json(self._r_mcp_publish(server, tool, spec))
-
-    def mcp_remove_tool(self, server: str, tool: str) -> dict[str, Any]:
-        return self._json(self._r_mcp_remove_tool(server, tool))
-
-    def mcp_sessions(self, server: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
-        return self._json(self._r_mcp_sessions(server, status))
-
-    def mcp_end_session(self, id: str) -> None:
-        """End an MCP session, whoever opened it: its client's next request gets 404."""
-        self._call(self._r_mcp_end_session(id))
-
-    def mcp_tool_stats(self, server: str) -> dict[str, dict[str, Any]]:
-        """Each tool's calls since the server started: ``calls``, ``errors``
-        (isError results and JSON-RPC errors), ``p50_ms``, ``p95_ms`` (last
-        1,000 calls), ``last_called_at``, ``last_error``."""
-        return {t["name"]: {k: t.get(k) for k in TOOL_STATS} for t in self.mcp_server(server)["tools"]}
-
-
-# -- the async client ---------------------------------------------------------------------------
-
-
-class AsyncClient(_Base):
-    """A coroutine client (tornado's ``AsyncHTTPClient``).  See the module docstring."""
+    # -- moving bytes -----------------------------------------------------------------------
 
     async def _send(self, base: str, token: str | None, req: _Request, timeout: float) -> _Response:
         from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
@@ -911,8 +463,11 @@ class AsyncClient(_Base):
             allow_nonstandard_methods=True,
             follow_redirects=False,
         )
+        # an HTTP client of its own per request (a connection per request anyway):
+        # no queue shared with other callers on this loop, whose long-polls would hold it
+        http = AsyncHTTPClient(force_instance=True)
         try:
-            resp = await AsyncHTTPClient().fetch(r, raise_error=False)
+            resp = await http.fetch(r, raise_error=False)
         except HTTPClientError as exc:  # 599: timeout or a closed connection
             if "timeout" in str(exc).lower():
                 raise RequestTimeout(f"no answer from {url} within {timeout:g} s") from None
@@ -921,7 +476,23 @@ class AsyncClient(_Base):
             raise RequestTimeout(f"no answer from {url} within {timeout:g} s") from None
         except OSError as exc:
             raise NoServer(f"no running functionai server found at {base} ({exc}): {HOW_TO_START}") from None
+        finally:
+            http.close()
         return _Response(resp.code, resp.reason or "", {k: v for k, v in resp.headers.get_all()}, resp.body or b"")
+
+    async def _discover(self) -> tuple[str, str, str]:
+        """The one running Jupyter server whose functionai API answers."""
+        tried, found = [], []
+        for info in _running_servers():
+            url, token = _normalise_url(info["url"]), str(info.get("token") or "")
+            tried.append(url)
+            try:
+                resp = await self._send(url, token, _health(), PROBE_TIMEOUT)
+            except ClientError:
+                continue
+            if resp.status == 200:
+                found.append(info)
+        return _only_server(found, tried)
 
     async def _resolve(self) -> tuple[str, str | None]:
         if self._url is not None:
@@ -930,22 +501,8 @@ class AsyncClient(_Base):
         if explicit is not None:
             self._url, self._token = explicit
             return explicit
-        tried, found = [], []
-        for info in _running_servers():
-            url, token = _normalise_url(info["url"]), str(info.get("token") or "")
-            tried.append(url)
-            try:
-                resp = await self._send(url, token, self._r_health(), PROBE_TIMEOUT)
-            except ClientError:
-                continue
-            if resp.status == 200:
-                found.append(info)
-        self._url, self._token, _ = _only_server(found, tried)
+        self._url, self._token, _ = await self._discover()
         return self._url, self._token
-
-    async def get_url(self) -> str:
-        """The server's base URL (found on first use)."""
-        return (await self._resolve())[0]
 
     async def _call(self, req: _Request) -> _Response:
         base, token = await self._resolve()
@@ -958,8 +515,12 @@ class AsyncClient(_Base):
         resp = await self._call(req)
         return _decode(resp, req.url((await self._resolve())[0]))
 
+    async def get_url(self) -> str:
+        """The server's base URL (found on first use)."""
+        return (await self._resolve())[0]
+
     async def close(self) -> None:
-        """Nothing to release (tornado's shared client of the loop is used)."""
+        """Nothing to release (a connection per request)."""
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -970,70 +531,84 @@ class AsyncClient(_Base):
     # -- API --------------------------------------------------------------------------------
 
     async def health(self) -> dict[str, Any]:
-        return await self._json(self._r_health())
+        return await self._json(_health())
 
     async def deploy(self, name: str, code: str | None = None, *, file: str | os.PathLike[str] | None = None, handler: str = "handler", **spec_fields: Any) -> dict[str, Any]:
         """Deploy a new version from ``code`` or the ``file``'s text; the spec is
         validated here first (a bad one raises InvalidSpec before any request)."""
-        return await self._json(self._r_deploy(_spec_body(name, code, file, handler, spec_fields)))
+        body = _spec(name, code, file, handler, spec_fields).to_dict()
+        return await self._json(_Request("POST", f"{API}/functions", body=body, has_body=True))
 
     async def functions(self) -> list[dict[str, Any]]:
-        return await self._json(self._r_functions())
+        return await self._json(_Request("GET", f"{API}/functions"))
 
     async def function(self, name: str) -> dict[str, Any]:
-        return await self._json(self._r_function(name))
+        return await self._json(_Request("GET", f"{API}/functions/{_quote(name)}"))
 
     async def versions(self, name: str) -> list[dict[str, Any]]:
-        return await self._json(self._r_versions(name))
+        return await self._json(_Request("GET", f"{API}/functions/{_quote(name)}/versions"))
 
     async def rollback(self, name: str, version: int) -> dict[str, Any]:
-        return await self._json(self._r_rollback(name, version))
+        return await self._json(_Request("POST", f"{API}/functions/{_quote(name)}/rollback", body={"version": version}, has_body=True))
 
     async def delete(self, name: str) -> None:
-        await self._call(self._r_delete(name))
+        await self._call(_Request("DELETE", f"{API}/functions/{_quote(name)}"))
 
     async def invoke(self, name: str, event: Any = None, *, session: str | None = None) -> InvokeResponse:
-        req = self._r_invoke(name, event, session)
+        """Call the function (``POST /functionai/invoke/{name}``), in ``session``
+        (new when None); the answer carries the session and instance ids."""
+        headers = {"Content-Type": "application/json"}
+        if session is not None:
+            headers[SESSION_HEADER] = session
+        req = _Request("POST", f"functionai/invoke/{_quote(name)}", body=event, has_body=True, headers=headers)
         resp = await self._call(req)
         return _invoke_response(resp, req.url((await self._resolve())[0]))
 
     async def sessions(self, function: str | None = None, *, status: str | None = None) -> list[dict[str, Any]]:
-        return await self._json(self._r_sessions(function, status))
+        return await self._json(_Request("GET", f"{API}/sessions", query={"function": function, "status": status}))
 
     async def session(self, id: str) -> dict[str, Any]:
-        return await self._json(self._r_session(id))
+        return await self._json(_Request("GET", f"{API}/sessions/{_quote(id)}"))
 
     async def open_session(self, name: str, session: str | None = None) -> dict[str, Any]:
-        return await self._json(self._r_open_session(name, session))
+        body = {} if session is None else {"session": session}
+        return await self._json(_Request("POST", f"{API}/functions/{_quote(name)}/sessions", body=body, has_body=True))
 
     async def close_session(self, id: str) -> None:
-        await self._call(self._r_close_session(id))
+        await self._call(_Request("DELETE", f"{API}/sessions/{_quote(id)}"))
 
     async def instances(self) -> list[dict[str, Any]]:
-        return await self._json(self._r_instances())
+        return await self._json(_Request("GET", f"{API}/instances"))
 
     async def coldstarts(self, function: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-        return await self._json(self._r_coldstarts(function, limit))
+        return await self._json(_Request("GET", f"{API}/coldstarts", query={"function": function, "limit": limit}))
 
     async def invocations(self, function: str | None = None, session: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-        return await self._json(self._r_invocations(function, session, limit))
+        return await self._json(_Request("GET", f"{API}/invocations", query={"function": function, "session": session, "limit": limit}))
 
     async def create_key(self, function: str, note: str = "") -> dict[str, Any]:
-        return await self._json(self._r_create_key(function, note))
+        return await self._json(_Request("POST", f"{API}/keys", body={"function": function, "note": note}, has_body=True))
 
     async def keys(self, function: str | None = None) -> list[dict[str, Any]]:
-        return await self._json(self._r_keys(function))
+        return await self._json(_Request("GET", f"{API}/keys", query={"function": function}))
 
     async def revoke_key(self, id: str) -> None:
-        await self._call(self._r_revoke_key(id))
+        await self._call(_Request("DELETE", f"{API}/keys/{_quote(id)}"))
+
+    # -- durable tasks ----------------------------------------------------------------------
 
     async def submit(self, name: str, event: Any = None, *, session: str | None = None, timeout: float | None = None, retries: int | None = None) -> dict[str, Any]:
-        return await self._json(self._r_submit(name, event, session, timeout, retries))
+        """Enqueue a durable task; returns it (``state`` "queued") at once."""
+        query = {"session": session, "timeout": timeout, "retries": retries}
+        return await self._json(_json_body("POST", f"{API}/functions/{_quote(name)}/tasks", event, query=query))
 
     async def task(self, id: str, *, wait: float = 0.0) -> dict[str, Any]:
-        return await self._json(self._r_task(id, wait))
+        """The task; with ``wait`` the server holds the answer up to that many
+        seconds (≤ 300) for it to finish."""
+        return await self._json(_Request("GET", f"{API}/tasks/{_quote(id)}", query={"wait": wait or None}, wait=wait))
 
     async def wait_task(self, id: str, timeout: float | None = None, poll: float = 60.0) -> dict[str, Any]:
+        """Long-poll until the task is finished (or ``timeout`` s passed)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             left = poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic()))
@@ -1042,30 +617,115 @@ class AsyncClient(_Base):
                 return row
 
     async def tasks(self, function: str | None = None, state: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-        return await self._json(self._r_tasks(function, state, limit))
+        return await self._json(_Request("GET", f"{API}/tasks", query={"function": function, "state": state, "limit": limit}))
 
     async def task_counts(self) -> dict[str, dict[str, int]]:
-        return await self._json(self._r_task_counts())
+        return await self._json(_Request("GET", f"{API}/tasks/counts"))
 
     async def cancel_task(self, id: str) -> dict[str, Any]:
-        return await self._json(self._r_cancel_task(id))
+        return await self._json(_Request("POST", f"{API}/tasks/{_quote(id)}/cancel"))
 
     async def retry_task(self, id: str) -> dict[str, Any]:
-        return await self._json(self._r_retry_task(id))
+        """Run a failed / cancelled / timed-out task again from its last checkpoint."""
+        return await self._json(_Request("POST", f"{API}/tasks/{_quote(id)}/retry"))
+
+    # -- notebook runs and schedules ----------------------------------------------------------
+
+    async def start_run(
+        self, notebook: str, parameters: dict[str, Any] | None = None, *, timeout: float | None = None, retries: int | None = None,
+        output_formats: list[str] | None = None, kernel: str | None = None, name: str | None = None, tags: list[str] | None = None,
+        idempotency_token: str | None = None,
+    ) -> dict[str, Any]:
+        """Run ``notebook`` (a path under the server's root) with papermill in a
+        sandbox, as a durable task; returns the run (``state`` "queued") at once.
+        The same ``idempotency_token`` gives back the run first made with it."""
+        body = _fields(notebook=notebook, parameters=parameters, timeout=timeout, retries=retries, output_formats=output_formats,
+                       kernel=kernel, name=name, tags=tags, idempotency_token=idempotency_token)
+        return await self._json(_json_body("POST", f"{API}/runs", body))
+
+    async def run(self, id: str, *, wait: float = 0.0) -> dict[str, Any]:
+        return await self._json(_Request("GET", f"{API}/runs/{_quote(id)}", query={"wait": wait or None}, wait=wait))
+
+    async def wait_run(self, id: str, timeout: float | None = None, poll: float = 60.0) -> dict[str, Any]:
+        """Long-poll until the run is finished (or ``timeout`` s passed)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic()))
+            row = await self.run(id, wait=left)
+            if row["state"] in TASK_FINAL_STATES or (deadline is not None and time.monotonic() >= deadline):
+                return row
+
+    async def runs(self, state: str | None = None, limit: int | None = None, *, tag: str | None = None, schedule: str | None = None) -> list[dict[str, Any]]:
+        return await self._json(_Request("GET", f"{API}/runs", query={"state": state, "limit": limit, "tag": tag, "schedule": schedule}))
+
+    async def cancel_run(self, id: str) -> dict[str, Any]:
+        return await self._json(_Request("POST", f"{API}/runs/{_quote(id)}/cancel"))
+
+    async def delete_run(self, id: str) -> None:
+        """Delete a finished run and its outputs."""
+        await self._call(_Request("DELETE", f"{API}/runs/{_quote(id)}"))
+
+    async def run_output(self, id: str, fmt: str = "ipynb") -> bytes:
+        """The bytes of a run's output (``ipynb`` or ``html``)."""
+        return (await self._call(_Request("GET", f"{API}/runs/{_quote(id)}/outputs/{_quote(fmt)}"))).body
+
+    async def create_schedule(self, notebook: str, cron: str | None, **fields: Any) -> dict[str, Any]:
+        """A schedule (job definition): ``timezone``, ``parameters``, ``enabled``,
+        ``overlap`` (skip | queue | allow), ``catch_up`` (none | latest),
+        ``output_formats``, ``kernel``, ``name``, ``tags``, ``timeout``,
+        ``retries``, ``idempotency_token``. ``cron=None``: run on demand only."""
+        return await self._json(_json_body("POST", f"{API}/schedules", {"notebook": notebook, "cron": cron, **_fields(**fields)}))
+
+    async def schedules(self) -> list[dict[str, Any]]:
+        return await self._json(_Request("GET", f"{API}/schedules"))
+
+    async def schedule(self, id: str) -> dict[str, Any]:
+        return await self._json(_Request("GET", f"{API}/schedules/{_quote(id)}"))
+
+    async def update_schedule(self, id: str, **fields: Any) -> dict[str, Any]:
+        return await self._json(_json_body("PATCH", f"{API}/schedules/{_quote(id)}", fields))
+
+    async def delete_schedule(self, id: str) -> None:
+        await self._call(_Request("DELETE", f"{API}/schedules/{_quote(id)}"))
+
+    async def _schedule_action(self, id: str, action: str) -> dict[str, Any]:
+        return await self._json(_Request("POST", f"{API}/schedules/{_quote(id)}/{action}"))
+
+    async def pause_schedule(self, id: str) -> dict[str, Any]:
+        return await self._schedule_action(id, "pause")
+
+    async def resume_schedule(self, id: str) -> dict[str, Any]:
+        return await self._schedule_action(id, "resume")
+
+    async def run_schedule_now(self, id: str) -> dict[str, Any]:
+        """Start a run of the schedule now; returns the run."""
+        return await self._schedule_action(id, "run")
+
+    async def schedule_runs(self, id: str, limit: int | None = None) -> list[dict[str, Any]]:
+        return await self._json(_Request("GET", f"{API}/schedules/{_quote(id)}/runs", query={"limit": limit}))
 
     async def openapi(self) -> dict[str, Any]:
-        return await self._json(self._r_openapi())
+        return await self._json(_Request("GET", f"{API}/openapi.json"))
 
     # -- MCP tool service ---------------------------------------------------------------
 
     async def mcp_servers(self) -> list[dict[str, Any]]:
-        return await self._json(self._r_mcp_servers())
+        """Hosted MCP servers: kind, endpoint ``path`` (under the base URL), tools, sessions."""
+        return await self._json(_Request("GET", f"{API}/mcp/servers"))
 
     async def mcp_server(self, name: str) -> dict[str, Any]:
-        return await self._json(self._r_mcp_server(name))
+        """One hosted MCP server; each of its ``tools`` carries its call
+        statistics (``calls``, ``errors``, ``p50_ms``, ``p95_ms``, ...: :data:`TOOL_STATS`)."""
+        return await self._json(_Request("GET", f"{API}/mcp/servers/{_quote(name)}"))
 
     async def mcp_url(self, name: str) -> str:
+        """The streamable-HTTP endpoint of the MCP server ``name``."""
         return (await self.get_url()).rstrip("/") + f"/functionai/mcp/{_quote(name)}/mcp"
+
+    async def auth_headers(self) -> dict[str, str]:
+        """The ``Authorization`` header this client sends: what an MCP client
+        pointed at :meth:`mcp_url` needs too."""
+        return _auth_headers((await self._resolve())[1])
 
     async def mcp_add(
         self,
@@ -1080,22 +740,131 @@ class AsyncClient(_Base):
         memory: str | int | None = None,
         probe: bool = True,
     ) -> dict[str, Any]:
-        return await self._json(self._r_mcp_add(_mcp_add_body(name, command, catalog, env, secrets, idle_ttl, network, memory, probe)))
+        """Host a stdio MCP server: ``command`` (its argv) or ``catalog`` (e.g.
+        ``"time"``); each MCP session gets its own process in its own sandbox."""
+        body = _mcp_add_body(name, command, catalog, env, secrets, idle_ttl, network, memory, probe)
+        # a catalog server may be installed (pip) and every server is probed: allow time
+        return await self._json(_Request("POST", f"{API}/mcp/servers", body=body, has_body=True, wait=MCP_ADD_WAIT))
 
     async def mcp_remove(self, name: str) -> None:
-        await self._call(self._r_mcp_remove(name))
+        await self._call(_Request("DELETE", f"{API}/mcp/servers/{_quote(name)}"))
 
     async def mcp_publish_tool(self, server: str, tool: dict[str, Any], spec: dict[str, Any] | None = None) -> dict[str, Any]:
-        return await self._json(self._r_mcp_publish(server, tool, spec))
+        """Publish a tool (see ``jupyter_functionai.tool``) on a function-backed server."""
+        body = {**tool, "spec": spec} if spec else dict(tool)
+        return await self._json(_Request("PUT", f"{API}/mcp/servers/{_quote(server)}/tools/{_quote(tool['name'])}", body=body, has_body=True))
 
     async def mcp_remove_tool(self, server: str, tool: str) -> dict[str, Any]:
-        return await self._json(self._r_mcp_remove_tool(server, tool))
+        return await self._json(_Request("DELETE", f"{API}/mcp/servers/{_quote(server)}/tools/{_quote(tool)}"))
 
     async def mcp_sessions(self, server: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
-        return await self._json(self._r_mcp_sessions(server, status))
+        return await self._json(_Request("GET", f"{API}/mcp/sessions", query={"server": server, "status": status}))
 
     async def mcp_end_session(self, id: str) -> None:
-        await self._call(self._r_mcp_end_session(id))
+        """End an MCP session, whoever opened it: its client's next request gets 404."""
+        await self._call(_Request("DELETE", f"{API}/mcp/sessions/{_quote(id)}"))
 
     async def mcp_tool_stats(self, server: str) -> dict[str, dict[str, Any]]:
+        """Each tool's calls since the server started: ``calls``, ``errors``
+        (isError results and JSON-RPC errors), ``p50_ms``, ``p95_ms`` (last
+        1,000 calls), ``last_called_at``, ``last_error``."""
         return {t["name"]: {k: t.get(k) for k in TOOL_STATS} for t in (await self.mcp_server(server))["tools"]}
+
+
+# -- the blocking client: generated from AsyncClient ---------------------------------------------
+
+
+class Client(Blocking, twin=AsyncClient):
+    """The blocking twin of :class:`AsyncClient`: the same methods, each
+    running the async one on this process's client loop (a daemon thread)
+    and returning its result.  See the module docstring."""
+
+    def __init__(self, url: str | None = None, token: str | None = None, timeout: float | None = None) -> None:
+        """``timeout``: seconds to wait for the server's answer (default: 900 for
+        an invoke, 120 for the other routes)."""
+        self._impl = AsyncClient(url, token, timeout)
+        self.source = ""  # how ``connect`` chose this server
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(url={self._impl._where()!r})"
+
+    @property
+    def timeout(self) -> float | None:
+        return self._impl.timeout
+
+    @timeout.setter
+    def timeout(self, value: float | None) -> None:
+        self._impl.timeout = value
+
+    @property
+    def url(self) -> str:
+        """The server's base URL (found on first use)."""
+        return self.get_url()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    get_url = blocking(AsyncClient.get_url)
+    close = blocking(AsyncClient.close)
+    health = blocking(AsyncClient.health)
+    deploy = blocking(AsyncClient.deploy)
+    functions = blocking(AsyncClient.functions)
+    function = blocking(AsyncClient.function)
+    versions = blocking(AsyncClient.versions)
+    rollback = blocking(AsyncClient.rollback)
+    delete = blocking(AsyncClient.delete)
+    invoke = blocking(AsyncClient.invoke)
+    sessions = blocking(AsyncClient.sessions)
+    session = blocking(AsyncClient.session)
+    open_session = blocking(AsyncClient.open_session)
+    close_session = blocking(AsyncClient.close_session)
+    instances = blocking(AsyncClient.instances)
+    coldstarts = blocking(AsyncClient.coldstarts)
+    invocations = blocking(AsyncClient.invocations)
+    create_key = blocking(AsyncClient.create_key)
+    keys = blocking(AsyncClient.keys)
+    revoke_key = blocking(AsyncClient.revoke_key)
+    submit = blocking(AsyncClient.submit)
+    task = blocking(AsyncClient.task)
+    wait_task = blocking(AsyncClient.wait_task)
+    tasks = blocking(AsyncClient.tasks)
+    task_counts = blocking(AsyncClient.task_counts)
+    cancel_task = blocking(AsyncClient.cancel_task)
+    retry_task = blocking(AsyncClient.retry_task)
+    start_run = blocking(AsyncClient.start_run)
+    run = blocking(AsyncClient.run)
+    wait_run = blocking(AsyncClient.wait_run)
+    runs = blocking(AsyncClient.runs)
+    cancel_run = blocking(AsyncClient.cancel_run)
+    delete_run = blocking(AsyncClient.delete_run)
+    run_output = blocking(AsyncClient.run_output)
+    create_schedule = blocking(AsyncClient.create_schedule)
+    schedules = blocking(AsyncClient.schedules)
+    schedule = blocking(AsyncClient.schedule)
+    update_schedule = blocking(AsyncClient.update_schedule)
+    delete_schedule = blocking(AsyncClient.delete_schedule)
+    pause_schedule = blocking(AsyncClient.pause_schedule)
+    resume_schedule = blocking(AsyncClient.resume_schedule)
+    run_schedule_now = blocking(AsyncClient.run_schedule_now)
+    schedule_runs = blocking(AsyncClient.schedule_runs)
+    openapi = blocking(AsyncClient.openapi)
+    mcp_servers = blocking(AsyncClient.mcp_servers)
+    mcp_server = blocking(AsyncClient.mcp_server)
+    mcp_url = blocking(AsyncClient.mcp_url)
+    auth_headers = blocking(AsyncClient.auth_headers)
+    mcp_add = blocking(AsyncClient.mcp_add)
+    mcp_remove = blocking(AsyncClient.mcp_remove)
+    mcp_publish_tool = blocking(AsyncClient.mcp_publish_tool)
+    mcp_remove_tool = blocking(AsyncClient.mcp_remove_tool)
+    mcp_sessions = blocking(AsyncClient.mcp_sessions)
+    mcp_end_session = blocking(AsyncClient.mcp_end_session)
+    mcp_tool_stats = blocking(AsyncClient.mcp_tool_stats)
+
+
+if TYPE_CHECKING:  # mypy: Client is what the notebook surfaces take (jupyter_functionai.api)
+    from .api import ServerClient
+
+    _client_is_a_server_client: type[ServerClient] = Client

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
+from .api import FunctionAIClient
 from .client import (
     ENV_URL,
     PARENT_URL,
@@ -15,7 +17,10 @@ from .client import (
     choose_server,
 )
 
-_EMBEDDED: Any = None
+if TYPE_CHECKING:
+    from .embedded import EmbeddedClient
+
+_EMBEDDED: EmbeddedClient | None = None
 
 
 def _choice(parent: bool = True) -> ServerChoice | None:
@@ -27,7 +32,7 @@ def _choice(parent: bool = True) -> ServerChoice | None:
         return None
 
 
-def connect(announce: Any = print) -> Any:
+def connect(announce: Callable[[str], Any] | None = print) -> FunctionAIClient:
     """The server that notebook surfaces (magics, panels, sandbox kernels) talk
     to, in the order of the ``functionai`` command (:func:`choose_server`),
     and ``announce`` says which:

@@ -1,5 +1,6 @@
 """A Runtime inside the current process (a notebook kernel), behind the
-synchronous client interface the magics and handles use.
+client interface the magics and handles use
+(:class:`~jupyter_functionai.api.FunctionAIClient`).
 
 When no functionai server can be found, ``%%function`` and
 ``@function(...)`` fall back to this: the Runtime runs on its own event loop in
@@ -7,23 +8,22 @@ a background thread (so the kernel's own loop is never blocked by it), with
 its data under ``$FUNCTIONAI_DATA_DIR/embedded`` or
 ``<jupyter data dir>/functionai-embedded`` (never the directory a server may
 be using).  It stops when the process exits.
+
+As for the HTTP client, the methods are written once, as coroutines
+(:class:`AsyncEmbeddedClient`, over the Runtime), and :class:`EmbeddedClient`
+is their blocking twin (``jupyter_functionai._sync``), run on the Runtime's loop.
 """
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import os
 import threading
-from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-from .client import InvokeResponse
+from ._sync import Blocking, Portal, blocking
+from .client import InvokeResponse, _spec
 from .runtime import InvokeResult, Runtime
-from .spec import FunctionSpec
-
-T = TypeVar("T")
-
 
 _SHARED: EmbeddedClient | None = None
 _SHARED_LOCK = threading.Lock()
@@ -34,7 +34,7 @@ def shared_client() -> EmbeddedClient:
     that everything in a process that falls back to it shares one store."""
     global _SHARED
     with _SHARED_LOCK:
-        if _SHARED is None or not _SHARED._thread.is_alive():
+        if _SHARED is None or not _SHARED._portal.alive():
             _SHARED = EmbeddedClient()
         return _SHARED
 
@@ -46,45 +46,22 @@ def default_embedded_dir() -> str:
     return os.path.join(base, "embedded") if base else os.path.join(jupyter_data_dir(), "functionai-embedded")
 
 
-class EmbeddedClient:
-    """The subset of :class:`~jupyter_functionai.client.Client` the notebook
-    surfaces use, served by an in-process Runtime."""
+async def _open(data_dir: str) -> Runtime:
+    return await Runtime.open(data_dir)
 
-    def __init__(self, data_dir: str | None = None) -> None:
-        self.data_dir = os.path.abspath(data_dir or default_embedded_dir())
-        self.source = ""  # how ``client.connect`` chose it
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="functionai-embedded", daemon=True)
-        self._thread.start()
-        self.runtime: Runtime = self._run(Runtime.open(self.data_dir))
-        atexit.register(self.close)
 
-    @property
-    def url(self) -> str:
-        return f"embedded:{self.data_dir}"
+class AsyncEmbeddedClient:
+    """The client methods of the notebook surfaces, as coroutines over a Runtime
+    (run them on the Runtime's loop)."""
 
-    def _run(self, awaitable: Awaitable[T]) -> T:
-        async def wrap() -> T:
-            return await awaitable
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
 
-        return asyncio.run_coroutine_threadsafe(wrap(), self._loop).result()
+    async def deploy(self, name: str, code: str | None = None, *, file: str | os.PathLike[str] | None = None, handler: str = "handler", **spec_fields: Any) -> dict[str, Any]:
+        return await self.runtime.deploy(_spec(name, code, file, handler, spec_fields))
 
-    def close(self) -> None:
-        if self._loop.is_closed() or not self._thread.is_alive():
-            return
-        try:
-            self._run(self.runtime.close())
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=10)
-
-    # -- the Client methods the magics and handles call --------------------------------------
-
-    def deploy(self, name: str, code: str | None = None, *, handler: str = "handler", **spec: Any) -> dict[str, Any]:
-        return self._run(self.runtime.deploy(FunctionSpec.from_code(name, code or "", handler=handler, **spec)))
-
-    def invoke(self, name: str, event: Any = None, *, session: str | None = None) -> InvokeResponse:
-        r: InvokeResult = self._run(self.runtime.invoke(name, event, session=session))
+    async def invoke(self, name: str, event: Any = None, *, session: str | None = None) -> InvokeResponse:
+        r: InvokeResult = await self.runtime.invoke(name, event, session=session)
         return InvokeResponse(
             value=r.value,
             session_id=r.session_id,
@@ -93,47 +70,101 @@ class EmbeddedClient:
             status=200,
         )
 
-    def functions(self) -> list[dict[str, Any]]:
+    async def functions(self) -> list[dict[str, Any]]:
         return self.runtime.functions()
 
-    def versions(self, name: str) -> list[dict[str, Any]]:
+    async def versions(self, name: str) -> list[dict[str, Any]]:
         return self.runtime.versions(name)
 
-    def rollback(self, name: str, version: int) -> dict[str, Any]:
-        return self._run(self.runtime.rollback(name, version))
+    async def rollback(self, name: str, version: int) -> dict[str, Any]:
+        return await self.runtime.rollback(name, version)
 
-    def open_session(self, name: str, session: str | None = None) -> dict[str, Any]:
-        return self._run(self.runtime.open_session(name, session))
+    async def open_session(self, name: str, session: str | None = None) -> dict[str, Any]:
+        return await self.runtime.open_session(name, session)
 
-    def session(self, id: str) -> dict[str, Any]:
-        return self._run(self.runtime.describe_session(id))
+    async def session(self, id: str) -> dict[str, Any]:
+        return await self.runtime.describe_session(id)
 
-    def close_session(self, id: str) -> None:
-        self._run(self.runtime.close_session(id))
+    async def close_session(self, id: str) -> None:
+        await self.runtime.close_session(id)
 
-    def sessions(self, function: str | None = None, *, status: str | None = None) -> list[dict[str, Any]]:
-        return self._run(self.runtime.sessions(function, status))
+    async def sessions(self, function: str | None = None, *, status: str | None = None) -> list[dict[str, Any]]:
+        return await self.runtime.sessions(function, status)
 
-    def submit(self, name: str, event: Any = None, *, session: str | None = None, timeout: float | None = None, retries: int | None = None) -> dict[str, Any]:
-        return self._run(self.runtime.tasks.submit(name, event, session=session, timeout=timeout, retries=retries))
+    async def coldstarts(self, function: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        return await self.runtime.coldstarts(function, 500 if limit is None else limit)
 
-    def task(self, id: str, *, wait: float = 0.0) -> dict[str, Any]:
-        return self._run(self.runtime.tasks.wait(id, wait) if wait else self.runtime.tasks.get(id))
+    async def submit(self, name: str, event: Any = None, *, session: str | None = None, timeout: float | None = None, retries: int | None = None) -> dict[str, Any]:
+        return await self.runtime.tasks.submit(name, event, session=session, timeout=timeout, retries=retries)
 
-    def wait_task(self, id: str, timeout: float | None = None) -> dict[str, Any]:
-        return self._run(self.runtime.tasks.wait(id, timeout))
+    async def task(self, id: str, *, wait: float = 0.0) -> dict[str, Any]:
+        return await (self.runtime.tasks.wait(id, wait) if wait else self.runtime.tasks.get(id))
 
-    def tasks(self, function: str | None = None, state: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
-        return self._run(self.runtime.tasks.list_tasks(function, state, limit=limit or 100))
+    async def wait_task(self, id: str, timeout: float | None = None) -> dict[str, Any]:
+        return await self.runtime.tasks.wait(id, timeout)
 
-    def task_counts(self) -> dict[str, dict[str, int]]:
-        return self._run(self.runtime.tasks.counts())
+    async def tasks(self, function: str | None = None, state: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        return await self.runtime.tasks.list_tasks(function, state, limit=limit or 100)
 
-    def cancel_task(self, id: str) -> dict[str, Any]:
-        return self._run(self.runtime.tasks.cancel(id))
+    async def task_counts(self) -> dict[str, dict[str, int]]:
+        return await self.runtime.tasks.counts()
 
-    def retry_task(self, id: str) -> dict[str, Any]:
-        return self._run(self.runtime.tasks.retry(id))
+    async def cancel_task(self, id: str) -> dict[str, Any]:
+        return await self.runtime.tasks.cancel(id)
 
-    def coldstarts(self, function: str | None = None, limit: int = 500) -> list[dict[str, Any]]:
-        return self._run(self.runtime.coldstarts(function, limit))
+    async def retry_task(self, id: str) -> dict[str, Any]:
+        return await self.runtime.tasks.retry(id)
+
+
+class EmbeddedClient(Blocking, twin=AsyncEmbeddedClient):
+    """The blocking twin of :class:`AsyncEmbeddedClient`, whose Runtime runs on
+    a loop of its own in a daemon thread."""
+
+    def __init__(self, data_dir: str | None = None) -> None:
+        self.data_dir = os.path.abspath(data_dir or default_embedded_dir())
+        self.source = ""  # how ``client.connect`` chose it
+        self._own_portal = Portal("functionai-embedded")
+        self.runtime: Runtime = self._own_portal.run(_open(self.data_dir))
+        self._impl = AsyncEmbeddedClient(self.runtime)
+        atexit.register(self.close)
+
+    @property
+    def _portal(self) -> Portal:
+        return self._own_portal
+
+    @property
+    def url(self) -> str:
+        return f"embedded:{self.data_dir}"
+
+    def close(self) -> None:
+        """Close the Runtime and stop its loop (again: nothing)."""
+        if not self._own_portal.alive():
+            return
+        try:
+            self._own_portal.run(self.runtime.close())
+        finally:
+            self._own_portal.close()
+
+    deploy = blocking(AsyncEmbeddedClient.deploy)
+    invoke = blocking(AsyncEmbeddedClient.invoke)
+    functions = blocking(AsyncEmbeddedClient.functions)
+    versions = blocking(AsyncEmbeddedClient.versions)
+    rollback = blocking(AsyncEmbeddedClient.rollback)
+    open_session = blocking(AsyncEmbeddedClient.open_session)
+    session = blocking(AsyncEmbeddedClient.session)
+    close_session = blocking(AsyncEmbeddedClient.close_session)
+    sessions = blocking(AsyncEmbeddedClient.sessions)
+    coldstarts = blocking(AsyncEmbeddedClient.coldstarts)
+    submit = blocking(AsyncEmbeddedClient.submit)
+    task = blocking(AsyncEmbeddedClient.task)
+    wait_task = blocking(AsyncEmbeddedClient.wait_task)
+    tasks = blocking(AsyncEmbeddedClient.tasks)
+    task_counts = blocking(AsyncEmbeddedClient.task_counts)
+    cancel_task = blocking(AsyncEmbeddedClient.cancel_task)
+    retry_task = blocking(AsyncEmbeddedClient.retry_task)
+
+
+if TYPE_CHECKING:  # mypy: the embedded runtime is a client of the notebook surfaces (jupyter_functionai.api)
+    from .api import FunctionAIClient
+
+    _embedded_is_a_client: type[FunctionAIClient] = EmbeddedClient

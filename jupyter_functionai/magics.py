@@ -53,6 +53,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
+from .api import FunctionAIClient, ServerClient, as_server
 from .client import InvokeResponse, NoServer
 from .connect import connect
 from .errors import FunctionAIError, UserError
@@ -322,7 +323,7 @@ def _namespace_of(fn: Any) -> dict[str, Any]:
     return {k: v for k, v in fn.__globals__.items() if k != fn.__name__}
 
 
-def function(name: Any = None, *, client: Any = None, **spec: Any) -> Any:
+def function(name: Any = None, *, client: FunctionAIClient | None = None, **spec: Any) -> Any:
     """``@jupyter_functionai.function(...)``: deploy a notebook function as a sandbox function.
 
     ::
@@ -367,7 +368,7 @@ def function(name: Any = None, *, client: Any = None, **spec: Any) -> Any:
     return deploy
 
 
-def tool(server: Any = None, *, name: str | None = None, description: str | None = None, client: Any = None, **spec: Any) -> Any:
+def tool(server: Any = None, *, name: str | None = None, description: str | None = None, client: FunctionAIClient | None = None, **spec: Any) -> Any:
     """``@jupyter_functionai.tool("SERVER")``: publish a notebook function as a
     tool of the hosted MCP server ``SERVER`` (created on first use)::
 
@@ -409,7 +410,7 @@ def tool(server: Any = None, *, name: str | None = None, description: str | None
     return publish
 
 
-def _publish(server: str, fn: Any, carry: _Carry, name: str | None, description: str | None, client: Any, spec: dict[str, Any]) -> ToolHandle:
+def _publish(server: str, fn: Any, carry: _Carry, name: str | None, description: str | None, client: FunctionAIClient | None, spec: dict[str, Any]) -> ToolHandle:
     from .mcp.schema import describe_function
 
     try:
@@ -417,8 +418,8 @@ def _publish(server: str, fn: Any, carry: _Carry, name: str | None, description:
     except FunctionAIError as exc:
         raise UsageError(str(exc)) from None
     row = {**info, "code": carry.code, "handler": fn.__name__}
-    fai = client or connect()
-    if not hasattr(fai, "mcp_publish_tool"):  # the embedded runtime has no HTTP endpoint to serve MCP on
+    fai = as_server(client or connect())
+    if fai is None:  # the embedded runtime has no HTTP endpoint to serve MCP on
         raise UsageError(
             "publishing MCP tools needs a functionai server (its endpoint is served over HTTP): run in JupyterLab "
             "with the extension, or start one with `functionai serve` and set FUNCTIONAI_URL / FUNCTIONAI_TOKEN"
@@ -434,7 +435,7 @@ class ToolHandle:
     """A published tool: ``.url`` is its MCP server's endpoint; calling it runs
     the local function."""
 
-    def __init__(self, server: str, name: str, client: Any, fn: Any) -> None:
+    def __init__(self, server: str, name: str, client: ServerClient, fn: Any) -> None:
         self.server = server
         self.name = name
         self.client = client
@@ -467,7 +468,7 @@ class ToolHandle:
 class FunctionHandle:
     """A deployed function: call it, open sessions, inspect it."""
 
-    def __init__(self, name: str, client: Any, *, offset: int = 0) -> None:
+    def __init__(self, name: str, client: FunctionAIClient, *, offset: int = 0) -> None:
         self.name = name
         self.client = client
         self.offset = offset  # lines of carried code before the cell
@@ -621,12 +622,12 @@ FAI_USAGE = """usage: %fai ls | sessions [NAME] | invoke NAME [--session ID] JSO
 class FunctionAIMagics(Magics):
     """``%%function``, ``%%tool`` and ``%fai``."""
 
-    def __init__(self, shell: Any = None, client: Any = None) -> None:
+    def __init__(self, shell: Any = None, client: FunctionAIClient | None = None) -> None:
         super().__init__(shell)
         self._client = client
 
     @property
-    def client(self) -> Any:
+    def client(self) -> FunctionAIClient:
         if self._client is None:
             self._client = connect()
         return self._client
@@ -810,13 +811,19 @@ class FunctionAIMagics(Magics):
                 params[name] = json.loads(value)
             except ValueError:
                 params[name] = value
-        run = self.client.start_run(
+        server = as_server(self.client)
+        if server is None:  # the embedded runtime runs no notebooks
+            raise UsageError(
+                "%fai run needs a functionai server: run in JupyterLab with the extension, "
+                "or start one with `functionai serve` and set FUNCTIONAI_URL / FUNCTIONAI_TOKEN"
+            )
+        run = server.start_run(
             args.notebook, params, timeout=args.timeout, output_formats=["ipynb", "html"] if args.html else None, tags=args.tag, kernel=args.kernel,
         )
         if args.no_wait:
             print(f"started run {run['id']} of {args.notebook}")
             return run
-        run = self.client.wait_run(run["id"])
+        run = server.wait_run(run["id"])
         took = f" in {run['duration_s']:.1f} s" if run.get("duration_s") is not None else ""
         print(f"run {run['id']} of {args.notebook}: {run['state']}{took}")
         self._show_outputs(run)

@@ -45,6 +45,8 @@ from typing import Any
 
 import ipywidgets as widgets
 
+from .api import FunctionAIClient, ServerClient, as_server
+
 __all__ = [
     "PATH_COLOURS",
     "ColdStartsPanel",
@@ -336,7 +338,7 @@ class _LivePanel(widgets.VBox):
     kind = "panel"
     title = "functionai"
 
-    def __init__(self, client: Any, *, interval: float = 2.0, live: bool = True, active: bool = True) -> None:
+    def __init__(self, client: FunctionAIClient, *, interval: float = 2.0, live: bool = True, active: bool = True) -> None:
         self.client = client
         self.interval = max(0.2, float(interval))
         self.last_action: Future[Any] | None = None
@@ -534,7 +536,7 @@ class _LivePanel(widgets.VBox):
         pass
 
 
-def open_sessions(client: Any, function: str | None) -> list[dict[str, Any]]:
+def open_sessions(client: FunctionAIClient, function: str | None) -> list[dict[str, Any]]:
     """The live and paused sessions (not the ended ones, which pile up)."""
     return [*client.sessions(function, status="live"), *client.sessions(function, status="paused")]
 
@@ -603,7 +605,7 @@ class SessionsPanel(_LivePanel):
     kind = "sessions"
     title = "functionai sessions"
 
-    def __init__(self, client: Any, function: str | None = None, *, include_ended: bool = False, interval: float = 2.0, **kw: Any) -> None:
+    def __init__(self, client: FunctionAIClient, function: str | None = None, *, include_ended: bool = False, interval: float = 2.0, **kw: Any) -> None:
         self.function = function
         self._rows: dict[str, _SessionRow] = {}
         self._closing: set[str] = set()
@@ -696,7 +698,7 @@ class ColdStartsPanel(_LivePanel):
     kind = "coldstarts"
     title = "functionai cold starts"
 
-    def __init__(self, client: Any, function: str | None = None, *, limit: int = 200, bars: int = 30, interval: float = 2.0, **kw: Any) -> None:
+    def __init__(self, client: FunctionAIClient, function: str | None = None, *, limit: int = 200, bars: int = 30, interval: float = 2.0, **kw: Any) -> None:
         self.function = function
         self.limit = limit
         self.bars = bars
@@ -743,7 +745,7 @@ class FunctionsPanel(_LivePanel):
     kind = "functions"
     title = "functionai functions"
 
-    def __init__(self, client: Any, name: str | None = None, *, session: str | None = None, interval: float = 3.0, **kw: Any) -> None:
+    def __init__(self, client: FunctionAIClient, name: str | None = None, *, session: str | None = None, interval: float = 3.0, **kw: Any) -> None:
         self.fixed_name = name
         self.session = session
         self._updating = False
@@ -987,7 +989,7 @@ class TasksPanel(_LivePanel):
     kind = "tasks"
     title = "functionai tasks"
 
-    def __init__(self, client: Any, function: str | None = None, *, recent: int = 20, interval: float = 2.0, **kw: Any) -> None:
+    def __init__(self, client: FunctionAIClient, function: str | None = None, *, recent: int = 20, interval: float = 2.0, **kw: Any) -> None:
         self.function = function
         self.recent = recent
         self._rows: dict[str, _TaskRow] = {}
@@ -1080,6 +1082,15 @@ RUN_COLUMNS = ("run", "notebook", "state", "progress", "", "duration", "cold sta
 RUN_GRID = "repeat(3, max-content) 160px minmax(120px, 1fr) repeat(4, max-content) 84px"
 ACTIVE_RUN_STATES = ("queued", "running")
 NO_RUNS = "runs and schedules need a functionai server (this client has none: the embedded runtime?)"
+
+
+def _server(client: FunctionAIClient) -> ServerClient:
+    """``client`` as a functionai server's (runs, schedules, MCP): the panels
+    act on those only once the server has answered."""
+    server = as_server(client)
+    if server is None:
+        raise RuntimeError(f"this needs a functionai server, not {getattr(client, 'url', client)!r}")
+    return server
 
 
 def _row_box(cells: Sequence[Any], *classes: str) -> Any:
@@ -1267,7 +1278,7 @@ class RunsPanel(_LivePanel):
     kind = "runs"
     title = "functionai runs"
 
-    def __init__(self, client: Any, *, limit: int = 50, interval: float = 2.0, **kw: Any) -> None:
+    def __init__(self, client: FunctionAIClient, *, limit: int = 50, interval: float = 2.0, **kw: Any) -> None:
         self.limit = limit
         self._schedule_rows: dict[str, _ScheduleRow] = {}
         self._run_rows: dict[str, _RunRow] = {}
@@ -1294,10 +1305,11 @@ class RunsPanel(_LivePanel):
         return [self.summary, self.schedules_heading, self.schedule_grid, self.runs_heading, self.run_grid]
 
     def _fetch(self) -> dict[str, Any]:
-        if not callable(getattr(self.client, "runs", None)) or not callable(getattr(self.client, "schedules", None)):
+        server = as_server(self.client)
+        if server is None:
             return {"unsupported": True, "base": "", "schedules": [], "runs": []}
-        schedules = list(self.client.schedules())
-        runs = list(self.client.runs(limit=self.limit))
+        schedules = list(server.schedules())
+        runs = list(server.runs(limit=self.limit))
         base = str(getattr(self.client, "url", "") or "").rstrip("/")
         return {"base": base, "schedules": schedules, "runs": runs}
 
@@ -1382,7 +1394,7 @@ class RunsPanel(_LivePanel):
         row = self._schedule_rows.get(schedule_id)
 
         def act() -> Any:
-            run = self.client.run_schedule_now(schedule_id)
+            run = _server(self.client).run_schedule_now(schedule_id)
             with self._lock:
                 self._show_status(f"schedule {label}: started run {run.get('id')}")
             return run
@@ -1397,13 +1409,13 @@ class RunsPanel(_LivePanel):
         row = self._schedule_rows.get(schedule_id)
         buttons = [row.run_button, row.toggle_button] if row else []
         if enabled:
-            return self._start(schedule_id, buttons, lambda: self.client.pause_schedule(schedule_id), f"paused schedule {label}")
-        return self._start(schedule_id, buttons, lambda: self.client.resume_schedule(schedule_id), f"resumed schedule {label}")
+            return self._start(schedule_id, buttons, lambda: _server(self.client).pause_schedule(schedule_id), f"paused schedule {label}")
+        return self._start(schedule_id, buttons, lambda: _server(self.client).resume_schedule(schedule_id), f"resumed schedule {label}")
 
     def cancel(self, run_id: str) -> Future[Any]:
         """A run's Cancel button: stop a queued or running run, then refresh."""
         row = self._run_rows.get(run_id)
-        return self._start(run_id, [row.button] if row else [], lambda: self.client.cancel_run(run_id), f"cancelled run {run_id}")
+        return self._start(run_id, [row.button] if row else [], lambda: _server(self.client).cancel_run(run_id), f"cancelled run {run_id}")
 
     def _close_rows(self) -> None:
         rows: list[_ScheduleRow | _RunRow] = [*self._schedule_rows.values(), *self._run_rows.values()]
@@ -1674,7 +1686,7 @@ class ToolsPanel(_LivePanel):
     kind = "tools"
     title = "functionai MCP tools"
 
-    def __init__(self, client: Any, server: str | None = None, *, interval: float = 2.0, call_timeout: float = 300.0, **kw: Any) -> None:
+    def __init__(self, client: FunctionAIClient, server: str | None = None, *, interval: float = 2.0, call_timeout: float = 300.0, **kw: Any) -> None:
         self.fixed_server = server
         self.call_timeout = call_timeout
         self.last_result: dict[str, Any] | None = None
@@ -1772,7 +1784,7 @@ class ToolsPanel(_LivePanel):
 
         def act() -> Any:
             try:
-                return self.client.mcp_add(name, command, catalog=catalog, env=env or None)
+                return _server(self.client).mcp_add(name, command, catalog=catalog, env=env or None)
             finally:
                 self.add_button.disabled = False
 
@@ -1781,17 +1793,17 @@ class ToolsPanel(_LivePanel):
     # -- data --------------------------------------------------------------------------------
 
     def _fetch(self) -> dict[str, Any]:
-        if not callable(getattr(self.client, "mcp_servers", None)):
+        server = as_server(self.client)
+        if server is None:
             raise RuntimeError("MCP servers are hosted by a functionai server (functionai serve, or Jupyter with the extension), not by this client")
-        servers = [self.client.mcp_server(self.fixed_server)] if self.fixed_server else list(self.client.mcp_servers())
-        sessions = list(self.client.mcp_sessions(self.fixed_server, "active"))
+        servers = [server.mcp_server(self.fixed_server)] if self.fixed_server else list(server.mcp_servers())
+        sessions = list(server.mcp_sessions(self.fixed_server, "active"))
         functions = {str(s["name"]): str(s.get("function") or "") for s in servers}
         runtime: dict[str, dict[str, Any]] = {}
         for fn in sorted({functions[str(s.get("server"))] for s in sessions if functions.get(str(s.get("server")))}):
             for r in open_sessions(self.client, fn):
                 runtime[str(r["id"])] = r
-        url_of = getattr(self.client, "mcp_url", None)
-        urls = {name: str(url_of(name)) for name in functions} if callable(url_of) else {}
+        urls = {name: server.mcp_url(name) for name in functions}
         return {"servers": servers, "sessions": sessions, "runtime": runtime, "urls": urls}
 
     @property
@@ -1939,7 +1951,7 @@ class ToolsPanel(_LivePanel):
                 except ValueError as exc:
                     self._show_result({"server": server, "tool": tool, "local_error": f"the arguments are not a JSON object: {exc}"})
                     raise
-                url, headers = self.client.mcp_url(server), self.client.auth_headers()
+                url, headers = _server(self.client).mcp_url(server), _server(self.client).auth_headers()
                 try:
                     out = _call_tool_once(url, headers, tool, args, timeout=self.call_timeout)
                 except Exception as exc:
@@ -1971,7 +1983,7 @@ class ToolsPanel(_LivePanel):
 
         def act() -> None:
             try:
-                self.client.mcp_end_session(session_id)
+                _server(self.client).mcp_end_session(session_id)
             finally:
                 self._ending.discard(session_id)
 
@@ -2049,7 +2061,7 @@ def _cell_id() -> str | None:
 
 def panel(
     kind: str = "all",
-    client: Any = None,
+    client: FunctionAIClient | None = None,
     *,
     function: str | None = None,
     session: str | None = None,

@@ -25,6 +25,7 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from typing import Any
 
+from .api import FunctionAIClient, as_server
 from .client import NoServer
 from .errors import FunctionAIError, SessionClosed
 
@@ -44,17 +45,18 @@ _STOP = object()
 class Toolbox:
     """One MCP session on a hosted server (see the module docstring)."""
 
-    def __init__(self, server: str, client: Any = None, *, timeout: float = 300.0) -> None:
+    def __init__(self, server: str, client: FunctionAIClient | None = None, *, timeout: float = 300.0) -> None:
         if client is None:
             from .connect import connect
 
             client = connect()
         url = getattr(client, "url", "")
-        if not str(url).startswith(("http://", "https://")):
+        fai = as_server(client)
+        if fai is None or not str(url).startswith(("http://", "https://")):
             raise NoServer(f"MCP tools need a functionai server (this client is {url!r}): start one with `functionai serve` or run in JupyterLab")
         self.server = server
-        self.url = client.mcp_url(server)
-        _, self._token = client._resolve()
+        self.url = fai.mcp_url(server)
+        self._headers = fai.auth_headers()
         self.timeout = timeout
         self._queue: asyncio.Queue[Any] | None = None
         self._ready: Future[None] = Future()
@@ -74,9 +76,8 @@ class Toolbox:
         from .mcp.client import open_session
 
         self._queue = asyncio.Queue()
-        headers = {"Authorization": f"token {self._token}"} if self._token else {}
         try:
-            async with open_session(self.url, headers=headers, timeout=self.timeout) as session:
+            async with open_session(self.url, headers=self._headers, timeout=self.timeout) as session:
                 self._ready.set_result(None)
                 while True:
                     item = await self._queue.get()

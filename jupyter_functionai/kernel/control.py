@@ -25,6 +25,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
+from ..api import FunctionAIClient
 from ..errors import NotFound
 from ..spec import FunctionSpec
 
@@ -104,7 +105,7 @@ class ClientControl(KernelControl):
 
     _deploy_lock = threading.Lock()
 
-    def __init__(self, client: Any, where: str) -> None:
+    def __init__(self, client: FunctionAIClient, where: str) -> None:
         self.client = client
         self.where = where
 
