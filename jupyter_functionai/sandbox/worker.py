@@ -97,6 +97,53 @@ class _Router(io.TextIOBase):
         pass
 
 
+def reap_orphans() -> int:
+    """As PID 1 of its namespace, the worker inherits every orphan of the
+    handler's processes (a double-forked daemon): reap those that exited, so
+    zombies neither pile up across calls nor count against the pids limit.
+
+    Only zombies nobody else will wait for: a child that a live
+    ``subprocess.Popen`` (or a multiprocessing process) still owns is left to
+    its owner, so its exit status is not stolen.  Runs between calls."""
+    if os.getpid() != 1:
+        return 0
+    zombies = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or entry == "1":
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(") ", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] == "Z" and fields[1] == "1":
+            zombies.append(int(entry))
+    if not zombies:
+        return 0
+    owned = _owned_children()
+    reaped = 0
+    for pid in zombies:
+        if pid in owned:
+            continue
+        try:
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                reaped += 1
+        except ChildProcessError:
+            pass
+    return reaped
+
+
+def _owned_children() -> set[int]:
+    import gc
+
+    out = set()
+    for obj in gc.get_objects():
+        pid = getattr(obj, "pid", None) if type(obj).__name__ in ("Popen", "Process") else None
+        if isinstance(pid, int) and getattr(obj, "returncode", getattr(obj, "exitcode", None)) is None:
+            out.add(pid)
+    return out
+
+
 class Session:
     """``ctx.session``: the session's id and its persisted ``state`` dict."""
 
@@ -170,6 +217,8 @@ class Worker:
         self.session = Session(None, {})
         self.workdir: str | None = None
         self._state_json = "{}"
+        self._calls = 0  # calls in flight (concurrency > 1)
+        self._calls_lock = threading.Lock()
         self._wlock = threading.Lock()
         self._local = threading.local()
         self._pool: ThreadPoolExecutor | None = None
@@ -299,9 +348,21 @@ class Worker:
                 if self.concurrency > 1:
                     if self._pool is None:
                         self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="fai-call")
-                    self._pool.submit(self.run_call, msg)
+                    with self._calls_lock:
+                        self._calls += 1
+                    self._pool.submit(self._run_then_reap, msg)
                 else:
                     self.run_call(msg)
+                    reap_orphans()
+
+    def _run_then_reap(self, msg: dict[str, Any]) -> None:
+        try:
+            self.run_call(msg)
+        finally:
+            with self._calls_lock:
+                self._calls -= 1
+                if self._calls == 0:
+                    reap_orphans()
 
     def _loop(self) -> asyncio.AbstractEventLoop:
         loop = getattr(self._local, "loop", None)
@@ -333,7 +394,7 @@ class Worker:
                 value = None
             body = {"op": "result", "id": cid, "value": value, "streamed": streamed}
             try:
-                encoded = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+                encoded = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
             except (TypeError, ValueError) as exc:
                 raise _SetupError("bad_payload", f"the handler returned a value that is not JSON-serialisable: {exc}") from None
             if len(encoded) > self.max_result:
@@ -377,20 +438,30 @@ class Worker:
 
     def _send_chunk(self, cid: str, item: Any) -> None:
         try:
-            encoded = json.dumps(item)
+            encoded = json.dumps(item, allow_nan=False)
         except (TypeError, ValueError) as exc:
             raise _SetupError("bad_payload", f"a streamed item is not JSON-serialisable: {exc}") from None
         if len(encoded) > self.max_result:
             raise _SetupError("payload_too_large", f"a streamed item is {len(encoded)} bytes, over the limit of {self.max_result}")
         self.send({"op": "chunk", "id": cid, "data": item})
 
+    def _roll_back_state(self) -> None:
+        """A refused state is not kept: the session goes on from the last one
+        the runtime accepted (else every later call would be refused too)."""
+        self.session.state = json.loads(self._state_json)
+
     def _attach_state(self, body: dict[str, Any]) -> None:
         try:
-            text = json.dumps(self.session.state, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
+            text = json.dumps(self.session.state, separators=(",", ":"), ensure_ascii=False, sort_keys=True, allow_nan=False)
         except (TypeError, ValueError) as exc:
-            raise _SetupError("bad_payload", f"session.state is not JSON-serialisable: {exc}") from None
+            self._roll_back_state()
+            raise _SetupError("bad_payload", f"session.state is not JSON-serialisable: {exc}; it was rolled back to the last saved state") from None
         if len(text) > self.max_state:
-            raise _SetupError("payload_too_large", f"session.state is {len(text)} bytes, over the limit of {self.max_state}")
+            self._roll_back_state()
+            raise _SetupError(
+                "payload_too_large",
+                f"session.state is {len(text)} bytes, over the limit of {self.max_state}; it was rolled back to the last saved state",
+            )
         if text != self._state_json:
             self._state_json = text
             body["state_json"] = text
