@@ -13,13 +13,36 @@ Request bodies are streamed (``@web.stream_request_body``): ``prepare`` runs
 once the headers are in, so a ``Content-Length`` over the route's limit is
 answered ``413 payload_too_large`` before the body is read (the connection is
 then closed), and a chunked body is refused as soon as it passes the limit.
+
+Request bodies are parsed in one place (:func:`parse_json_body`, used by
+``BaseHandler.json_body``, the gateway and the MCP endpoint), which answers
+``400 bad_payload`` naming the problem for what JSON (RFC 8259, I-JSON RFC
+7493) does not carry or what we do not accept:
+
+* ``NaN``, ``Infinity``, ``-Infinity`` and numbers that overflow a double
+  (``1e999``): no JSON number is infinite;
+* nesting deeper than :data:`~jupyter_functionai.sandbox.protocol.MAX_DEPTH`
+  (128, the sandbox protocol's own limit: a deeper event could not reach a
+  function anyway), so no body can make the parser recurse;
+* a lone surrogate (``"\\ud800"``) in any string or key: it is no Unicode
+  character, cannot be encoded to UTF-8 and so cannot be stored or sent on;
+* a NUL character (``"\\u0000"``) in any string or key of a REST API body
+  (names, paths, notes, specs, code: none may hold one, and a path with one
+  fails every system call). Data passed on to a function is exempt: the
+  event of an invocation or a task and an MCP message may hold NUL
+  (handlers set ``body_allows_nul``).
+
+Every JSON we write is written with ``allow_nan=False`` (:func:`dumps`).
 """
 
 from __future__ import annotations
 
 import functools
 import hmac
+import itertools
 import json
+import math
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -29,9 +52,10 @@ from jupyter_server.auth.identity import IdentityProvider, PasswordIdentityProvi
 from jupyter_server.base.handlers import APIHandler
 from tornado import web
 
-from ..errors import FunctionAIError, NoCapacity, PayloadTooLarge
+from ..errors import BadPayload, FunctionAIError, NoCapacity, PayloadTooLarge
 from ..mcp.manager import McpManager
 from ..runtime import Runtime
+from ..sandbox.protocol import MAX_DEPTH
 
 _STOCK_PROVIDERS = (IdentityProvider, PasswordIdentityProvider)
 
@@ -68,6 +92,147 @@ class Forbidden(FunctionAIError):
     status = 403
 
 
+def _no_constant(name: str) -> Any:
+    raise BadPayload(f"the request body holds {name}, which is not a JSON number (JSON has no NaN or Infinity)", problem="non_finite_number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        shown = text if len(text) <= 40 else text[:40] + "..."
+        raise BadPayload(f"the number {shown} in the request body is out of range (it overflows a double)", problem="non_finite_number")
+    return value
+
+
+#: What a body needs a second look for: a surrogate or NUL escape (raw ones are
+#: invalid UTF-8 / JSON already).
+_ESCAPES = re.compile(rb"\\u(?:[dD][89a-fA-F]|0000)")
+_BAD_CHARS = re.compile("[\x00\ud800-\udfff]")
+_BAD_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKETS = bytes(c for c in range(256) if c not in b"[]{}")
+_STEP = [0] * 256
+for _c in b"[{":
+    _STEP[_c] = 1
+for _c in b"]}":
+    _STEP[_c] = -1
+
+
+def _depth(raw: bytes) -> int:
+    """The deepest nesting of a valid UTF-8 JSON text, in C-speed steps
+    (no walk of the parsed value)."""
+    brackets = _JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
+    return max(itertools.accumulate(map(_STEP.__getitem__, brackets)), default=0)
+
+
+def _where(path: tuple[Any, ...]) -> str:
+    return "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" if str(p).isidentifier() else f"[{json.dumps(str(p))}]" for p in path)
+
+
+def _bad_text(text: str, path: tuple[Any, ...], what: str, allow_nul: bool) -> None:
+    m = (_BAD_SURROGATE if allow_nul else _BAD_CHARS).search(text)
+    if m is None:
+        return
+    where = _where(path)
+    if m.group() == "\x00":
+        raise BadPayload(
+            f"the {what} at {where} holds a NUL character (\\u0000), which no name, path or text of this API may hold",
+            problem="nul_character",
+            at=where,
+        )
+    raise BadPayload(
+        f"the {what} at {where} holds a lone surrogate (\\u{ord(m.group()):04x}), which is not a Unicode character: "
+        "send the character itself or a pair of surrogates",
+        problem="lone_surrogate",
+        at=where,
+    )
+
+
+def check_json_value(value: Any, *, allow_nul: bool = False, strings: bool = True, limit: int = MAX_DEPTH) -> None:
+    """Raise :class:`BadPayload` for nesting deeper than ``limit``, a
+    non-finite float, or (``strings``) a lone surrogate or (unless
+    ``allow_nul``) a NUL in a string or key. One pass without paths; the
+    place of a problem is looked for only once there is one."""
+    bad = _BAD_SURROGATE if allow_nul else _BAD_CHARS
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, dict):
+            if depth >= limit:
+                raise BadPayload(f"the request body is nested deeper than {limit} levels", problem="too_deep", limit=limit)
+            if strings and any(bad.search(k) for k in v):
+                break
+            stack.extend((x, depth + 1) for x in v.values() if isinstance(x, (dict, list, str, float)))
+        elif isinstance(v, list):
+            if depth >= limit:
+                raise BadPayload(f"the request body is nested deeper than {limit} levels", problem="too_deep", limit=limit)
+            stack.extend((x, depth + 1) for x in v if isinstance(x, (dict, list, str, float)))
+        elif isinstance(v, str):
+            if strings and bad.search(v):
+                break
+        elif isinstance(v, float) and not math.isfinite(v):
+            break
+    else:
+        return
+    _locate(value, (), allow_nul)
+
+
+def _locate(v: Any, path: tuple[Any, ...], allow_nul: bool) -> None:
+    """Raise the BadPayload for the first bad string, key or number under ``v``."""
+    if isinstance(v, str):
+        _bad_text(v, path, "string", allow_nul)
+    elif isinstance(v, float) and not math.isfinite(v):
+        raise BadPayload(f"the number at {_where(path)} is not finite", problem="non_finite_number")
+    elif isinstance(v, dict):
+        for k, x in v.items():
+            _bad_text(k, (*path, k), "key", allow_nul)
+            _locate(x, (*path, k), allow_nul)
+    elif isinstance(v, list):
+        for i, x in enumerate(v):
+            _locate(x, (*path, i), allow_nul)
+
+
+def parse_json_body(body: bytes | str, *, allow_nul: bool = False) -> Any:
+    """A request body as JSON, or :class:`BadPayload` saying what is wrong
+    with it (see the module docstring); never RecursionError."""
+    try:
+        value = json.loads(body, parse_constant=_no_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise BadPayload(f"the request body is nested too deeply (the limit is {MAX_DEPTH} levels)", problem="too_deep", limit=MAX_DEPTH) from None
+    except BadPayload:
+        raise
+    except ValueError as exc:  # (UnicodeDecodeError too: not UTF-8)
+        raise BadPayload(f"the request body is not valid JSON: {exc}", problem="not_json") from None
+    raw = body if isinstance(body, bytes) else body.encode("utf-8", "surrogatepass")
+    if b"\x00" in raw or _ESCAPES.search(raw) is not None:  # (a UTF-16/32 body has NUL bytes)
+        check_json_value(value, allow_nul=allow_nul)
+    elif raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _depth(raw) > MAX_DEPTH:
+        raise BadPayload(f"the request body is nested deeper than {MAX_DEPTH} levels", problem="too_deep", limit=MAX_DEPTH)
+    return value
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def dumps(obj: Any, **kw: Any) -> str:
+    """``json.dumps`` with ``allow_nan=False``: what we write is JSON. A
+    non-finite float (none should reach here: bodies and instance results
+    refuse them) is written as ``null`` rather than failing the answer."""
+    try:
+        return json.dumps(obj, allow_nan=False, **kw)
+    except ValueError:
+        return json.dumps(_finite(obj), allow_nan=False, **kw)
+
+
 def jupyter_auth(method: F) -> F:
     """``@web.authenticated`` + ``@authorized`` (resource ``functionai``)."""
     wrapped = web.authenticated(authorized(resource="functionai")(method))
@@ -84,6 +249,8 @@ class BaseHandler(APIHandler):
     _received = 0
 
     _refusal: FunctionAIError | None = None
+    #: The body is data for a function (an event): NUL may be in its strings.
+    body_allows_nul = False
 
     def __init_subclass__(cls, **kw: Any) -> None:
         """Every verb first raises a refusal that ``prepare`` held back."""
@@ -280,12 +447,7 @@ class BaseHandler(APIHandler):
         body = self.body
         if not body:
             return None
-        try:
-            return json.loads(body)
-        except ValueError as exc:
-            from ..errors import BadPayload
-
-            raise BadPayload(f"the request body is not valid JSON: {exc}") from None
+        return parse_json_body(body, allow_nul=self.body_allows_nul)
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
         """A domain error is an answer, not a crash: one line, no traceback."""
@@ -313,7 +475,7 @@ class BaseHandler(APIHandler):
             body = {"kind": "http", "message": exc.log_message or self._reason}
         else:
             body = {"kind": "internal", "message": "internal server error (see the server log)"}
-        self.finish(json.dumps({"error": body}))
+        self.finish(dumps({"error": body}, default=str))
 
     def keep_headers(self, exc: Any) -> None:
         """Headers an error answer carries (``send_error`` cleared them)."""
@@ -325,7 +487,7 @@ class BaseHandler(APIHandler):
     def write_json(self, obj: Any, status: int = 200) -> None:
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(obj, default=str))
+        self.finish(dumps(obj, default=str))
 
 
 def query_int(handler: BaseHandler, name: str, default: int, lo: int = 1, hi: int = 10_000) -> int:

@@ -24,7 +24,6 @@ over the function's ``limits.max_payload_bytes`` (``413``).
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Awaitable
 from typing import Any, cast
@@ -35,7 +34,7 @@ from tornado.iostream import StreamClosedError
 
 from ..errors import FunctionAIError
 from ..runtime.sessions import SESSION_ID_RE, check_session_id
-from .base import KEY_PREFIX, BaseHandler, Forbidden, Unauthorized
+from .base import KEY_PREFIX, BaseHandler, Forbidden, Unauthorized, dumps
 
 SESSION_HEADER = "X-Functionai-Session-Id"
 SESSION_COOKIE = "functionai_session"  # + "_<function>"; the bare name is the legacy, server-wide cookie
@@ -50,6 +49,7 @@ def session_cookie(function: str) -> str:
 
 class InvokeHandler(BaseHandler):
     _key_function: str | None = None
+    body_allows_nul = True  # the event is the function's data
 
     async def authenticate(self) -> None:
         scheme, cred = self._credential()
@@ -131,18 +131,18 @@ class InvokeHandler(BaseHandler):
         if result.cold_start is not None:
             self.set_header("X-Functionai-Cold-Start", result.cold_start.header())
         self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(result.value))
+        self.finish(dumps(result.value))
 
     async def _stream(self, name: str, event: Any, session: str | None) -> None:
         self.set_header("Content-Type", "text/event-stream")
         self.set_header("Cache-Control", "no-cache")
         try:
             async for item in self.runtime.stream(name, event, session=session):
-                self.write(f"data: {json.dumps(item)}\n\n")
+                self.write(f"data: {dumps(item)}\n\n")
                 await self.flush()
             self.write("event: end\ndata: {}\n\n")
         except FunctionAIError as exc:
-            self.write(f"event: error\ndata: {json.dumps({'error': exc.to_dict()})}\n\n")
+            self.write(f"event: error\ndata: {dumps({'error': exc.to_dict()}, default=str)}\n\n")
         except StreamClosedError:
             return
         self.finish()

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -54,11 +53,30 @@ from ..mcp.protocol import (
     kind_of,
     unsupported_version,
 )
-from .base import KEY_PREFIX, BaseHandler, Forbidden, Unauthorized, jupyter_auth
+from .base import (
+    KEY_PREFIX,
+    BaseHandler,
+    Forbidden,
+    Unauthorized,
+    dumps,
+    jupyter_auth,
+    parse_json_body,
+)
 
 SESSION_HEADER = "Mcp-Session-Id"
 VERSION_HEADER = "MCP-Protocol-Version"
 KEEPALIVE_S = 15.0
+
+
+def _dumps_message(msg: dict[str, Any]) -> str:
+    """A JSON-RPC message as UTF-8-safe JSON text (a lone surrogate, e.g. in a
+    stdio server's output, is written escaped; a non-finite number as null)."""
+    text = dumps(msg, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return dumps(msg)
+    return text
 
 
 def key_or_jupyter(method: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
@@ -115,7 +133,7 @@ class McpEndpointHandler(BaseHandler):
             self.finish()
             return
         self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(msg, ensure_ascii=False))
+        self.finish(_dumps_message(msg))
 
     def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
         exc_info = kwargs.get("exc_info")
@@ -144,13 +162,13 @@ class McpEndpointHandler(BaseHandler):
             body = error(None, INTERNAL_ERROR, "internal server error (see the server log)")
         self.keep_headers(exc)
         self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(body))
+        self.finish(dumps(body, default=str))
 
     async def _sse(self, msg: dict[str, Any] | None, comment: str | None = None) -> None:
         if comment is not None:
             self.write(f": {comment}\n\n")
         if msg is not None:
-            self.write("event: message\ndata: " + json.dumps(msg, ensure_ascii=False) + "\n\n")
+            self.write("event: message\ndata: " + _dumps_message(msg) + "\n\n")
         await self.flush()
 
     def _start_sse(self) -> None:
@@ -168,9 +186,9 @@ class McpEndpointHandler(BaseHandler):
     async def post(self, server: str) -> None:
         mgr = self.mcp
         try:
-            body = json.loads(self.body or b"null")
-        except ValueError as exc:
-            self._answer(400, error(None, PARSE_ERROR, f"Parse error: the body is not JSON ({exc})"))
+            body = parse_json_body(self.body or b"null", allow_nul=True)
+        except BadPayload as exc:
+            self._answer(400, error(None, PARSE_ERROR, f"Parse error: {exc.message}", {"kind": exc.kind, **exc.details}))
             return
         if isinstance(body, list):
             self._answer(400, error(None, INVALID_REQUEST, "JSON-RPC batches are not supported (removed in MCP 2025-06-18): send one message per POST"))

@@ -220,6 +220,8 @@ def query_float(handler: BaseHandler, name: str, lo: float, hi: float) -> float 
 
 
 class FunctionTasksHandler(BaseHandler):
+    body_allows_nul = True  # the body is the task's event: the function's data
+
     @jupyter_auth
     async def post(self, name: str) -> None:
         """Enqueue a durable task; the body is the event, as for invoke."""
