@@ -21,7 +21,20 @@ RUNS = (1, 2)
 
 def test_every_example_is_tested() -> None:
     shipped = sorted(str(p.relative_to(EXAMPLES)) for p in EXAMPLES.rglob("*") if p.is_file() and p.name != "README.md")
-    assert shipped == ["cli_tour.sh", "client_echo.py", "crunch.py", "my_agent.py", "reports/daily.ipynb", "runtime_memory.py"]
+    assert shipped == ["cli_tour.sh", "client_echo.py", "crunch.py", "my_agent.py", "reports/daily.ipynb", "runtime_memory.py", "stack_services.py"]
+
+
+def test_stack_services_runs_twice(tmp_path: Path) -> None:
+    """The composition root from a script: a sandboxed notebook run, outputs beside the example."""
+    copy = tmp_path / "examples"
+    shutil.copytree(EXAMPLES, copy)
+    env = {**base_env(tmp_path), "HOME": str(tmp_path / "home")}
+    for run in RUNS:
+        p = subprocess.run([sys.executable, str(copy / "stack_services.py")], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+        assert p.returncode == 0, (run, p.stdout, p.stderr)
+        state, output = p.stdout.split()
+        assert state == "succeeded" and (copy / output).is_file(), (run, p.stdout)
+        assert "2026-12-06: 5 rows, total 30" in (copy / output).read_text()
 
 
 def test_runtime_memory_runs_twice(tmp_path: Path) -> None:
