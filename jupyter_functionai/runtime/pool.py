@@ -44,6 +44,7 @@ class InstancePool:
         self._prebind = prebind
         self._release = release
         self._slots: dict[str, _Slot] = {}
+        self._background: set[asyncio.Task[None]] = set()
         self._closed = False
 
     def configure(self, fv: FunctionVersion) -> None:
@@ -148,7 +149,9 @@ class InstancePool:
         if slot.filling is not None:
             slot.filling.cancel()
         for inst in slot.ready:
-            asyncio.get_running_loop().create_task(self._discard(inst, "pool drained"))
+            task = asyncio.get_running_loop().create_task(self._discard(inst, "pool drained"))
+            self._background.add(task)  # kept until it ends: the loop holds only weak references
+            task.add_done_callback(self._background.discard)
         slot.ready.clear()
 
     async def _discard(self, inst: Instance, reason: str) -> None:

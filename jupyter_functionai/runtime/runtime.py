@@ -21,7 +21,7 @@ import os
 import resource
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -152,6 +152,7 @@ class Runtime:
         self._invocations: list[dict[str, Any]] = []
         self._flush_event = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[None]] = set()
         self.ephemeral_uids = UidAllocator(uid_base + uid_span, EPHEMERAL_UID_SPAN, set())
         self._closed = False
         self._start_task: asyncio.Future[None] | None = None
@@ -318,7 +319,7 @@ class Runtime:
         else:
             self.pool.remove(fv.name)
         if old is not None and old.version != fv.version:
-            asyncio.get_running_loop().create_task(self._retire_if_unused(old))
+            self._spawn(self._retire_if_unused(old))
 
     async def _retire_if_unused(self, fv: FunctionVersion) -> None:
         if not any(s.instance is not None and s.instance.fv.version == fv.version and s.function == fv.name for s in self._sessions.values()):
@@ -368,12 +369,19 @@ class Runtime:
         on_chunk: ChunkCallback | None = None,
         task: dict[str, Any] | None = None,
         on_checkpoint: CheckpointCallback | None = None,
+        principal: str | None = None,
     ) -> InvokeResult:
         """Call ``name`` with ``event``. With ``session`` the call reaches that
         session's instance (created or resumed as needed); without, it runs in
         an ephemeral instance that is discarded afterwards. ``task`` makes the
         call an attempt of a durable task (see ``runtime.tasks``): its
-        ``timeout`` is the task's own, not capped by the function's."""
+        ``timeout`` is the task's own, not capped by the function's.
+
+        ``principal`` is who calls (e.g. ``"key:<key id>"``): a session it
+        opens is bound to it, and a session opened by anyone else is
+        :class:`NotFound` to it, as if it did not exist. ``None`` is the
+        runtime's owner (a script, the server's token holder): it reaches
+        every session, and the sessions it opens have no principal."""
         if self._closed:
             raise InstanceCrashed("the runtime is closed")
         fv = self.function(name)
@@ -387,7 +395,7 @@ class Runtime:
             check_session_id(session)
         if session is None or not fv.spec.session.enabled:
             return await self._invoke_ephemeral(fv, event, size, limit, on_progress, on_chunk, extra)
-        sess = await self._session(session, fv)
+        sess = await self._session(session, fv, principal)
         async with sess.slots:
             if sess.ended:
                 raise SessionClosed(f"session {sess.id!r} was {sess.ended}", session_id=sess.id)
@@ -448,7 +456,7 @@ class Runtime:
         finally:
             if pooled:
                 self.pool.refill(fv.name)
-            asyncio.get_running_loop().create_task(self._discard(inst, root, uid))
+            self._spawn(self._discard(inst, root, uid))
 
     async def _discard(self, inst: Instance, root: str, uid: int | None) -> None:
         await inst.stop("ephemeral call done")
@@ -478,7 +486,9 @@ class Runtime:
             self.uids.release(b.uid)
             remove_tree(os.path.dirname(b.workdir))
 
-    async def stream(self, name: str, event: Any = None, *, session: str | None = None, timeout: float | None = None) -> AsyncIterator[Any]:
+    async def stream(
+        self, name: str, event: Any = None, *, session: str | None = None, timeout: float | None = None, principal: str | None = None
+    ) -> AsyncIterator[Any]:
         """Yield a generator handler's items as they are produced (a plain
         handler yields its one result)."""
         queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue(maxsize=64)
@@ -486,7 +496,7 @@ class Runtime:
         async def on_chunk(item: Any) -> None:
             await queue.put(("item", item))
 
-        task = asyncio.get_running_loop().create_task(self.invoke(name, event, session=session, timeout=timeout, on_chunk=on_chunk))
+        task = asyncio.get_running_loop().create_task(self.invoke(name, event, session=session, timeout=timeout, on_chunk=on_chunk, principal=principal))
         try:
             while True:
                 getter = asyncio.ensure_future(queue.get())
@@ -584,21 +594,22 @@ class Runtime:
 
     # -- sessions ------------------------------------------------------------------
 
-    async def _session(self, session_id: str, fv: FunctionVersion) -> LiveSession:
+    async def _session(self, session_id: str, fv: FunctionVersion, principal: str | None = None) -> LiveSession:
         sess = self._sessions.get(session_id)
         if sess is None:
             lock = self._opening.setdefault(session_id, asyncio.Lock())
             try:
                 async with lock:
-                    sess = self._sessions.get(session_id) or await self._open_session(session_id, fv)
+                    sess = self._sessions.get(session_id) or await self._open_session(session_id, fv, principal)
             finally:
                 if not lock.locked():
                     self._opening.pop(session_id, None)
+        _check_principal(session_id, sess.principal, principal)
         if sess.function != fv.name:
             raise _wrong_function(session_id, sess.function, fv.name)
         return sess
 
-    async def _open_session(self, session_id: str, fv: FunctionVersion) -> LiveSession:
+    async def _open_session(self, session_id: str, fv: FunctionVersion, principal: str | None = None) -> LiveSession:
         """Load a paused session from the store, or create a new one.
 
         ``_stored`` indexes every session the store holds that is not in
@@ -606,9 +617,12 @@ class Runtime:
         (its row is written behind, in the next group commit)."""
         known = self._stored.get(session_id)
         if known in ENDED:
+            if principal is not None:  # another's ended session is unknown to it, not "closed"
+                _check_principal(session_id, (await asyncio.to_thread(self.store.get_session, session_id))["principal"], principal)
             raise SessionClosed(f"session {session_id!r} was {known}", session_id=session_id)
         row = await asyncio.to_thread(self.store.get_session, session_id) if known else None
         if row is not None:
+            _check_principal(session_id, row["principal"], principal)
             if row["function"] != fv.name:
                 raise _wrong_function(session_id, row["function"], fv.name)
             if row["status"] in ENDED:
@@ -624,6 +638,7 @@ class Runtime:
                 state_json=json.dumps(row["state"], separators=(",", ":"), ensure_ascii=False, sort_keys=True),
                 calls=row["calls"],
                 last_used=row["last_used_at"],
+                principal=row["principal"],
             )
             if sess.uid is not None and not self.uids.claim(sess.uid):
                 # another runtime on the host holds its old uid now: it moves to a new one
@@ -643,6 +658,7 @@ class Runtime:
                 expires_at=now + fv.spec.session.max_lifetime_s,
                 idle_ttl=fv.spec.session.idle_ttl_s,
                 last_used=now,
+                principal=principal,
             )
         self._stored.pop(session_id, None)
         sess.slots = asyncio.Semaphore(fv.spec.concurrency)
@@ -666,7 +682,7 @@ class Runtime:
             else:
                 sess.uid = self.uids.allocate() if os.geteuid() == 0 else None
                 sess.workdir = make_workdir(os.path.join(self.state_dir, "sessions", sess.id), sess.uid)
-            self._defer(self.store.create_session, sess.id, fv.name, fv.version, sess.uid, sess.workdir, sess.expires_at)
+            self._defer(self.store.create_session, sess.id, fv.name, fv.version, sess.uid, sess.workdir, sess.expires_at, sess.principal)
         if inst is None:
             inst = await self.backend.start(fv, Binding(session_id=sess.id, uid=sess.uid, workdir=sess.workdir, state_json=sess.state_json))
         sess.instance = inst
@@ -708,15 +724,16 @@ class Runtime:
             self._defer(self.store.update_instance, inst.id, status="stopped", stopped_at=time.time(), exit_reason=reason)
             await inst.stop(reason)
 
-    async def open_session(self, name: str, session: str | None = None) -> dict[str, Any]:
+    async def open_session(self, name: str, session: str | None = None, *, principal: str | None = None) -> dict[str, Any]:
         """Create (or resume) a session and start its sandbox now, without
         calling the handler; returns its description. ``session=None`` picks a
-        new id. The start is recorded as a ColdStart at the first call."""
+        new id. The start is recorded as a ColdStart at the first call.
+        ``principal`` as for :meth:`invoke`."""
         fv = self.function(name)
         if not fv.spec.session.enabled:
             raise InvalidArgument(f"function {name!r} has sessions disabled (spec.session.enabled is false)")
         session = check_session_id(session) if session is not None else f"s-{uuid.uuid4().hex[:20]}"
-        sess = await self._session(session, fv)
+        sess = await self._session(session, fv, principal)
         async with sess.slots:
             if sess.ended:
                 raise SessionClosed(f"session {sess.id!r} was {sess.ended}", session_id=sess.id)
@@ -727,7 +744,7 @@ class Runtime:
                 self.pool.refill(fv.name)
             sess.cold_pending = sess.cold_pending or fresh
             sess.last_used = time.time()
-        return await self.describe_session(session)
+        return await self.describe_session(session, principal=principal)
 
     async def pause_session(self, session_id: str, reason: str = "paused") -> bool:
         """Stop a live session's instance now if no call is in flight; the session
@@ -740,9 +757,17 @@ class Runtime:
         await self._pause(sess, reason)
         return True
 
-    async def close_session(self, session_id: str, *, reason: str = "closed") -> None:
-        """End a session: its instance stops, its state and working directory are deleted."""
+    async def close_session(self, session_id: str, *, reason: str = "closed", principal: str | None = None) -> None:
+        """End a session: its instance stops, its state and working directory are
+        deleted. ``principal`` as for :meth:`invoke`."""
         check_session_id(session_id)
+        if principal is not None:
+            live = self._sessions.get(session_id)
+            if live is not None:
+                _check_principal(session_id, live.principal, principal)
+            else:
+                await self.flush()
+                _check_principal(session_id, (await asyncio.to_thread(self.store.get_session, session_id))["principal"], principal)
         sess = self._sessions.pop(session_id, None)
         status = EXPIRED if reason == "max lifetime" else CLOSED
         previous = self._stored.get(session_id)
@@ -773,10 +798,27 @@ class Runtime:
             await asyncio.to_thread(remove_tree, os.path.dirname(workdir))
         self.uids.release(uid)  # only once nothing of the session is left
 
-    async def describe_session(self, session_id: str) -> dict[str, Any]:
+    async def check_session(self, session_id: str, principal: str | None) -> None:
+        """:class:`NotFound` if ``session_id`` is a session ``principal`` may
+        not use (one opened by another principal); an unknown id passes (using
+        it opens a session bound to ``principal``)."""
+        if principal is None:
+            return
+        check_session_id(session_id)
+        live = self._sessions.get(session_id)
+        if live is not None:
+            _check_principal(session_id, live.principal, principal)
+        elif session_id in self._stored:
+            with contextlib.suppress(NotFound):  # (closed before its row was written)
+                row = await asyncio.to_thread(self.store.get_session, session_id)
+                _check_principal(session_id, row["principal"], principal)
+
+    async def describe_session(self, session_id: str, *, principal: str | None = None) -> dict[str, Any]:
+        """A session's description; ``principal`` as for :meth:`invoke`."""
         check_session_id(session_id)
         await self.flush()
         row = await asyncio.to_thread(self.store.get_session, session_id)
+        _check_principal(session_id, row["principal"], principal)
         return self._describe(row)
 
     async def sessions(self, function: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
@@ -850,6 +892,13 @@ class Runtime:
             elif sess.instance is not None and not sess.busy and now - sess.last_used >= sess.idle_ttl:
                 await self._pause(sess, "idle")
 
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` in the background, keeping a reference until it ends
+        (the event loop holds only weak ones: an unkept task can vanish)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     def _defer(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> None:
         """A record nobody waits for (instances, cold starts, status changes),
         committed in order with the next batch of the store's writer."""
@@ -919,6 +968,13 @@ def _payload_size(event: Any, limit: int) -> int:
     if size > limit:
         raise PayloadTooLarge(f"the event is {size} bytes, over the function's limit of {limit} bytes")
     return size
+
+
+def _check_principal(session_id: str, holder: str | None, principal: str | None) -> None:
+    """A session is usable by the principal that opened it and by the owner
+    (``principal`` None); to anyone else it does not exist."""
+    if principal is not None and holder != principal:
+        raise NotFound(f"session {session_id!r} not found", session_id=session_id)
 
 
 def _wrong_function(session_id: str, owner: str, asked: str) -> FunctionAIError:

@@ -1,4 +1,4 @@
-"""SessionRouter: session affinity, isolation and persistence.
+"""Session routing (the role DESIGN.md calls SessionRouter, played by the Runtime with these parts): affinity, isolation and persistence.
 
 * Affinity: every call carrying a session id reaches that session's live
   instance.
@@ -66,6 +66,7 @@ class LiveSession:
     busy: int = 0
     ended: str | None = None
     cold_pending: bool = False  # opened without a call: the first call completes its ColdStart
+    principal: str | None = None  # who opened it (None: the owner); see Runtime.invoke
     slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(1))
     start_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
