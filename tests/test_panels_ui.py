@@ -102,9 +102,19 @@ def browser() -> Iterator[Browser]:
 
 
 def _chromium(pw: Any) -> str:
-    """A system Chromium, else Playwright's (installed now if missing)."""
+    """A system Chromium (as root: apt-installed now if missing), else
+    Playwright's (downloaded now if missing)."""
     for name in SYSTEM_CHROMIUM:
         found = shutil.which(name)
+        if found:
+            return found
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        # the README's test command sets itself up: as root, Debian's Chromium
+        # (Playwright's own download needs a host not every network reaches)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, timeout=600, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], capture_output=True, timeout=900, env=env)
+        found = shutil.which("chromium")
         if found:
             return found
     bundled = pw.chromium.executable_path
