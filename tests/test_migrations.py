@@ -138,10 +138,30 @@ def test_v1_database_opens_with_every_row(v1: Path) -> None:
     assert after == {**{k: v for k, v in before.items() if k != "counters"}, "schema_version": 1}
     rows_after = _rows(v1)
     for name, rows in rows_before.items():
-        if name != "counters":
+        if name == "sessions":  # step 4 added sessions.principal: NULL (the server's owner) for each old row
+            assert rows_after[name] == sorted(((*r, None) for r in rows), key=repr), name
+        elif name != "counters":
             assert rows_after[name] == rows, name  # every row, every column, unchanged
     ((_, version, _),) = _version_row(v1) or ((None, None, None),)
     assert version == migrations.HEAD
+
+
+def test_the_session_behind_an_mcp_session_is_the_mcp_service_s(v1: Path) -> None:
+    """Step 4: old sessions are the owner's (NULL), except the one behind an MCP
+    session, which only the MCP service may use (no function key reaches it)."""
+    with _sqlite(v1) as con:
+        (runtime_session,) = con.execute("SELECT runtime_session FROM mcp_sessions").fetchone()
+        con.execute(
+            "INSERT INTO sessions SELECT ?, 'mcp-notes', version, status, uid, workdir, state, state_bytes, created_at, last_used_at, "
+            "expires_at, calls, instance_id, closed_at, close_reason FROM sessions WHERE id = 'alice'",
+            (runtime_session,),
+        )
+        con.commit()
+    with Store.open(v1) as store:
+        assert store.get_session(runtime_session)["principal"] == "mcp"
+        assert store.get_session("alice")["principal"] is None
+        assert store.get_session("bob")["principal"] is None
+        assert len(store.list_sessions()) == 3
 
 
 def test_a_migrated_database_has_the_schema_of_a_new_one(v1: Path, tmp_path: Path) -> None:
@@ -214,7 +234,7 @@ def test_a_failing_step_rolls_back_to_the_previous_version(v1: Path, monkeypatch
     # with the real steps the database then migrates to the head
     monkeypatch.undo()
     with Store.open(v1) as store:
-        assert store.migrations_applied == (3,)
+        assert store.migrations_applied == tuple(range(3, migrations.HEAD + 1))
         assert store.schema_version == migrations.HEAD
 
 

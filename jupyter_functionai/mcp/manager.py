@@ -100,6 +100,12 @@ _SPEC_KEYS = frozenset(
 Notify = Callable[[dict[str, Any]], Awaitable[None]]
 
 
+#: The principal of the runtime sessions behind MCP sessions: only this service
+#: reaches them (the MCP session's own principal is checked here); a function
+#: key for the server's function gets 404 for them on the gateway.
+RUNTIME_PRINCIPAL = "mcp"
+
+
 def endpoint_path(server: str) -> str:
     """The endpoint of ``server``, relative to the Jupyter server's base URL."""
     return f"/functionai/mcp/{server}/mcp"
@@ -908,7 +914,7 @@ class McpManager:
                     await send(notification("notifications/progress", p))
 
         try:
-            r = await self.rt.invoke(sess.function, {"tool": name, "arguments": args}, session=sess.runtime_session, on_progress=on_progress)
+            r = await self.rt.invoke(sess.function, {"tool": name, "arguments": args}, session=sess.runtime_session, on_progress=on_progress, principal=RUNTIME_PRINCIPAL)
         except SessionClosed:
             self._spawn(self._end(sess, CLOSED, "its sandbox session was closed"))
             raise McpError(INVALID_REQUEST, "this MCP session has ended (its sandbox session was closed): initialize a new session") from None
@@ -925,7 +931,7 @@ class McpManager:
         cfg = row["config"]
         env = {**(cfg.get("env") or {}), **row["secrets"]}
         try:
-            out = await self.rt.invoke(sess.function, {"op": "start", "argv": cfg["command"], "env": env}, session=sess.runtime_session)
+            out = await self.rt.invoke(sess.function, {"op": "start", "argv": cfg["command"], "env": env}, session=sess.runtime_session, principal=RUNTIME_PRINCIPAL)
         except UserError as exc:
             raise McpError(SERVER_ERROR, f"the MCP server {sess.server!r} could not be started: {_message(exc)}") from None
         info = out.value
@@ -954,7 +960,7 @@ class McpManager:
         with contextlib.suppress(Exception):
             desc = await self.rt.describe_session(sess.runtime_session)
             if desc.get("instance") is not None:
-                out = await self.rt.invoke(sess.function, {"op": "poll", "wait": 2.0}, session=sess.runtime_session, timeout=15)
+                out = await self.rt.invoke(sess.function, {"op": "poll", "wait": 2.0}, session=sess.runtime_session, timeout=15, principal=RUNTIME_PRINCIPAL)
                 code, stderr = out.value.get("exit_code"), str(out.value.get("stderr") or "")
         how = f"exited with code {code}" if code is not None else "stopped"
         lines = [ln for ln in stderr.strip().splitlines() if not ln.startswith("--- starting ")][-8:]

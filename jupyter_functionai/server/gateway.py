@@ -20,6 +20,14 @@ authentication); the Host check still applies.  No credential, a wrong token
 or an invalid/revoked key: ``401`` with ``WWW-Authenticate``; a key for another
 function: ``403``.  Both before the body is read; so is a ``Content-Length``
 over the function's ``limits.max_payload_bytes`` (``413``).
+
+Sessions are bound to the principal that opened them: a key (by its key id)
+or the server's owner (Jupyter's token or login). A key reaches only the
+sessions it opened: any other session id (another key's, the owner's, the
+session behind an MCP session) is ``404 not_found``, as a closed one is;
+an id nobody used yet opens a new session bound to the key. The owner owns
+the whole server: with Jupyter's authentication every session of the
+function is reachable (as in the REST API, which lists them all).
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ def session_cookie(function: str) -> str:
 
 class InvokeHandler(BaseHandler):
     _key_function: str | None = None
+    _key_id = ""
     body_allows_nul = True  # the event is the function's data
 
     async def authenticate(self) -> None:
@@ -64,8 +73,14 @@ class InvokeHandler(BaseHandler):
             if function != name:
                 raise Forbidden(f"this key is for function {function!r}, not {name!r}")
             self._key_function = function
+            self._key_id = cred.split("_", 2)[1]
             return
         await super().authenticate()
+
+    @property
+    def principal(self) -> str | None:
+        """Who calls: ``key:<key id>``, or None for the owner (Jupyter's authentication)."""
+        return f"key:{self._key_id}" if self._key_function is not None else None
 
     def body_limit(self) -> int:
         """The function's payload limit (the API's default for an unknown one: its 404 comes later)."""
@@ -124,9 +139,11 @@ class InvokeHandler(BaseHandler):
         if moved:
             self.clear_cookie(SESSION_COOKIE, path=self.base_url)
         if "text/event-stream" in self.request.headers.get("Accept", ""):
+            if session is not None:  # another's session is a 404, not an error event of a 200 stream
+                await rt.check_session(session, self.principal)
             await self._stream(name, event, session)
             return
-        result = await rt.invoke(name, event, session=session)
+        result = await rt.invoke(name, event, session=session, principal=self.principal)
         self.set_header("X-Functionai-Instance-Id", result.instance_id)
         if result.cold_start is not None:
             self.set_header("X-Functionai-Cold-Start", result.cold_start.header())
@@ -137,7 +154,7 @@ class InvokeHandler(BaseHandler):
         self.set_header("Content-Type", "text/event-stream")
         self.set_header("Cache-Control", "no-cache")
         try:
-            async for item in self.runtime.stream(name, event, session=session):
+            async for item in self.runtime.stream(name, event, session=session, principal=self.principal):
                 self.write(f"data: {dumps(item)}\n\n")
                 await self.flush()
             self.write("event: end\ndata: {}\n\n")

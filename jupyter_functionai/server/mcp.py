@@ -18,7 +18,16 @@ session-based revisions (2025-11-25 and earlier, see ``mcp/protocol.py``):
 
 A session is bound to whoever opened it (a key, or Jupyter's own
 authentication): with other credentials its id answers 404, as for an
-unknown one.
+unknown one. The runtime session behind it (its tools' sandbox, of the
+function ``mcp-<server>``) is bound to the MCP service: a function key for
+that function gets 404 for it on the gateway.
+
+Origin (the transport's DNS-rebinding defence): a request whose ``Origin``
+header is not allowed is ``403`` (a JSON-RPC error, ``kind: forbidden``)
+before anything else, whatever its credential. Allowed: no ``Origin``
+(non-browser clients), the server's own origin (``Origin`` host equal to
+``Host``), and what Jupyter's ``allow_origin`` / ``allow_origin_pat`` allow
+(Jupyter's own ``check_origin``, without its exemption of token requests).
 
 Authentication: Jupyter's (``Authorization: token T`` or ``Bearer T``, the
 browser's cookie with XSRF), or a key scoped to this MCP server
@@ -101,7 +110,17 @@ class McpEndpointHandler(BaseHandler):
     _key_id = ""
     _queue: asyncio.Queue[dict[str, Any] | None] | None = None
 
+    def skip_check_origin(self) -> bool:
+        """The Origin check applies to every request here, token ones too (only
+        a CORS preflight skips it)."""
+        return self.request.method == "OPTIONS"
+
     async def authenticate(self) -> None:
+        if not self.check_origin():
+            raise Forbidden(
+                f"the Origin {self.request.headers.get('Origin', '')[:200]!r} is not allowed to use this MCP endpoint "
+                "(allowed: no Origin, this server's own, and Jupyter's allow_origin / allow_origin_pat)"
+            )
         scheme, cred = self._credential()
         if scheme == "bearer" and cred.startswith(KEY_PREFIX):
             if not self.check_host():

@@ -15,6 +15,11 @@ Versions:
 3. Adds the index ``ix_tasks_seq``: task and run listings are newest first by
    ``seq`` and the task queue reads ``max(seq)`` on start; without it each of
    those scanned and sorted the whole ``tasks`` table.
+4. Adds ``sessions.principal``: who opened the session (``key:<key id>``, or
+   ``mcp`` for the session behind an MCP session); a session is usable only by
+   the principal that opened it. Existing rows get NULL (the server's owner),
+   except the sessions behind MCP sessions, which get ``mcp`` (so the MCP
+   service can go on using them and a function key cannot).
 
 Rules (see :func:`upgrade`):
 
@@ -114,10 +119,16 @@ def _index_tasks_seq(conn: Connection) -> None:
     conn.execute(text("CREATE INDEX IF NOT EXISTS ix_tasks_seq ON tasks (seq)"))
 
 
+def _sessions_principal(conn: Connection) -> None:
+    conn.execute(text("ALTER TABLE sessions ADD COLUMN principal VARCHAR(128)"))
+    conn.execute(text("UPDATE sessions SET principal = 'mcp' WHERE id IN (SELECT runtime_session FROM mcp_sessions)"))
+
+
 #: The steps after the baseline, in order. Append only.
 STEPS: tuple[Step, ...] = (
     Step(2, "drop the unused counters table", _drop_counters),
     Step(3, "index tasks by seq", _index_tasks_seq),
+    Step(4, "record the principal that opened each session", _sessions_principal),
 )
 
 #: The schema version this code writes.

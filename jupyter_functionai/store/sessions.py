@@ -41,6 +41,9 @@ sessions = Table(
     Column("instance_id", String(128), nullable=True),
     Column("closed_at", Float, nullable=True),
     Column("close_reason", Text, nullable=True),
+    # who opened it: "key:<key id>", "mcp" (the session behind an MCP session),
+    # NULL: the server's owner (its token, a Jupyter login) or a script
+    Column("principal", String(128), nullable=True),
     Index("ix_sessions_function", "function"),
     Index("ix_sessions_status", "status"),
     Index("ix_sessions_created_at", "created_at"),
@@ -157,6 +160,7 @@ class SessionsStore(StoreBase):
         uid: int | None,
         workdir: str,
         expires_at: float,
+        principal: str | None = None,
     ) -> dict[str, Any]:
         now = self._now()
         row = {
@@ -175,6 +179,7 @@ class SessionsStore(StoreBase):
             "instance_id": None,
             "closed_at": None,
             "close_reason": None,
+            "principal": principal,
         }
         try:
             with self._tx() as conn:
