@@ -112,6 +112,9 @@ def _format_isolation(desc: dict[str, Any]) -> list[str]:
     lines.append(f"  cgroup       : {iso.get('cgroup') or 'none'}" + ("" if iso.get("cgroup") else "  (rlimits are the fallback)"))
     uid = iso.get("uid")
     lines.append(f"  uid          : {uid if uid is not None else 'not switched'}" + (" (a uid of its own)" if uid is not None else ""))
+    if iso.get("user_namespace"):
+        lines.append("  user ns      : yes (an unprivileged user namespace: root inside it, the server's user outside)")
+    lines.append(f"  capabilities : {'none left' if iso.get('caps_dropped') else 'NOT dropped'}")
     net = str(iso.get("network"))
     net_note = {"none": "own network namespace, no interface up", "loopback": "own network namespace, loopback only", "host": "the host's network"}
     lines.append(f"  network      : {net} ({net_note.get(net, '?')})" if ns.get("net") or net == "host" else f"  network      : {net} (no network namespace)")

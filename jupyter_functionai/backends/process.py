@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -49,6 +50,7 @@ from .base import (
 
 _PKG_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 READY_TIMEOUT = 60.0
+log = logging.getLogger(__name__)
 TEMPLATE_TIMEOUT = 300.0
 
 
@@ -68,6 +70,9 @@ class _Template:
         self.closed = False
         self.retiring = False
         self.pids: set[int] = set()  # its instances not yet reaped
+        #: a template in a user namespace is PID 1 of its own PID namespace:
+        #: its pids -> the runtime's (from the pidfd that comes with ``forked``)
+        self.host_pids: dict[int, int] = {}
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -81,6 +86,7 @@ class _Template:
             "module": (spec.source.module or "").split(":")[0] if spec.source.kind == "module" else None,
             "sys_path": [self.fv.code_dir],
             "warmup": spec.warmup,
+            "userns": self.backend.userns,
         }
         env = sandbox_env(os.environ)
         env.update({"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
@@ -120,13 +126,21 @@ class _Template:
             return
         except OSError:
             data, fds = b"", []
+        host_pid = None
         for fd in fds:
+            if host_pid is None:
+                host_pid = _pidfd_pid(fd)
             os.close(fd)
         if not data:
             self._lost()
             return
         msg = json.loads(data)
         op = msg.get("op")
+        if op == "forked" and host_pid is not None:
+            self.host_pids[int(msg["pid"])] = host_pid
+            msg["pid"] = host_pid
+        elif op == "exited" and self.host_pids:
+            msg["pid"] = self.host_pids.pop(int(msg["pid"]), msg["pid"])
         if op == "ready":
             if not self.ready.done():
                 self.ready.set_result(msg)
@@ -185,6 +199,19 @@ class _Template:
             with contextlib.suppress(OSError):
                 self.proc.send_signal(signal.SIGKILL)
             _reap_soon(self.proc)
+
+
+def _pidfd_pid(fd: int) -> int | None:
+    """The pid (as this process sees it) of the process a pidfd refers to."""
+    try:
+        with open(f"/proc/self/fdinfo/{fd}") as f:
+            for line in f:
+                if line.startswith("Pid:"):
+                    pid = int(line.split()[1])
+                    return pid if pid > 0 else None
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def _reap_soon(proc: subprocess.Popen[bytes]) -> None:
@@ -525,6 +552,14 @@ class ProcessBackend(Backend):
         if not cgroups:
             self.cgroups.version, self.cgroups.reason = None, "cgroups disabled by configuration"
         self.namespaces = iso.probe_namespaces()
+        #: not root: templates enter an unprivileged user namespace (where the
+        #: kernel allows one) and instances create their namespaces inside it
+        self.userns = bool(isolate and sys.platform == "linux" and os.geteuid() != 0 and not self.namespaces.get("user"))
+        if isolate and sys.platform == "linux" and os.geteuid() != 0 and self.namespaces.get("user"):
+            log.warning(
+                "functionai: sandboxes will NOT be isolated (no namespaces, they run as you and can read your files): %s",
+                self.namespaces["user"],
+            )
         self._templates: dict[tuple[str, int], _Template] = {}
         self._starting: dict[tuple[str, int], asyncio.Task[_Template]] = {}
         self._by_pid: dict[int, ProcessInstance] = {}
@@ -552,7 +587,7 @@ class ProcessBackend(Backend):
         caps["tmp"] = caps.get("mount", "")
         caps["cgroup"] = "" if self.cgroups.version else (self.cgroups.reason or "cgroups unavailable")
         caps["rlimits"] = "" if sys.platform == "linux" else "not Linux"
-        caps["user"] = "not used: sessions get their own uid instead of a user namespace"
+        caps["user"] = self.namespaces.get("user", "unknown")
         caps["seccomp"] = "not implemented by the process backend"
         if spec.network == "host":
             caps["net"] = "the spec's network policy is 'host'"
@@ -719,7 +754,7 @@ class ProcessBackend(Backend):
         plan = self._plans.get((fv.name, fv.version))
         if plan is None:
             keep = [*self._keep_paths, fv.code_dir, os.path.join(self.state_dir, SHARED_ENVS_DIR)]
-            always = ["/tmp", "/dev/shm", "/var/tmp", self.state_dir]
+            always = ["/tmp", "/dev/shm", "/var/tmp", self.state_dir, *_private_dirs()]
             plan = self._plans[(fv.name, fv.version)] = iso.plan_masks(keep, always)
         return plan
 
@@ -751,6 +786,26 @@ class ProcessBackend(Backend):
             await asyncio.sleep(0.02)
         if self._pending_cgroups:
             self.log_event(f"{len(self._pending_cgroups)} cgroup(s) could not be removed: {sorted(self._pending_cgroups)[:5]}")
+
+
+def _private_dirs() -> list[str]:
+    """The server user's own directories no sandbox may see: the home (and so
+    ~/.ssh, ~/.aws, shell profiles), the Jupyter runtime directory (the
+    server's ``jpserver-*.json`` with its token) and the Jupyter data directory.
+    The Python environment and a function's code are bound back read-only
+    when they live inside one of them."""
+    out = []
+    home = os.path.expanduser("~")
+    if home not in ("", "/") and os.path.isabs(home):
+        out.append(home)
+    try:
+        from jupyter_core.paths import jupyter_data_dir, jupyter_runtime_dir
+
+        out += [jupyter_runtime_dir(), jupyter_data_dir()]
+    except Exception:  # jupyter_core missing or unusable: the home covers the defaults
+        pass
+    top = {"/", "/usr", "/bin", "/lib", "/lib64", "/etc", "/proc", "/dev", "/sys", "/run", "/var"}
+    return [p for p in out if os.path.realpath(p) not in top]
 
 
 def _python_paths() -> list[str]:

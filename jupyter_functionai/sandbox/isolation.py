@@ -25,6 +25,7 @@ import struct
 import sys
 import time
 import typing
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +48,16 @@ MS_PRIVATE = 1 << 18
 
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_CHILD_SUBREAPER = 36
+PR_SET_PDEATHSIG = 1
+PR_CAPBSET_DROP = 24
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+
+MOUNT_ATTR_RDONLY = 0x1
+AT_RECURSIVE = 0x8000
+AT_FDCWD = -100
+SYS_MOUNT_SETATTR = 442  # the same number on every architecture
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 _libc: Any = None
 
@@ -88,6 +99,74 @@ def mount(source: str | None, target: str, fstype: str | None, flags: int, data:
 
 def prctl(option: int, arg: int) -> None:
     _check(libc().prctl(option, ctypes.c_ulong(arg), 0, 0, 0), "prctl")
+
+
+def mount_flags_of(path: str) -> int:
+    """The per-mount flags of the mount holding ``path`` that a remount must
+    keep (in a user namespace the kernel refuses to clear inherited, locked
+    nosuid/nodev/noexec/atime flags)."""
+    f = os.statvfs(path).f_flag
+    keep = 0
+    for st_bit, ms_bit in ((os.ST_NOSUID, MS_NOSUID), (os.ST_NODEV, MS_NODEV), (os.ST_NOEXEC, MS_NOEXEC),
+                           (os.ST_NOATIME, 1024), (os.ST_NODIRATIME, 2048), (os.ST_RELATIME, 1 << 21)):
+        if f & st_bit:
+            keep |= ms_bit
+    return keep
+
+
+def make_root_private_readonly() -> None:
+    """Make every mount of this (new) mount namespace private and read-only,
+    submounts included (one ``mount_setattr(2)``, Linux 5.12+); older kernels
+    get a private propagation and a read-only remount of ``/`` itself."""
+    attr = ctypes.create_string_buffer(struct.pack("QQQQ", MOUNT_ATTR_RDONLY, 0, MS_PRIVATE, 0))
+    if libc().syscall(SYS_MOUNT_SETATTR, AT_FDCWD, b"/", AT_RECURSIVE, attr, ctypes.c_size_t(32)) == 0:
+        return
+    mount(None, "/", None, MS_REC | MS_PRIVATE)
+    mount(None, "/", None, MS_REMOUNT | MS_BIND | MS_RDONLY | mount_flags_of("/"))
+
+
+def enter_user_namespace() -> None:
+    """Enter a new user namespace as its root, mapped to the caller's uid/gid
+    (what ``unshare -Ur`` does): the process then may create mount, PID, IPC,
+    UTS and network namespaces without being root on the host.  Must be called
+    while the process is single-threaded."""
+    uid, gid = os.geteuid(), os.getegid()
+    unshare(CLONE_NEWUSER)
+    for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
+        with open(f"/proc/self/{name}", "w") as f:
+            f.write(text)
+
+
+def drop_bounding_set() -> None:
+    """Drop every capability from the bounding set (needs CAP_SETPCAP)."""
+    try:
+        last = int(_read("/proc/sys/kernel/cap_last_cap"))
+    except (OSError, ValueError):
+        last = 40
+    for cap in range(last + 1):
+        ret = libc().prctl(PR_CAPBSET_DROP, ctypes.c_ulong(cap), 0, 0, 0)
+        if ret != 0 and ctypes.get_errno() != 22:  # EINVAL: not a capability on this kernel
+            _check(ret, f"PR_CAPBSET_DROP {cap}")
+
+
+def clear_capabilities() -> None:
+    """Empty the effective, permitted, inheritable and ambient sets."""
+    with contextlib.suppress(OSError):
+        prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+    hdr = (ctypes.c_uint32 * 2)(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (ctypes.c_uint32 * 6)()
+    _check(libc().capset(hdr, data), "capset")
+
+
+def effective_capabilities() -> int:
+    """CapEff of this process (from /proc/self/status); -1 if unreadable."""
+    try:
+        for line in _read("/proc/self/status").splitlines():
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    except (OSError, ValueError):
+        pass
+    return -1
 
 
 def close_fds_except(keep: Iterable[int]) -> None:
@@ -332,15 +411,70 @@ def _write(d: str, fname: str, value: str, optional: bool = False) -> None:
 # -- capability probe -----------------------------------------------------
 
 
+_USERNS_SYSCTLS = (
+    ("/proc/sys/kernel/unprivileged_userns_clone", "0", "sysctl kernel.unprivileged_userns_clone=0 (set it to 1)"),
+    ("/proc/sys/user/max_user_namespaces", "0", "sysctl user.max_user_namespaces=0 (set it above 0)"),
+    (
+        "/proc/sys/kernel/apparmor_restrict_unprivileged_userns",
+        "1",
+        "sysctl kernel.apparmor_restrict_unprivileged_userns=1 (set it to 0, or give the Python interpreter an AppArmor profile allowing userns)",
+    ),
+)
+_userns_reason: str | None = None
+
+
+def unprivileged_userns_unavailable() -> str:
+    """'' when this (non-root) process may create a user namespace, else why
+    not, naming the sysctl that would allow it.  Probed once per process: a
+    forked child tries ``unshare(CLONE_NEWUSER)``."""
+    global _userns_reason
+    if _userns_reason is not None:
+        return _userns_reason
+    if sys.platform != "linux":
+        _userns_reason = "not Linux"
+        return _userns_reason
+    lib = libc()  # loaded before the fork: the child only calls into it
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads: the child only unshares
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        ok = lib.unshare(CLONE_NEWUSER) == 0
+        os._exit(0 if ok else min(ctypes.get_errno(), 255) or 1)
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code == 0:
+        _userns_reason = ""
+        return ""
+    for path, bad, why in _USERNS_SYSCTLS:
+        with contextlib.suppress(OSError):
+            if _read(path).strip() == bad:
+                _userns_reason = f"unprivileged user namespaces are disabled: {why}"
+                return _userns_reason
+    err = os.strerror(code) if code > 0 else f"status {status}"
+    _userns_reason = (
+        f"unshare(CLONE_NEWUSER) failed ({err}): unprivileged user namespaces are refused "
+        "(a container's seccomp profile, or sysctl user.max_user_namespaces / kernel.unprivileged_userns_clone)"
+    )
+    return _userns_reason
+
+
 def probe_namespaces() -> dict[str, str]:
-    """Which namespace layers this process may create: layer -> '' or reason."""
+    """Which namespace layers this process may create: layer -> '' or reason.
+
+    Root creates them directly; a normal user through an unprivileged user
+    namespace (layer ``user``) when the kernel allows one."""
     out: dict[str, str] = {}
     if sys.platform != "linux":
-        return {k: "not Linux" for k in ("mount", "pid", "ipc", "uts", "net", "uid")}
-    root = os.geteuid() == 0
+        return {k: "not Linux" for k in ("mount", "pid", "ipc", "uts", "net", "uid", "user")}
+    if os.geteuid() == 0:
+        out = dict.fromkeys(("mount", "pid", "ipc", "uts", "net", "uid"), "")
+        out["user"] = "not used: sessions get their own uid instead of a user namespace"
+        return out
+    reason = unprivileged_userns_unavailable()
     for k in ("mount", "pid", "ipc", "uts", "net"):
-        out[k] = "" if root else "not root (namespaces need CAP_SYS_ADMIN)"
-    out["uid"] = "" if root else "not root: cannot switch to a per-session uid"
+        out[k] = f"not root and {reason}" if reason else ""
+    out["user"] = reason
+    out["uid"] = "not root: sessions run as the server's user (inside a user namespace, without capabilities)"
     return out
 
 
@@ -410,12 +544,21 @@ def apply_masks(plan: list[tuple[str, list[str]]], writable: Iterable[str] = (),
                     open(k, "a").close()
                 mount(f"/proc/self/fd/{fd}", k, None, MS_BIND | MS_REC)
                 # a bind inherits the (read-only) root's flags: set them explicitly
-                flags = MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV
+                flags = MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV | mount_flags_of(k)
                 if k not in rw:
                     flags |= MS_RDONLY
                 mount(None, k, None, flags)
             finally:
                 os.close(fd)
+
+
+def seal_masks(plan: list[tuple[str, list[str]]]) -> None:
+    """Make the tmpfs masks (not /tmp, /dev/shm, /var/tmp) read-only, once
+    everything that goes inside them is mounted: a sandbox cannot write there
+    even as root of its user namespace."""
+    for m, _keeps in plan:
+        if m not in ("/tmp", "/dev/shm", "/var/tmp"):
+            mount(None, m, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
 
 
 # -- random sources --------------------------------------------------------
@@ -477,6 +620,8 @@ class IsolationReport:
     fds_closed: bool = False
     reseeded: list[str] = field(default_factory=list)
     no_new_privs: bool = False
+    user_namespace: bool = False  # runs in an unprivileged user namespace (not root on the host)
+    caps_dropped: bool = False  # no capabilities left (CapEff 0, empty bounding set) when user code runs
     missing: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)  # ms per setup step
 
@@ -492,6 +637,8 @@ class IsolationReport:
             "fds_closed": self.fds_closed,
             "reseeded": list(self.reseeded),
             "no_new_privs": self.no_new_privs,
+            "user_namespace": self.user_namespace,
+            "caps_dropped": self.caps_dropped,
             "missing": dict(self.missing),
             "timings": dict(self.timings),
         }
@@ -506,4 +653,6 @@ class IsolationReport:
             out.add("uid")
         if self.private_tmp:
             out.add("tmp")
+        if self.user_namespace:
+            out.add("user")
         return out

@@ -80,8 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--control", type=int, required=True)
     ap.add_argument("--spec", required=True, help="JSON: function, version, code_path|module, handler")
     args = ap.parse_args(argv)
-    ctl = socket.socket(fileno=args.control)
     spec = json.loads(args.spec)
+    userns_error = ""
+    if spec.get("userns") and sys.platform == "linux" and os.geteuid() != 0:
+        userns_error = _enter_user_namespace(args.control)
+    ctl = socket.socket(fileno=args.control)
 
     if spec.get("sys_path"):
         sys.path[:0] = [p for p in spec["sys_path"] if p not in sys.path]
@@ -125,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as exc:
             pid_ns_error = str(exc)
     else:
-        pid_ns_error = "not root (PID namespaces need CAP_SYS_ADMIN)"
+        pid_ns_error = f"not root and no user namespace ({userns_error or 'not requested'}): PID namespaces need CAP_SYS_ADMIN"
 
     # Freeze what the imports allocated: children never copy those pages
     # because of a garbage collection.
@@ -172,12 +175,63 @@ def main(argv: list[str] | None = None) -> int:
             if msg.get("op") == "fork" and fds:
                 cfg = msg["cfg"]
                 cfg["pid_ns_error"] = pid_ns_error
+                cfg["userns"] = _IN_USERNS
+                cfg["userns_error"] = userns_error
                 pid = _fork_instance(fds[0], cfg, module, handler, pid_ns_fd, ctl, rfd, wfd)
                 for fd in fds:
                     os.close(fd)
                 if pid > 0:
                     instances.add(pid)
-                    _send(ctl, {"op": "forked", "iid": cfg["instance_id"], "pid": pid})
+                    pidfds: list[int] = []
+                    if _IN_USERNS:
+                        # our pids are those of our own PID namespace: a pidfd
+                        # tells the runtime the pid it sees (fdinfo's Pid:)
+                        try:
+                            pidfds.append(os.pidfd_open(pid))
+                        except OSError:
+                            pass
+                    _send(ctl, {"op": "forked", "iid": cfg["instance_id"], "pid": pid}, pidfds)
+                    for pfd in pidfds:
+                        os.close(pfd)
+
+
+_IN_USERNS = False
+
+
+def _enter_user_namespace(control_fd: int) -> str:
+    """Not root: become root of a new (unprivileged) user namespace and PID 1
+    of a new PID namespace owned by it, so that every instance can get a PID
+    namespace of its own exactly as on the root path (``setns`` back to the
+    host's PID namespace is refused inside a user namespace, to our own is not).
+
+    The process the runtime started stays behind as a thin parent that waits
+    for the real template and exits with its status; the template dies with
+    it (PDEATHSIG), and everything in its PID namespace with the template.
+    Returns '' or why the user namespace could not be made."""
+    global _IN_USERNS
+    try:
+        iso.enter_user_namespace()
+        iso.unshare(iso.CLONE_NEWPID)
+    except OSError as exc:
+        return str(exc)
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        _IN_USERNS = True
+        iso.prctl(iso.PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() == 0 and not os.path.exists(f"/proc/{parent}"):  # pragma: no cover - parent already gone
+            os._exit(1)
+        return ""
+    os.close(control_fd)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda signum, _f: os.kill(pid, signal.SIGKILL))
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            break
+        except InterruptedError:  # pragma: no cover - retried by Python already
+            continue
+    os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
 
 
 def _fork_instance(sock_fd: int, cfg: dict[str, Any], module: ModuleType, handler: Any, pid_ns_fd: int, ctl: socket.socket, rfd: int, wfd: int) -> int:

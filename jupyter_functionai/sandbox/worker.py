@@ -248,6 +248,17 @@ class Worker:
                 report.missing["tmp"] = f"binding the working directory failed: {exc}"
             os.chdir(workdir)
         _close_state_fd()
+        if self.cfg.get("isolate", True) and _MASK_PLAN:
+            try:  # the masks' tmpfs read-only, now that the workdir is in
+                iso.seal_masks(_MASK_PLAN)
+            except OSError as exc:
+                report.missing["tmp"] = f"sealing the filesystem masks failed: {exc}"
+        caps_error = ""
+        if self.cfg.get("isolate", True) and os.geteuid() == 0:
+            try:  # needs CAP_SETPCAP: before the uid drop
+                iso.drop_bounding_set()
+            except OSError as exc:
+                caps_error = str(exc)
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "LANG": os.environ.get("LANG", "C.UTF-8"),
@@ -282,6 +293,16 @@ class Worker:
                 report.no_new_privs = True
             except OSError:
                 pass
+            # no capability left before any user code runs: in a user namespace
+            # CAP_SYS_ADMIN would let the handler unmount its masks
+            try:
+                iso.clear_capabilities()
+            except OSError as exc:
+                caps_error = caps_error or str(exc)
+            if not caps_error and iso.effective_capabilities() == 0:
+                report.caps_dropped = True
+            else:
+                report.missing["caps"] = f"dropping capabilities failed: {caps_error or 'CapEff is not 0'}"
         report.reseeded = iso.reseed_random_sources([self.module] if self.module else [])
         self.session = Session(msg.get("session_id"), json.loads(msg.get("state_json") or "{}"))
         self._state_json = msg.get("state_json") or "{}"
@@ -468,6 +489,7 @@ class Worker:
 
 
 _STATE_FD: int | None = None
+_MASK_PLAN: list[tuple[str, list[str]]] = []
 
 
 def recv_frame_from_bytes(data: bytes) -> dict[str, Any]:
@@ -494,7 +516,7 @@ def _bind_workdir(workdir: str) -> None:
     try:
         os.makedirs(workdir, exist_ok=True)
         iso.mount(f"/proc/self/fd/{fd}", workdir, None, iso.MS_BIND)
-        iso.mount(None, workdir, None, iso.MS_REMOUNT | iso.MS_BIND | iso.MS_NOSUID | iso.MS_NODEV)
+        iso.mount(None, workdir, None, iso.MS_REMOUNT | iso.MS_BIND | iso.MS_NOSUID | iso.MS_NODEV | iso.mount_flags_of(workdir))
     finally:
         os.close(fd)
 
@@ -530,9 +552,25 @@ def sandbox_setup(cfg: dict[str, Any], pid_ns: bool) -> iso.IsolationReport:
         report.timings[step] = round((now - t_last) * 1000, 3)
         t_last = now
 
+    # first: the mounts below make /sys/fs/cgroup read-only
+    procs = cfg.get("cgroup_procs") or []
+    if procs:
+        try:
+            for p in procs:
+                with open(p, "w") as f:
+                    f.write("0")
+            report.cgroup = f"v{cfg.get('cgroup_version')}"
+        except OSError as exc:
+            report.missing["cgroup"] = f"joining the cgroup failed: {exc}"
+    else:
+        report.missing["cgroup"] = cfg.get("cgroup_error") or "cgroups unavailable"
+    mark("cgroup")
     report.namespaces["pid"] = pid_ns
     if not pid_ns:
         report.missing["pid"] = cfg.get("pid_ns_error", "no pid namespace")
+    report.user_namespace = bool(cfg.get("userns"))
+    if cfg.get("userns_error"):
+        report.missing["user"] = f"entering a user namespace failed: {cfg['userns_error']}"
     try:
         os.setsid()
     except OSError:
@@ -559,22 +597,27 @@ def sandbox_setup(cfg: dict[str, Any], pid_ns: bool) -> iso.IsolationReport:
     mark("unshare")
     if report.namespaces.get("mount"):
         try:
-            iso.mount(None, "/", None, iso.MS_REC | iso.MS_PRIVATE)
-            if pid_ns:
-                iso.mount("proc", "/proc", "proc", iso.MS_NOSUID | iso.MS_NODEV | iso.MS_NOEXEC)
-            iso.mount(None, "/", None, iso.MS_REMOUNT | iso.MS_BIND | iso.MS_RDONLY)
+            # every mount private and read-only, submounts included
+            iso.make_root_private_readonly()
         except OSError as exc:
             report.missing["mount"] = f"mount setup failed: {exc}"
+        if pid_ns and "mount" not in report.missing:
+            try:
+                iso.mount("proc", "/proc", "proc", iso.MS_NOSUID | iso.MS_NODEV | iso.MS_NOEXEC)
+            except OSError as exc:  # the host's /proc would show every process
+                report.namespaces["pid"] = False
+                report.missing["pid"] = f"mounting a fresh /proc failed: {exc}"
     if report.namespaces.get("mount") and "mount" not in report.missing and cfg.get("masks"):
         # Hide /tmp, /dev/shm, the state directory (other sessions, the store)
         # and unreadable ancestors of the Python installation; keep an O_PATH
         # handle on the state directory so ``bind`` can expose this session's
         # working directory (and nothing else) later.
-        global _STATE_FD
+        global _STATE_FD, _MASK_PLAN
         try:
             _STATE_FD = os.open(cfg["state_dir"], os.O_PATH | os.O_DIRECTORY)
             plan = [(m, list(k)) for m, k in cfg["masks"]]
             iso.apply_masks(plan, tmp_size_mb=int(cfg.get("tmp_mb", 64)))
+            _MASK_PLAN = plan
             report.fs_masked = [m for m, _ in plan]
             report.private_tmp = any(m == "/tmp" for m, _ in plan)
         except OSError as exc:
@@ -594,18 +637,6 @@ def sandbox_setup(cfg: dict[str, Any], pid_ns: bool) -> iso.IsolationReport:
         except OSError as exc:
             report.missing["net"] = f"could not bring lo up: {exc}"
     mark("uts_net")
-    procs = cfg.get("cgroup_procs") or []
-    if procs:
-        try:
-            for p in procs:
-                with open(p, "w") as f:
-                    f.write("0")
-            report.cgroup = f"v{cfg.get('cgroup_version')}"
-        except OSError as exc:
-            report.missing["cgroup"] = f"joining the cgroup failed: {exc}"
-    else:
-        report.missing["cgroup"] = cfg.get("cgroup_error") or "cgroups unavailable"
-    mark("cgroup")
     try:
         iso.set_rlimit(resource.RLIMIT_CORE, 0)
         report.rlimits.append("core")
