@@ -236,8 +236,11 @@ def test_create_and_get_session(store: Store, clock: FakeClock) -> None:
         "instance_id": None,
         "closed_at": None,
         "close_reason": None,
+        "principal": None,
     }
     assert store.get_session("s1") == row
+    keyed = store.create_session("s2", "echo", 1, None, "/tmp/s2", 5000.0, principal="key:abc")
+    assert keyed["principal"] == store.get_session("s2")["principal"] == "key:abc"
 
 
 def test_duplicate_session_is_conflict(store: Store) -> None:
