@@ -107,6 +107,8 @@ def world() -> Iterator[dict[str, Any]]:
             "port": port,
             "targets": targets,
             "starts": 20,
+            # deploying with these required succeeds as a normal user now
+            "required": ["user", "mount", "pid", "ipc", "uts", "net", "tmp"],
             "write": [os.path.join(HERE, "b-was-here"), os.path.join(home, ".profile"), "/etc/b-was-here"],
         }
         env = {
@@ -200,3 +202,43 @@ def test_cold_start_as_normal_user(world: dict[str, Any]) -> None:
     p50 = statistics.median(starts)
     print(f"\nsession start + first call as {world['user']}: p50 {p50:.1f} ms, max {max(starts):.1f} ms")
     assert p50 < 2000
+
+
+def test_refused_user_namespaces_are_said_at_start_and_refuse_required_specs(tmp_path, monkeypatch, caplog) -> None:
+    """A kernel that refuses unprivileged user namespaces (simulated: this one
+    allows them): the backend warns at start naming the sysctl, reports
+    ``user`` (and the namespaces) as missing, and a spec requiring them is refused."""
+    import logging
+
+    from jupyter_functionai import FunctionSpec, IsolationUnavailable, Runtime
+    from jupyter_functionai.backends.process import ProcessBackend
+    from jupyter_functionai.sandbox import isolation as iso
+
+    why = "unprivileged user namespaces are disabled: sysctl kernel.unprivileged_userns_clone=0 (set it to 1)"
+    monkeypatch.setattr(iso, "_userns_reason", why)
+    monkeypatch.setattr(iso.os, "geteuid", lambda: 1000)
+    with caplog.at_level(logging.WARNING):
+        backend = ProcessBackend(str(tmp_path / "data"), cgroups=False)
+    assert "kernel.unprivileged_userns_clone" in caplog.text and "NOT be isolated" in caplog.text
+    assert backend.userns is False
+    spec = FunctionSpec.from_code("strict", "def handler(e, ctx):\n    return 1\n", isolation_required={"user", "pid"})
+    caps = backend.capabilities(spec)
+    assert caps["user"] == why and "kernel.unprivileged_userns_clone" in caps["pid"]
+    rt = Runtime(str(tmp_path / "data"), backend=backend)
+    try:
+        with pytest.raises(IsolationUnavailable) as ei:
+            rt._check_isolation(spec)
+        assert "user: " + why in str(ei.value)
+    finally:
+        rt.store.close()
+
+
+def test_user_namespace_probe_is_real() -> None:
+    """On this kernel, as this user: the probe's answer matches what unshare does."""
+    from jupyter_functionai.sandbox import isolation as iso
+
+    caps = iso.probe_namespaces()
+    if ROOT:
+        assert caps["user"].startswith("not used") and caps["pid"] == ""
+    else:
+        assert caps["user"] == iso.unprivileged_userns_unavailable()
