@@ -12,13 +12,22 @@ In one run, for a no-op handler, with the store on this disk (SQLite WAL,
 * ``sqlite floor``: the same three transitions per task written with raw
   ``sqlite3`` (one commit each, FULL), no work done.
 
+Absolute rates move with the machine, so the goal is a ratio measured in one
+run: the c=16 session tasks, the plain invokes and the sqlite floor are
+measured in ``--rounds`` alternating rounds (floor, tasks, invoke, then the
+reverse...), so that machine noise hits both sides; the goal is judged on
+the median of the rounds' ratios (the floor is bound by fsync latency, the
+tasks by CPU: a neighbour's burst moves one side of a single round), and the
+ratio of the pooled rates is printed beside it.
+
 Then the restart: a subprocess opens a runtime, queues 1,000 tasks behind a
 long one and is killed with SIGKILL; the time from ``Runtime.open`` on the
 same directory to the first queued task succeeding is the restart-to-resume.
 
-Goals (for the note): >= 500 tasks/s end to end; restart-to-resume <= 1 s.
+Goals: durable session tasks at c=16 >= 0.3x the raw-sqlite floor (0.16x
+before the store's one write path); restart-to-resume <= 1 s.
 
-Run: ``python benchmarks/tasks.py [--n 2000] [--json PATH]`` (or ``functionai bench tasks``).
+Run: ``python benchmarks/tasks.py [--n 2000] [--rounds 5] [--json PATH]`` (or ``functionai bench tasks``).
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ import json
 import os
 import signal
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -69,7 +79,10 @@ async def _throughput(rt: Any, n: int, conc: int, session: bool, invoke: bool = 
     await asyncio.gather(*(worker(k) for k in range(conc)))
     wall = time.perf_counter() - t0
     lat.sort()
-    return {"n": n, "concurrency": conc, "per_s": round(n / wall, 1), "p50_ms": round(lat[len(lat) // 2], 3), "p95_ms": round(lat[int(len(lat) * 0.95)], 3)}
+    return {
+        "n": n, "concurrency": conc, "per_s": round(n / wall, 1), "wall_s": wall,
+        "p50_ms": round(lat[len(lat) // 2], 3), "p95_ms": round(lat[int(len(lat) * 0.95)], 3), "lat_ms": lat,
+    }
 
 
 async def worker_once(rt: Any, k: int, session: bool, invoke: bool) -> None:
@@ -93,7 +106,7 @@ def sqlite_floor(path: str, n: int) -> dict[str, Any]:
         db.execute("UPDATE t SET state='succeeded', result=? WHERE id=?", (str(i), tid))
     wall = time.perf_counter() - t0
     db.close()
-    return {"n": n, "concurrency": 1, "per_s": round(n / wall, 1)}
+    return {"n": n, "concurrency": 1, "per_s": round(n / wall, 1), "wall_s": wall}
 
 
 CHILD = r"""
@@ -138,23 +151,64 @@ async def restart_to_resume(tmp: str, queued: int) -> dict[str, Any]:
     return {"queued": queued, "open_s": round(opened, 3), "first_resumed_s": round(resumed, 3), "counts_at_end": counts}
 
 
-async def run(n: int, tmp: str) -> dict[str, Any]:
+#: durable session tasks at c=16 over the raw-sqlite floor, measured in one run
+GOAL_FLOOR_FRACTION = 0.3
+
+
+async def run(n: int, rounds: int, tmp: str) -> dict[str, Any]:
     from jupyter_functionai import FunctionSpec, Runtime
 
-    out: dict[str, Any] = {"n": n}
+    out: dict[str, Any] = {"n": n, "rounds": rounds}
+    per = max(16, n // rounds)
     async with Runtime.open(os.path.join(tmp, "rt")) as rt:
         await rt.deploy(FunctionSpec.from_code("noop", NOOP, memory="128Mi", min_instances=16, tasks={"concurrency": 16}))
-        for conc in (1, 16):
-            log(f"invoke, sessions, c={conc}")
-            out[f"invoke_session_c{conc}"] = await _throughput(rt, n, conc, True, invoke=True)
-            log(f"tasks, sessions, c={conc}")
-            out[f"tasks_session_c{conc}"] = await _throughput(rt, n, conc, True)
-            m = max(100, n // 5)
-            log(f"tasks, no session (a sandbox each), c={conc}")
-            out[f"tasks_ephemeral_c{conc}"] = await _throughput(rt, m, conc, False)
-    out["sqlite_floor"] = sqlite_floor(os.path.join(tmp, "floor.db"), n)
+        log("invoke, sessions, c=1")
+        out["invoke_session_c1"] = await _throughput(rt, n, 1, True, invoke=True)
+        log("tasks, sessions, c=1")
+        out["tasks_session_c1"] = await _throughput(rt, n, 1, True)
+        m = max(100, n // 5)
+        log("tasks, no session (a sandbox each), c=1")
+        out["tasks_ephemeral_c1"] = await _throughput(rt, m, 1, False)
+        # the goal's two sides (and the invoke ceiling), alternating
+        steps: dict[str, Any] = {
+            "sqlite_floor": lambda r: asyncio.to_thread(sqlite_floor, os.path.join(tmp, f"floor-{r}.db"), per),
+            "tasks_session_c16": lambda r: _throughput(rt, per, 16, True),
+            "invoke_session_c16": lambda r: _throughput(rt, per, 16, True, invoke=True),
+        }
+        names = list(steps)
+        runs: dict[str, list[dict[str, Any]]] = {k: [] for k in names}
+        for r in range(rounds):
+            log(f"round {r + 1} of {rounds}: sqlite floor / tasks, sessions, c=16 / invoke, sessions, c=16")
+            for name in names if r % 2 == 0 else names[::-1]:
+                runs[name].append(await steps[name](r))
+        for name, rs in runs.items():
+            out[name] = _pool(rs)
+        out["per_round"] = pr = {name: [x["per_s"] for x in rs] for name, rs in runs.items()}
+        per_round = [t / f for t, f in zip(pr["tasks_session_c16"], pr["sqlite_floor"], strict=True)]
+        out["ratios"] = {
+            "tasks_c16_over_floor": round(statistics.median(per_round), 3),
+            "tasks_c16_over_floor_per_round": [round(x, 3) for x in per_round],
+            "tasks_c16_over_floor_pooled": round(out["tasks_session_c16"]["per_s"] / out["sqlite_floor"]["per_s"], 3),
+        }
+        log("tasks, no session (a sandbox each), c=16")
+        out["tasks_ephemeral_c16"] = await _throughput(rt, m, 16, False)
+    for v in out.values():
+        if isinstance(v, dict):
+            v.pop("lat_ms", None)
     log("restart after kill -9 with 1,000 queued")
     out["restart"] = await restart_to_resume(tmp, 1000)
+    return out
+
+
+def _pool(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several runs of one path as one: the rate over their summed wall time,
+    the latency percentiles over all their tasks."""
+    n = sum(r["n"] for r in runs)
+    wall = sum(r["wall_s"] for r in runs)
+    out: dict[str, Any] = {"n": n, "concurrency": runs[0]["concurrency"], "per_s": round(n / wall, 1), "wall_s": round(wall, 3)}
+    lat = sorted(x for r in runs for x in r.get("lat_ms", ()))
+    if lat:
+        out["p50_ms"], out["p95_ms"] = round(lat[len(lat) // 2], 3), round(lat[int(len(lat) * 0.95)], 3)
     return out
 
 
@@ -163,11 +217,16 @@ def report(res: dict[str, Any]) -> None:
     for key, v in res.items():
         if isinstance(v, dict) and "per_s" in v:
             print(f"{key:<34} {v['per_s']:>9} {v.get('p50_ms', ''):>8} {v.get('p95_ms', ''):>8}")
+    floor = res["sqlite_floor"]["per_s"]
     for c in (1, 16):
         t, i = res[f"tasks_session_c{c}"], res[f"invoke_session_c{c}"]
-        print(f"c={c}: durable tasks at {t['per_s'] / i['per_s']:.2f}x the rate of plain invokes; {t['per_s'] / res['sqlite_floor']['per_s']:.2f}x the raw-sqlite floor")
-    best = max(res["tasks_session_c16"]["per_s"], res["tasks_ephemeral_c16"]["per_s"])
-    print(f"goal >= 500 tasks/s end to end: {'PASS' if best >= 500 else 'MISS'} ({best}/s at c=16)")
+        print(f"c={c}: durable tasks at {t['per_s'] / i['per_s']:.2f}x the rate of plain invokes; {t['per_s'] / floor:.2f}x the raw-sqlite floor")
+    ratios = res["ratios"]
+    fraction = ratios["tasks_c16_over_floor"]
+    rounds = ", ".join(f"{x:.2f}" for x in ratios["tasks_c16_over_floor_per_round"])
+    print(f"goal: durable session tasks at c=16 >= {GOAL_FLOOR_FRACTION}x the raw-sqlite floor: {'PASS' if fraction >= GOAL_FLOOR_FRACTION else 'MISS'} "
+          f"(measured {fraction:.2f}x, the median of {res['rounds']} alternating rounds: {rounds}; pooled {ratios['tasks_c16_over_floor_pooled']:.2f}x = "
+          f"{res['tasks_session_c16']['per_s']}/s vs {floor}/s)")
     r = res["restart"]
     print(f"restart after kill -9 with {r['queued']} queued: runtime open {r['open_s']} s, first resumed task done {r['first_resumed_s']} s "
           f"({'PASS' if r['first_resumed_s'] <= 1.0 else 'MISS'} vs the 1 s goal)")
@@ -176,10 +235,13 @@ def report(res: dict[str, Any]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=2000, help="tasks per throughput run (default 2000)")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating rounds of the c=16 ratio's two sides (default 5)")
     ap.add_argument("--json", metavar="PATH", help="write the results as JSON")
     args = ap.parse_args(argv)
+    if args.n < 16 or args.rounds < 1:
+        ap.error("--n must be >= 16 and --rounds >= 1")
     with tempfile.TemporaryDirectory(prefix="fai-bench-tasks-") as tmp:
-        res = asyncio.run(run(args.n, tmp))
+        res = asyncio.run(run(args.n, args.rounds, tmp))
     report(res)
     if args.json:
         with open(args.json, "w") as f:

@@ -31,6 +31,7 @@ import dataclasses
 import json
 import logging
 import random
+import threading
 import time
 import urllib.request
 import uuid
@@ -89,8 +90,11 @@ class TaskQueue:
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._seq = 0
         self._wake = asyncio.Event()
+        # task writes not yet taken by the store's writer thread (see _write)
         self._pending: list[tuple[list[tuple[str, dict[str, Any]]], asyncio.Future[bool]]] = []
-        self._write_wake = asyncio.Event()
+        self._pending_lock = threading.Lock()
+        self._collector: _Collected | None = None  # queued on the store's writer, not yet taken
+        self._commits: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
         self._closed = False
         self._background: set[asyncio.Task[Any]] = set()
@@ -104,7 +108,6 @@ class TaskQueue:
         live = await asyncio.to_thread(self.store.list_tasks, state=("queued", "running"), limit=None, oldest_first=True)
         loop = asyncio.get_running_loop()
         self._loops = [
-            loop.create_task(self._write_loop(), name="fai-task-writer"),
             loop.create_task(self._dispatch_loop(), name="fai-task-dispatch"),
             loop.create_task(self._lease_loop(), name="fai-task-leases"),
         ]
@@ -129,11 +132,10 @@ class TaskQueue:
         if self._closed:
             return
         self._closed = True
-        dispatch = self._loops[1] if len(self._loops) > 1 else None
-        for t in self._loops[1:]:
+        for t in self._loops:
             t.cancel()
-        if dispatch is not None:
-            await asyncio.wait(set(self._loops[1:]), timeout=10)
+        if self._loops:
+            await asyncio.wait(set(self._loops), timeout=10)
         for t in list(self._background):
             t.cancel()
         runners = [t.runner for t in self._tasks.values() if t.runner is not None]
@@ -152,12 +154,8 @@ class TaskQueue:
             for fut in futs:
                 if not fut.done():
                     fut.set_result(None)
-        self._write_wake.set()
-        writer = self._loops[0] if self._loops else None
-        if writer is not None:
-            writer.cancel()
-            await asyncio.wait({writer}, timeout=10)
-        await self._flush_pending()
+        if self._commits:  # every write asked for is committed (or has failed its caller) before close returns
+            await asyncio.wait(set(self._commits), timeout=30)
 
     def _spawn(self, coro: Any) -> None:
         t = asyncio.get_running_loop().create_task(coro)
@@ -483,10 +481,11 @@ class TaskQueue:
             instance_id = exc.details.get("instance_id")
         if task.cancelled or self._closed:
             return
-        if task.session_id is not None:
-            # the session state this attempt produced is committed before the
-            # outcome is: a crash never leaves a success without its state
-            await self.rt.flush()
+        # the session state this attempt produced is committed before the
+        # outcome is (a crash never leaves a success without its state):
+        # ``Runtime.invoke`` returns only once a session's new state has
+        # committed; its bookkeeping (last use, call count, the invocation
+        # log) follows with the runtime's next hand-over
         now = _now()
         attempt_row = {"task_id": task.id, "attempt": attempt, "finished_at": now, "instance_id": instance_id}
         if error is None:
@@ -602,50 +601,72 @@ class TaskQueue:
         return await self.store.writer.write(self.store.prune_tasks, cuts, now - TaskPolicy().retention_s)
 
     async def _write(self, ops: list[tuple[str, dict[str, Any]]]) -> bool:
-        """Commit ``ops`` (with whatever else is waiting: one transaction).
-        False when a conditional update (``_expect_owner``) found the task no
-        longer leased by this runtime: nothing of it was acted on."""
+        """Commit ``ops``; False when a conditional update (``_expect_owner``)
+        found the task no longer leased by this runtime: nothing of it was
+        acted on.
+
+        Group commit without a timer, and without waiting for the previous
+        commit: the task writes queued until the store's writer thread starts
+        its next transaction are applied there together, as one
+        ``write_tasks`` (an ``executemany`` per statement shape) inside the
+        writer's batch, with whatever else it commits. The writes of one
+        caller stay in order, and after those of earlier callers."""
         fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._pending.append((ops, fut))
-        self._write_wake.set()
+        box = None
+        with self._pending_lock:
+            self._pending.append((ops, fut))
+            if self._collector is None:
+                box = self._collector = _Collected()
+        if box is not None:
+            t = asyncio.get_running_loop().create_task(self._commit_collected(box))
+            self._commits.add(t)
+            t.add_done_callback(self._commits.discard)
         return await asyncio.shield(fut)
 
-    async def _write_loop(self) -> None:
-        while True:
-            await self._write_wake.wait()
-            self._write_wake.clear()
-            await self._flush_pending()
+    def _take(self, box: _Collected) -> list[tuple[list[tuple[str, dict[str, Any]]], asyncio.Future[bool]]]:
+        """The pending writes, for ``box`` (once: a batch re-applied after a
+        failure applies the same writes again)."""
+        with self._pending_lock:
+            if not box.taken:
+                box.taken = True
+                box.entries, self._pending = self._pending, []
+                if self._collector is box:
+                    self._collector = None
+        return box.entries
 
-    async def _flush_pending(self) -> None:
-        """Commit what is pending as one write of the store's writer (so with
-        whatever else it is committing: one transaction); if that fails, each
-        caller's ops are written alone, so one bad row fails only its caller."""
-        while self._pending:
-            batch, self._pending = self._pending, []
-            ops = [op for ops, _ in batch for op in ops]
-            try:
-                applied = await self.store.writer.write(self.store.write_tasks, ops)
-            except Exception as exc:
-                if len(batch) == 1:
-                    if not batch[0][1].done():
-                        batch[0][1].set_exception(exc)
-                    continue
-                for entry, fut in batch:
-                    try:
-                        ok = all(await self.store.writer.write(self.store.write_tasks, entry))
-                    except Exception as one:
-                        if not fut.done():
-                            fut.set_exception(one)
-                    else:
-                        if not fut.done():
-                            fut.set_result(ok)
-                continue
-            i = 0
-            for entry, fut in batch:
-                ok = all(applied[i : i + len(entry)])
-                i += len(entry)
-                if not fut.done():
-                    fut.set_result(ok)
+    def _apply_collected(self, box: _Collected) -> list[bool]:
+        """On the store's writer thread, inside its transaction."""
+        ops = [op for ops, _ in self._take(box) for op in ops]
+        return self.store.write_tasks(ops) if ops else []
+
+    async def _commit_collected(self, box: _Collected) -> None:
+        """Commit the writes ``box`` collects and answer their callers; if
+        that fails, each caller's writes are committed alone, so one bad row
+        fails only its caller."""
+        try:
+            applied = await self.store.writer.write(self._apply_collected, box)
+        except Exception as exc:
+            entries = self._take(box)
+            if len(entries) == 1:
+                if not entries[0][1].done():
+                    entries[0][1].set_exception(exc)
+                return
+            for entry, fut in entries:
+                try:
+                    ok = all(await self.store.writer.write(self.store.write_tasks, entry))
+                except Exception as one:
+                    if not fut.done():
+                        fut.set_exception(one)
+                else:
+                    if not fut.done():
+                        fut.set_result(ok)
+            return
+        i = 0
+        for entry, fut in box.entries:
+            ok = all(applied[i : i + len(entry)])
+            i += len(entry)
+            if not fut.done():
+                fut.set_result(ok)
 
     # -- presentation -----------------------------------------------------------
 
@@ -681,6 +702,14 @@ class TaskQueue:
             if "attempt_history" in row:
                 out["attempt_history"] = row["attempt_history"]
         return out
+
+
+@dataclasses.dataclass
+class _Collected:
+    """Task writes applied as one ``write_tasks`` (see ``TaskQueue._write``)."""
+
+    taken: bool = False
+    entries: list[tuple[list[tuple[str, dict[str, Any]]], asyncio.Future[bool]]] = dataclasses.field(default_factory=list)
 
 
 def _check_task_id(task_id: Any) -> None:
