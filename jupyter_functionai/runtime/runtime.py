@@ -182,9 +182,9 @@ class Runtime:
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._reaper(), name="fai-reaper"))
         self._tasks.append(loop.create_task(self._flusher(), name="fai-flusher"))
-        for f in self.store.list_functions():
+        for f in await asyncio.to_thread(self.store.list_functions):
             try:
-                fv = self._load_version(f["name"], f["active_version"])
+                fv = await asyncio.to_thread(self._load_version, f["name"], f["active_version"])
             except FunctionAIError as exc:
                 log.warning("function %s could not be loaded: %s", f["name"], exc)
                 continue
@@ -266,9 +266,9 @@ class Runtime:
         async with self._deploy_lock:
             versions = []
             with contextlib.suppress(NotFound):
-                versions = self.store.list_versions(spec.name)
+                versions = await asyncio.to_thread(self.store.list_versions, spec.name)
             version = (versions[-1]["version"] + 1) if versions else 1
-            fv = self._materialize(spec.name, version, spec, source)
+            fv = await asyncio.to_thread(self._materialize, spec.name, version, spec, source)
             try:
                 await self.backend.prepare(fv)
             except BaseException:
@@ -347,7 +347,7 @@ class Runtime:
 
     async def delete(self, name: str) -> None:
         async with self._deploy_lock:
-            self.store.get_function(name)
+            await asyncio.to_thread(self.store.get_function, name)
             for sess in [s for s in self._sessions.values() if s.function == name]:
                 await self.close_session(sess.id, reason="function deleted")
             self.pool.remove(name)
@@ -852,7 +852,7 @@ class Runtime:
 
     async def create_key(self, function: str, note: str = "") -> dict[str, Any]:
         """A key that may invoke ``function`` only. The secret is shown once."""
-        self.store.get_function(function)  # NotFound for an unknown function
+        await asyncio.to_thread(self.store.get_function, function)  # NotFound for an unknown function
         key = await self.store.writer.write(self.store.create_key, function, note)
         return {"key": key, "id": key.split("_", 2)[1], "function": function, "note": note}
 
