@@ -1,4 +1,4 @@
-"""Cold start of a new session, end to end, on six paths.
+"""Cold start of a new session, end to end, on seven paths.
 
 Measured: the time from the caller asking for a *new* session's first call
 until that call's result is back at the caller (``time.perf_counter``), for a
@@ -10,6 +10,8 @@ Paths::
     warm-pool            new session served by a pre-forked, isolated pool instance
     template-fork        new session forked from the template, full isolation (min_instances=0)
     template-fork-noiso  the same fork with isolation switched off (isolate=False)
+    template-fork-noseccomp  the same fork, full isolation but the spec's ``seccomp: "off"``
+                         (what the default seccomp filter costs: (b) minus this)
     fresh                a new interpreter per instance (use_templates=False)
     jupyter-kernel       a fresh Jupyter kernel per session (start + ready + run the
                          same imports and handler + result back)
@@ -46,7 +48,7 @@ try:  # imported as ``benchmarks.coldstart``
 except ImportError:  # run as a script, or loaded from the benchmarks directory
     import _common as common  # type: ignore[no-redef]
 
-PATHS = ("warm-pool", "template-fork", "template-fork-noiso", "fresh", "jupyter-kernel", "fork-floor")
+PATHS = ("warm-pool", "template-fork", "template-fork-noiso", "template-fork-noseccomp", "fresh", "jupyter-kernel", "fork-floor")
 LETTER = {
     "warm-pool": "a",
     "template-fork": "b",
@@ -54,6 +56,7 @@ LETTER = {
     "fresh": "d",
     "jupyter-kernel": "e",
     "fork-floor": "f",
+    "template-fork-noseccomp": "g",
 }
 FN = "bench"
 
@@ -98,6 +101,7 @@ def _isolation_summary(iso: dict[str, Any]) -> dict[str, Any]:
         "cgroup": iso.get("cgroup"),
         "uid": iso.get("uid"),
         "private_tmp": iso.get("private_tmp"),
+        "seccomp": iso.get("seccomp"),
         "missing": iso.get("missing") or {},
     }
 
@@ -118,12 +122,15 @@ async def runtime_path(
         "warm-pool": {"use_templates": True, "isolate": True},
         "template-fork": {"use_templates": True, "isolate": True},
         "template-fork-noiso": {"use_templates": True, "isolate": False},
+        "template-fork-noseccomp": {"use_templates": True, "isolate": True},
         "fresh": {"use_templates": False, "isolate": True},
     }[name]
     out = Samples(name)
     state_dir = tempfile.mkdtemp(prefix=f"{name}-", dir=state_root)
     async with Runtime.open(state_dir, **kw) as rt:
-        extra = {"warmup": "warmup"} if pooled and pool_warmup else {}
+        extra: dict[str, Any] = {"warmup": "warmup"} if pooled and pool_warmup else {}
+        if name == "template-fork-noseccomp":
+            extra["seccomp"] = "off"
         await rt.deploy(FunctionSpec.from_file(FN, handler_path, min_instances=2 if pooled else 0, **extra))
         for i in range(warmup + n):
             timed = i >= warmup
@@ -141,7 +148,7 @@ async def runtime_path(
             r = await rt.invoke(FN, {"x": x}, session=sid)
             dt = (time.perf_counter() - t0) * 1000
             cs = r.cold_start
-            if cs is None or cs.path != name.replace("-noiso", ""):
+            if cs is None or cs.path != name.replace("-noiso", "").replace("-noseccomp", ""):
                 raise RuntimeError(
                     f"{name}: sample {i} took path {cs.path if cs else None!r}, not {name!r} "
                     f"(pool: {rt.pool.sizes()}): the measurement would be wrong"
@@ -336,7 +343,7 @@ def print_report(results: dict[str, Samples], report: dict[str, Any]) -> None:
     for name, s in results.items():
         if s.isolation is not None:
             iso = s.isolation
-            print(f"isolation of {name}: namespaces={','.join(iso['namespaces']) or 'none'} cgroup={iso['cgroup']} uid={iso['uid']} private_tmp={iso['private_tmp']}")
+            print(f"isolation of {name}: namespaces={','.join(iso['namespaces']) or 'none'} cgroup={iso['cgroup']} uid={iso['uid']} private_tmp={iso['private_tmp']} seccomp={iso.get('seccomp')}")
     print()
     print("Goals (informational):")
     for goal, g in report["goals"].items():
@@ -400,7 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             results["fork-floor"] = Samples("fork-floor")
             log(f"[coldstart] fork-floor (first), n={n}")
             fork_floor(results["fork-floor"], module.handler, n, warmup, "first")
-        for name in ("warm-pool", "template-fork", "template-fork-noiso", "fresh"):
+        for name in ("warm-pool", "template-fork", "template-fork-noiso", "template-fork-noseccomp", "fresh"):
             if name in args.paths:
                 log(f"[coldstart] {name}, n={n}")
                 results[name] = asyncio.run(runtime_path(name, handler_path, root, n, warmup, gap_s, pool_warmup))

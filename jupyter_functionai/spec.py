@@ -27,6 +27,8 @@ __all__ = [
     "ISOLATION_LAYERS",
     "MAX_LIFETIME_CAP_S",
     "NETWORK_POLICIES",
+    "SECCOMP_BLOCKED",
+    "SECCOMP_MODES",
     "SOURCE_KINDS",
     "FrozenEnv",
     "FunctionSpec",
@@ -50,6 +52,56 @@ ISOLATION_LAYERS = (
     "rlimits",
     "tmp",
     "seccomp",
+)
+# The default seccomp filter (sandbox/seccomp.py) makes these calls fail with
+# EPERM (clone3: ENOSYS; unshare and clone only with CLONE_NEWUSER in their
+# flags); a spec can allow some of them again with ``seccomp_allow``, or switch
+# the filter off with ``seccomp: "off"``.
+SECCOMP_MODES = ("default", "off")
+SECCOMP_BLOCKED = (
+    # new user namespaces (and, through them, mounts and the rest)
+    "unshare",
+    "clone",
+    "clone3",
+    "setns",
+    # kernel keyrings: shared by every process of a uid
+    "keyctl",
+    "add_key",
+    "request_key",
+    # kernel attack surface
+    "bpf",
+    "perf_event_open",
+    "userfaultfd",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "kexec_load",
+    "kexec_file_load",
+    # other processes' memory
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
+    # mounts (old and new API)
+    "mount",
+    "umount2",
+    "pivot_root",
+    "move_mount",
+    "open_tree",
+    "fsopen",
+    "fsconfig",
+    "fsmount",
+    "fspick",
+    "mount_setattr",
+    # host administration
+    "swapon",
+    "swapoff",
+    "reboot",
+    "acct",
+    "syslog",
+    "open_by_handle_at",
 )
 SOURCE_KINDS = ("code", "file", "module")
 _SOURCE_ATTR = {"code": "code", "file": "path", "module": "module"}
@@ -553,6 +605,10 @@ class FunctionSpec:
     env: Mapping[str, str] = field(default_factory=FrozenEnv)
     network: str = "none"
     isolation_required: frozenset[str] = frozenset()
+    # "default": the default seccomp filter; "off": none. ``seccomp_allow``
+    # names calls of SECCOMP_BLOCKED the default filter lets through.
+    seccomp: str = "default"
+    seccomp_allow: frozenset[str] = frozenset()
     limits: Limits = Limits()
     tasks: TaskPolicy = TaskPolicy()
     description: str = ""
@@ -611,6 +667,7 @@ class FunctionSpec:
         if network not in NETWORK_POLICIES:
             raise InvalidSpec("network", network, f"must be one of {', '.join(NETWORK_POLICIES)}")
         _set(self, "isolation_required", _validate_layers(self.isolation_required))
+        _validate_seccomp(self)
         _str("description", self.description)
         if self.warmup is not None:
             warmup = _str("warmup", self.warmup)
@@ -653,6 +710,7 @@ class FunctionSpec:
             "limits": Limits.from_dict,
             "tasks": TaskPolicy.from_dict,
             "isolation_required": _layers_from_json,
+            "seccomp_allow": _seccomp_allow_from_json,
         }
         fields = _fields_from_mapping(cls, data, "", converters)
         for required in ("name", "source"):
@@ -675,6 +733,8 @@ class FunctionSpec:
             "env": dict(self.env),
             "network": self.network,
             "isolation_required": sorted(self.isolation_required),
+            "seccomp": self.seccomp,
+            "seccomp_allow": sorted(self.seccomp_allow),
             "limits": self.limits.to_dict(),
             "tasks": self.tasks.to_dict(),
             "description": self.description,
@@ -789,3 +849,32 @@ def _layers_from_json(value: Any) -> frozenset[str]:
     if not isinstance(value, (list, tuple, set, frozenset)):
         raise InvalidSpec("isolation_required", value, "expected a list of isolation layer names")
     return _validate_layers(value)
+
+
+def _validate_seccomp(spec: FunctionSpec) -> None:
+    mode = _str("seccomp", spec.seccomp)
+    if mode not in SECCOMP_MODES:
+        raise InvalidSpec("seccomp", mode, f"must be one of {', '.join(SECCOMP_MODES)}")
+    allow = spec.seccomp_allow
+    if isinstance(allow, (str, bytes, Mapping)) or not isinstance(allow, Iterable):
+        raise InvalidSpec("seccomp_allow", allow, "expected a set of system call names")
+    items = list(allow)
+    for name in items:
+        if name not in SECCOMP_BLOCKED:
+            raise InvalidSpec(
+                "seccomp_allow",
+                name,
+                f"not a call the default filter blocks; one of {', '.join(SECCOMP_BLOCKED)}",
+            )
+    if mode == "off" and items:
+        raise InvalidSpec("seccomp_allow", sorted(items), "has no effect with seccomp 'off'; leave it empty")
+    if mode == "off" and "seccomp" in spec.isolation_required:
+        raise InvalidSpec("seccomp", mode, "is 'off' but isolation_required lists 'seccomp'")
+    if not isinstance(allow, frozenset):
+        _set(spec, "seccomp_allow", frozenset(items))
+
+
+def _seccomp_allow_from_json(value: Any) -> Any:
+    if not isinstance(value, (list, tuple, set, frozenset)):
+        raise InvalidSpec("seccomp_allow", value, "expected a list of system call names")
+    return value  # checked and made a frozenset by FunctionSpec.validate

@@ -15,7 +15,7 @@ import pytest
 from jupyter_functionai import __version__, cli
 
 REPO = Path(__file__).resolve().parent.parent
-COLDSTART_PATHS = ("warm-pool", "template-fork", "template-fork-noiso", "fresh", "jupyter-kernel", "fork-floor")
+COLDSTART_PATHS = ("warm-pool", "template-fork", "template-fork-noiso", "template-fork-noseccomp", "fresh", "jupyter-kernel", "fork-floor")
 CALL_LINE = re.compile(r"^\[(alice|bob) #(\d)\] instance=(\S+) uid=(\S+) (cold start \S+|warm) [\d.]+ ms$")
 
 

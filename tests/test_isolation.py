@@ -279,10 +279,13 @@ async def test_random_sources_are_reseeded_per_instance(rt: Runtime):
 
 
 @pytest.mark.asyncio
-async def test_required_isolation_is_enforced(rt: Runtime):
+async def test_required_isolation_is_enforced(rt: Runtime, monkeypatch):
+    from jupyter_functionai.sandbox import seccomp
+
+    monkeypatch.setattr(seccomp, "_import_error", "simulated: no libseccomp")  # a layer this system lacks
     with pytest.raises(IsolationUnavailable) as ei:
         await rt.deploy(FunctionSpec.from_code("strict", "def handler(e, ctx):\n    return 1\n", isolation_required={"seccomp"}))
-    assert "seccomp" in str(ei.value)
+    assert "seccomp: simulated: no libseccomp" in str(ei.value)
     assert rt.functions() == []
     if ROOT:
         await rt.deploy(

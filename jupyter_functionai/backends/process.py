@@ -34,6 +34,7 @@ from ..errors import (
     UserError,
 )
 from ..sandbox import isolation as iso
+from ..sandbox import seccomp
 from ..sandbox.protocol import FrameError, check_instance_frame, encode, read_frame
 from ..spec import FunctionSpec
 from .base import (
@@ -588,7 +589,7 @@ class ProcessBackend(Backend):
         caps["cgroup"] = "" if self.cgroups.version else (self.cgroups.reason or "cgroups unavailable")
         caps["rlimits"] = "" if sys.platform == "linux" else "not Linux"
         caps["user"] = self.namespaces.get("user", "unknown")
-        caps["seccomp"] = "not implemented by the process backend"
+        caps["seccomp"] = "isolation switched off by configuration" if not self.isolate else seccomp.unavailable_reason()
         if spec.network == "host":
             caps["net"] = "the spec's network policy is 'host'"
         return caps
@@ -671,6 +672,7 @@ class ProcessBackend(Backend):
             "version": fv.version,
             "network": spec.network,
             "required": sorted(spec.isolation_required),
+            "seccomp": {"mode": spec.seccomp, "allow": sorted(spec.seccomp_allow)},
             "cgroup_procs": cg_procs,
             "cgroup_version": self.cgroups.version,
             "cgroup_error": cg_err,

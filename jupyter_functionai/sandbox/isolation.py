@@ -622,6 +622,8 @@ class IsolationReport:
     no_new_privs: bool = False
     user_namespace: bool = False  # runs in an unprivileged user namespace (not root on the host)
     caps_dropped: bool = False  # no capabilities left (CapEff 0, empty bounding set) when user code runs
+    seccomp: str | None = None  # "default" | "relaxed" (seccomp_allowed let through) | "off" | None: not installed
+    seccomp_allowed: list[str] = field(default_factory=list)
     missing: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)  # ms per setup step
 
@@ -639,6 +641,8 @@ class IsolationReport:
             "no_new_privs": self.no_new_privs,
             "user_namespace": self.user_namespace,
             "caps_dropped": self.caps_dropped,
+            "seccomp": self.seccomp,
+            "seccomp_allowed": list(self.seccomp_allowed),
             "missing": dict(self.missing),
             "timings": dict(self.timings),
         }
@@ -653,6 +657,8 @@ class IsolationReport:
             out.add("uid")
         if self.private_tmp:
             out.add("tmp")
+        if self.seccomp in ("default", "relaxed"):
+            out.add("seccomp")
         if self.user_namespace:
             out.add("user")
         return out

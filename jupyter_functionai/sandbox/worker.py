@@ -44,6 +44,7 @@ from types import ModuleType
 from typing import Any
 
 from . import isolation as iso
+from . import seccomp
 from .protocol import HEADER, FrameError, decode_body, encode, recv_frame, send_frame
 
 SOCK_FD = 3
@@ -303,6 +304,8 @@ class Worker:
                 report.caps_dropped = True
             else:
                 report.missing["caps"] = f"dropping capabilities failed: {caps_error or 'CapEff is not 0'}"
+            # last: nothing below needs a blocked call (mounts are done, the uid dropped)
+            seccomp.install(self.cfg, report)
         report.reseeded = iso.reseed_random_sources([self.module] if self.module else [])
         self.session = Session(msg.get("session_id"), json.loads(msg.get("state_json") or "{}"))
         self._state_json = msg.get("state_json") or "{}"
@@ -672,7 +675,7 @@ def child_main(sock_fd: int, cfg: dict[str, Any], module: ModuleType | None, han
         worker = Worker(sock, cfg, module, handler)
         router = _Router(worker._local)
         sys.stdout = sys.stderr = router
-        missing = (set(cfg.get("required", [])) - {"uid", "tmp"}) - report.achieved()
+        missing = (set(cfg.get("required", [])) - {"uid", "tmp", "seccomp"}) - report.achieved()
         if missing:
             raise _SetupError(
                 "isolation_unavailable",

@@ -617,6 +617,8 @@ SCHEMAS: dict[str, Any] = {
             "env": {"type": "object", "additionalProperties": {"type": "string"}},
             "network": {"type": "string", "enum": ["none", "loopback", "host"]},
             "isolation_required": {"type": "array", "items": {"type": "string"}},
+            "seccomp": {"type": "string", "enum": ["default", "off"]},
+            "seccomp_allow": {"type": "array", "items": {"type": "string"}},
             "limits": _ANY,
             "tasks": _ANY,
             "description": {"type": "string"},
