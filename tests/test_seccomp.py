@@ -123,6 +123,26 @@ async def test_default_filter_blocks_the_dangerous_calls_and_normal_work_goes_on
     assert (await rt.invoke("sc", {"op": "count"}, session="attacker")).value == 1
 
 
+WARMUP = """
+def warmup():
+    if not os.environ.get("FUNCTIONAI_TEMPLATE"):  # in the instance, not the template's pre-fork run
+        assert sc("keyctl", 0, KEY_SPEC_USER_KEYRING, 1) == "EPERM"
+"""
+
+
+@needs_seccomp
+@pytest.mark.asyncio
+async def test_warm_pool_instances_are_filtered_too(rt: Runtime):
+    """A pre-forked instance is bound (and primed) before its session exists:
+    the filter is in from that point, for the warmup hook as for the calls."""
+    await deploy(rt, "pooled", PROBE + WARMUP, min_instances=1, warmup="warmup")
+    await rt.pool.wait_full("pooled")
+    r = await rt.invoke("pooled", {"op": "keyctl"}, session="p")
+    assert r.cold_start is not None and r.cold_start.path == "warm-pool"
+    assert r.value == {"keyctl": "EPERM", "bpf": "EPERM"}
+    assert (await isolation(rt, "p"))["seccomp"] == "default"
+
+
 @needs_seccomp
 @pytest.mark.asyncio
 async def test_a_spec_can_allow_calls_or_switch_the_filter_off(rt: Runtime):
