@@ -280,7 +280,7 @@ class BaseHandler(APIHandler):
             await self.authenticate()
         except (Unauthorized, Forbidden) as exc:
             declared = self.request.headers.get("Content-Length", "").strip()
-            if self.request.method in ("GET", "HEAD", "DELETE", "OPTIONS") or not declared.isdigit() or int(declared) > REFUSED_BODY_BYTES:
+            if not declared.isdigit() or int(declared) == 0 or int(declared) > REFUSED_BODY_BYTES:
                 raise
             self._refusal = exc
             self._body_limit = REFUSED_BODY_BYTES
