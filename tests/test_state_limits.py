@@ -45,6 +45,18 @@ async def test_a_refused_state_is_rolled_back_and_the_session_goes_on(rt: Runtim
 
 ORPHANS = '''
 import os, time
+
+def zombies():
+    n = 0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    n += f.read().rsplit(") ", 1)[1].split()[0] == "Z"
+            except OSError:
+                pass
+    return n
+
 def handler(event, ctx):
     if event == "spawn":
         for _ in range(5):  # double fork: the grandchild is orphaned to PID 1 and exits
@@ -57,15 +69,13 @@ def handler(event, ctx):
         import subprocess
         keeper = subprocess.Popen(["/bin/sh", "-c", "exit 7"])  # one the handler waits for later
         globals()["keeper"] = keeper
-        time.sleep(0.2)
+        deadline = time.monotonic() + 30
+        while zombies() < 6 and time.monotonic() < deadline:  # the five orphans and the keeper have exited
+            time.sleep(0.005)
         return None
-    zombies = 0
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with open(f"/proc/{entry}/stat") as f:
-                zombies += f.read().rsplit(") ", 1)[1].split()[0] == "Z"
+    seen = zombies()
     code = globals()["keeper"].wait() if "keeper" in globals() else None
-    return {"pid": os.getpid(), "zombies": zombies, "keeper": code}
+    return {"pid": os.getpid(), "zombies": seen, "keeper": code}
 '''
 
 
