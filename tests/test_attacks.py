@@ -360,20 +360,7 @@ CHECKS: dict[str, Callable[[dict[str, Any], dict[str, Any]], list[str]]] = {
 
 # Attacks not contained today, by who runs the server: strict, so the marker
 # has to go once the sandbox holds.
-_KEYRING = (
-    "V2: a normal user's sessions share that user's kernel keyring (one host uid): with keyctl let through"
-    " by seccomp_allow, a session finds another's key, and what it leaves outlives it; isolation without"
-    " root needs a keyring per session (lands with the non-root user-namespace work)"
-)
-XFAIL: dict[tuple[str, str], str] = {
-    ("user", "key_of_live_session"): _KEYRING,
-    ("user", "key_of_live_session_other_runtime"): _KEYRING,
-    ("user", "key_left_for_next_session"): _KEYRING,
-    ("user", "fork_bomb"): (
-        "V2/V0: without root there is no pids limit (no writable cgroup, RLIMIT_NPROC not set in the user"
-        " namespace): a fork bomb runs to the call's timeout; lands with the non-root isolation work"
-    ),
-}
+XFAIL: dict[tuple[str, str], str] = {}
 
 # keys an attack plants: no neighbour may see them
 PLANTED_KEYS = {"add_key": {"fai-attack-u", "fai-attack-s"}, "key_left_for_next_session": {"fai-attack-left"}}

@@ -140,6 +140,10 @@ def test_report_says_user_namespace(world: dict[str, Any]) -> None:
     for ns in ("mount", "pid", "ipc", "uts", "net"):
         assert iso["namespaces"].get(ns) is True, (ns, iso)
     assert "user" not in iso["missing"], iso
+    # each session in a user namespace of its own (nested in the template's):
+    # what makes the process limit and the user keyring per session
+    assert iso["namespaces"].get("user") is True and "session_user" not in iso["missing"], iso
+    assert "nproc" in iso["rlimits"], iso
     assert iso["private_tmp"] is True
     # the server's home, runtime and data dirs are masked
     masks = world["out"]["masks"]

@@ -137,6 +137,35 @@ def enter_user_namespace() -> None:
             f.write(text)
 
 
+# keyctl(2) has no libc wrapper and a number per architecture
+_SYS_KEYCTL = {"x86_64": 250, "aarch64": 219, "arm64": 219}
+KEYCTL_JOIN_SESSION_KEYRING = 1
+
+# what /proc shows of every key of the host user, other sessions' included
+# (Docker masks the same files): bound over with /dev/null in each instance
+PROC_KEY_FILES = ("/proc/keys", "/proc/key-users")
+
+
+def join_new_session_keyring() -> None:
+    """Give this process a new, empty, anonymous session keyring: keys it adds
+    to ``@s`` are then seen by nothing else."""
+    import platform
+
+    nr = _SYS_KEYCTL.get(platform.machine())
+    if nr is None:
+        raise OSError(38, f"keyctl: unknown system call number on {platform.machine()}")
+    if libc().syscall(nr, KEYCTL_JOIN_SESSION_KEYRING, None) < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"keyctl(JOIN_SESSION_KEYRING): {os.strerror(err)}")
+
+
+def mask_proc_key_files() -> None:
+    """Hide the host user's key list from a freshly mounted /proc."""
+    for path in PROC_KEY_FILES:
+        if os.path.exists(path):
+            mount("/dev/null", path, None, MS_BIND)
+
+
 def drop_bounding_set() -> None:
     """Drop every capability from the bounding set (needs CAP_SETPCAP)."""
     try:

@@ -259,6 +259,8 @@ class Worker:
                 iso.seal_masks(_MASK_PLAN)
             except OSError as exc:
                 report.missing["tmp"] = f"sealing the filesystem masks failed: {exc}"
+        if self.cfg.get("isolate", True) and self.cfg.get("userns"):
+            _session_user_namespace(self.cfg, report)
         caps_error = ""
         if self.cfg.get("isolate", True) and os.geteuid() == 0:
             try:  # needs CAP_SETPCAP: before the uid drop
@@ -512,6 +514,38 @@ def _close_state_fd() -> None:
         _STATE_FD = None
 
 
+_KEY_CALLS = frozenset({"keyctl", "add_key", "request_key"})
+
+
+def _session_user_namespace(cfg: dict[str, Any], report: iso.IsolationReport) -> None:
+    """Not root: every session runs as the same host uid, so give it a user
+    namespace of its own, nested in the template's.  The kernel keeps a user
+    keyring per user namespace and counts RLIMIT_NPROC per user namespace and
+    uid (Linux 5.14+), so this is what makes ``@u`` and the process limit per
+    session.  Done at bind, after the working directory is mounted: mounts need
+    the template namespace's capabilities, which the new namespace lacks."""
+    try:
+        iso.enter_user_namespace()
+    except OSError as exc:
+        report.missing["session_user"] = f"a user namespace of the session's own failed: {exc}"
+        return
+    report.namespaces["user"] = True
+    # the session keyring is inherited from the template (shared by every
+    # instance): a fresh one is needed only where the filter lets keyctl through
+    conf = cfg.get("seccomp") or {}
+    if conf.get("mode") == "off" or _KEY_CALLS & set(conf.get("allow") or []):
+        try:
+            iso.join_new_session_keyring()
+        except OSError as exc:
+            report.missing["keyring"] = f"a session keyring of the session's own failed: {exc}"
+    if cfg.get("max_pids"):
+        try:  # counted in the new namespace only: this session's processes
+            iso.set_rlimit(resource.RLIMIT_NPROC, int(cfg["max_pids"]))
+            report.rlimits.append("nproc")
+        except (OSError, ValueError) as exc:
+            report.missing["rlimits"] = f"RLIMIT_NPROC: {exc}"
+
+
 def _bind_workdir(workdir: str) -> None:
     """Expose the session's working directory (read-write) inside the masked
     state directory; everything else there stays hidden."""
@@ -615,6 +649,11 @@ def sandbox_setup(cfg: dict[str, Any], pid_ns: bool) -> iso.IsolationReport:
             except OSError as exc:  # the host's /proc would show every process
                 report.namespaces["pid"] = False
                 report.missing["pid"] = f"mounting a fresh /proc failed: {exc}"
+            else:
+                try:
+                    iso.mask_proc_key_files()
+                except OSError as exc:
+                    report.missing["keyring"] = f"masking /proc/keys failed: {exc}"
     if report.namespaces.get("mount") and "mount" not in report.missing and cfg.get("masks"):
         # Hide /tmp, /dev/shm, the state directory (other sessions, the store)
         # and unreadable ancestors of the Python installation; keep an O_PATH
