@@ -12,6 +12,8 @@ Paths::
     template-fork-noiso  the same fork with isolation switched off (isolate=False)
     template-fork-noseccomp  the same fork, full isolation but the spec's ``seccomp: "off"``
                          (what the default seccomp filter costs: (b) minus this)
+    template-fork-nodisk the same fork, full isolation but the spec's ``disk: 0`` (what
+                         the session's own disk image costs: (b) minus this)
     fresh                a new interpreter per instance (use_templates=False)
     jupyter-kernel       a fresh Jupyter kernel per session (start + ready + run the
                          same imports and handler + result back)
@@ -48,7 +50,7 @@ try:  # imported as ``benchmarks.coldstart``
 except ImportError:  # run as a script, or loaded from the benchmarks directory
     import _common as common  # type: ignore[no-redef]
 
-PATHS = ("warm-pool", "template-fork", "template-fork-noiso", "template-fork-noseccomp", "fresh", "jupyter-kernel", "fork-floor")
+PATHS = ("warm-pool", "template-fork", "template-fork-noiso", "template-fork-noseccomp", "template-fork-nodisk", "fresh", "jupyter-kernel", "fork-floor")
 LETTER = {
     "warm-pool": "a",
     "template-fork": "b",
@@ -57,6 +59,7 @@ LETTER = {
     "jupyter-kernel": "e",
     "fork-floor": "f",
     "template-fork-noseccomp": "g",
+    "template-fork-nodisk": "h",
 }
 FN = "bench"
 
@@ -102,6 +105,8 @@ def _isolation_summary(iso: dict[str, Any]) -> dict[str, Any]:
         "uid": iso.get("uid"),
         "private_tmp": iso.get("private_tmp"),
         "seccomp": iso.get("seccomp"),
+        "disk": iso.get("disk"),
+        "disk_mb": iso.get("disk_mb"),
         "missing": iso.get("missing") or {},
     }
 
@@ -123,6 +128,7 @@ async def runtime_path(
         "template-fork": {"use_templates": True, "isolate": True},
         "template-fork-noiso": {"use_templates": True, "isolate": False},
         "template-fork-noseccomp": {"use_templates": True, "isolate": True},
+        "template-fork-nodisk": {"use_templates": True, "isolate": True},
         "fresh": {"use_templates": False, "isolate": True},
     }[name]
     out = Samples(name)
@@ -131,6 +137,8 @@ async def runtime_path(
         extra: dict[str, Any] = {"warmup": "warmup"} if pooled and pool_warmup else {}
         if name == "template-fork-noseccomp":
             extra["seccomp"] = "off"
+        if name == "template-fork-nodisk":
+            extra["disk"] = 0
         await rt.deploy(FunctionSpec.from_file(FN, handler_path, min_instances=2 if pooled else 0, **extra))
         for i in range(warmup + n):
             timed = i >= warmup
@@ -148,7 +156,7 @@ async def runtime_path(
             r = await rt.invoke(FN, {"x": x}, session=sid)
             dt = (time.perf_counter() - t0) * 1000
             cs = r.cold_start
-            if cs is None or cs.path != name.replace("-noiso", "").replace("-noseccomp", ""):
+            if cs is None or cs.path != name.replace("-noiso", "").replace("-noseccomp", "").replace("-nodisk", ""):
                 raise RuntimeError(
                     f"{name}: sample {i} took path {cs.path if cs else None!r}, not {name!r} "
                     f"(pool: {rt.pool.sizes()}): the measurement would be wrong"
@@ -343,7 +351,7 @@ def print_report(results: dict[str, Samples], report: dict[str, Any]) -> None:
     for name, s in results.items():
         if s.isolation is not None:
             iso = s.isolation
-            print(f"isolation of {name}: namespaces={','.join(iso['namespaces']) or 'none'} cgroup={iso['cgroup']} uid={iso['uid']} private_tmp={iso['private_tmp']} seccomp={iso.get('seccomp')}")
+            print(f"isolation of {name}: namespaces={','.join(iso['namespaces']) or 'none'} cgroup={iso['cgroup']} uid={iso['uid']} private_tmp={iso['private_tmp']} seccomp={iso.get('seccomp')} disk={iso.get('disk')}:{iso.get('disk_mb')}")
     print()
     print("Goals (informational):")
     for goal, g in report["goals"].items():
@@ -407,7 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             results["fork-floor"] = Samples("fork-floor")
             log(f"[coldstart] fork-floor (first), n={n}")
             fork_floor(results["fork-floor"], module.handler, n, warmup, "first")
-        for name in ("warm-pool", "template-fork", "template-fork-noiso", "template-fork-noseccomp", "fresh"):
+        for name in ("warm-pool", "template-fork", "template-fork-noiso", "template-fork-noseccomp", "template-fork-nodisk", "fresh"):
             if name in args.paths:
                 log(f"[coldstart] {name}, n={n}")
                 results[name] = asyncio.run(runtime_path(name, handler_path, root, n, warmup, gap_s, pool_warmup))

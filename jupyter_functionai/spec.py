@@ -52,6 +52,7 @@ ISOLATION_LAYERS = (
     "rlimits",
     "tmp",
     "seccomp",
+    "disk",
 )
 # The default seccomp filter (sandbox/seccomp.py) makes these calls fail with
 # EPERM (clone3: ENOSYS; unshare and clone only with CLONE_NEWUSER in their
@@ -365,11 +366,15 @@ def _compile(path: str, text: str, filename: str, where: str) -> None:
 
 @dataclass(frozen=True)
 class Resources:
-    """CPU cores, memory in MiB and a GPU share (a fraction or whole GPUs)."""
+    """CPU cores, memory in MiB, a GPU share (a fraction or whole GPUs) and
+    each session's disk in MiB (its working directory is a filesystem of that
+    size: writing past it gets ``ENOSPC`` in the sandbox; 0 switches the cap
+    off)."""
 
     cpu: float = 1.0
     memory_mb: int = 512
     gpu: float = 0.0
+    disk_mb: int = 1024
 
     _prefix: ClassVar[str] = "resources"
 
@@ -380,6 +385,10 @@ class Resources:
         p = self._prefix
         _set(self, "cpu", _float_range(_join(p, "cpu"), self.cpu, 0.01, 64.0))
         _set(self, "memory_mb", _int(_join(p, "memory_mb"), self.memory_mb, 16, 1_048_576))
+        if self.disk_mb != 0:  # 0: no cap, the working directory is a plain host directory
+            _set(self, "disk_mb", _int(_join(p, "disk_mb"), self.disk_mb, 16, 1_048_576))
+        elif isinstance(self.disk_mb, bool):
+            raise InvalidSpec(_join(p, "disk_mb"), self.disk_mb, "expected an integer")
         gpu = _real(_join(p, "gpu"), self.gpu)
         if gpu < 0:
             raise InvalidSpec(_join(p, "gpu"), self.gpu, "must not be negative")
@@ -392,13 +401,16 @@ class Resources:
         _set(self, "gpu", gpu)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"cpu": self.cpu, "memory_mb": self.memory_mb, "gpu": self.gpu}
+        return {"cpu": self.cpu, "memory_mb": self.memory_mb, "gpu": self.gpu, "disk_mb": self.disk_mb}
 
     @classmethod
     def from_dict(cls, data: Any) -> Resources:
         if isinstance(data, Resources):
             return data
-        conv = {"memory_mb": lambda v: parse_memory(v, _join(cls._prefix, "memory_mb"))}
+        conv = {
+            "memory_mb": lambda v: parse_memory(v, _join(cls._prefix, "memory_mb")),
+            "disk_mb": lambda v: parse_memory(v, _join(cls._prefix, "disk_mb")),
+        }
         return cls(**_fields_from_mapping(cls, data, cls._prefix, conv))
 
 
@@ -582,6 +594,8 @@ _FLAT_KEYS: dict[str, tuple[str, str]] = {
     "gpu": ("resources", "gpu"),
     "memory": ("resources", "memory_mb"),
     "memory_mb": ("resources", "memory_mb"),
+    "disk": ("resources", "disk_mb"),
+    "disk_mb": ("resources", "disk_mb"),
     "timeout": ("", "timeout_s"),
     "idle_ttl": ("session", "idle_ttl_s"),
     "idle_ttl_s": ("session", "idle_ttl_s"),
@@ -771,8 +785,8 @@ def _normalise_kw(
             if dotted in seen:
                 raise InvalidSpec(key, value, f"given twice (also as {seen[dotted]!r})")
             seen[dotted] = key
-            if target == "memory_mb":
-                value = parse_memory(value, "resources.memory_mb")
+            if target in ("memory_mb", "disk_mb"):
+                value = parse_memory(value, f"resources.{target}")
             if group:
                 nested[group][target] = value
             else:
@@ -870,6 +884,8 @@ def _validate_seccomp(spec: FunctionSpec) -> None:
         raise InvalidSpec("seccomp_allow", sorted(items), "has no effect with seccomp 'off'; leave it empty")
     if mode == "off" and "seccomp" in spec.isolation_required:
         raise InvalidSpec("seccomp", mode, "is 'off' but isolation_required lists 'seccomp'")
+    if spec.resources.disk_mb == 0 and "disk" in spec.isolation_required:
+        raise InvalidSpec("resources.disk_mb", 0, "is 0 (no disk cap) but isolation_required lists 'disk'")
     if not isinstance(allow, frozenset):
         _set(spec, "seccomp_allow", frozenset(items))
 

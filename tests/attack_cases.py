@@ -25,6 +25,8 @@ import sys
 import threading
 from typing import Any
 
+DISK_MB = 64  # every attack function's disk (resources.disk_mb)
+
 HANDLER = r'''
 import ctypes, ctypes.util, errno, json, os, platform, re, signal, socket, stat, subprocess, sys, time
 
@@ -216,9 +218,33 @@ def a_abstract(ev, ctx):
     return {"connect": attempt(conn)}
 
 
+def _open_fds(pid):
+    """Open every descriptor of ``pid`` through /proc (its disk image, say)."""
+    opened = []
+    for n in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            os.close(os.open(f"/proc/{pid}/fd/{n}", os.O_RDONLY))
+            opened.append(n)
+        except OSError:
+            pass
+    if not opened:
+        raise PermissionError(13, "no descriptor could be opened")
+    return opened
+
+
 def a_procs(ev, ctx):
     pids = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
-    return {"pids": pids, "ppid": os.getppid()}
+    others = {}
+    for pid in pids:
+        if pid in (1, os.getpid()):
+            continue
+        others[str(pid)] = {
+            "comm": attempt(lambda: read(f"/proc/{pid}/comm", 64)),
+            "environ": attempt(lambda: read(f"/proc/{pid}/environ", 64)),
+            "mem": attempt(lambda: read(f"/proc/{pid}/mem", 64)),
+            "fd": attempt(lambda: _open_fds(pid)),
+        }
+    return {"pids": [p for p in pids if str(p) not in others], "ppid": os.getppid(), "others": others}
 
 
 def a_proc_other(ev, ctx):
@@ -289,6 +315,26 @@ def a_plant_key(ev, ctx):
 
 def a_fork_hold(ev, ctx):
     return fork_hold(ev["n"])
+
+
+def a_fill_disk(ev, ctx):
+    """V4: write to the working directory until something says no."""
+    n = 0
+    try:
+        with open("fill", "wb") as f:
+            while n < ev["mib"] << 20:
+                f.write(b"\xaa" * (1 << 20))
+                n += 1 << 20
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        return {"errno": exc.errno, "written_mib": n >> 20}
+    finally:
+        try:
+            os.unlink("fill")
+        except OSError:
+            pass
+    return {"errno": None, "written_mib": n >> 20}
 
 
 def a_fork_bomb(ev, ctx):
@@ -559,6 +605,7 @@ def cases(w: dict[str, Any]) -> dict[str, dict[str, Any]]:
         "dns": {"op": "dns"},
         "raw_sockets": {"op": "raw"},
         "fork_bomb": {"op": "fork_bomb"},
+        "fill_disk": {"op": "fill_disk", "mib": 1536},  # V4: 1.5 GiB into a 64 MiB disk
         "memory_bomb": {"op": "memory"},
         "output_flood": {"op": "flood", "mib": 64},
         "setuid_binaries": {"op": "setuid"},
@@ -673,7 +720,7 @@ async def run_all(cfg: dict[str, Any]) -> dict[str, Any]:
     lst = _Listeners()
     try:
         async with Runtime.open(cfg["data"], reap_interval=0.05) as rt, Runtime.open(cfg["data2"], reap_interval=0.05) as rt2:
-            common = {"network": "none", "timeout": 30, "memory": 256}
+            common = {"network": "none", "timeout": 30, "memory": 256, "disk": f"{DISK_MB}M"}
             for r, name in ((rt, "att"), (rt, "other"), (rt2, "att")):
                 await r.deploy(FunctionSpec.from_code(name, HANDLER, **common))
             allow = {"seccomp_allow": {"add_key", "keyctl", "request_key"}}

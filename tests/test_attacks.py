@@ -173,7 +173,17 @@ def _keys_hidden(step: str) -> Callable[[dict[str, Any], dict[str, Any]], list[s
 
 def _procs(one: dict[str, Any], res: dict[str, Any]) -> list[str]:
     v = _value(one)
-    return [] if v == {"pids": [1], "ppid": 0} else [f"sees {v}"]
+    bad = [] if v["pids"] == [1] and v["ppid"] == 0 else [f"sees {v}"]
+    # the only other process a session may see is its own disk's fuse2fs
+    # (not root), and nothing of it beyond its name
+    for pid, o in v["others"].items():
+        comm = o["comm"].get("value", "") if o["comm"].get("ok") else ""
+        if comm.strip() != "fuse2fs":
+            bad.append(f"sees process {pid}: {o}")
+        for what in ("environ", "mem", "fd"):
+            if o[what].get("ok"):
+                bad.append(f"reads /proc/{pid}/{what} of its disk daemon: {o[what]}")
+    return bad
 
 
 def _forged(one: dict[str, Any], res: dict[str, Any]) -> list[str]:
@@ -189,6 +199,13 @@ def _held(one: dict[str, Any], res: dict[str, Any]) -> list[str]:
 def _fork_bomb(one: dict[str, Any], res: dict[str, Any]) -> list[str]:
     v = _value(one)
     return [] if v["forked"] <= MAX_PIDS and v["stopped_by"] == "EAGAIN" else [f"not bounded by the pids limit: {v}"]
+
+
+def _disk_filled(one: dict[str, Any], res: dict[str, Any]) -> list[str]:
+    v = _value(one)
+    if v["errno"] == 28 and v["written_mib"] <= ac.DISK_MB:
+        return []
+    return [f"wrote {v['written_mib']} MiB into a {ac.DISK_MB} MiB disk without ENOSPC: {v}"]
 
 
 def _environ(one: dict[str, Any], res: dict[str, Any]) -> list[str]:
@@ -338,6 +355,7 @@ CHECKS: dict[str, Callable[[dict[str, Any], dict[str, Any]], list[str]]] = {
     "dns": _dns,
     "raw_sockets": _all_denied,
     "fork_bomb": _fork_bomb,
+    "fill_disk": _disk_filled,
     "memory_bomb": _raised("OutOfMemory"),
     "output_flood": _flood,
     "setuid_binaries": _setuid,

@@ -138,11 +138,15 @@ async def assert_a_untouched(rt: Runtime, a: dict) -> None:
 async def test_cannot_read_or_write_another_sessions_files(probe):
     rt, a = probe
     secret = os.path.join(a["workdir"], "secret.txt")
-    assert os.path.exists(secret)  # it is really there on the host
-    got = await call(rt, "B", op="read", path=secret)
-    assert not got["ok"], got
-    got = await call(rt, "B", op="write", path=secret)
-    assert not got["ok"], got
+    # A's files are really there on the host: in its disk image (the working
+    # directory is that image's filesystem)
+    image = os.path.join(os.path.dirname(a["workdir"]), "disk.img")
+    assert os.path.getsize(image) > 0
+    for path in (secret, image):
+        got = await call(rt, "B", op="read", path=path)
+        assert not got["ok"], got
+        got = await call(rt, "B", op="write", path=path)
+        assert not got["ok"], got
     got = await call(rt, "B", op="listdir", path=os.path.dirname(os.path.dirname(a["workdir"])))
     assert not got["ok"] or got["value"] == ["B"], got  # the sessions dir shows B's own entry at most
     await assert_a_untouched(rt, a)

@@ -390,7 +390,7 @@ def test_to_dict_is_json_and_round_trips() -> None:
     assert back.to_dict() == data
     assert data["isolation_required"] == ["mount", "net", "pid"]
     assert data["source"] == {"kind": "code", "code": CODE}
-    assert data["resources"] == {"cpu": 2.0, "memory_mb": 1024, "gpu": 0.25}
+    assert data["resources"] == {"cpu": 2.0, "memory_mb": 1024, "gpu": 0.25, "disk_mb": 1024}
     assert data["env"] == {"OPENAI_BASE_URL": "http://localhost", "DEBUG": "1"}
 
 

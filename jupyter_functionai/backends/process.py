@@ -33,6 +33,7 @@ from ..errors import (
     OutOfMemory,
     UserError,
 )
+from ..sandbox import disk as sdisk
 from ..sandbox import isolation as iso
 from ..sandbox import seccomp
 from ..sandbox.protocol import FrameError, check_instance_frame, encode, read_frame
@@ -278,6 +279,7 @@ class ProcessInstance(Instance):
         self.bound_session: str | None = None
         self.binding: Binding | None = None
         self.cgroup = cgroup
+        self._disk_loop_fd: int | None = None
         self.template: _Template | None = None
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
@@ -424,7 +426,7 @@ class ProcessInstance(Instance):
 
     # -- Instance API ----------------------------------------------------------
 
-    def _bind_message(self, binding: Binding) -> dict[str, Any]:
+    def _bind_message(self, binding: Binding, disk: dict[str, Any] | None) -> dict[str, Any]:
         return {
             "op": "bind",
             "session_id": binding.session_id,
@@ -434,16 +436,31 @@ class ProcessInstance(Instance):
             "env": binding.env,
             "prime": binding.warmup,
             "warmup": self.fv.spec.warmup if binding.warmup else None,
+            "disk": disk,
         }
 
     async def bind(self, binding: Binding) -> None:
         t0 = time.perf_counter()
-        await self._send(self._bind_message(binding))
+        disk = await self.owner.session_disk(self.fv.spec, binding)
+        if disk is not None:
+            self._disk_loop_fd = disk.pop("_loop_fd", None)
+        await self._send(self._bind_message(binding, disk))
         await self._bound(binding)
         self.init_ms += (time.perf_counter() - t0) * 1000
 
+    def _release_disk_loop(self) -> None:
+        """The loop device attached ahead for this instance's image: once the
+        instance has mounted it (or failed to), our hold on it goes."""
+        fd, self._disk_loop_fd = self._disk_loop_fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
     async def _bound(self, binding: Binding) -> None:
-        msg = await self._await_control("bound")
+        try:
+            msg = await self._await_control("bound")
+        finally:
+            self._release_disk_loop()
         self.isolation = msg.get("isolation", self.isolation)
         self.bound_session = binding.session_id
         self.binding = binding
@@ -497,6 +514,7 @@ class ProcessInstance(Instance):
         self.bound_session = session_id
 
     async def stop(self, reason: str = "stopped") -> None:
+        self._release_disk_loop()
         if self._stop_reason is None:
             self._stop_reason = reason
         self._kill()
@@ -561,6 +579,17 @@ class ProcessBackend(Backend):
                 "functionai: sandboxes will NOT be isolated (no namespaces, they run as you and can read your files): %s",
                 self.namespaces["user"],
             )
+        #: how each session's working directory gets its own capped filesystem
+        #: (sandbox/disk.py): "loop" as root, "fuse2fs" in a user namespace
+        self.disk_mechanism: str | None = None
+        self.disk_reason = "isolation switched off by configuration"
+        self.disk_tools: dict[str, str] = {}
+        if isolate and sys.platform == "linux":
+            self.disk_mechanism, self.disk_reason, self.disk_tools = sdisk.mechanism(root=os.geteuid() == 0, userns=self.userns)
+        elif isolate:
+            self.disk_reason = "not Linux"
+        self._disk_refills: dict[int, asyncio.Task[None]] = {}
+        self._stock_loops: dict[str, tuple[int, str]] = {}  # blank image -> (fd, loop device) attached ahead
         self._templates: dict[tuple[str, int], _Template] = {}
         self._starting: dict[tuple[str, int], asyncio.Task[_Template]] = {}
         self._by_pid: dict[int, ProcessInstance] = {}
@@ -590,13 +619,135 @@ class ProcessBackend(Backend):
         caps["rlimits"] = "" if sys.platform == "linux" else "not Linux"
         caps["user"] = self.namespaces.get("user", "unknown")
         caps["seccomp"] = "isolation switched off by configuration" if not self.isolate else seccomp.unavailable_reason()
+        caps["disk"] = self.disk_reason if self.disk_mechanism is None else ""
         if spec.network == "host":
             caps["net"] = "the spec's network policy is 'host'"
         return caps
 
+    # -- disks -----------------------------------------------------------------
+
+    async def session_disk(self, spec: FunctionSpec, binding: Binding) -> dict[str, Any] | None:
+        """What the instance mounts on the session's working directory: its
+        disk image (made now if the session is new), or why there is none."""
+        if not self.isolate or not binding.workdir:
+            return None
+        if self.disk_mechanism is None:
+            return {"error": self.disk_reason}
+        size_mb = spec.resources.disk_mb
+        if not size_mb:
+            return {"error": "switched off by the spec (resources.disk_mb is 0)"}
+        out = await asyncio.to_thread(self._session_disk, size_mb, binding.workdir)
+        if "busy" in out:
+            raise InstanceCrashed(out["busy"])
+        if out.pop("took_stock", False) and size_mb not in self._disk_refills:
+            self._disk_refills[size_mb] = asyncio.get_running_loop().create_task(self._refill_disks(size_mb))
+        return out
+
+    def _session_disk(self, size_mb: int, workdir: str) -> dict[str, Any]:
+        image = os.path.join(os.path.dirname(workdir), sdisk.IMAGE_NAME)
+        took = False
+        loop: tuple[int, str] | None = None
+        try:
+            st = os.stat(image)
+        except FileNotFoundError:
+            with contextlib.suppress(FileNotFoundError):
+                if os.listdir(workdir):  # a session from before disk caps: its files stay where they are
+                    return {"error": "this session's files predate disk caps: its working directory is not capped"}
+            took = True
+            try:
+                taken, loop = self._take_blank_disk(size_mb, image)
+                if not taken:
+                    sdisk.sparse_copy(self._golden_disk(size_mb), image)
+            except OSError as exc:
+                return {"error": f"making the session's disk image failed: {exc}"}
+            st = os.stat(image)
+        else:
+            # a resumed session: its last instance's mount must be gone first
+            # (the kernel unmounts it as that instance's namespaces go)
+            if self.disk_mechanism == "loop" and not sdisk.wait_released(image):
+                return {"busy": "the session's disk image is still mounted by its previous instance after 30 s"}
+        return {
+            "image": os.path.relpath(image, self.state_dir),
+            "mb": st.st_size // (1024 * 1024),
+            "mech": self.disk_mechanism,
+            **{k: v for k, v in self.disk_tools.items() if k in ("fuse2fs", "e2fsck")},
+            "took_stock": took,
+            **({"loop_dev": loop[1], "_loop_fd": loop[0]} if loop else {}),
+        }
+
+    # One blank image per size is made with mkfs (the "golden" one); a
+    # session's image is a sparse copy of it, and a few copies are made ahead
+    # so that not even the copy is on a new session's critical path.  Each
+    # copy is used once, by one session.
+    DISK_STOCK = 3
+
+    def _golden_disk(self, size_mb: int) -> str:
+        d = self._stock_dir(size_mb)
+        golden = os.path.join(d, "golden")
+        if not os.path.exists(golden):
+            os.makedirs(d, mode=0o700, exist_ok=True)
+            sdisk.make_image(golden, size_mb, self.disk_tools["mkfs"], journal=self.disk_mechanism == "loop")
+        return golden
+
+    def _stock_dir(self, size_mb: int) -> str:
+        # per mechanism: root's images have a journal, fuse2fs's do not
+        return os.path.join(self.state_dir, DISK_STOCK_DIR, f"{self.disk_mechanism}-{size_mb}")
+
+    def _take_blank_disk(self, size_mb: int, dest: str) -> tuple[bool, tuple[int, str] | None]:
+        """Move a blank image of the stock to ``dest``; with the loop device
+        it is attached to, if any (the caller closes that descriptor)."""
+        d = self._stock_dir(size_mb)
+        try:
+            names = sorted(n for n in os.listdir(d) if n.endswith(".img"))
+        except FileNotFoundError:
+            return False, None
+        for n in names:
+            src = os.path.join(d, n)
+            try:
+                os.rename(src, dest)
+            except FileNotFoundError:  # pragma: no cover - taken meanwhile
+                continue
+            return True, self._stock_loops.pop(src, None)
+        return False, None
+
+    def _make_blank_disks(self, size_mb: int) -> None:
+        golden = self._golden_disk(size_mb)
+        d = os.path.dirname(golden)
+        for n in os.listdir(d):  # a killed earlier run's half-made copies
+            if n.endswith((".new", ".tmp")):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(d, n))
+        while sum(n.endswith(".img") for n in os.listdir(d)) < self.DISK_STOCK:
+            new = os.path.join(d, f"{time.time_ns():x}-{os.urandom(4).hex()}.new")
+            sdisk.sparse_copy(golden, new)
+            final = new[:-4] + ".img"
+            if self.disk_mechanism == "loop":
+                # attached ahead too (registered before the image can be taken):
+                # the instance then only mounts the device
+                fd = os.open(new, os.O_RDWR | os.O_CLOEXEC)
+                try:
+                    self._stock_loops[final] = sdisk.attach_loop(fd)
+                except OSError as exc:
+                    self.log_event(f"attaching a blank disk image to a loop device failed: {exc}")
+                finally:
+                    os.close(fd)
+            os.rename(new, final)
+
+    async def _refill_disks(self, size_mb: int) -> None:
+        try:
+            await asyncio.to_thread(self._make_blank_disks, size_mb)
+        except OSError as exc:
+            self.log_event(f"making blank {size_mb} MiB disk images failed: {exc}")
+        finally:
+            self._disk_refills.pop(size_mb, None)
+
     # -- templates -----------------------------------------------------------
 
     async def prepare(self, fv: FunctionVersion) -> None:
+        if self.disk_mechanism and self.isolate:
+            size_mb = fv.spec.resources.disk_mb
+            if size_mb and size_mb not in self._disk_refills:
+                self._disk_refills[size_mb] = asyncio.get_running_loop().create_task(self._refill_disks(size_mb))
         if self.use_templates:
             await self._template(fv)
 
@@ -689,7 +840,10 @@ class ProcessBackend(Backend):
             "masks": self.mask_plan(fv),
         }
         if binding is not None:  # bind straight after setup: no ready -> bind round trip
-            cfg["bind"] = inst._bind_message(binding)
+            disk = await self.session_disk(spec, binding)
+            if disk is not None:
+                inst._disk_loop_fd = disk.pop("_loop_fd", None)
+            cfg["bind"] = inst._bind_message(binding, disk)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             await inst._open(ours)
@@ -761,6 +915,12 @@ class ProcessBackend(Backend):
         return plan
 
     async def close(self) -> None:
+        for refill in list(self._disk_refills.values()):
+            refill.cancel()
+        for fd, _dev in self._stock_loops.values():  # autoclear: the devices detach
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._stock_loops.clear()
         live = list(self._instances.values())
         for inst in live:
             await inst.stop("backend closed")
@@ -788,6 +948,9 @@ class ProcessBackend(Backend):
             await asyncio.sleep(0.02)
         if self._pending_cgroups:
             self.log_event(f"{len(self._pending_cgroups)} cgroup(s) could not be removed: {sorted(self._pending_cgroups)[:5]}")
+
+
+DISK_STOCK_DIR = "disks"  # blank session disk images, made ahead: <state>/disks/<mechanism>-<MiB>/*.img
 
 
 def _private_dirs() -> list[str]:

@@ -126,6 +126,10 @@ class SandboxProvisioner(KernelProvisionerBase):
                 idle_ttl=MAX_LIFETIME_CAP_S,
                 max_lifetime=MAX_LIFETIME_CAP_S,
                 limits={"max_pids": self.max_pids},
+                # the kernel's directory is shared with the kernel manager here (its
+                # IPC sockets, the files the server opens for it): a filesystem image
+                # mounted inside the sandbox only would hide both, so no disk cap
+                disk=0,
                 description="Jupyter kernels in sandbox sessions (the functionai-sandbox kernel provisioner)",
             )
         except FunctionAIError as exc:

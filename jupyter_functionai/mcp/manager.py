@@ -93,7 +93,7 @@ REAP_INTERVAL_S = 1.0
 LATENCY_WINDOW = 1000  # the durations kept per tool, for p50/p95
 MAX_TRACKED_TOOLS = 256  # per server: calls to further (unknown) names are not counted
 _SPEC_KEYS = frozenset(
-    {"cpu", "gpu", "memory", "memory_mb", "timeout", "timeout_s", "idle_ttl", "idle_ttl_s", "max_lifetime", "max_lifetime_s",
+    {"cpu", "gpu", "memory", "memory_mb", "disk", "disk_mb", "timeout", "timeout_s", "idle_ttl", "idle_ttl_s", "max_lifetime", "max_lifetime_s",
      "min_instances", "network", "env", "limits", "concurrency", "isolation_required", "description"}
 )
 
@@ -494,6 +494,10 @@ class McpManager:
             "idle_ttl": MAX_LIFETIME_CAP_S,
             "max_lifetime": MAX_LIFETIME_CAP_S,
             "network": config.get("network") or "none",
+            # the relay's Unix socket lives in the session's directory, which the
+            # server reaches from the host: a disk image mounted inside the
+            # sandbox only would hide it, so no disk cap here (yet)
+            "disk": 0,
             "description": f"hosted stdio MCP server {name!r}: {' '.join(config['command'])[:200]}",
         }
         if config.get("memory") is not None:

@@ -97,6 +97,13 @@ def mount(source: str | None, target: str, fstype: str | None, flags: int, data:
     _check(libc().mount(enc(source), enc(target), enc(fstype), flags, enc(data)), f"mount {target}")
 
 
+MNT_DETACH = 2
+
+
+def umount(target: str, flags: int = MNT_DETACH) -> None:
+    _check(libc().umount2(target.encode(), flags), f"umount {target}")
+
+
 def prctl(option: int, arg: int) -> None:
     _check(libc().prctl(option, ctypes.c_ulong(arg), 0, 0, 0), "prctl")
 
@@ -653,6 +660,8 @@ class IsolationReport:
     caps_dropped: bool = False  # no capabilities left (CapEff 0, empty bounding set) when user code runs
     seccomp: str | None = None  # "default" | "relaxed" (seccomp_allowed let through) | "off" | None: not installed
     seccomp_allowed: list[str] = field(default_factory=list)
+    disk: str | None = None  # "loop" | "fuse2fs": the working directory is a filesystem of its own
+    disk_mb: int | None = None  # its size: writes past it get ENOSPC
     missing: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)  # ms per setup step
 
@@ -672,6 +681,8 @@ class IsolationReport:
             "caps_dropped": self.caps_dropped,
             "seccomp": self.seccomp,
             "seccomp_allowed": list(self.seccomp_allowed),
+            "disk": self.disk,
+            "disk_mb": self.disk_mb,
             "missing": dict(self.missing),
             "timings": dict(self.timings),
         }
@@ -690,4 +701,6 @@ class IsolationReport:
             out.add("seccomp")
         if self.user_namespace:
             out.add("user")
+        if self.disk:
+            out.add("disk")
         return out

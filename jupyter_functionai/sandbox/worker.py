@@ -27,6 +27,7 @@ instance -> runtime::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import io
 import json
@@ -43,6 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
 from typing import Any
 
+from . import disk as sdisk
 from . import isolation as iso
 from . import seccomp
 from .protocol import HEADER, FrameError, decode_body, encode, recv_frame, send_frame
@@ -249,7 +251,7 @@ class Worker:
             uid = None
         elif _STATE_FD is not None and workdir:
             try:
-                _bind_workdir(workdir)
+                _bind_workdir(workdir, msg.get("disk"), uid, report)
             except OSError as exc:
                 report.missing["tmp"] = f"binding the working directory failed: {exc}"
             os.chdir(workdir)
@@ -514,6 +516,7 @@ def _close_state_fd() -> None:
         _STATE_FD = None
 
 
+_DISK_DAEMON_USED = False
 _KEY_CALLS = frozenset({"keyctl", "add_key", "request_key"})
 
 
@@ -546,19 +549,110 @@ def _session_user_namespace(cfg: dict[str, Any], report: iso.IsolationReport) ->
             report.missing["rlimits"] = f"RLIMIT_NPROC: {exc}"
 
 
-def _bind_workdir(workdir: str) -> None:
+def _bind_workdir(workdir: str, disk: dict[str, Any] | None, uid: int | None, report: iso.IsolationReport) -> None:
     """Expose the session's working directory (read-write) inside the masked
-    state directory; everything else there stays hidden."""
+    state directory; everything else there stays hidden.  With a disk image
+    (``disk``), the image's filesystem is mounted there instead, so the
+    session's writes are capped at its size."""
     assert _STATE_FD is not None
     state_dir = os.readlink(f"/proc/self/fd/{_STATE_FD}")
     rel = os.path.relpath(workdir, state_dir)
     if rel.startswith(".."):
         raise OSError(f"working directory {workdir} is outside the state directory")
+    os.makedirs(workdir, exist_ok=True)
+    if disk and disk.get("image"):
+        try:
+            t0 = time.perf_counter()
+            _mount_disk(workdir, disk, uid)
+            report.timings["disk"] = round((time.perf_counter() - t0) * 1000, 3)
+            report.disk_mb = int(disk["mb"])
+            report.disk = disk["mech"]
+            return
+        except OSError as exc:
+            report.missing["disk"] = f"mounting the session's disk image failed: {exc}"
+    elif disk and disk.get("error"):
+        report.missing["disk"] = disk["error"]
     fd = os.open(rel, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=_STATE_FD)
     try:
-        os.makedirs(workdir, exist_ok=True)
         iso.mount(f"/proc/self/fd/{fd}", workdir, None, iso.MS_BIND)
         iso.mount(None, workdir, None, iso.MS_REMOUNT | iso.MS_BIND | iso.MS_NOSUID | iso.MS_NODEV | iso.mount_flags_of(workdir))
+    finally:
+        os.close(fd)
+
+
+def _open_image_rw(image: str, scratch: str) -> int:
+    """Open the image read-write although every mount here is read-only: bind
+    it, writable, onto a scratch file of the state directory's mask (tmpfs,
+    not yet sealed), open it, and take the bind away again."""
+    opath = os.open(image, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=_STATE_FD)
+    try:
+        os.close(os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        iso.mount(f"/proc/self/fd/{opath}", scratch, None, iso.MS_BIND)
+        try:
+            iso.mount(None, scratch, None, iso.MS_REMOUNT | iso.MS_BIND | iso.MS_NOSUID | iso.MS_NODEV | iso.mount_flags_of(scratch))
+            return os.open(scratch, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        finally:
+            iso.umount(scratch)
+            os.unlink(scratch)
+    finally:
+        os.close(opath)
+
+
+def _own_disk(workdir: str, uid: int | None) -> None:
+    """Root: the session's uid owns its disk's root directory; a session that
+    moved to a new uid (its old one was taken while it was paused) gets every
+    file of its disk (the host's chown of its directory stops at the image)."""
+    if uid is None:
+        return
+    if os.lstat(workdir).st_uid not in (uid, 0):
+        for dirpath, dirnames, filenames in os.walk(workdir):
+            for name in (*dirnames, *filenames):
+                with contextlib.suppress(FileNotFoundError):
+                    os.lchown(os.path.join(dirpath, name), uid, uid)
+    os.chown(workdir, uid, uid)
+    os.chmod(workdir, 0o700)
+
+
+def _mount_prepared_loop(workdir: str, image: str, dev: str) -> bool:
+    """The backend attached the session's (fresh) image to a loop device
+    ahead of time: mount that device, once it is checked to be backed by this
+    session's image.  False (nothing done) if it is not usable."""
+    if not (dev.startswith("/dev/loop") and dev[9:].isdigit()):
+        return False
+    try:
+        st = os.stat(image, dir_fd=_STATE_FD, follow_symlinks=False)
+        lfd = os.open(dev, os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        if not sdisk.backed_by(lfd, st):
+            return False
+        sdisk.mount_ext4(dev, workdir)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(lfd)
+
+
+def _mount_disk(workdir: str, disk: dict[str, Any], uid: int | None) -> None:
+    image = str(disk["image"])
+    if os.path.isabs(image) or image.startswith(".."):
+        raise OSError(f"disk image {image!r} is outside the state directory")
+    if disk["mech"] == "loop" and disk.get("loop_dev") and _mount_prepared_loop(workdir, image, str(disk["loop_dev"])):
+        _own_disk(workdir, uid)
+        return
+    fd = _open_image_rw(image, os.path.join(os.path.dirname(workdir), ".fai-disk"))
+    try:
+        if disk["mech"] == "loop":
+            sdisk.mount_loop(fd, workdir)
+            _own_disk(workdir, uid)
+        elif disk["mech"] == "fuse2fs":
+            global _DISK_DAEMON_USED
+            _DISK_DAEMON_USED = True
+            sdisk.mount_fuse2fs(fd, workdir, str(disk["fuse2fs"]), disk.get("e2fsck"))
+        else:
+            raise OSError(f"unknown disk mechanism {disk['mech']!r}")
     finally:
         os.close(fd)
 
@@ -719,7 +813,7 @@ def child_main(sock_fd: int, cfg: dict[str, Any], module: ModuleType | None, han
         worker = Worker(sock, cfg, module, handler)
         router = _Router(worker._local)
         sys.stdout = sys.stderr = router
-        missing = (set(cfg.get("required", [])) - {"uid", "tmp", "seccomp"}) - report.achieved()
+        missing = (set(cfg.get("required", [])) - {"uid", "tmp", "seccomp", "disk"}) - report.achieved()
         if missing:
             raise _SetupError(
                 "isolation_unavailable",
@@ -748,4 +842,6 @@ def child_main(sock_fd: int, cfg: dict[str, Any], module: ModuleType | None, han
             pass
         code = 4
     finally:
+        if _DISK_DAEMON_USED:
+            sdisk.stop_daemon()  # fuse2fs flushes the image as it unmounts
         os._exit(code)

@@ -167,6 +167,8 @@ class FunctionsStore(StoreBase):
 
     def rollback(self, name: str, version: int) -> dict[str, Any]:
         """Make an existing ``version`` of ``name`` the active one."""
+        if not 0 < version < 1 << 63:  # no such row can exist (and SQLite has no such integer)
+            raise NotFound(f"function {name!r} has no version {version}", name=name)
         now = self._now()
         with self._tx() as conn:
             self._function_head(conn, name)

@@ -1,0 +1,204 @@
+"""Each session's disk is capped (``resources.disk_mb``, default 1 GiB).
+
+tests/disk_probe.py runs real sessions of a function with a 32 MiB disk,
+once as root (loop-mounted ext4 image) and once as a normal user (the same
+image served by fuse2fs inside the session's user namespace): the session that
+fills its disk gets ENOSPC, its neighbour keeps writing, the host holds no more
+than the image, and the files survive a pause and a crash of the instance.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
+from typing import Any
+
+import pytest
+
+from jupyter_functionai.errors import InvalidSpec
+from jupyter_functionai.spec import FunctionSpec
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.geteuid() == 0
+USER = os.environ.get("FUNCTIONAI_TEST_USER", "")
+CAP = 32 << 20
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="Linux sandboxes")
+
+
+def _run_probe(mode: str) -> dict[str, Any]:
+    env = {"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", "PYTHONPATH": os.path.dirname(HERE)}
+    if mode == "root":
+        if not ROOT:
+            pytest.skip("the root half needs root (CI runs the suite as root)")
+        base = tempfile.mkdtemp(prefix="fai-disk-")
+        argv = [sys.executable, os.path.join(HERE, "disk_probe.py"), os.path.join(base, "data")]
+        env["HOME"] = base
+    else:
+        if ROOT:
+            if not USER:
+                pytest.skip("running as root: set FUNCTIONAI_TEST_USER to a normal user (CI creates fai-ci) to run the non-root half")
+            pw = pwd.getpwnam(USER)
+        else:
+            pw = pwd.getpwuid(os.getuid())
+        base = tempfile.mkdtemp(prefix="fai-disk-", dir="/var/tmp")
+        os.chown(base, pw.pw_uid, pw.pw_gid)
+        env["HOME"] = base
+        argv = [sys.executable, os.path.join(HERE, "disk_probe.py"), os.path.join(base, "data")]
+        if ROOT:
+            argv = ["runuser", "-u", pw.pw_name, "--", "env", "-i", *(f"{k}={v}" for k, v in env.items()), *argv]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env)
+        assert proc.returncode == 0, f"the disk probe failed ({mode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _fuse2fs() -> bool:
+    """fuse2fs serves a normal user's disk images; as root the test installs it
+    (as .ci/run does), as a normal user it takes the machine as it is."""
+    if shutil.which("fuse2fs") or os.access("/usr/bin/fuse2fs", os.X_OK):
+        return True
+    if ROOT and shutil.which("apt-get"):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, timeout=600, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "fuse2fs"], capture_output=True, timeout=900, env=env)
+    return bool(shutil.which("fuse2fs"))
+
+
+@pytest.fixture(scope="module", params=["root", "user"])
+def probe(request: pytest.FixtureRequest) -> dict[str, Any]:
+    capped = request.param == "root" or _fuse2fs()
+    return {"mode": request.param, "capped": capped, **_run_probe(request.param)}
+
+
+def _capped(probe: dict[str, Any]) -> bool:
+    """Whether this machine can cap the probe's disks; where it cannot (a
+    normal user without fuse2fs), what the user gets instead is checked:
+    the reason, in the report, and a refusal for ``isolation_required``."""
+    if probe["capped"]:
+        return True
+    assert "fuse2fs" in probe["caps"], probe["caps"]
+    assert probe["a_isolation"]["missing"]["disk"] == probe["caps"], probe["a_isolation"]
+    assert "refused" in probe["strict"] and "disk" in probe["strict"]["refused"], probe["strict"]
+    return False
+
+
+def test_the_working_directory_is_a_filesystem_of_the_cap(probe: dict[str, Any]) -> None:
+    if not _capped(probe):
+        return
+    iso = probe["a_isolation"]
+    assert probe["caps"] == "", probe["caps"]
+    assert iso["disk"] == ("loop" if probe["mode"] == "root" else "fuse2fs"), iso
+    assert iso["disk_mb"] == 32 and "disk" not in iso["missing"], iso
+    # what the session sees: a filesystem of (about) 32 MiB, empty
+    assert 8 <= probe["a_stat"]["size_mib"] <= 32, probe["a_stat"]
+    assert probe["a_stat"]["ls"] in ([], ["lost+found"]), probe["a_stat"]
+
+
+def test_writing_past_the_cap_gets_enospc_and_the_host_holds_no_more(probe: dict[str, Any]) -> None:
+    if not _capped(probe):
+        return
+    fill = probe["a_fill"]
+    assert fill["errno"] == 28, fill  # ENOSPC, not 200 MiB on the host
+    assert 8 <= fill["written_mib"] <= 32, fill
+    assert probe["a_more"]["errno"] == 28, probe["a_more"]
+    img = probe["host_image"]
+    assert img["size"] == CAP and img["allocated"] <= CAP, img
+    assert img["mode"] == "0o600", img  # the image itself is not the session's to open
+    assert probe["host_workdir"] == [], "the session's files are inside the image, not in the host directory"
+    # many small files end the same way
+    assert probe["a_files"]["errno"] == 28 and probe["a_files"]["made"] > 100, probe["a_files"]
+
+
+def test_a_full_neighbour_takes_nothing_from_another_session(probe: dict[str, Any]) -> None:
+    if not _capped(probe):
+        return
+    assert probe["b_write"] == "ok"
+    assert probe["b_after"] == "B-FILE"
+    assert probe["b_fill"] == {"errno": None, "written_mib": 8}, probe["b_fill"]
+
+
+def test_space_comes_back_and_files_survive_a_pause_and_a_crash(probe: dict[str, Any]) -> None:
+    if not _capped(probe):
+        return
+    assert probe["a_rm"] == "ok" and probe["a_again"] == {"errno": None, "written_mib": 4}, (probe["a_rm"], probe["a_again"])
+    assert probe["a_keep"] == "ok" and probe["paused"] is True
+    assert probe["a_resumed"] == "A-KEEP"
+    assert "keep.txt" in probe["a_resumed_stat"]["ls"] and probe["a_resumed_stat"]["size_mib"] == probe["a_stat"]["size_mib"]
+    assert probe["a_crash"]["raised"] == "InstanceCrashed", probe["a_crash"]
+    # the instance died without unmounting: the image still mounts (repaired
+    # first where fuse2fs serves it), with what was there before
+    assert probe["a_after_crash"] == "A-KEEP"
+    assert probe["a_write_after_crash"] == "ok"
+    assert probe["a_dir_after_close"] is False, "closing the session removes its image"
+
+
+def test_disk_zero_is_a_plain_directory_and_says_so(probe: dict[str, Any]) -> None:
+    assert probe["plain_stat"]["size_mib"] > 1024, probe["plain_stat"]
+    iso = probe["plain_isolation"]
+    assert iso["disk"] is None and "resources.disk_mb is 0" in iso["missing"]["disk"], iso
+
+
+def test_isolation_required_disk_runs_where_the_cap_can_be_made(probe: dict[str, Any]) -> None:
+    if not _capped(probe):
+        return
+    assert "size_mib" in probe["strict"] and probe["strict"]["size_mib"] <= 16, probe["strict"]
+
+
+@pytest.mark.parametrize(
+    ("kw", "field", "shown"),
+    [
+        ({"disk": 8}, "resources.disk_mb", "8"),
+        ({"disk": "lots"}, "resources.disk_mb", "'lots'"),
+        ({"disk": True}, "resources.disk_mb", "True"),
+        ({"disk": -1}, "resources.disk_mb", "-1"),
+        ({"disk_mb": 2 << 20}, "resources.disk_mb", "2097152"),
+        ({"disk": 0, "isolation_required": ["disk"]}, "resources.disk_mb", "0"),
+    ],
+)
+def test_bad_disk_specs_are_refused_with_the_field(kw: dict[str, Any], field: str, shown: str) -> None:
+    with pytest.raises(InvalidSpec) as exc:
+        FunctionSpec.from_code("d", "def handler(e, c):\n    return 1\n", **kw)
+    assert exc.value.field == field and shown in str(exc.value), str(exc.value)
+
+
+def test_disk_sizes_read_like_memory_and_default_to_one_gib() -> None:
+    code = "def handler(e, c):\n    return 1\n"
+    assert FunctionSpec.from_code("d", code).resources.disk_mb == 1024
+    assert FunctionSpec.from_code("d", code, disk="2G").resources.disk_mb == 2048
+    assert FunctionSpec.from_code("d", code, disk="512Mi").resources.disk_mb == 512
+    spec = FunctionSpec.from_dict({"name": "d", "source": {"kind": "code", "code": code}, "resources": {"disk_mb": "64M"}})
+    assert spec.resources.disk_mb == 64 and spec.to_dict()["resources"]["disk_mb"] == 64
+
+
+def test_where_no_disk_can_be_made_the_report_says_why_and_required_disk_is_refused(tmp_path: Any) -> None:
+    """A machine with no loop devices (a container without /dev/loop-control)
+    or, for a normal user, no fuse2fs: sessions run uncapped and say why, and
+    a spec that requires the cap is refused at deploy with that reason."""
+    import asyncio
+
+    from jupyter_functionai import Runtime
+    from jupyter_functionai.errors import IsolationUnavailable
+
+    code = "import os\ndef handler(e, c):\n    st = os.statvfs('.')\n    return st.f_blocks * st.f_frsize >> 20\n"
+    why = "no /dev/loop-control: loop devices are unavailable"
+
+    async def main() -> tuple[int, dict[str, Any]]:
+        async with Runtime.open(str(tmp_path / "data")) as rt:
+            rt.backend.disk_mechanism, rt.backend.disk_reason = None, why  # type: ignore[attr-defined]
+            with pytest.raises(IsolationUnavailable, match="loop devices are unavailable"):
+                await rt.deploy(FunctionSpec.from_code("strict", code, isolation_required=["disk"]))
+            await rt.deploy(FunctionSpec.from_code("loose", code, disk="32M"))
+            size = (await rt.invoke("loose", {}, session="s")).value
+            return size, (await rt.describe_session("s"))["instance"]["isolation"]
+
+    size, iso = asyncio.run(main())
+    assert size > 1024, "without a cap the working directory is the host's filesystem"
+    assert iso["disk"] is None and iso["missing"]["disk"] == why, iso
