@@ -589,6 +589,7 @@ class ProcessBackend(Backend):
         elif isolate:
             self.disk_reason = "not Linux"
         self._disk_refills: dict[int, asyncio.Task[None]] = {}
+        self._refill_timers: set[asyncio.TimerHandle] = set()
         self._stock_loops: dict[str, tuple[int, str]] = {}  # blank image -> (fd, loop device) attached ahead
         self._templates: dict[tuple[str, int], _Template] = {}
         self._starting: dict[tuple[str, int], asyncio.Task[_Template]] = {}
@@ -640,8 +641,16 @@ class ProcessBackend(Backend):
         if "busy" in out:
             raise InstanceCrashed(out["busy"])
         if out.pop("took_stock", False) and size_mb not in self._disk_refills:
-            self._disk_refills[size_mb] = asyncio.get_running_loop().create_task(self._refill_disks(size_mb))
+            # a moment later: the session that took the image starts first, and
+            # a burst of new sessions is served from the stock meanwhile
+            handle = asyncio.get_running_loop().call_later(DISK_REFILL_DELAY_S, self._start_refill, size_mb)
+            self._refill_timers.add(handle)
         return out
+
+    def _start_refill(self, size_mb: int) -> None:
+        self._refill_timers = {h for h in self._refill_timers if not h.cancelled() and h.when() > asyncio.get_running_loop().time()}
+        if size_mb not in self._disk_refills:
+            self._disk_refills[size_mb] = asyncio.get_running_loop().create_task(self._refill_disks(size_mb))
 
     def _session_disk(self, size_mb: int, workdir: str) -> dict[str, Any]:
         image = os.path.join(os.path.dirname(workdir), sdisk.IMAGE_NAME)
@@ -915,6 +924,8 @@ class ProcessBackend(Backend):
         return plan
 
     async def close(self) -> None:
+        for timer in self._refill_timers:
+            timer.cancel()
         for refill in list(self._disk_refills.values()):
             refill.cancel()
         for fd, _dev in self._stock_loops.values():  # autoclear: the devices detach
@@ -950,6 +961,7 @@ class ProcessBackend(Backend):
             self.log_event(f"{len(self._pending_cgroups)} cgroup(s) could not be removed: {sorted(self._pending_cgroups)[:5]}")
 
 
+DISK_REFILL_DELAY_S = 0.1  # after a session took a blank disk image, before more are made
 DISK_STOCK_DIR = "disks"  # blank session disk images, made ahead: <state>/disks/<mechanism>-<MiB>/*.img
 
 
