@@ -637,7 +637,12 @@ class ProcessBackend(Backend):
         size_mb = spec.resources.disk_mb
         if not size_mb:
             return {"error": "switched off by the spec (resources.disk_mb is 0)"}
-        out = await asyncio.to_thread(self._session_disk, size_mb, binding.workdir)
+        # a new session takes a prepared image: a rename, a few metadata calls
+        # on the state directory (as making its working directory is), done
+        # here; a copy, a wait or anything that reads data goes to a thread
+        out = self._new_session_disk(size_mb, binding.workdir)
+        if out is None:
+            out = await asyncio.to_thread(self._session_disk, size_mb, binding.workdir)
         if "busy" in out:
             raise InstanceCrashed(out["busy"])
         if out.pop("took_stock", False) and size_mb not in self._disk_refills:
@@ -651,6 +656,28 @@ class ProcessBackend(Backend):
         self._refill_timers = {h for h in self._refill_timers if not h.cancelled() and h.when() > asyncio.get_running_loop().time()}
         if size_mb not in self._disk_refills:
             self._disk_refills[size_mb] = asyncio.get_running_loop().create_task(self._refill_disks(size_mb))
+
+    def _new_session_disk(self, size_mb: int, workdir: str) -> dict[str, Any] | None:
+        image = os.path.join(os.path.dirname(workdir), sdisk.IMAGE_NAME)
+        try:
+            if os.path.lexists(image) or os.listdir(workdir):
+                return None
+            taken, loop = self._take_blank_disk(size_mb, image)
+        except OSError:
+            return None
+        if not taken:
+            return None
+        return self._disk_message(image, size_mb, took=True, loop=loop)
+
+    def _disk_message(self, image: str, size_mb: int, *, took: bool, loop: tuple[int, str] | None) -> dict[str, Any]:
+        return {
+            "image": os.path.relpath(image, self.state_dir),
+            "mb": size_mb,
+            "mech": self.disk_mechanism,
+            **{k: v for k, v in self.disk_tools.items() if k in ("fuse2fs", "e2fsck")},
+            "took_stock": took,
+            **({"loop_dev": loop[1], "_loop_fd": loop[0]} if loop else {}),
+        }
 
     def _session_disk(self, size_mb: int, workdir: str) -> dict[str, Any]:
         image = os.path.join(os.path.dirname(workdir), sdisk.IMAGE_NAME)
@@ -675,14 +702,7 @@ class ProcessBackend(Backend):
             # (the kernel unmounts it as that instance's namespaces go)
             if self.disk_mechanism == "loop" and not sdisk.wait_released(image):
                 return {"busy": "the session's disk image is still mounted by its previous instance after 30 s"}
-        return {
-            "image": os.path.relpath(image, self.state_dir),
-            "mb": st.st_size // (1024 * 1024),
-            "mech": self.disk_mechanism,
-            **{k: v for k, v in self.disk_tools.items() if k in ("fuse2fs", "e2fsck")},
-            "took_stock": took,
-            **({"loop_dev": loop[1], "_loop_fd": loop[0]} if loop else {}),
-        }
+        return self._disk_message(image, st.st_size // (1024 * 1024), took=took, loop=loop)
 
     # One blank image per size is made with mkfs (the "golden" one); a
     # session's image is a sparse copy of it, and a few copies are made ahead

@@ -260,7 +260,8 @@ def backed_by(loop_fd: int, st: os.stat_result) -> bool:
 
 
 def mount_ext4(dev: str, target: str) -> None:
-    iso.mount(dev, target, "ext4", iso.MS_NOSUID | iso.MS_NODEV, "errors=remount-ro")
+    # noinit_itable: no background zeroing of inode tables after every mount
+    iso.mount(dev, target, "ext4", iso.MS_NOSUID | iso.MS_NODEV, "errors=remount-ro,noinit_itable")
 
 
 def mount_loop(image_fd: int, target: str) -> str:
