@@ -202,3 +202,49 @@ def test_where_no_disk_can_be_made_the_report_says_why_and_required_disk_is_refu
     size, iso = asyncio.run(main())
     assert size > 1024, "without a cap the working directory is the host's filesystem"
     assert iso["disk"] is None and iso["missing"]["disk"] == why, iso
+
+
+def _loops_backing(under: str) -> list[str]:
+    found = []
+    for dev in os.listdir("/sys/block"):
+        try:
+            with open(f"/sys/block/{dev}/loop/backing_file") as f:
+                path = f.read().strip()
+        except OSError:
+            continue
+        if path.startswith(under):
+            found.append(f"{dev}: {path}")
+    return found
+
+
+@pytest.mark.skipif(not ROOT, reason="loop devices are root's mechanism")
+def test_closing_while_the_blank_disk_stock_is_refilled_leaves_no_loop_device(tmp_path: Any) -> None:
+    """The stock of blank images is refilled (and attached to loop devices) in
+    a thread after a new session took one; a runtime closed meanwhile waits
+    for it and detaches every device: none stays attached to the data
+    directory, and the close does not fail."""
+    import asyncio
+
+    from jupyter_functionai import Runtime
+
+    data = str(tmp_path / "data")
+
+    async def main() -> list[str]:
+        left: list[str] = []
+        for i in range(3):
+            async with Runtime.open(data) as rt:
+                backend = rt.backend
+                if backend.disk_mechanism != "loop":  # type: ignore[attr-defined]
+                    pytest.skip(f"no loop devices here: {backend.disk_reason}")  # type: ignore[attr-defined]
+                size = 16 + i
+                await rt.deploy(FunctionSpec.from_code(f"f{i}", "def handler(e, c):\n    return 1\n", disk=f"{size}M"))
+                # three new sessions take the whole stock; its refill starts
+                # (as it would a moment later) and the runtime closes at once
+                calls = [rt.invoke(f"f{i}", {}, session=f"s{i}-{n}") for n in range(3)]
+                assert [r.value for r in await asyncio.gather(*calls)] == [1, 1, 1]
+                backend._start_refill(size)  # type: ignore[attr-defined]
+                await asyncio.sleep(0)  # its thread is under way
+            left += _loops_backing(data)
+        return left
+
+    assert asyncio.run(main()) == []

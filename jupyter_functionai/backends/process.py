@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -591,6 +592,9 @@ class ProcessBackend(Backend):
         self._disk_refills: dict[int, asyncio.Task[None]] = {}
         self._refill_timers: set[asyncio.TimerHandle] = set()
         self._stock_loops: dict[str, tuple[int, str]] = {}  # blank image -> (fd, loop device) attached ahead
+        # refills run in threads: the stock's loop devices are shared with them
+        self._stock_lock = threading.Lock()
+        self._closing = False
         self._templates: dict[tuple[str, int], _Template] = {}
         self._starting: dict[tuple[str, int], asyncio.Task[_Template]] = {}
         self._by_pid: dict[int, ProcessInstance] = {}
@@ -654,7 +658,7 @@ class ProcessBackend(Backend):
 
     def _start_refill(self, size_mb: int) -> None:
         self._refill_timers = {h for h in self._refill_timers if not h.cancelled() and h.when() > asyncio.get_running_loop().time()}
-        if size_mb not in self._disk_refills:
+        if size_mb not in self._disk_refills and not self._closing:
             self._disk_refills[size_mb] = asyncio.get_running_loop().create_task(self._refill_disks(size_mb))
 
     def _new_session_disk(self, size_mb: int, workdir: str) -> dict[str, Any] | None:
@@ -736,7 +740,8 @@ class ProcessBackend(Backend):
                 os.rename(src, dest)
             except FileNotFoundError:  # pragma: no cover - taken meanwhile
                 continue
-            return True, self._stock_loops.pop(src, None)
+            with self._stock_lock:
+                return True, self._stock_loops.pop(src, None)
         return False, None
 
     def _make_blank_disks(self, size_mb: int) -> None:
@@ -746,7 +751,7 @@ class ProcessBackend(Backend):
             if n.endswith((".new", ".tmp")):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(d, n))
-        while sum(n.endswith(".img") for n in os.listdir(d)) < self.DISK_STOCK:
+        while not self._closing and sum(n.endswith(".img") for n in os.listdir(d)) < self.DISK_STOCK:
             new = os.path.join(d, f"{time.time_ns():x}-{os.urandom(4).hex()}.new")
             sdisk.sparse_copy(golden, new)
             final = new[:-4] + ".img"
@@ -755,9 +760,15 @@ class ProcessBackend(Backend):
                 # the instance then only mounts the device
                 fd = os.open(new, os.O_RDWR | os.O_CLOEXEC)
                 try:
-                    self._stock_loops[final] = sdisk.attach_loop(fd)
+                    loop = sdisk.attach_loop(fd)
                 except OSError as exc:
                     self.log_event(f"attaching a blank disk image to a loop device failed: {exc}")
+                else:
+                    with self._stock_lock:
+                        if self._closing:  # the backend closed meanwhile: autoclear detaches it
+                            os.close(loop[0])
+                        else:
+                            self._stock_loops[final] = loop
                 finally:
                     os.close(fd)
             os.rename(new, final)
@@ -775,7 +786,7 @@ class ProcessBackend(Backend):
     async def prepare(self, fv: FunctionVersion) -> None:
         if self.disk_mechanism and self.isolate:
             size_mb = fv.spec.resources.disk_mb
-            if size_mb and size_mb not in self._disk_refills:
+            if size_mb and size_mb not in self._disk_refills and not self._closing:
                 self._disk_refills[size_mb] = asyncio.get_running_loop().create_task(self._refill_disks(size_mb))
         if self.use_templates:
             await self._template(fv)
@@ -944,14 +955,19 @@ class ProcessBackend(Backend):
         return plan
 
     async def close(self) -> None:
+        self._closing = True
         for timer in self._refill_timers:
             timer.cancel()
-        for refill in list(self._disk_refills.values()):
-            refill.cancel()
-        for fd, _dev in self._stock_loops.values():  # autoclear: the devices detach
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self._stock_loops.clear()
+        # a refill's thread cannot be cancelled: it stops after the image it is
+        # making, and its loop devices must be released after it
+        refills = list(self._disk_refills.values())
+        if refills:
+            await asyncio.wait(refills, timeout=30.0)
+        with self._stock_lock:
+            for fd, _dev in self._stock_loops.values():  # autoclear: the devices detach
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._stock_loops.clear()
         live = list(self._instances.values())
         for inst in live:
             await inst.stop("backend closed")
