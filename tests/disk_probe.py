@@ -52,6 +52,26 @@ def handler(ev, ctx):
         for name in ev["names"]:
             shutil.rmtree(name) if os.path.isdir(name) else os.unlink(name)
         return "ok"
+    if op == "plant":  # what the host must reach, and the symlinks it must not follow
+        import socket, threading
+        os.makedirs("real", exist_ok=True)
+        with open("real/f.txt", "w") as f:
+            f.write("B-REAL")
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind("real/s")
+        listener.listen(1)
+
+        def serve():
+            conn, _ = listener.accept()
+            conn.sendall(b"from-the-sandbox")
+            conn.close()
+
+        threading.Thread(target=serve, daemon=True).start()
+        os.symlink("/etc", "abs")
+        os.symlink("..", "up")
+        os.symlink("real/s", "sock-ln")
+        os.symlink("/etc/hostname", "file-ln")
+        return "ok"
     if op == "crash":
         with open(ev["name"], "w") as f:
             f.write("before the crash")
@@ -59,6 +79,46 @@ def handler(ev, ctx):
     st = os.statvfs(".")
     return {"size_mib": st.f_blocks * st.f_frsize >> 20, "ls": sorted(os.listdir(".")), "cwd": os.getcwd()}
 '''
+
+
+def reach(data: str, desc: dict) -> dict:
+    """What the host reaches in session b's directory, as the MCP relay and
+    the kernel provisioner reach their sockets: a file and a socket yes, the
+    sandbox's symlinks and ``..`` never."""
+    import socket
+
+    from jupyter_functionai.sandbox.disk import open_in_session
+
+    def attempt(rel: str, directory: bool = False):
+        try:
+            fd = open_in_session(desc["workdir"], desc["instance"], rel, directory=directory)
+        except OSError as exc:
+            return {"errno": exc.errno}
+        try:
+            if rel.endswith(".txt"):
+                with open(f"/proc/self/fd/{fd}") as f:
+                    return {"read": f.read()}
+            if rel.endswith("/s"):
+                with socket.socket(socket.AF_UNIX) as s:
+                    s.settimeout(30)
+                    s.connect(f"/proc/self/fd/{fd}")
+                    return {"received": s.recv(100).decode()}
+            return {"opened": True}
+        finally:
+            os.close(fd)
+
+    return {
+        "file": attempt("real/f.txt"),
+        "socket": attempt("real/s"),
+        "dir": attempt("real", directory=True),
+        "abs": attempt("abs/hostname"),
+        "abs_dir": attempt("abs", directory=True),
+        "up": attempt("up/b/work/real/f.txt"),
+        "dotdot": attempt("../a/work"),
+        "sock_ln": attempt("sock-ln"),
+        "file_ln": attempt("file-ln"),
+        "missing": attempt("real/nothing.txt"),
+    }
 
 
 async def main(data: str) -> dict:
@@ -81,6 +141,8 @@ async def main(data: str) -> dict:
         out["a_more"] = await call("capped", {"op": "fill", "mib": 4, "name": "more"}, "a")
         out["b_after"] = await call("capped", {"op": "read", "name": "b.txt"}, "b")
         out["b_fill"] = await call("capped", {"op": "fill", "mib": 8, "name": "b-big"}, "b")
+        out["b_plant"] = await call("capped", {"op": "plant"}, "b")
+        out["host_reach"] = reach(data, await rt.describe_session("b"))
         image = os.path.join(data, "sessions", "a", "disk.img")
         if os.path.exists(image):
             st = os.stat(image)

@@ -31,6 +31,7 @@ TOOLS = [
     {"name": "crash", "description": "Exit in the middle of the call.", "inputSchema": {"type": "object", "properties": {}}},
     {"name": "roots", "description": "Ask the client for its roots (a request to the client).", "inputSchema": {"type": "object", "properties": {}}},
     {"name": "announce", "description": "Answer, then announce a tools/list_changed a moment later.", "inputSchema": {"type": "object", "properties": {}}},
+    {"name": "disk", "description": "The size of the filesystem of the working directory.", "inputSchema": {"type": "object", "properties": {}}},
 ]
 ASKED: dict[str, list] = {}  # our requests to the client: id -> [event, its result]
 
@@ -77,6 +78,9 @@ def call(mid: object, params: dict) -> None:
         time.sleep(0.3)
         send({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
         return
+    elif name == "disk":
+        st = os.statvfs(".")
+        result = text({"size_mib": st.f_blocks * st.f_frsize >> 20, "cwd": os.getcwd()})
     elif name == "crash":
         sys.stderr.write("fixture: crashing on purpose\n")
         sys.stderr.flush()

@@ -248,3 +248,18 @@ def test_closing_while_the_blank_disk_stock_is_refilled_leaves_no_loop_device(tm
         return left
 
     assert asyncio.run(main()) == []
+
+
+def test_the_host_reaches_a_sessions_files_through_its_instance_never_through_its_symlinks(probe: dict[str, Any]) -> None:
+    """How the MCP relay's and a sandbox kernel's sockets are found: on the
+    session's disk (mounted in its instance only), walked without following
+    any symlink the sandbox planted (an absolute one would resolve on the
+    host) and without ``..``."""
+    assert probe["b_plant"] == "ok", probe["b_plant"]
+    r = probe["host_reach"]
+    assert r["file"] == {"read": "B-REAL"}, r
+    assert r["socket"] == {"received": "from-the-sandbox"}, r
+    assert r["dir"] == {"opened": True}, r
+    refused = {"abs", "abs_dir", "up", "dotdot", "sock_ln", "file_ln"}
+    assert all("errno" in r[k] for k in refused), r
+    assert r["missing"] == {"errno": 2}, r

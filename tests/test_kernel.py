@@ -157,7 +157,11 @@ def test_two_sandbox_kernels_cannot_see_each_others_files() -> None:
         out, reply = run(kc_a, "import os\nopen('secret.txt', 'w').write('A')\nopen('/tmp/secret-a.txt', 'w').write('A')\nprint(os.getcwd(), os.getuid())")
         assert reply["status"] == "ok", out
         a_dir, a_uid = out.split()
-        assert Path(a_dir, "secret.txt").read_text() == "A"  # really written, in A's session directory
+        # really written, in A's session directory: its own disk, which the host
+        # reaches through A's instance (the host's directory is its mount point)
+        seen = _km_a.provisioner.resolve_path("secret.txt")
+        assert seen is not None and seen.startswith("/proc/") and Path(seen).read_text() == "A", seen
+        assert not Path(a_dir, "secret.txt").exists()
         probe = (
             "import os\n"
             f"for path in ({a_dir + '/secret.txt'!r}, '/tmp/secret-a.txt'):\n"
@@ -303,16 +307,11 @@ def test_gpu_kernel_without_a_gpu_fails_clearly(client: Client) -> None:
         ({"network": "internet"}, "bad functionai-sandbox provisioner config: network"),
         ({"bogus": 1}, "unknown functionai-sandbox provisioner option(s) bogus"),
         ({"startup_timeout": 1000}, "startup_timeout must be between 1 and 100 seconds"),
+        ({"disk": "lots"}, "bad functionai-sandbox provisioner config: resources.disk_mb"),
     ],
 )
 def test_bad_provisioner_config_is_a_clear_error(config: dict[str, Any], message: str) -> None:
-    name = "bad-sandbox"
-    spec_dir = Path(os.environ["JUPYTER_DATA_DIR"], "kernels", name)
-    spec_dir.mkdir(parents=True, exist_ok=True)
-    spec = json.loads((Path(__file__).resolve().parent.parent / "kernels" / KERNEL / "kernel.json").read_text())
-    spec["display_name"] = "Bad sandbox"
-    spec["metadata"]["kernel_provisioner"]["config"] = config
-    (spec_dir / "kernel.json").write_text(json.dumps(spec))
+    name = _kernelspec("bad-sandbox", "Bad sandbox", config)
     km = KernelManager(kernel_name=name)
     try:
         with pytest.raises(SandboxKernelError) as info:
@@ -320,3 +319,74 @@ def test_bad_provisioner_config_is_a_clear_error(config: dict[str, Any], message
     finally:
         km.cleanup_resources()
     assert message in str(info.value) and "'Bad sandbox'" in str(info.value)
+
+
+def _kernelspec(name: str, display: str, config: dict[str, Any]) -> str:
+    """Install the shipped sandbox kernelspec under ``name`` with ``config``."""
+    spec_dir = Path(os.environ["JUPYTER_DATA_DIR"], "kernels", name)
+    spec_dir.mkdir(parents=True, exist_ok=True)
+    spec = json.loads((Path(__file__).resolve().parent.parent / "kernels" / KERNEL / "kernel.json").read_text())
+    spec["display_name"] = display
+    spec["metadata"]["kernel_provisioner"]["config"] = config
+    (spec_dir / "kernel.json").write_text(json.dumps(spec))
+    return name
+
+
+def test_a_kernels_disk_is_capped_and_its_sockets_are_found_on_it(client: Client) -> None:
+    """The kernel's working directory is a filesystem of ``disk`` MiB: writing
+    past it is ENOSPC in the kernel, which keeps answering (its sockets live
+    on that disk, reached from the host through the instance), and the host
+    holds no more than the image."""
+    name = _kernelspec("small-disk", "Small disk", {"function": "kernel-small-disk", "disk": "16Mi"})
+    with kernel(name) as (km, kc):
+        code = (
+            "import errno, os\n"
+            "st = os.statvfs('.')\n"
+            "n = 0\n"
+            "try:\n"
+            "    with open('big', 'wb') as f:\n"
+            "        while n < 64:\n"
+            "            f.write(b'x' * (1 << 20)); f.flush(); n += 1\n"
+            "        os.fsync(f.fileno())\n"
+            "    print('NOERR', n)\n"
+            "except OSError as exc:\n"
+            "    print(errno.errorcode[exc.errno], n, st.f_blocks * st.f_frsize >> 20)\n"
+        )
+        out, reply = run(kc, code, timeout=60)
+        assert reply["status"] == "ok", out
+        err, written, size = out.split()
+        assert err == "ENOSPC" and int(written) < 16 and int(size) <= 16, out
+        out, reply = run(kc, "import os; os.unlink('big'); open('after.txt', 'w').write('still here'); print(open('after.txt').read())")
+        assert reply["status"] == "ok" and out.strip() == "still here", out
+        desc = client.session(km.provisioner.session_id)
+        image = Path(desc["workdir"]).parent / "disk.img"
+        assert image.stat().st_blocks * 512 <= 17 << 20 and not Path(desc["workdir"], "after.txt").exists()
+        assert desc["instance"]["isolation"]["disk_mb"] == 16, desc["instance"]["isolation"]
+
+
+@pytest.mark.asyncio
+async def test_a_restored_provisioner_reaches_the_running_kernels_sockets_again() -> None:
+    """What a provisioner saves (``get_provisioner_info``) is enough for another
+    process to reach the kernel: its link pointed at a descriptor of the
+    saving process, and is pointed again at load."""
+    from jupyter_functionai.kernel.provisioner import SandboxProvisioner
+
+    with kernel() as (km, kc):
+        old = km.provisioner
+        info = await old.get_provisioner_info()
+        link = os.path.join(info["link"], "w")
+        assert any(n.startswith("k-") for n in os.listdir(link))  # the kernel's ipc sockets
+        # as if this were another process: the saver's descriptor is gone
+        os.close(old._kdir_fd)
+        old._kdir_fd = None
+        with pytest.raises(OSError):
+            os.listdir(link)
+        fresh = SandboxProvisioner(kernel_id=km.kernel_id, kernel_spec=km.kernel_spec, parent=km)
+        await fresh.load_provisioner_info(info)
+        try:
+            assert any(n.startswith("k-") for n in os.listdir(link))
+            out, reply = run(kc, "print(6 * 7)")
+            assert reply["status"] == "ok" and out.strip() == "42"
+        finally:
+            if fresh._kdir_fd is not None:
+                os.close(fresh._kdir_fd)

@@ -61,7 +61,7 @@ def text(result: Any) -> str:
 async def test_a_stdio_server_is_hosted_end_to_end(server: Server, fai: FaiClient) -> None:
     row = fai.mcp_server("fx")
     assert row["kind"] == "stdio" and row["path"] == "/functionai/mcp/fx/mcp"
-    assert [t["name"] for t in row["tools"]] == ["put", "get", "whoami", "env", "slow", "crash", "roots", "announce"]  # learnt by the probe
+    assert [t["name"] for t in row["tools"]] == ["put", "get", "whoami", "env", "slow", "crash", "roots", "announce", "disk"]  # learnt by the probe
     assert row["env"] == {"GREETING": "hi"} and row["secrets"] == ["API_KEY"] and "s3cret" not in json.dumps(row)
     async with mcp_client(fai.mcp_url("fx"), bearer(server)) as c:
         assert c.session.initialize_result is not None and c.session.initialize_result.server_info.name == "fixture"
@@ -87,6 +87,10 @@ async def test_a_stdio_server_is_hosted_end_to_end(server: Server, fai: FaiClien
         assert prompt.messages[0].content.text == "hello bob"  # type: ignore[union-attr]
         with pytest.raises(MCPError, match="Unknown tool: nope"):
             await c.call_tool("nope", {})
+        # its working directory is a filesystem of its own, capped at the
+        # default 1 GiB (the relay's socket is found on it from the host)
+        disk = json.loads(text(await c.call_tool("disk", {})))
+        assert 900 <= disk["size_mib"] <= 1024 and disk["cwd"].endswith("/work"), disk
 
 
 @pytest.mark.asyncio

@@ -12,7 +12,7 @@ Each kernel is the session ``kernel-<kernel id>`` of a built-in function
 the session's instance, so it is isolated like any instance (namespaces,
 cgroup limits, its own uid, a private ``/tmp``, a masked filesystem, no
 network by default), its working directory is the session's persistent
-directory, its start is recorded as a ColdStart and it is listed, and can be
+directory (its own filesystem, capped by ``disk``, 1 GiB by default), its start is recorded as a ColdStart and it is listed, and can be
 closed, with the other sessions.
 
 Lifecycle, as jupyter_client drives it:
@@ -21,15 +21,18 @@ Lifecycle, as jupyter_client drives it:
   point the KernelManager at ``ipc`` sockets in the session directory
   (through a short symlink: Unix socket paths are limited to ~107 bytes),
   then the ``start`` call spawns ``python -m ipykernel_launcher`` inside the
-  sandbox and waits until its sockets are bound;
+  sandbox and waits until its sockets are bound; the symlink then points at
+  a descriptor of the kernel's socket directory, found from the host through
+  the instance's mount namespace (the session's disk is mounted there only)
+  without following any symlink the sandbox made;
 * interrupt: SIGINT to the kernel's process group (``interrupt_mode`` signal);
 * restart: the same session, so the working directory and its files persist;
 * shutdown: the session is closed (the instance, the kernel and the
   directory go).
 
 Configuration (``config`` in the kernelspec, or ``c.SandboxProvisioner.*``):
-``function``, ``cpu``, ``memory``, ``gpu``, ``network``, ``startup_timeout``,
-``max_pids``. Which runtime it talks to: see :mod:`.control`.
+``function``, ``cpu``, ``memory``, ``disk``, ``gpu``, ``network``,
+``startup_timeout``, ``max_pids``. Which runtime it talks to: see :mod:`.control`.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from jupyter_client.provisioning.provisioner_base import KernelProvisionerBase
 from traitlets import Float, Int, Unicode, Union
 
 from ..errors import FunctionAIError, NotFound, SessionClosed
+from ..sandbox.disk import open_in_session
 from ..spec import MAX_LIFETIME_CAP_S, FunctionSpec
 from . import handler as _handler
 from .control import KernelControl, connect
@@ -75,6 +79,9 @@ class SandboxProvisioner(KernelProvisionerBase):
     function = Unicode("kernel-sandbox", config=True, help="The built-in function whose sessions hold the kernels.")
     cpu = Float(1.0, config=True, help="CPU cores of each kernel's sandbox.")
     memory = Union([Unicode(), Int()], default_value="2Gi", config=True, help="Memory of each kernel's sandbox ('2Gi', '512Mi' or MiB).")
+    disk = Union(
+        [Unicode(), Int()], default_value="1Gi", config=True, help="Disk of each kernel's working directory ('1Gi', '512Mi' or MiB; 0: not capped)."
+    )
     gpu = Float(0.0, config=True, help="GPU share of each kernel (a fraction, or whole GPUs); > 0 needs a visible NVIDIA GPU.")
     network = Unicode("none", config=True, help="Network policy of the sandbox: none | loopback | host.")
     startup_timeout = Float(60.0, config=True, help="Seconds the kernel may take to open its sockets (at most 100).")
@@ -102,6 +109,8 @@ class SandboxProvisioner(KernelProvisionerBase):
         self.ready_ms: float | None = None
         self.host_process: tuple[int, str] | None = None
         self._argv: list[str] = []
+        self._instance: dict[str, Any] | None = None  # the session's instance, as described at launch
+        self._kdir_fd: int | None = None  # the kernel's socket directory, which the link points at
 
     # -- configuration ---------------------------------------------------------------
 
@@ -126,10 +135,7 @@ class SandboxProvisioner(KernelProvisionerBase):
                 idle_ttl=MAX_LIFETIME_CAP_S,
                 max_lifetime=MAX_LIFETIME_CAP_S,
                 limits={"max_pids": self.max_pids},
-                # the kernel's directory is shared with the kernel manager here (its
-                # IPC sockets, the files the server opens for it): a filesystem image
-                # mounted inside the sandbox only would hide both, so no disk cap
-                disk=0,
+                disk=self.disk,
                 description="Jupyter kernels in sandbox sessions (the functionai-sandbox kernel provisioner)",
             )
         except FunctionAIError as exc:
@@ -221,7 +227,19 @@ class SandboxProvisioner(KernelProvisionerBase):
         self.ready_ms = float(value.get("ready_ms") or 0.0)
         self._has_process = True
         self._launched = True
-        self.host_process = await self._find_host_process(ctl)
+        try:
+            desc = await ctl.describe_session(self.session_id)
+        except FunctionAIError:
+            desc = {}
+        self._instance = desc.get("instance") or None
+        try:
+            await asyncio.to_thread(self._point_link)
+        except OSError as exc:
+            with contextlib.suppress(FunctionAIError):
+                await self._call({"op": "signal", "signum": int(signal.SIGKILL)})
+            await self._end_session()
+            raise SandboxKernelError(f"the sandbox kernel's sockets (session {self.session_id}) cannot be reached from the host: {exc}") from None
+        self.host_process = await asyncio.to_thread(self._find_host_process)
         self.log.info(
             "functionai-sandbox: kernel %s runs in session %s (%s), ready in %.0f ms", self.kernel_id, self.session_id, self.workdir, self.ready_ms
         )
@@ -280,16 +298,20 @@ class SandboxProvisioner(KernelProvisionerBase):
 
     def resolve_path(self, path: str) -> str | None:
         """A path of the kernel (relative to its directory, or ``~/...``: its
-        home is that directory) as a host path, only inside that directory."""
+        home is that directory) as a host path, only inside that directory
+        and only where no part of it is a symlink (the sandbox makes them)."""
         if self.workdir is None:
             return None
         if path == "~" or path.startswith("~/"):
             path = path[2:]
-        full = os.path.realpath(os.path.join(self.workdir, path))
-        root = os.path.realpath(self.workdir)
-        if (full == root or full.startswith(root + os.sep)) and os.path.exists(full):
-            return full
-        return None
+        try:
+            os.close(open_in_session(self.workdir, self._instance, path))
+        except OSError:
+            return None
+        base = self.workdir
+        if self._instance and (self._instance.get("isolation") or {}).get("disk"):
+            base = f"/proc/{self._instance['pid']}/root{os.path.realpath(self.workdir)}"
+        return os.path.normpath(os.path.join(base, path))
 
     async def get_provisioner_info(self) -> dict[str, Any]:
         info = await super().get_provisioner_info()
@@ -313,22 +335,40 @@ class SandboxProvisioner(KernelProvisionerBase):
         self.host_process = (int(host[0]), str(host[1])) if host else None
         self._has_process = bool(provisioner_info.get("has_process"))
         self._session_open = self._launched = True
+        # the link pointed at a descriptor of the process that saved this: point
+        # it again, from here (best effort: a kernel that is gone is seen by poll)
+        if self.workdir and self.link and os.path.isdir(self.link):
+            with contextlib.suppress(FunctionAIError, OSError):
+                self._instance = (await (await self._ctl()).describe_session(self.session_id)).get("instance") or None
+                await asyncio.to_thread(self._point_link)
 
     # -- helpers -----------------------------------------------------------------------
 
-    async def _find_host_process(self, ctl: KernelControl) -> tuple[int, str] | None:
+    def _point_link(self) -> None:
+        """Point the link's ``w`` at a descriptor of the kernel's socket
+        directory, opened from the host without following the sandbox's
+        symlinks (the kernel's sockets are then reached in the instance's
+        mount namespace, where the session's disk is mounted)."""
+        assert self.workdir is not None and self.link is not None
+        fd = open_in_session(self.workdir, self._instance, _handler.KERNEL_DIR, directory=True)
+        old, self._kdir_fd = self._kdir_fd, fd
+        tmp = os.path.join(self.link, "w.new")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        os.symlink(f"/proc/{os.getpid()}/fd/{fd}", tmp)
+        os.replace(tmp, os.path.join(self.link, "w"))
+        if old is not None:
+            os.close(old)
+
+    def _find_host_process(self) -> tuple[int, str] | None:
         """The kernel as this machine sees it: ``(pid, start time)`` of the child
         of the session's instance whose innermost pid is the one the sandbox
         reported. With it, ``poll`` needs no call while the kernel runs (the
         KernelRestarter polls every few seconds); None if it cannot be seen."""
-        try:
-            desc = await ctl.describe_session(self.session_id)
-        except FunctionAIError:
-            return None
-        inst = desc.get("instance") or {}
+        inst = self._instance or {}
         if not inst.get("pid") or self.pid is None:
             return None
-        return await asyncio.to_thread(_host_child, int(inst["pid"]), self.pid)
+        return _host_child(int(inst["pid"]), self.pid)
 
     async def _call(self, event: dict[str, Any]) -> Any:
         ctl = await self._ctl()
@@ -347,9 +387,13 @@ class SandboxProvisioner(KernelProvisionerBase):
         if self.link is not None:
             shutil.rmtree(self.link, ignore_errors=True)
             self.link = None
+        if self._kdir_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._kdir_fd)
+            self._kdir_fd = None
 
 
-_OPTIONS = ("function", "cpu", "memory", "gpu", "network", "startup_timeout", "max_pids")
+_OPTIONS = ("function", "cpu", "memory", "disk", "gpu", "network", "startup_timeout", "max_pids")
 
 
 def _make_link(target: str) -> str:

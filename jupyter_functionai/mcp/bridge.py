@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import os
+import stat
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -46,18 +47,16 @@ class StdioBridge:
     @classmethod
     async def connect(
         cls,
-        socket_dir: str,
-        socket_name: str,
+        socket_fd: int,
         on_message: Callable[[dict[str, Any]], Awaitable[None]],
         on_close: Callable[[], Awaitable[McpError]],
     ) -> StdioBridge:
-        # through an O_PATH descriptor of the directory: the socket's full path
-        # may be longer than a Unix socket address allows (~107 bytes)
-        fd = os.open(socket_dir, os.O_PATH | os.O_DIRECTORY)
-        try:
-            reader, writer = await asyncio.open_unix_connection(f"/proc/self/fd/{fd}/{socket_name}", limit=MAX_LINE)
-        finally:
-            os.close(fd)
+        """Connect to the relay's socket, given as an ``O_PATH`` descriptor
+        (found without following the sandbox's symlinks, and free of the
+        ~107-byte limit of a Unix socket address); the caller closes it."""
+        if not stat.S_ISSOCK(os.fstat(socket_fd).st_mode):
+            raise OSError(88, "the relay's socket is not a socket")
+        reader, writer = await asyncio.open_unix_connection(f"/proc/self/fd/{socket_fd}", limit=MAX_LINE)
         return cls(reader, writer, on_message, on_close)
 
     async def send(self, msg: dict[str, Any]) -> None:

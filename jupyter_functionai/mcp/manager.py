@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._version import __version__
 from ..errors import Conflict, FunctionAIError, InvalidArgument, NotFound, SessionClosed, UserError
+from ..sandbox.disk import open_in_session
 from ..spec import MAX_LIFETIME_CAP_S, FunctionSpec
 from . import catalog as _catalog
 from . import stdio_handler, tool_module
@@ -494,10 +495,6 @@ class McpManager:
             "idle_ttl": MAX_LIFETIME_CAP_S,
             "max_lifetime": MAX_LIFETIME_CAP_S,
             "network": config.get("network") or "none",
-            # the relay's Unix socket lives in the session's directory, which the
-            # server reaches from the host: a disk image mounted inside the
-            # sandbox only would hide it, so no disk cap here (yet)
-            "disk": 0,
             "description": f"hosted stdio MCP server {name!r}: {' '.join(config['command'])[:200]}",
         }
         if config.get("memory") is not None:
@@ -935,15 +932,23 @@ class McpManager:
         cfg = row["config"]
         env = {**(cfg.get("env") or {}), **row["secrets"]}
         try:
-            out = await self.rt.invoke(sess.function, {"op": "start", "argv": cfg["command"], "env": env}, session=sess.runtime_session, principal=RUNTIME_PRINCIPAL)
+            await self.rt.invoke(sess.function, {"op": "start", "argv": cfg["command"], "env": env}, session=sess.runtime_session, principal=RUNTIME_PRINCIPAL)
         except UserError as exc:
             raise McpError(SERVER_ERROR, f"the MCP server {sess.server!r} could not be started: {_message(exc)}") from None
-        info = out.value
+        # where the relay listens is the host's to know, not the sandbox's to
+        # say: its directory, reached without following the sandbox's
+        # symlinks (through the instance's mount namespace: a capped disk is
+        # mounted there only)
         try:
-            sess.bridge = await StdioBridge.connect(
-                info["socket_dir"], info["socket"], partial(self._from_server, sess), partial(self._bridge_closed, sess)
+            desc = await self.rt.describe_session(sess.runtime_session)
+            fd = await asyncio.to_thread(
+                open_in_session, str(desc["workdir"]), desc.get("instance"), f"{stdio_handler.RELAY_DIR}/{stdio_handler.SOCKET_NAME}"
             )
-        except OSError as exc:
+            try:
+                sess.bridge = await StdioBridge.connect(fd, partial(self._from_server, sess), partial(self._bridge_closed, sess))
+            finally:
+                os.close(fd)
+        except (OSError, NotFound, SessionClosed) as exc:
             raise McpError(SERVER_ERROR, f"cannot reach the MCP server {sess.server!r} in its sandbox: {exc}") from None
 
     async def _from_server(self, sess: McpSession, msg: dict[str, Any]) -> None:

@@ -12,7 +12,7 @@ Operations (the event's ``op``), all short:
            ``<workdir>/.mcp/stderr.log``), listen on the Unix socket
            ``<workdir>/.mcp/relay`` and relay newline-delimited JSON-RPC
            between one connection (the host) and the process, in two
-           threads; returns the process id and the socket's directory.
+           threads; returns the process id (the host finds the socket itself).
 ``poll``   ``{"running", "exit_code", "stderr"}`` (the tail of its stderr)
 ``stop``   SIGTERM to the process group, a grace period, then SIGKILL
 
@@ -111,7 +111,7 @@ def start(event: dict[str, Any], ctx: Any) -> dict[str, Any]:
     proc = _proc
     threading.Thread(target=_accept_loop, args=(_listener, proc), daemon=True, name="mcp-accept").start()
     threading.Thread(target=_pump_out, args=(proc,), daemon=True, name="mcp-out").start()
-    return {"pid": proc.pid, "socket_dir": rdir, "socket": SOCKET_NAME, "argv": argv}
+    return {"pid": proc.pid, "argv": argv}  # where it listens is the host's to know (RELAY_DIR/SOCKET_NAME)
 
 
 def poll(event: dict[str, Any], ctx: Any) -> dict[str, Any]:

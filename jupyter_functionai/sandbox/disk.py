@@ -32,6 +32,7 @@ import fcntl
 import os
 import shutil
 import signal
+import stat
 import struct
 import subprocess
 import time
@@ -332,3 +333,46 @@ def stop_daemon(timeout: float = 5.0) -> None:
         if done:
             return
         time.sleep(0.005)
+
+
+# -- the host's way into a session's directory ------------------------------------
+
+
+def open_in_session(workdir: str, instance: dict | None, rel: str, *, directory: bool = False) -> int:
+    """An ``O_PATH`` descriptor of ``rel`` in a session's working directory,
+    as its instance sees it.
+
+    With a disk cap the directory is an image mounted in the instance's mount
+    namespace only (the host's directory is an empty mount point), so it is
+    reached through ``/proc/<pid>/root``; without one, or with no live
+    instance, it is the directory itself.  Whatever lies below is the
+    sandbox's to change, so no symlink is followed there (an absolute one
+    would resolve on the host) and ``..`` is refused.  ``instance`` is the
+    ``instance`` part of the session's description.  Raises ``OSError``.
+    """
+    parts = [p for p in rel.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise OSError(18, f"{rel!r} leaves the session's directory")
+    base = workdir
+    if instance and instance.get("alive", True) and (instance.get("isolation") or {}).get("disk"):
+        pid = instance.get("pid")
+        if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+            raise OSError(3, "the session's instance has no process to reach its disk through")
+        # the host's own path (its symlinks are the host's), walked in the
+        # instance's mount namespace without following any
+        base = f"/proc/{pid}/root"
+        parts = [p for p in os.path.realpath(workdir).split("/") if p] + parts
+    fd = os.open(base, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            flags = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_DIRECTORY if (directory or not last) else 0)
+            nxt = os.open(part, flags, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        if stat.S_ISLNK(os.fstat(fd).st_mode):
+            raise OSError(40, f"{rel!r} is a symbolic link")
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
