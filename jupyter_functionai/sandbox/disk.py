@@ -36,6 +36,7 @@ import stat
 import struct
 import subprocess
 import time
+from typing import Any
 
 from . import isolation as iso
 
@@ -338,7 +339,7 @@ def stop_daemon(timeout: float = 5.0) -> None:
 # -- the host's way into a session's directory ------------------------------------
 
 
-def open_in_session(workdir: str, instance: dict | None, rel: str, *, directory: bool = False) -> int:
+def open_in_session(workdir: str, instance: dict[str, Any] | None, rel: str, *, directory: bool = False) -> int:
     """An ``O_PATH`` descriptor of ``rel`` in a session's working directory,
     as its instance sees it.
 

@@ -18,10 +18,12 @@ import fcntl
 import os
 import random
 import resource
+import shutil
 import signal
 import socket
 import stat
 import struct
+import subprocess
 import sys
 import time
 import typing
@@ -237,28 +239,56 @@ CGROUP_ROOT = "/sys/fs/cgroup"
 V1_CONTROLLERS = ("memory", "cpu", "pids")
 
 
+REQUIRED_CONTROLLERS = ("memory", "pids")  # cpu is used where it is there too
+SERVER_LEAF = "functionai-server"  # v2, delegated: where the server itself moves
+
+
 @dataclass
 class CgroupManager:
-    """Creates one cgroup per instance under ``<root>/functionai``.
+    """Creates one cgroup per instance.
 
-    v2 where the unified hierarchy has the controllers, else v1 with one
-    directory per controller.  ``version`` is ``None`` when neither is
-    writable (then rlimits are the fallback).
+    As root: under ``<root>/functionai``, v2 where the unified hierarchy has
+    the controllers, else v1 with one directory per controller.
+
+    As a normal user: under the cgroup this process runs in, where it has been
+    delegated (its directory is the user's, as systemd makes it for
+    ``systemd-run --user --scope -p Delegate=yes`` or a unit with
+    ``Delegate=yes``).  Where it is not, and a systemd user manager answers on
+    the bus, the server asks it for a delegated scope of its own (a transient
+    ``functionai-<pid>.scope``) first.  On v2 the server then moves itself
+    into a leaf (``functionai-server``: a cgroup with processes cannot
+    enable controllers for its children) and makes the instances' cgroups
+    beside it.
+
+    ``version`` is ``None`` when none of that is possible; ``reason`` says why
+    (then rlimits are the fallback).
     """
 
     root: str = CGROUP_ROOT
     prefix: str = "functionai"
     version: int | None = None
     reason: str = ""
+    #: whether to act as root; None: as this process is
+    as_root: bool | None = None
+    #: the membership file read for the delegated case (a test points it elsewhere)
+    proc_cgroup: str = "/proc/self/cgroup"
+    #: whether a systemd user manager may be asked for a delegated scope
+    ask_systemd: bool = True
+    #: a normal user's delegated cgroup, as ``/proc/self/cgroup`` names it ("" as root)
+    delegated: str = ""
+    #: controller -> the directory the instances' cgroups are made in (v2: one, under "")
+    bases: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.as_root is None:
+            self.as_root = os.geteuid() == 0
         self.version, self.reason = self._detect()
 
     def _detect(self) -> tuple[int | None, str]:
         if sys.platform != "linux":
             return None, "not Linux"
-        if os.geteuid() != 0:
-            return None, "not root: cgroups are not writable"
+        if not self.as_root:
+            return self._detect_delegated()
         v2 = os.path.join(self.root, "cgroup.controllers")
         if os.path.exists(v2):
             try:
@@ -270,6 +300,7 @@ class CgroupManager:
                         f.write("+memory +cpu +pids")
                     with open(os.path.join(base, "cgroup.subtree_control"), "w") as f:
                         f.write("+memory +cpu +pids")
+                    self.bases = {"": base}
                     return 2, ""
                 return None, f"cgroup v2 lacks controllers (has {' '.join(have)})"
             except OSError as exc:
@@ -277,47 +308,174 @@ class CgroupManager:
         try:
             for c in V1_CONTROLLERS:
                 os.makedirs(os.path.join(self.root, c, self.prefix), exist_ok=True)
+            self.bases = {c: os.path.join(self.root, c, self.prefix) for c in V1_CONTROLLERS}
             return 1, ""
         except OSError as exc:
             return None, f"cgroup v1 not writable: {exc}"
+
+    # -- a normal user: a delegated cgroup ---------------------------------------------
+
+    def _own(self) -> dict[str, str]:
+        """This process's cgroups: controller -> path (v2's unified one under "")."""
+        out: dict[str, str] = {}
+        try:
+            text = _read(self.proc_cgroup)
+        except OSError:
+            return out
+        for line in text.splitlines():
+            parts = line.split(":", 2)
+            if len(parts) != 3:
+                continue
+            if parts[0] == "0" and parts[1] == "":
+                out[""] = parts[2]
+            for c in parts[1].split(","):
+                if c:
+                    out[c] = parts[2]
+        return out
+
+    def _detect_delegated(self) -> tuple[int | None, str]:
+        own = self._own()
+        if all(c in own for c in REQUIRED_CONTROLLERS):  # v1 (or hybrid: v1 holds them)
+            return self._delegated_v1(own)
+        if "" in own and os.path.exists(os.path.join(self.root, "cgroup.controllers")):
+            version, reason = self._delegated_v2(own[""])
+            if version is None and self.ask_systemd and self._ask_systemd_for_scope():
+                return self._delegated_v2(self._own().get("", own[""]))
+            return version, reason
+        return None, "not root, and no cgroup hierarchy with the memory and pids controllers was found"
+
+    def _delegated_v1(self, own: dict[str, str]) -> tuple[int | None, str]:
+        bases: dict[str, str] = {}
+        for c in V1_CONTROLLERS:
+            d = os.path.join(self.root, c, own.get(c, "").lstrip("/"))
+            if c in own and os.access(d, os.W_OK) and os.access(os.path.join(d, "tasks"), os.W_OK):
+                bases[c] = os.path.join(d, self.prefix)
+            elif c in REQUIRED_CONTROLLERS:
+                return None, (
+                    f"not root, and this process's {c} cgroup ({own.get(c)}) is not delegated to this user: "
+                    "start the server in a cgroup the user owns"
+                )
+        try:
+            for b in bases.values():
+                os.makedirs(b, exist_ok=True)
+        except OSError as exc:
+            return None, f"the delegated cgroup is not usable: {exc}"
+        self.bases = bases
+        self.delegated = own["memory"]
+        return 1, ""
+
+    def _delegated_v2(self, path: str) -> tuple[int | None, str]:
+        d = os.path.join(self.root, path.lstrip("/"))
+        if os.path.basename(d) == SERVER_LEAF:  # this process moved itself there before (a second manager)
+            d = os.path.dirname(d)
+        try:
+            have = set(_read(os.path.join(d, "cgroup.controllers")).split())
+        except OSError as exc:
+            return None, f"not root, and this process's cgroup {path} cannot be read: {exc}"
+        missing = [c for c in REQUIRED_CONTROLLERS if c not in have]
+        if missing:
+            return None, (
+                f"not root, and this process's cgroup {path} is not delegated with the {' and '.join(missing)} controller(s) "
+                "(start the server with: systemd-run --user --scope -p Delegate=yes ...)"
+            )
+        for fname in ("", "cgroup.procs", "cgroup.subtree_control"):
+            if not os.access(os.path.join(d, fname), os.W_OK):
+                return None, (
+                    f"not root, and this process's cgroup {path} is not delegated to this user "
+                    "(start the server with: systemd-run --user --scope -p Delegate=yes ...)"
+                )
+        want = [c for c in ("memory", "pids", "cpu") if c in have]
+        leaf = os.path.join(d, SERVER_LEAF)
+        try:
+            others = [p for p in _read(os.path.join(d, "cgroup.procs")).split() if int(p) != os.getpid()]
+            if others:
+                return None, (
+                    f"not root, and the delegated cgroup {path} holds other processes ({len(others)}), so it cannot "
+                    "enable controllers for the sandboxes: start the server alone in it "
+                    "(systemd-run --user --scope -p Delegate=yes ...)"
+                )
+            os.makedirs(leaf, exist_ok=True)
+            with open(os.path.join(leaf, "cgroup.procs"), "w") as f:
+                f.write("0")  # this whole process
+            ctl = " ".join(f"+{c}" for c in want)
+            with open(os.path.join(d, "cgroup.subtree_control"), "w") as f:
+                f.write(ctl)
+            base = os.path.join(d, self.prefix)
+            os.makedirs(base, exist_ok=True)
+            with open(os.path.join(base, "cgroup.subtree_control"), "w") as f:
+                f.write(ctl)
+        except (OSError, ValueError) as exc:
+            return None, f"the delegated cgroup {path} is not usable: {exc}"
+        self.bases = {"": base}
+        self.delegated = os.path.relpath(d, self.root)
+        return 2, ""
+
+    def _ask_systemd_for_scope(self) -> bool:
+        """Ask the user's systemd manager to move this process into a transient
+        scope of its own with ``Delegate=yes``; True once it is there."""
+        busctl = shutil.which("busctl")
+        if not busctl or not os.environ.get("XDG_RUNTIME_DIR"):
+            return False
+        before = self._own().get("")
+        unit = f"functionai-{os.getpid()}.scope"
+        argv = [
+            busctl, "--user", "call", "org.freedesktop.systemd1", "/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager",
+            "StartTransientUnit", "ssa(sv)a(sa(sv))", unit, "fail", "2", "PIDs", "au", "1", str(os.getpid()), "Delegate", "b", "true", "0",
+        ]  # fmt: skip
+        try:
+            done = subprocess.run(argv, capture_output=True, timeout=10, check=False)
+        except (OSError, subprocess.SubprocessError):
+            return False
+        if done.returncode != 0:
+            return False
+        deadline = time.monotonic() + 5.0  # the job moves the process a moment later
+        while time.monotonic() < deadline:
+            now = self._own().get("")
+            if now and now != before and now.endswith("/" + unit):
+                return True
+            time.sleep(0.01)
+        return False
+
+    # -- the instances' cgroups --------------------------------------------------------
 
     def create(self, name: str, *, cpu: float, memory_mb: int, pids: int) -> list[str]:
         """Make the cgroup(s) with limits; returns the files the instance writes
         ``0`` to (from its only thread) to join them."""
         mem = str(memory_mb * 1024 * 1024)
         if self.version == 2:
-            d = os.path.join(self.root, self.prefix, name)
+            d = os.path.join(self.bases[""], name)
             os.makedirs(d, exist_ok=True)
             _write(d, "memory.max", mem)
             _write(d, "memory.swap.max", "0", optional=True)
-            _write(d, "cpu.max", f"{max(1000, int(cpu * 100000))} 100000")
+            _write(d, "cpu.max", f"{max(1000, int(cpu * 100000))} 100000", optional=not self.as_root)
             _write(d, "pids.max", str(pids))
             return [os.path.join(d, "cgroup.procs")]
         if self.version == 1:
             out = []
-            for c in V1_CONTROLLERS:
-                d = os.path.join(self.root, c, self.prefix, name)
+            for base in self.bases.values():
+                d = os.path.join(base, name)
                 os.makedirs(d, exist_ok=True)
                 # "tasks", not "cgroup.procs": the instance writes "0" (itself)
                 # while still single-threaded, which moves the whole process
                 # without the kernel's global threadgroup lock (an RCU grace
                 # period, 6-20 ms, on every cgroup.procs write after a pause).
                 out.append(os.path.join(d, "tasks"))
-            m = os.path.join(self.root, "memory", self.prefix, name)
+            m = os.path.join(self.bases["memory"], name)
             _write(m, "memory.limit_in_bytes", mem)
             _write(m, "memory.memsw.limit_in_bytes", mem, optional=True)
-            c = os.path.join(self.root, "cpu", self.prefix, name)
-            _write(c, "cpu.cfs_period_us", "100000")
-            _write(c, "cpu.cfs_quota_us", str(max(1000, int(cpu * 100000))))
-            _write(os.path.join(self.root, "pids", self.prefix, name), "pids.max", str(pids))
+            if "cpu" in self.bases:
+                cdir = os.path.join(self.bases["cpu"], name)
+                _write(cdir, "cpu.cfs_period_us", "100000")
+                _write(cdir, "cpu.cfs_quota_us", str(max(1000, int(cpu * 100000))))
+            _write(os.path.join(self.bases["pids"], name), "pids.max", str(pids))
             return out
         return []
 
     def oom_killed(self, name: str) -> bool:
         if self.version == 2:
-            path = os.path.join(self.root, self.prefix, name, "memory.events")
+            path = os.path.join(self.bases[""], name, "memory.events")
         elif self.version == 1:
-            path = os.path.join(self.root, "memory", self.prefix, name, "memory.oom_control")
+            path = os.path.join(self.bases["memory"], name, "memory.oom_control")
         else:
             return False
         try:
@@ -331,9 +489,9 @@ class CgroupManager:
 
     def memory_usage(self, name: str) -> int | None:
         if self.version == 2:
-            path = os.path.join(self.root, self.prefix, name, "memory.current")
+            path = os.path.join(self.bases[""], name, "memory.current")
         elif self.version == 1:
-            path = os.path.join(self.root, "memory", self.prefix, name, "memory.usage_in_bytes")
+            path = os.path.join(self.bases["memory"], name, "memory.usage_in_bytes")
         else:
             return None
         try:
@@ -397,11 +555,7 @@ class CgroupManager:
         return removed
 
     def _bases(self) -> list[str]:
-        if self.version == 2:
-            return [os.path.join(self.root, self.prefix)]
-        if self.version == 1:
-            return [os.path.join(self.root, c, self.prefix) for c in V1_CONTROLLERS]
-        return []
+        return list(self.bases.values()) if self.version else []
 
     def names(self, own: str) -> set[str]:
         """The cgroups of this data directory that exist now."""
@@ -413,12 +567,9 @@ class CgroupManager:
 
     def remove(self, name: str) -> bool:
         """Remove the instance's cgroup(s); False while processes remain."""
-        if self.version == 2:
-            dirs = [os.path.join(self.root, self.prefix, name)]
-        elif self.version == 1:
-            dirs = [os.path.join(self.root, c, self.prefix, name) for c in V1_CONTROLLERS]
-        else:
+        if not self.version:
             return True
+        dirs = [os.path.join(b, name) for b in self.bases.values()]
         ok = True
         for d in dirs:
             try:
