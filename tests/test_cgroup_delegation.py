@@ -198,3 +198,12 @@ def test_a_normal_user_without_a_delegation_falls_back_to_rlimits_and_says_why(t
     (root / "memory" / "system.slice" / "tasks").write_text("")
     mgr = CgroupManager(root=str(root), as_root=False, proc_cgroup=str(proc_file), ask_systemd=False)
     assert mgr.version == 1 and mgr.bases == {c: str(root / c / "system.slice" / "functionai") for c in ("memory", "cpu", "pids")}
+
+
+def test_cgroups_switched_off_make_and_probe_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "cg"
+    root.mkdir()
+    for as_root in (True, False):
+        mgr = CgroupManager(root=str(root), enabled=False, as_root=as_root)
+        assert mgr.version is None and mgr.reason == "cgroups disabled by configuration"
+        assert list(root.iterdir()) == [] and mgr.create("i-1", cpu=1, memory_mb=64, pids=8) == []

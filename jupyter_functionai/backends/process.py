@@ -568,9 +568,7 @@ class ProcessBackend(Backend):
         self.log_dir = os.path.join(self.state_dir, "logs")
         os.makedirs(self.log_dir, exist_ok=True)
         self.use_templates = use_templates
-        self.cgroups = iso.CgroupManager() if cgroups else iso.CgroupManager(root="/nonexistent")
-        if not cgroups:
-            self.cgroups.version, self.cgroups.reason = None, "cgroups disabled by configuration"
+        self.cgroups = iso.CgroupManager(enabled=cgroups)
         self.namespaces = iso.probe_namespaces()
         #: not root: templates enter an unprivileged user namespace (where the
         #: kernel allows one) and instances create their namespaces inside it

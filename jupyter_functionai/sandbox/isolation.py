@@ -268,6 +268,8 @@ class CgroupManager:
     prefix: str = "functionai"
     version: int | None = None
     reason: str = ""
+    #: False: no cgroups at all (configuration), nothing is probed or made
+    enabled: bool = True
     #: whether to act as root; None: as this process is
     as_root: bool | None = None
     #: the membership file read for the delegated case (a test points it elsewhere)
@@ -285,6 +287,8 @@ class CgroupManager:
         self.version, self.reason = self._detect()
 
     def _detect(self) -> tuple[int | None, str]:
+        if not self.enabled:
+            return None, "cgroups disabled by configuration"
         if sys.platform != "linux":
             return None, "not Linux"
         if not self.as_root:
