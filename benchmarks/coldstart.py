@@ -76,6 +76,15 @@ class Samples:
         for k, v in parts.items():
             self.split.setdefault(k, []).append(v)
 
+    def merge(self, other: Samples) -> None:
+        """Add another round's samples of the same path."""
+        self.ms.extend(other.ms)
+        for k, v in other.split.items():
+            self.split.setdefault(k, []).extend(v)
+        self.notes.extend(other.notes)
+        if self.isolation is None:
+            self.isolation = other.isolation
+
     @property
     def p50(self) -> float:
         return common.percentile(self.ms, 50)
@@ -367,6 +376,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--kernel-n", type=int, default=None, help="timed samples for jupyter-kernel (default: --n)")
     ap.add_argument("--warmup", type=int, default=3, help="untimed samples before each path (default 3)")
     ap.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated subset of {','.join(PATHS)}")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="split each path's samples over this many rounds, in alternating order, with fork-floor samples "
+        "before and after each round, so that machine noise drifting during the run hits every path alike (default 3)",
+    )
     ap.add_argument("--gap-ms", type=float, default=0.0, help="idle pause before each runtime sample (default 0)")
     ap.add_argument(
         "--pool-warmup",
@@ -377,8 +393,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--json", metavar="PATH", help="write the results as JSON")
     args = ap.parse_args(argv)
-    if args.n < 1 or (args.kernel_n is not None and args.kernel_n < 1) or args.warmup < 0:
-        ap.error("--n and --kernel-n must be >= 1, --warmup >= 0")
+    if args.n < 1 or (args.kernel_n is not None and args.kernel_n < 1) or args.warmup < 0 or args.rounds < 1:
+        ap.error("--n, --kernel-n and --rounds must be >= 1, --warmup >= 0")
     chosen = [p.strip() for p in args.paths.split(",") if p.strip()]
     bad = [p for p in chosen if p not in PATHS]
     if bad or not chosen:
@@ -411,21 +427,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         handler_path = common.write_handler(root)
         module = common.load_module(handler_path)
+        names = [m for m in ("warm-pool", "template-fork", "template-fork-noiso", "template-fork-noseccomp", "template-fork-nodisk", "fresh") if m in args.paths]
+        for name in names:
+            results[name] = Samples(name)
         if "fork-floor" in args.paths:
             results["fork-floor"] = Samples("fork-floor")
-            log(f"[coldstart] fork-floor (first), n={n}")
-            fork_floor(results["fork-floor"], module.handler, n, warmup, "first")
-        for name in ("warm-pool", "template-fork", "template-fork-noiso", "template-fork-noseccomp", "template-fork-nodisk", "fresh"):
-            if name in args.paths:
-                log(f"[coldstart] {name}, n={n}")
-                results[name] = asyncio.run(runtime_path(name, handler_path, root, n, warmup, gap_s, pool_warmup))
+        rounds = min(args.rounds, n)
+        sizes = [n // rounds + (1 if r < n % rounds else 0) for r in range(rounds)]
+        for r, size in enumerate(sizes):
+            # alternating order: a path measured early in one round is measured
+            # late in the next, and the floor brackets every round
+            if "fork-floor" in args.paths:
+                log(f"[coldstart] round {r + 1}/{rounds}: fork-floor, n={size}")
+                fork_floor(results["fork-floor"], module.handler, size, warmup, "before" if r % 2 == 0 else "after")
+            for name in names if r % 2 == 0 else names[::-1]:
+                log(f"[coldstart] round {r + 1}/{rounds}: {name}, n={size}")
+                results[name].merge(asyncio.run(runtime_path(name, handler_path, root, size, warmup, gap_s, pool_warmup)))
+            if "fork-floor" in args.paths:
+                log(f"[coldstart] round {r + 1}/{rounds}: fork-floor, n={size}")
+                fork_floor(results["fork-floor"], module.handler, size, warmup, "after" if r % 2 == 0 else "before")
         if "jupyter-kernel" in args.paths:
             log(f"[coldstart] jupyter-kernel, n={kn}")
             with common.jupyter_sandbox_env(os.path.join(root, "jupyter")):
                 results["jupyter-kernel"] = asyncio.run(kernel_path(kn, warmup))
-        if "fork-floor" in args.paths:
-            log(f"[coldstart] fork-floor (last), n={n}")
-            fork_floor(results["fork-floor"], module.handler, n, warmup, "last")
     finally:
         shutil.rmtree(root, ignore_errors=True)
     meta = {
@@ -441,11 +465,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "loadavg_start": load0,
         "loadavg_end": common.loadavg(),
         "definition": "perf_counter from the caller's request for a new session until its first result is back at the caller",
-        "fork-floor": "n samples measured first and n last (all used); timing stops when the result line is read, the child is reaped afterwards",
+        "rounds": min(args.rounds, n),
+        "fork-floor": "2n samples: before and after each round's runtime paths (all used); timing stops when the result line is read, "
+        "the child is reaped afterwards",
     }
     report = build_report(results, meta)
-    print(f"samples: n={n} per path, jupyter-kernel n={kn}, fork-floor n={len(results['fork-floor'].ms) if 'fork-floor' in results else 0} "
-          f"(warm-up {warmup} untimed per path), {meta['elapsed_s']} s, load average {load0} -> {meta['loadavg_end']}")
+    print(f"samples: n={n} per path in {meta['rounds']} round(s) of alternating order, jupyter-kernel n={kn}, "
+          f"fork-floor n={len(results['fork-floor'].ms) if 'fork-floor' in results else 0} (before and after each round; "
+          f"warm-up {warmup} untimed per path and round), {meta['elapsed_s']} s, load average {load0} -> {meta['loadavg_end']}")
     print(f"warm-pool: min_instances=2, pool refilled before each sample, spec warmup hook {'on' if pool_warmup else 'off'}")
     print("split: mean of the runtime's ColdStart parts; 'other' = end-to-end minus those parts (the warm-pool's spawn "
           "happened before the session existed and is left out)")

@@ -142,7 +142,7 @@ def test_bench_coldstart_small_run_writes_all_paths(tmp_path: Path) -> None:
         assert _numeric(row["p50_ms"]) and _numeric(row["p95_ms"]), (name, row)
         assert 0 < row["p50_ms"] <= row["p95_ms"], (name, row)
     assert data["paths"]["jupyter-kernel"]["n"] == 2
-    assert data["paths"]["fork-floor"]["n"] == 6  # measured first and last
+    assert data["paths"]["fork-floor"]["n"] == 6  # before and after each round
     assert data["paths"]["template-fork"]["isolation"]["namespaces"]
     assert data["paths"]["template-fork-noiso"]["isolation"]["namespaces"] == []
     assert data["paths"]["template-fork"]["isolation"]["disk"] in ("loop", "fuse2fs")

@@ -250,6 +250,38 @@ async def test_network_policy(rt: Runtime, policy: str):
 
 @needs_root
 @pytest.mark.asyncio
+async def test_each_instance_gets_a_network_namespace_of_its_own(rt: Runtime):
+    """Templates make network namespaces ahead (the slowest one to create):
+    each is joined by one instance only, never shared, never the host's, and
+    one with ``loopback`` still brings up its own ``lo`` only."""
+    code = (
+        "import os, socket\n"
+        "_srv = []\n"
+        "def handler(e, c):\n"
+        "    if e == 'listen':\n"
+        "        s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(1); _srv.append(s)\n"
+        "        return s.getsockname()[1]\n"
+        "    if isinstance(e, int):\n"
+        "        try:\n"
+        "            socket.create_connection(('127.0.0.1', e), timeout=2).close(); return 'connected'\n"
+        "        except OSError as exc:\n"
+        "            return type(exc).__name__\n"
+        "    return os.readlink('/proc/self/ns/net')\n"
+    )
+    await rt.deploy(FunctionSpec.from_code("nets", code, network="loopback"))
+    seen = []
+    for i in range(6):
+        seen.append((await rt.invoke("nets", None, session=f"n{i}")).value)
+        iso = (await rt.describe_session(f"n{i}"))["instance"]["isolation"]
+        assert iso["namespaces"]["net"] is True and "net" not in iso["missing"], iso
+    assert len(set(seen)) == 6 and os.readlink("/proc/self/ns/net") not in seen, seen
+    port = (await rt.invoke("nets", "listen", session="n0")).value
+    assert (await rt.invoke("nets", port, session="n0")).value == "connected"  # its own lo is up
+    assert (await rt.invoke("nets", port, session="n1")).value != "connected"  # not a neighbour's
+
+
+@needs_root
+@pytest.mark.asyncio
 async def test_busy_neighbour_does_not_block_others(probe):
     rt, a = probe
     spinning = asyncio.ensure_future(rt.invoke("probe", {"op": "spin"}, session="spinner", timeout=1.5))

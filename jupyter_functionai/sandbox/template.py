@@ -33,6 +33,7 @@ import selectors
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from types import ModuleType
@@ -149,7 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     sel.register(rfd, selectors.EVENT_READ, "sig")
     instances: set[int] = set()
     while True:
-        for key, _ in sel.select():
+        # idle: make the next network namespace ahead, unless something waits
+        ahead = _netns_wanted and not _netns_failed and len(_netns_pool) < NETNS_POOL
+        events = sel.select(timeout=0 if ahead else None)
+        if not events and ahead:
+            _fill_netns_pool()
+            continue
+        for key, _ in events:
             if key.data == "sig":
                 try:
                     os.read(rfd, 4096)
@@ -177,9 +184,12 @@ def main(argv: list[str] | None = None) -> int:
                 cfg["pid_ns_error"] = pid_ns_error
                 cfg["userns"] = _IN_USERNS
                 cfg["userns_error"] = userns_error
-                pid = _fork_instance(fds[0], cfg, module, handler, pid_ns_fd, ctl, rfd, wfd)
+                netns_fd = _take_netns(cfg)
+                pid = _fork_instance(fds[0], cfg, module, handler, pid_ns_fd, ctl, rfd, wfd, netns_fd)
                 for fd in fds:
                     os.close(fd)
+                if netns_fd >= 0:
+                    os.close(netns_fd)
                 if pid > 0:
                     instances.add(pid)
                     pidfds: list[int] = []
@@ -196,6 +206,48 @@ def main(argv: list[str] | None = None) -> int:
 
 
 _IN_USERNS = False
+
+# Network namespaces made ahead, while the template is idle: creating one is
+# the slowest namespace to make (~1 ms, against ~0.3 ms for mount, IPC and UTS
+# together), and an instance that is handed one only joins it.  Each is used
+# by one instance, never shared.
+NETNS_POOL = 2
+_netns_pool: list[int] = []
+_netns_wanted = False  # set by the first instance that wants a private network namespace
+_netns_failed = ""  # why making one failed: the pool stops, instances unshare their own
+
+
+def _fill_netns_pool() -> None:
+    """Make one more network namespace, in a short-lived thread (a thread's
+    namespaces are its own; the template's stay as they are, which a template
+    in a user namespace could not return to with setns)."""
+    global _netns_failed
+    out: list[int | str] = []
+
+    def make() -> None:
+        try:
+            iso.unshare(iso.CLONE_NEWNET)
+            out.append(os.open("/proc/thread-self/ns/net", os.O_RDONLY))
+        except OSError as exc:
+            out.append(str(exc))
+
+    t = threading.Thread(target=make, name="fai-netns")
+    t.start()
+    t.join()
+    if out and isinstance(out[0], int):
+        _netns_pool.append(out[0])
+    else:
+        _netns_failed = str(out[0]) if out else "the thread making it ended without a result"
+
+
+def _take_netns(cfg: dict[str, Any]) -> int:
+    """A network namespace made ahead for an instance that wants a private one
+    (-1: none ready, or none wanted); the first such instance starts the pool."""
+    global _netns_wanted
+    if not cfg.get("isolate", True) or cfg.get("network", "none") == "host" or _netns_failed:
+        return -1
+    _netns_wanted = True
+    return _netns_pool.pop(0) if _netns_pool else -1
 
 
 def _enter_user_namespace(control_fd: int) -> str:
@@ -234,7 +286,9 @@ def _enter_user_namespace(control_fd: int) -> str:
     os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
 
 
-def _fork_instance(sock_fd: int, cfg: dict[str, Any], module: ModuleType, handler: Any, pid_ns_fd: int, ctl: socket.socket, rfd: int, wfd: int) -> int:
+def _fork_instance(
+    sock_fd: int, cfg: dict[str, Any], module: ModuleType, handler: Any, pid_ns_fd: int, ctl: socket.socket, rfd: int, wfd: int, netns_fd: int = -1
+) -> int:
     pid_ns = False
     if pid_ns_fd >= 0:
         try:
@@ -248,7 +302,7 @@ def _fork_instance(sock_fd: int, cfg: dict[str, Any], module: ModuleType, handle
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
-        worker.child_main(sock_fd, cfg, module, handler, pid_ns)
+        worker.child_main(sock_fd, cfg, module, handler, pid_ns, netns_fd)
         os._exit(5)  # pragma: no cover - child_main never returns
     if pid_ns:
         iso.setns(pid_ns_fd, iso.CLONE_NEWPID)

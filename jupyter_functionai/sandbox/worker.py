@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import inspect
 import io
 import json
@@ -50,6 +51,7 @@ from . import seccomp
 from .protocol import HEADER, FrameError, decode_body, encode, recv_frame, send_frame
 
 SOCK_FD = 3
+NETNS_FD = 4  # a network namespace made ahead by the template, until sandbox_setup joins it
 _PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -714,6 +716,17 @@ def sandbox_setup(cfg: dict[str, Any], pid_ns: bool) -> iso.IsolationReport:
     want = {"mount": iso.CLONE_NEWNS, "ipc": iso.CLONE_NEWIPC, "uts": iso.CLONE_NEWUTS}
     if cfg.get("network", "none") != "host":
         want["net"] = iso.CLONE_NEWNET
+    made_ahead = cfg.pop("netns_fd", None)
+    if made_ahead is not None:
+        try:
+            if "net" in want:  # joined, not made: the template made it ahead
+                iso.setns(made_ahead, iso.CLONE_NEWNET)
+                del want["net"]
+                report.namespaces["net"] = True
+        except OSError:
+            pass  # made below instead
+        finally:
+            os.close(made_ahead)
     flags = 0
     for v in want.values():
         flags |= v
@@ -790,13 +803,23 @@ def sandbox_setup(cfg: dict[str, Any], pid_ns: bool) -> iso.IsolationReport:
     return report
 
 
-def child_main(sock_fd: int, cfg: dict[str, Any], module: ModuleType | None, handler: Callable[..., Any] | None, pid_ns: bool) -> None:
-    """Entry point of a forked instance; never returns."""
+def child_main(
+    sock_fd: int, cfg: dict[str, Any], module: ModuleType | None, handler: Callable[..., Any] | None, pid_ns: bool, netns_fd: int = -1
+) -> None:
+    """Entry point of a forked instance; never returns.  ``netns_fd``: a new
+    network namespace the template made ahead, for this instance only."""
     code = 0
     try:
+        keep = [SOCK_FD]
+        if netns_fd >= 0:
+            netns_fd = fcntl.fcntl(netns_fd, fcntl.F_DUPFD, 10)  # out of the way of the dup2 below
         if sock_fd != SOCK_FD:
             os.dup2(sock_fd, SOCK_FD)
-        iso.close_fds_except([SOCK_FD])
+        if netns_fd >= 0:
+            os.dup2(netns_fd, NETNS_FD)
+            keep.append(NETNS_FD)
+            cfg["netns_fd"] = NETNS_FD
+        iso.close_fds_except(keep)
         devnull = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)
