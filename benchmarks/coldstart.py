@@ -81,7 +81,7 @@ class Samples:
         self.ms.extend(other.ms)
         for k, v in other.split.items():
             self.split.setdefault(k, []).extend(v)
-        self.notes.extend(other.notes)
+        self.notes.extend(n for n in other.notes if n not in self.notes)
         if self.isolation is None:
             self.isolation = other.isolation
 
@@ -261,12 +261,18 @@ def _fork_once(handler: Any, x: int) -> tuple[float, Any]:
     return dt, json.loads(buf)
 
 
+def _note(out: Samples, text: str) -> None:
+    if text not in out.notes:  # the same parent, round after round
+        out.notes.append(text)
+
+
 def fork_floor(out: Samples, handler: Any, n: int, warmup: int, label: str) -> None:
     # like the runtime's template: freeze the heap so children do not copy it on a collection
     gc.collect()
     gc.freeze()
     st = common.proc_status()
-    out.notes.append(
+    _note(
+        out,
         f"fork-floor ({label}): parent RSS {st.get('VmRSS', 0) / 1024:.0f} MiB, "
         f"page tables {st.get('VmPTE', 0)} kB, {st.get('Threads', 0)} thread(s)"
     )
