@@ -28,7 +28,7 @@ started this terminal or kernel), else the one running Jupyter server whose
 functionai API answers; with several it refuses and lists them.  Errors and
 ``invoke --verbose`` name the server used.  ``serve`` and ``lab`` print
 ``export FUNCTIONAI_URL=... FUNCTIONAI_TOKEN=...`` on stdout once their server
-answers.  List commands print tables; ``--json`` prints the server's JSON
+answers and its warm pools are full.  List commands print tables; ``--json`` prints the server's JSON
 instead.
 
 Exit codes:
@@ -278,10 +278,29 @@ def serve_argv(args: argparse.Namespace, extra: Sequence[str]) -> list[str]:
     return argv + list(extra)
 
 
+POOL_WAIT = 120.0  # the longest the export line waits for warm pools to fill
+
+
+def _pools_settled(health: dict[str, Any]) -> bool:
+    """Every warm pool holds its target, or has given up with an error."""
+    pools = health.get("pool")
+    if not isinstance(pools, dict):
+        return True
+    for slot in pools.values():
+        if not isinstance(slot, dict) or slot.get("last_error"):
+            continue
+        ready, target = slot.get("ready"), slot.get("target")
+        if isinstance(ready, int) and isinstance(target, int) and ready < target:
+            return False
+    return True
+
+
 def _announce_when_up(timeout: float = 600.0) -> threading.Event:
     """Print ``export FUNCTIONAI_URL=... FUNCTIONAI_TOKEN=...`` once, on
     stdout, when the server this process runs answers its functionai health
-    route (checked here, over HTTP).  Set the returned event to give up."""
+    route (checked here, over HTTP) and its warm pools are full (or have
+    failed, or POOL_WAIT has passed), so the README's first call is served
+    warm.  Set the returned event to give up."""
     stop = threading.Event()
 
     def watch() -> None:
@@ -290,6 +309,7 @@ def _announce_when_up(timeout: float = 600.0) -> threading.Event:
         from .client import Client, ClientError
 
         deadline = time.monotonic() + timeout
+        pools_deadline = time.monotonic() + min(timeout, POOL_WAIT)
         while not stop.wait(0.1) and time.monotonic() < deadline:
             app = ServerApp.instance() if ServerApp.initialized() else None
             info_file = getattr(app, "info_file", None)
@@ -298,9 +318,11 @@ def _announce_when_up(timeout: float = 600.0) -> threading.Event:
             url = app.connection_url.rstrip("/")
             token = getattr(app.identity_provider, "token", "") or ""
             try:
-                Client(url, token, timeout=5).health()
+                health = Client(url, token, timeout=5).health()
             except ClientError:
                 continue
+            if not _pools_settled(health) and time.monotonic() < pools_deadline:
+                continue  # a call pasted right after the line finds the warm pools full
             print(f"export FUNCTIONAI_URL={shlex.quote(url)} FUNCTIONAI_TOKEN={shlex.quote(token)}", flush=True)
             return
 

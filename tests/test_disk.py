@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from typing import Any
 
 import pytest
@@ -263,3 +264,65 @@ def test_the_host_reaches_a_sessions_files_through_its_instance_never_through_it
     refused = {"abs", "abs_dir", "up", "dotdot", "sock_ln", "file_ln"}
     assert all("errno" in r[k] for k in refused), r
     assert r["missing"] == {"errno": 2}, r
+
+
+@pytest.mark.skipif(not ROOT, reason="loop devices are root's mechanism")
+def test_a_new_sessions_disk_is_mounted_ahead_and_only_in_its_instance(tmp_path: Any) -> None:
+    """The stock's blank images are mounted ahead too (detached, by the
+    runtime) and handed to the instance that a new session is forked into,
+    which only attaches the mount: it is the session's capped ext4 there, it
+    appears in no mount table but the instance's, and it goes with the
+    instance.  An instance bound later (a warm pool's) mounts its disk itself,
+    with the same cap."""
+    import asyncio
+
+    from jupyter_functionai import Runtime
+
+    data = str(tmp_path / "data")
+    code = (
+        "import os\n"
+        "def handler(e, c):\n"
+        "    st = os.statvfs('.')\n"
+        "    dev = os.stat('.').st_dev\n"
+        "    mine = [l.split()[4] for l in open('/proc/self/mountinfo') if l.split()[2] == f'{os.major(dev)}:{os.minor(dev)}']\n"
+        "    try:\n"
+        "        with open('big', 'wb') as f:\n"
+        "            for _ in range(64):\n"
+        "                f.write(b'x' * (1 << 20)); f.flush(); os.fsync(f.fileno())\n"
+        "        full = None\n"
+        "    except OSError as exc:\n"
+        "        full = exc.errno\n"
+        "    return {'mib': st.f_blocks * st.f_frsize >> 20, 'dev': [os.major(dev), os.minor(dev)], 'mounted_at': mine,\n"
+        "            'cwd': os.getcwd(), 'full': full}\n"
+    )
+
+    def host_mounts_of(dev: list[int]) -> list[str]:
+        with open("/proc/self/mountinfo") as f:
+            return [line for line in f if line.split()[2] == f"{dev[0]}:{dev[1]}"]
+
+    async def main() -> None:
+        async with Runtime.open(data) as rt:
+            backend: Any = rt.backend
+            if backend.disk_mechanism != "loop":
+                pytest.skip(f"no loop devices here: {backend.disk_reason}")
+            await rt.deploy(FunctionSpec.from_code("ahead", code, disk="32M"))
+            await rt.deploy(FunctionSpec.from_code("pooled", code, disk="32M", min_instances=1))
+            await asyncio.gather(*list(backend._disk_refills.values()))  # the stock is made (and mounted)
+            await rt.pool.wait_full("pooled")
+            for name, sid in (("ahead", "s-ahead"), ("pooled", "s-pooled")):
+                v = (await rt.invoke(name, None, session=sid)).value
+                iso = (await rt.describe_session(sid))["instance"]["isolation"]
+                assert iso["disk"] == "loop" and iso["disk_mb"] == 32 and "disk" not in iso["missing"], iso
+                assert ("disk" in iso["ahead"]) == (name == "ahead"), iso["ahead"]
+                assert v["dev"][0] == 7 and v["mounted_at"] == [v["cwd"]], v  # a loop device's ext4, on its working directory
+                assert 8 <= v["mib"] <= 32 and v["full"] == 28, v  # ENOSPC at the cap
+                assert host_mounts_of(v["dev"]) == [], "the session's disk is mounted in its instance only"
+                await rt.close_session(sid)
+                # the instance goes, then the kernel unmounts and detaches (autoclear)
+                session_dir = os.path.join(os.path.realpath(data), "sessions", sid)
+                deadline = time.monotonic() + 30
+                while _loops_backing(session_dir) and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+                assert _loops_backing(session_dir) == [], "nothing holds the closed session's disk"
+
+    asyncio.run(main())

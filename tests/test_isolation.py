@@ -280,6 +280,52 @@ async def test_each_instance_gets_a_network_namespace_of_its_own(rt: Runtime):
     assert (await rt.invoke("nets", port, session="n1")).value != "connected"  # not a neighbour's
 
 
+@pytest.mark.asyncio
+async def test_each_instance_gets_a_masked_mount_namespace_of_its_own(rt: Runtime):
+    """Templates also make mount namespaces ahead, with the masks in place:
+    each goes to one instance only.  Every instance still sees a read-only
+    root, a /tmp that holds only its own files (not those of an instance
+    before it), a /proc of its own PID namespace, and of the state
+    directory only its own session's path."""
+    code = (
+        "import os\n"
+        "def handler(e, c):\n"
+        "    sid = os.environ['FUNCTIONAI_SESSION_ID']\n"
+        "    with open(f'/tmp/{sid}', 'w') as f:\n"
+        "        f.write(sid)\n"
+        "    try:\n"
+        "        open('/fai-root-write', 'w').close(); root = 'written'\n"
+        "    except OSError as exc:\n"
+        "        root = exc.errno\n"
+        "    seen, d = [], os.getcwd()\n"
+        "    while d != e and len(d) > len(e):\n"
+        "        d = os.path.dirname(d)\n"
+        "        seen += os.listdir(d)\n"
+        "    return {'mnt': os.readlink('/proc/self/ns/mnt'), 'tmp': sorted(os.listdir('/tmp')), 'root': root,\n"
+        "            'proc_self': os.readlink('/proc/self'), 'pid': os.getpid(), 'state': seen}\n"
+    )
+    await rt.deploy(FunctionSpec.from_code("mnts", code))
+    seen, ahead = [], []
+    state_dir = os.path.realpath(rt.state_dir)
+    sids = [f"m{i}" for i in range(6)]
+    for sid in sids:
+        v = (await rt.invoke("mnts", state_dir, session=sid)).value
+        iso = (await rt.describe_session(sid))["instance"]["isolation"]
+        assert iso["namespaces"]["mount"] is True and iso["private_tmp"] and iso["fs_masked"], iso
+        assert "mount" not in iso["missing"] and "tmp" not in iso["missing"], iso
+        ahead.append("mount" in iso["ahead"])
+        # no earlier instance's files, no neighbour's (the state directory's
+        # path is bound back where it lies under /tmp)
+        assert [n for n in v["tmp"] if not state_dir.startswith(f"/tmp/{n}/")] == [sid], v
+        assert v["root"] == 30, v  # EROFS: / is read-only
+        assert v["proc_self"] == str(v["pid"]), v  # /proc is its own PID namespace's
+        others = set(sids) - {sid}
+        assert not others & set(v["state"]), v["state"]
+        seen.append(v["mnt"])
+    assert len(set(seen)) == 6 and os.readlink("/proc/self/ns/mnt") not in seen, seen
+    assert any(ahead[1:]), f"no instance got a mount namespace made ahead: {ahead}"
+
+
 @needs_root
 @pytest.mark.asyncio
 async def test_busy_neighbour_does_not_block_others(probe):

@@ -172,12 +172,15 @@ class _Template:
         self.forked.clear()
         self.close()
 
-    async def fork(self, cfg: dict[str, Any], sock: socket.socket) -> int:
+    async def fork(self, cfg: dict[str, Any], sock: socket.socket, disk_mount_fd: int | None = None) -> int:
+        """Have the template fork an instance on ``sock``; ``disk_mount_fd``:
+        the session disk's detached mount, which the instance attaches."""
         assert self.ctl is not None
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.forked[cfg["instance_id"]] = fut
+        fds = [sock.fileno()] + ([disk_mount_fd] if disk_mount_fd is not None else [])
         try:
-            socket.send_fds(self.ctl, [json.dumps({"op": "fork", "cfg": cfg}).encode()], [sock.fileno()])
+            socket.send_fds(self.ctl, [json.dumps({"op": "fork", "cfg": cfg}).encode()], fds)
         except OSError as exc:
             self.forked.pop(cfg["instance_id"], None)
             raise InstanceCrashed(f"the template of {self.fv.name} is gone: {exc}") from None
@@ -202,6 +205,14 @@ class _Template:
             with contextlib.suppress(OSError):
                 self.proc.send_signal(signal.SIGKILL)
             _reap_soon(self.proc)
+
+
+def _close_stock_entry(entry: tuple[int, str, int]) -> None:
+    lfd, _dev, mfd = entry
+    for fd in (mfd, lfd):  # the mount first: then nothing holds the device
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 def _pidfd_pid(fd: int) -> int | None:
@@ -281,6 +292,7 @@ class ProcessInstance(Instance):
         self.binding: Binding | None = None
         self.cgroup = cgroup
         self._disk_loop_fd: int | None = None
+        self._disk_mount_fd: int | None = None  # the session disk's detached mount, until bound
         self.template: _Template | None = None
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
@@ -445,6 +457,9 @@ class ProcessInstance(Instance):
         disk = await self.owner.session_disk(self.fv.spec, binding)
         if disk is not None:
             self._disk_loop_fd = disk.pop("_loop_fd", None)
+            mfd = disk.pop("_mount_fd", None)
+            if mfd is not None:  # a bind over the stream carries no descriptor: it mounts the device
+                os.close(mfd)
         await self._send(self._bind_message(binding, disk))
         await self._bound(binding)
         self.init_ms += (time.perf_counter() - t0) * 1000
@@ -452,10 +467,11 @@ class ProcessInstance(Instance):
     def _release_disk_loop(self) -> None:
         """The loop device attached ahead for this instance's image: once the
         instance has mounted it (or failed to), our hold on it goes."""
-        fd, self._disk_loop_fd = self._disk_loop_fd, None
-        if fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        for fd in (self._disk_mount_fd, self._disk_loop_fd):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._disk_mount_fd = self._disk_loop_fd = None
 
     async def _bound(self, binding: Binding) -> None:
         try:
@@ -589,7 +605,10 @@ class ProcessBackend(Backend):
             self.disk_reason = "not Linux"
         self._disk_refills: dict[int, asyncio.Task[None]] = {}
         self._refill_timers: set[asyncio.TimerHandle] = set()
-        self._stock_loops: dict[str, tuple[int, str]] = {}  # blank image -> (fd, loop device) attached ahead
+        # blank image -> (fd, loop device, mount) attached ahead, and its ext4
+        # mounted detached (fsmount) where the kernel can: -1 where not
+        self._stock_loops: dict[str, tuple[int, str, int]] = {}
+        self._premount_error = ""  # why the stock's disks are not mounted ahead
         # refills run in threads: the stock's loop devices are shared with them
         self._stock_lock = threading.Lock()
         self._closing = False
@@ -671,7 +690,7 @@ class ProcessBackend(Backend):
             return None
         return self._disk_message(image, size_mb, took=True, loop=loop)
 
-    def _disk_message(self, image: str, size_mb: int, *, took: bool, loop: tuple[int, str] | None) -> dict[str, Any]:
+    def _disk_message(self, image: str, size_mb: int, *, took: bool, loop: tuple[int, str, int] | None) -> dict[str, Any]:
         return {
             "image": os.path.relpath(image, self.state_dir),
             "mb": size_mb,
@@ -679,12 +698,13 @@ class ProcessBackend(Backend):
             **{k: v for k, v in self.disk_tools.items() if k in ("fuse2fs", "e2fsck")},
             "took_stock": took,
             **({"loop_dev": loop[1], "_loop_fd": loop[0]} if loop else {}),
+            **({"_mount_fd": loop[2]} if loop and loop[2] >= 0 else {}),
         }
 
     def _session_disk(self, size_mb: int, workdir: str) -> dict[str, Any]:
         image = os.path.join(os.path.dirname(workdir), sdisk.IMAGE_NAME)
         took = False
-        loop: tuple[int, str] | None = None
+        loop: tuple[int, str, int] | None = None
         try:
             st = os.stat(image)
         except FileNotFoundError:
@@ -724,9 +744,10 @@ class ProcessBackend(Backend):
         # per mechanism: root's images have a journal, fuse2fs's do not
         return os.path.join(self.state_dir, DISK_STOCK_DIR, f"{self.disk_mechanism}-{size_mb}")
 
-    def _take_blank_disk(self, size_mb: int, dest: str) -> tuple[bool, tuple[int, str] | None]:
+    def _take_blank_disk(self, size_mb: int, dest: str) -> tuple[bool, tuple[int, str, int] | None]:
         """Move a blank image of the stock to ``dest``; with the loop device
-        it is attached to, if any (the caller closes that descriptor)."""
+        it is attached to and its detached mount, if any (the caller closes
+        those descriptors)."""
         d = self._stock_dir(size_mb)
         try:
             names = sorted(n for n in os.listdir(d) if n.endswith(".img"))
@@ -758,18 +779,33 @@ class ProcessBackend(Backend):
                 # the instance then only mounts the device
                 fd = os.open(new, os.O_RDWR | os.O_CLOEXEC)
                 try:
-                    loop = sdisk.attach_loop(fd)
+                    lfd, dev = sdisk.attach_loop(fd)
                 except OSError as exc:
                     self.log_event(f"attaching a blank disk image to a loop device failed: {exc}")
                 else:
+                    entry = (lfd, dev, self._premount(dev))
                     with self._stock_lock:
                         if self._closing:  # the backend closed meanwhile: autoclear detaches it
-                            os.close(loop[0])
+                            _close_stock_entry(entry)
                         else:
-                            self._stock_loops[final] = loop
+                            self._stock_loops[final] = entry
                 finally:
                     os.close(fd)
             os.rename(new, final)
+
+    def _premount(self, dev: str) -> int:
+        """Mount the blank image's ext4 ahead too, detached: an instance that
+        is handed the mount attaches it (~0.1 ms) instead of mounting the
+        device (~2 ms: the superblock, the journal).  -1 where the kernel has
+        no fsmount (Linux < 5.2) or refuses it: the instance mounts instead."""
+        if self._premount_error:
+            return -1
+        try:
+            return sdisk.premount_ext4(dev)
+        except OSError as exc:
+            self._premount_error = str(exc)
+            self.log_event(f"mounting blank disk images ahead failed ({exc}); instances mount them")
+            return -1
 
     async def _refill_disks(self, size_mb: int) -> None:
         try:
@@ -881,11 +917,14 @@ class ProcessBackend(Backend):
             disk = await self.session_disk(spec, binding)
             if disk is not None:
                 inst._disk_loop_fd = disk.pop("_loop_fd", None)
+                inst._disk_mount_fd = disk.pop("_mount_fd", None)
+                if inst._disk_mount_fd is not None:
+                    disk["premounted"] = True  # handed over with the fork request
             cfg["bind"] = inst._bind_message(binding, disk)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             await inst._open(ours)
-            pid = await template.fork(cfg, theirs)
+            pid = await template.fork(cfg, theirs, inst._disk_mount_fd)
         except BaseException:
             theirs.close()
             await inst.stop("start failed")
@@ -962,9 +1001,8 @@ class ProcessBackend(Backend):
         if refills:
             await asyncio.wait(refills, timeout=30.0)
         with self._stock_lock:
-            for fd, _dev in self._stock_loops.values():  # autoclear: the devices detach
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+            for entry in self._stock_loops.values():  # autoclear: the devices detach
+                _close_stock_entry(entry)
             self._stock_loops.clear()
         live = list(self._instances.values())
         for inst in live:

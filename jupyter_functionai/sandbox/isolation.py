@@ -819,6 +819,10 @@ class IsolationReport:
     disk_mb: int | None = None  # its size: writes past it get ENOSPC
     missing: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)  # ms per setup step
+    #: what was made before the instance was asked for and handed to it, used
+    #: by it alone: "net" / "mount" (namespaces the template made while idle,
+    #: the mount one with its masks in place), "disk" (its disk, mounted ahead)
+    ahead: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -840,6 +844,7 @@ class IsolationReport:
             "disk_mb": self.disk_mb,
             "missing": dict(self.missing),
             "timings": dict(self.timings),
+            "ahead": list(self.ahead),
         }
 
     def achieved(self) -> set[str]:

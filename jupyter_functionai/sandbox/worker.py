@@ -52,6 +52,9 @@ from .protocol import HEADER, FrameError, decode_body, encode, recv_frame, send_
 
 SOCK_FD = 3
 NETNS_FD = 4  # a network namespace made ahead by the template, until sandbox_setup joins it
+DISK_FD = 5  # the session disk's ext4, mounted ahead (detached) by the runtime, until bind attaches it
+MNTNS_FD = 6  # a mount namespace the template masked ahead, until sandbox_setup joins it
+MNTNS_STATE_FD = 7  # the state directory, as seen in that namespace before its masks
 _PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -246,7 +249,14 @@ class Worker:
     # -- binding ----------------------------------------------------------
 
     def bind(self, msg: dict[str, Any], report: iso.IsolationReport) -> None:
-        t0 = time.perf_counter()
+        t0 = t_last = time.perf_counter()
+
+        def mark(step: str) -> None:  # ms per bind step, next to sandbox_setup's
+            nonlocal t_last
+            now = time.perf_counter()
+            report.timings[step] = round((now - t_last) * 1000, 3) + report.timings.get(step, 0.0)
+            t_last = now
+
         workdir = msg.get("workdir")
         uid = msg.get("uid")
         if not self.cfg.get("isolate", True):
@@ -258,13 +268,17 @@ class Worker:
                 report.missing["tmp"] = f"binding the working directory failed: {exc}"
             os.chdir(workdir)
         _close_state_fd()
+        _close_premounted()  # attached by now, or not to be: unattached, the mount goes
+        mark("workdir")
         if self.cfg.get("isolate", True) and _MASK_PLAN:
             try:  # the masks' tmpfs read-only, now that the workdir is in
                 iso.seal_masks(_MASK_PLAN)
             except OSError as exc:
                 report.missing["tmp"] = f"sealing the filesystem masks failed: {exc}"
+        mark("seal")
         if self.cfg.get("isolate", True) and self.cfg.get("userns"):
             _session_user_namespace(self.cfg, report)
+            mark("session_userns")
         caps_error = ""
         if self.cfg.get("isolate", True) and os.geteuid() == 0:
             try:  # needs CAP_SETPCAP: before the uid drop
@@ -315,9 +329,12 @@ class Worker:
                 report.caps_dropped = True
             else:
                 report.missing["caps"] = f"dropping capabilities failed: {caps_error or 'CapEff is not 0'}"
+            mark("uid_caps")
             # last: nothing below needs a blocked call (mounts are done, the uid dropped)
             seccomp.install(self.cfg, report)
+            t_last = time.perf_counter()
         report.reseeded = iso.reseed_random_sources([self.module] if self.module else [])
+        mark("reseed")
         self.session = Session(msg.get("session_id"), json.loads(msg.get("state_json") or "{}"))
         self._state_json = msg.get("state_json") or "{}"
         self.workdir = workdir
@@ -503,6 +520,7 @@ class Worker:
 
 
 _STATE_FD: int | None = None
+_PREMOUNTED_FD: int | None = None  # DISK_FD while it holds the session disk's detached mount
 _MASK_PLAN: list[tuple[str, list[str]]] = []
 
 
@@ -565,7 +583,8 @@ def _bind_workdir(workdir: str, disk: dict[str, Any] | None, uid: int | None, re
     if disk and disk.get("image"):
         try:
             t0 = time.perf_counter()
-            _mount_disk(workdir, disk, uid)
+            if _mount_disk(workdir, disk, uid):
+                report.ahead.append("disk")
             report.timings["disk"] = round((time.perf_counter() - t0) * 1000, 3)
             report.disk_mb = int(disk["mb"])
             report.disk = disk["mech"]
@@ -615,6 +634,40 @@ def _own_disk(workdir: str, uid: int | None) -> None:
     os.chmod(workdir, 0o700)
 
 
+def _close_premounted() -> None:
+    global _PREMOUNTED_FD
+    fd, _PREMOUNTED_FD = _PREMOUNTED_FD, None
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+def _attach_premounted(workdir: str, image: str, dev: str) -> bool:
+    """The runtime mounted the session's (fresh) image ahead, detached, and
+    handed the mount over with the fork request: attach it on the working
+    directory, once it is checked to be the filesystem of the loop device
+    backed by this session's image.  False (nothing attached) if not."""
+    fd = _PREMOUNTED_FD
+    if fd is None or not (dev.startswith("/dev/loop") and dev[9:].isdigit()):
+        return False
+    try:
+        st = os.stat(image, dir_fd=_STATE_FD, follow_symlinks=False)
+        lfd = os.open(dev, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        rdev = os.fstat(lfd).st_rdev
+        if not sdisk.backed_by(lfd, st) or sdisk.premounted_device(fd) != (os.major(rdev), os.minor(rdev)):
+            return False
+        sdisk.attach_premounted(fd, workdir)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(lfd)
+        _close_premounted()
+
+
 def _mount_prepared_loop(workdir: str, image: str, dev: str) -> bool:
     """The backend attached the session's (fresh) image to a loop device
     ahead of time: mount that device, once it is checked to be backed by this
@@ -637,13 +690,20 @@ def _mount_prepared_loop(workdir: str, image: str, dev: str) -> bool:
         os.close(lfd)
 
 
-def _mount_disk(workdir: str, disk: dict[str, Any], uid: int | None) -> None:
+def _mount_disk(workdir: str, disk: dict[str, Any], uid: int | None) -> bool:
+    """Mount the session's disk on ``workdir``; True if it was mounted ahead
+    (and only attached here)."""
     image = str(disk["image"])
     if os.path.isabs(image) or image.startswith(".."):
         raise OSError(f"disk image {image!r} is outside the state directory")
-    if disk["mech"] == "loop" and disk.get("loop_dev") and _mount_prepared_loop(workdir, image, str(disk["loop_dev"])):
-        _own_disk(workdir, uid)
-        return
+    if disk["mech"] == "loop" and disk.get("loop_dev"):
+        dev = str(disk["loop_dev"])
+        if disk.get("premounted") and _attach_premounted(workdir, image, dev):
+            _own_disk(workdir, uid)
+            return True
+        if _mount_prepared_loop(workdir, image, dev):
+            _own_disk(workdir, uid)
+            return False
     fd = _open_image_rw(image, os.path.join(os.path.dirname(workdir), ".fai-disk"))
     try:
         if disk["mech"] == "loop":
@@ -657,6 +717,7 @@ def _mount_disk(workdir: str, disk: dict[str, Any], uid: int | None) -> None:
             raise OSError(f"unknown disk mechanism {disk['mech']!r}")
     finally:
         os.close(fd)
+    return False
 
 
 class _SetupError(Exception):
@@ -716,6 +777,20 @@ def sandbox_setup(cfg: dict[str, Any], pid_ns: bool) -> iso.IsolationReport:
     want = {"mount": iso.CLONE_NEWNS, "ipc": iso.CLONE_NEWIPC, "uts": iso.CLONE_NEWUTS}
     if cfg.get("network", "none") != "host":
         want["net"] = iso.CLONE_NEWNET
+    masked_ahead = False
+    mnt_ahead = cfg.pop("mntns_fds", None)
+    if mnt_ahead is not None:
+        ns_fd, state_fd = mnt_ahead
+        try:  # joined, not made: the template made it, masks and all
+            iso.setns(ns_fd, iso.CLONE_NEWNS)
+            del want["mount"]
+            report.namespaces["mount"] = True
+            report.ahead.append("mount")
+            masked_ahead = True
+        except OSError:
+            os.close(state_fd)  # made below instead
+        finally:
+            os.close(ns_fd)
     made_ahead = cfg.pop("netns_fd", None)
     if made_ahead is not None:
         try:
@@ -723,6 +798,7 @@ def sandbox_setup(cfg: dict[str, Any], pid_ns: bool) -> iso.IsolationReport:
                 iso.setns(made_ahead, iso.CLONE_NEWNET)
                 del want["net"]
                 report.namespaces["net"] = True
+                report.ahead.append("net")
         except OSError:
             pass  # made below instead
         finally:
@@ -747,7 +823,8 @@ def sandbox_setup(cfg: dict[str, Any], pid_ns: bool) -> iso.IsolationReport:
     if report.namespaces.get("mount"):
         try:
             # every mount private and read-only, submounts included
-            iso.make_root_private_readonly()
+            if not masked_ahead:
+                iso.make_root_private_readonly()
         except OSError as exc:
             report.missing["mount"] = f"mount setup failed: {exc}"
         if pid_ns and "mount" not in report.missing:
@@ -768,9 +845,12 @@ def sandbox_setup(cfg: dict[str, Any], pid_ns: bool) -> iso.IsolationReport:
         # working directory (and nothing else) later.
         global _STATE_FD, _MASK_PLAN
         try:
-            _STATE_FD = os.open(cfg["state_dir"], os.O_PATH | os.O_DIRECTORY)
             plan = [(m, list(k)) for m, k in cfg["masks"]]
-            iso.apply_masks(plan, tmp_size_mb=int(cfg.get("tmp_mb", 64)))
+            if masked_ahead:
+                _STATE_FD = MNTNS_STATE_FD
+            else:
+                _STATE_FD = os.open(cfg["state_dir"], os.O_PATH | os.O_DIRECTORY)
+                iso.apply_masks(plan, tmp_size_mb=int(cfg.get("tmp_mb", 64)))
             _MASK_PLAN = plan
             report.fs_masked = [m for m, _ in plan]
             report.private_tmp = any(m == "/tmp" for m, _ in plan)
@@ -804,21 +884,46 @@ def sandbox_setup(cfg: dict[str, Any], pid_ns: bool) -> iso.IsolationReport:
 
 
 def child_main(
-    sock_fd: int, cfg: dict[str, Any], module: ModuleType | None, handler: Callable[..., Any] | None, pid_ns: bool, netns_fd: int = -1
+    sock_fd: int,
+    cfg: dict[str, Any],
+    module: ModuleType | None,
+    handler: Callable[..., Any] | None,
+    pid_ns: bool,
+    netns_fd: int = -1,
+    disk_fd: int = -1,
+    mntns: tuple[int, int] = (-1, -1),
 ) -> None:
     """Entry point of a forked instance; never returns.  ``netns_fd``: a new
-    network namespace the template made ahead, for this instance only."""
+    network namespace the template made ahead, for this instance only;
+    ``disk_fd``: its session disk, mounted ahead and detached; ``mntns``: a
+    mount namespace with its masks in place, and the state directory's
+    descriptor from that namespace."""
+    global _PREMOUNTED_FD
     code = 0
     try:
         keep = [SOCK_FD]
+        # out of the way of the dup2s below
         if netns_fd >= 0:
-            netns_fd = fcntl.fcntl(netns_fd, fcntl.F_DUPFD, 10)  # out of the way of the dup2 below
+            netns_fd = fcntl.fcntl(netns_fd, fcntl.F_DUPFD, 10)
+        if disk_fd >= 0:
+            disk_fd = fcntl.fcntl(disk_fd, fcntl.F_DUPFD, 10)
+        if min(mntns) >= 0:
+            mntns = (fcntl.fcntl(mntns[0], fcntl.F_DUPFD, 10), fcntl.fcntl(mntns[1], fcntl.F_DUPFD, 10))
         if sock_fd != SOCK_FD:
             os.dup2(sock_fd, SOCK_FD)
         if netns_fd >= 0:
             os.dup2(netns_fd, NETNS_FD)
             keep.append(NETNS_FD)
             cfg["netns_fd"] = NETNS_FD
+        if disk_fd >= 0:
+            os.dup2(disk_fd, DISK_FD)
+            keep.append(DISK_FD)
+            _PREMOUNTED_FD = DISK_FD
+        if min(mntns) >= 0:
+            os.dup2(mntns[0], MNTNS_FD)
+            os.dup2(mntns[1], MNTNS_STATE_FD)
+            keep += [MNTNS_FD, MNTNS_STATE_FD]
+            cfg["mntns_fds"] = (MNTNS_FD, MNTNS_STATE_FD)
         iso.close_fds_except(keep)
         devnull = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
