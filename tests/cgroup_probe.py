@@ -65,7 +65,7 @@ async def main(data: str) -> dict:
         out["fine"] = await call("hog", "fine", "h")
         inst = (await rt.describe_session("h"))["instance"]
         out["isolation"] = inst["isolation"]
-        name = f"{rt.backend.cgroup_tag}-{inst['id']}"  # type: ignore[attr-defined]
+        name = next(i.cgroup for i in rt.live_instances() if i.id == inst["id"])
         if cg.version == 1:
             with open(os.path.join(cg.bases["memory"], name, "memory.limit_in_bytes")) as f:
                 out["limit_bytes"] = int(f.read())
@@ -77,7 +77,7 @@ async def main(data: str) -> dict:
         out["neighbour"] = await call("state", None, "b")
         await call("bomb", None, "p")
         binst = (await rt.describe_session("p"))["instance"]
-        bname = f"{rt.backend.cgroup_tag}-{binst['id']}"  # type: ignore[attr-defined]
+        bname = next(i.cgroup for i in rt.live_instances() if i.id == binst["id"])
         pids_dir = cg.bases["pids"] if cg.version == 1 else cg.bases[""]
         with open(os.path.join(pids_dir, bname, "pids.max")) as f:
             out["pids_max"] = f.read().strip()

@@ -439,8 +439,8 @@ async def test_instance_sits_in_its_own_cgroups_with_the_specs_limits(rt: Runtim
     inst = rt.live_instances()[0]
     if not cg.version:
         pytest.skip(f"no writable cgroups on this machine: {cg.reason}")
-    name = inst.cgroup  # named after the data dir and the instance
-    assert name == f"{rt.backend.cgroup_tag}-{inst.id}"  # type: ignore[attr-defined]
+    name = inst.cgroup  # named after the data dir (made ahead, or for the instance)
+    assert name and name.startswith(f"{rt.backend.cgroup_tag}-"), name  # type: ignore[attr-defined]
     with open(f"/proc/{inst.pid}/cgroup") as f:
         membership = f.read()
     if cg.version == 1:
@@ -456,6 +456,44 @@ async def test_instance_sits_in_its_own_cgroups_with_the_specs_limits(rt: Runtim
     else:
         assert f"0::/{cg.prefix}/{name}" in membership
 
+
+
+@pytest.mark.asyncio
+async def test_cgroups_made_ahead_go_to_one_instance_each_and_go_with_it(rt: Runtime):
+    """The backend keeps a few cgroups with a function's limits made ahead:
+    each instance, sequential or concurrent, sits in one of its own with the
+    spec's limit, and every one is removed once its instance is gone."""
+    cg = rt.backend.cgroups  # type: ignore[attr-defined]
+    if not cg.version:
+        pytest.skip(f"no writable cgroups on this machine: {cg.reason}")
+    await deploy(rt, "cgs", "def handler(e, ctx):\n    return 1\n", memory=96)
+    sids = [f"c{i}" for i in range(4)]
+    for sid in sids:
+        await rt.invoke("cgs", {}, session=sid)
+    more = [f"p{i}" for i in range(3)]
+    await asyncio.gather(*(rt.invoke("cgs", {}, session=sid) for sid in more))
+    names, dirs = [], []
+    for sid in sids + more:
+        iid = (await rt.describe_session(sid))["instance"]["id"]
+        inst = next(i for i in rt.live_instances() if i.id == iid)
+        with open(f"/proc/{inst.pid}/cgroup") as f:
+            membership = f.read()
+        assert inst.cgroup and f"/{cg.prefix}/{inst.cgroup}" in membership, (inst.cgroup, membership)
+        names.append((inst.cgroup, iid))
+        base = os.path.join(cg.bases["memory"] if cg.version == 1 else cg.bases[""], inst.cgroup)
+        with open(os.path.join(base, "memory.limit_in_bytes" if cg.version == 1 else "memory.max")) as f:
+            assert int(f.read()) == 96 * 1024 * 1024
+        with open(os.path.join(base, "cgroup.procs")) as f:
+            assert [int(p) for p in f.read().split()] == [inst.pid]  # its process only
+        dirs += [os.path.join(b, inst.cgroup) for b in cg.bases.values()]
+    assert len({n for n, _ in names}) == len(names), names  # never shared
+    assert any(not n.endswith(iid) for n, iid in names), names  # some came from the stock
+    for sid in sids + more:
+        await rt.close_session(sid)
+    deadline = asyncio.get_running_loop().time() + 30
+    while any(os.path.isdir(d) for d in dirs) and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+    assert [d for d in dirs if os.path.isdir(d)] == [], "an exited instance's cgroup is removed"
 
 ATTACKS = """
 import ctypes, os, sys, time

@@ -24,8 +24,9 @@ import sys
 import sysconfig
 import threading
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from ..errors import (
     FunctionAIError,
@@ -205,6 +206,17 @@ class _Template:
             with contextlib.suppress(OSError):
                 self.proc.send_signal(signal.SIGKILL)
             _reap_soon(self.proc)
+
+
+_T = TypeVar("_T")
+
+
+def _lower_this_threads_priority() -> None:
+    """The stock thread yields the CPUs to the event loop and the instances
+    (nice +10, this thread only: Linux applies a TID's nice to that thread)."""
+    with contextlib.suppress(OSError, AttributeError):
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + 10))
 
 
 def _close_stock_entry(entry: tuple[int, str, int]) -> None:
@@ -616,8 +628,12 @@ class ProcessBackend(Backend):
         self._starting: dict[tuple[str, int], asyncio.Task[_Template]] = {}
         self._by_pid: dict[int, ProcessInstance] = {}
         self._instances: dict[str, ProcessInstance] = {}
-        self._pending_cgroups: set[str] = set()
+        self._pending_cgroups: set[str] = set()  # to be removed (an instance of theirs exited)
         self._cgroups_live: set[str] = set()  # created by this backend, not yet removed
+        self._cg_stock: dict[tuple[float, int, int], list[tuple[str, list[str]]]] = {}  # made ahead, per limits
+        self._cg_refills: dict[tuple[float, int, int], asyncio.Task[None]] = {}
+        self._cg_remover: asyncio.Task[None] | None = None
+        self._stock_executor: ThreadPoolExecutor | None = None  # see _in_stock_thread
         self._retiring: set[_Template] = set()
         # cgroups are named after this data directory, so that a restart finds
         # and removes what a killed earlier run of it left, whatever its age
@@ -809,7 +825,7 @@ class ProcessBackend(Backend):
 
     async def _refill_disks(self, size_mb: int) -> None:
         try:
-            await asyncio.to_thread(self._make_blank_disks, size_mb)
+            await self._in_stock_thread(self._make_blank_disks, size_mb)
         except OSError as exc:
             self.log_event(f"making blank {size_mb} MiB disk images failed: {exc}")
         finally:
@@ -818,6 +834,7 @@ class ProcessBackend(Backend):
     # -- templates -----------------------------------------------------------
 
     async def prepare(self, fv: FunctionVersion) -> None:
+        self._refill_cgroups_soon(self._cgroup_key(fv.spec))
         if self.disk_mechanism and self.isolate:
             size_mb = fv.spec.resources.disk_mb
             if size_mb and size_mb not in self._disk_refills and not self._closing:
@@ -884,8 +901,7 @@ class ProcessBackend(Backend):
         cg_name = f"{self.cgroup_tag}-{iid}"
         if self.cgroups.version and self.isolate:
             try:
-                self._cgroups_live.add(cg_name)
-                cg_procs = self.cgroups.create(cg_name, cpu=spec.resources.cpu, memory_mb=spec.resources.memory_mb, pids=spec.limits.max_pids)
+                cg_name, cg_procs = self._take_cgroup(spec, cg_name)
             except OSError as exc:
                 cg_err = f"creating the cgroup failed: {exc}"
         inst = ProcessInstance(self, fv, iid, path, cg_name if cg_procs else None)
@@ -971,16 +987,81 @@ class ProcessBackend(Backend):
                 self._retiring.discard(t)
                 t.close()
 
+    # -- cgroups ------------------------------------------------------------
+    # A few cgroups per set of limits are made ahead, in a thread: an instance
+    # takes one (used by it alone, removed when it exits, never handed to
+    # another), and the stock is refilled behind it.  Removal runs in a
+    # thread too: an rmdir of a memory cgroup can take milliseconds.
+    CGROUP_STOCK = 2
+
+    @staticmethod
+    def _cgroup_key(spec: FunctionSpec) -> tuple[float, int, int]:
+        return (spec.resources.cpu, spec.resources.memory_mb, spec.limits.max_pids)
+
+    def _take_cgroup(self, spec: FunctionSpec, fallback_name: str) -> tuple[str, list[str]]:
+        """A cgroup with ``spec``'s limits for one new instance: from the stock,
+        else made now (named ``fallback_name``); the stock refills behind."""
+        key = self._cgroup_key(spec)
+        stock = self._cg_stock.get(key)
+        self._refill_cgroups_soon(key)
+        if stock:
+            return stock.pop(0)
+        self._cgroups_live.add(fallback_name)
+        return fallback_name, self.cgroups.create(fallback_name, cpu=key[0], memory_mb=key[1], pids=key[2])
+
+    def _refill_cgroups_soon(self, key: tuple[float, int, int]) -> None:
+        if key not in self._cg_refills and not self._closing and self.cgroups.version and self.isolate:
+            self._cg_refills[key] = asyncio.get_running_loop().create_task(self._refill_cgroups(key))
+
+    async def _refill_cgroups(self, key: tuple[float, int, int]) -> None:
+        try:
+            while not self._closing and len(self._cg_stock.get(key, ())) < self.CGROUP_STOCK:
+                name = f"{self.cgroup_tag}-c{os.urandom(6).hex()}"
+                self._cgroups_live.add(name)  # from now on close() removes it, made or half made
+                try:
+                    procs = await self._in_stock_thread(lambda n=name: self.cgroups.create(n, cpu=key[0], memory_mb=key[1], pids=key[2]))
+                except OSError as exc:
+                    self.log_event(f"making a cgroup ahead failed ({exc}); instances make their own")
+                    self._cleanup_cgroup(name)
+                    return
+                if self._closing:
+                    return
+                self._cg_stock.setdefault(key, []).append((name, procs))
+        finally:
+            self._cg_refills.pop(key, None)
+
     def _cleanup_cgroup(self, name: str) -> None:
+        """Remove an instance's cgroup (in a thread, off the event loop); one
+        that still holds processes (a PID namespace emptying) is retried on
+        the next exit, and at close."""
         if not self.cgroups.version:
             return
-        self._cgroups_live.discard(name)
-        if not self.cgroups.remove(name):
-            self._pending_cgroups.add(name)
-        # retry earlier leftovers (processes of a killed PID namespace exit asynchronously)
-        for n in list(self._pending_cgroups):
-            if self.cgroups.remove(n):
+        self._pending_cgroups.add(name)
+        if self._closing:
+            return  # close() removes what is pending, itself
+        if self._cg_remover is None or self._cg_remover.done():
+            self._cg_remover = asyncio.get_running_loop().create_task(self._remove_pending_cgroups())
+
+    async def _in_stock_thread(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """Run ``fn`` in the backend's one stock thread: what is made ahead
+        (disk images, loop devices, mounts, cgroups) and what is removed behind
+        (cgroups) is made there, at a low priority, off the event loop."""
+        if self._stock_executor is None:
+            self._stock_executor = ThreadPoolExecutor(1, thread_name_prefix="fai-stock", initializer=_lower_this_threads_priority)
+        return await asyncio.get_running_loop().run_in_executor(self._stock_executor, fn, *args)
+
+    def _remove_cgroups(self, names: list[str]) -> list[str]:
+        return [n for n in names if self.cgroups.remove(n)]
+
+    async def _remove_pending_cgroups(self) -> None:
+        while self._pending_cgroups:
+            names = sorted(self._pending_cgroups)
+            removed = await self._in_stock_thread(self._remove_cgroups, names)
+            for n in removed:
                 self._pending_cgroups.discard(n)
+                self._cgroups_live.discard(n)
+            if len(removed) < len(names) and not set(self._pending_cgroups) - set(names):
+                return  # what is left still has processes: retried later
 
     def mask_plan(self, fv: FunctionVersion) -> list[tuple[str, list[str]]]:
         """The filesystem view of every instance of ``fv`` (session-independent)."""
@@ -997,7 +1078,9 @@ class ProcessBackend(Backend):
             timer.cancel()
         # a refill's thread cannot be cancelled: it stops after the image it is
         # making, and its loop devices must be released after it
-        refills = list(self._disk_refills.values())
+        refills = [*self._disk_refills.values(), *self._cg_refills.values()]
+        if self._cg_remover is not None:
+            refills.append(self._cg_remover)
         if refills:
             await asyncio.wait(refills, timeout=30.0)
         with self._stock_lock:
@@ -1018,6 +1101,10 @@ class ProcessBackend(Backend):
         self._retiring.clear()
         for task in self._starting.values():
             task.cancel()
+        if self._cg_remover is not None and not self._cg_remover.done():
+            await asyncio.wait([self._cg_remover], timeout=5.0)
+        if self._stock_executor is not None:
+            self._stock_executor.shutdown(wait=False)  # what it ran is awaited above
         # whatever is left (a PID namespace still emptying, a template that died
         # first): retry for a few seconds, never leave a cgroup behind silently
         self._pending_cgroups |= self._cgroups_live
