@@ -175,13 +175,24 @@ def mask_proc_key_files() -> None:
             mount("/dev/null", path, None, MS_BIND)
 
 
+_last_cap: int | None = None
+
+
+def last_capability() -> int:
+    """The highest capability number of this kernel (read once: templates
+    read it before they fork, so instances do not)."""
+    global _last_cap
+    if _last_cap is None:
+        try:
+            _last_cap = int(_read("/proc/sys/kernel/cap_last_cap"))
+        except (OSError, ValueError):
+            _last_cap = 40
+    return _last_cap
+
+
 def drop_bounding_set() -> None:
     """Drop every capability from the bounding set (needs CAP_SETPCAP)."""
-    try:
-        last = int(_read("/proc/sys/kernel/cap_last_cap"))
-    except (OSError, ValueError):
-        last = 40
-    for cap in range(last + 1):
+    for cap in range(last_capability() + 1):
         ret = libc().prctl(PR_CAPBSET_DROP, ctypes.c_ulong(cap), 0, 0, 0)
         if ret != 0 and ctypes.get_errno() != 22:  # EINVAL: not a capability on this kernel
             _check(ret, f"PR_CAPBSET_DROP {cap}")
@@ -197,14 +208,14 @@ def clear_capabilities() -> None:
 
 
 def effective_capabilities() -> int:
-    """CapEff of this process (from /proc/self/status); -1 if unreadable."""
-    try:
-        for line in _read("/proc/self/status").splitlines():
-            if line.startswith("CapEff:"):
-                return int(line.split()[1], 16)
-    except (OSError, ValueError):
-        pass
-    return -1
+    """The effective capability set of this process (capget: what
+    /proc/self/status shows as CapEff, without making that whole file);
+    -1 if unknown."""
+    hdr = (ctypes.c_uint32 * 2)(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (ctypes.c_uint32 * 6)()
+    if libc().capget(hdr, data) != 0:
+        return -1
+    return int(data[0]) | (int(data[3]) << 32)  # two __user_cap_data_struct: effective is the first word of each
 
 
 def close_fds_except(keep: Iterable[int]) -> None:

@@ -131,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         pid_ns_error = f"not root and no user namespace ({userns_error or 'not requested'}): PID namespaces need CAP_SYS_ADMIN"
 
+    iso.last_capability()  # read once here, for every instance's bounding-set drop
+
     # Freeze what the imports allocated: children never copy those pages
     # because of a garbage collection.
     gc.collect()
