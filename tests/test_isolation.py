@@ -305,7 +305,9 @@ async def test_each_instance_gets_a_masked_mount_namespace_of_its_own(rt: Runtim
         "            'proc_self': os.readlink('/proc/self'), 'pid': os.getpid(), 'state': seen}\n"
     )
     await rt.deploy(FunctionSpec.from_code("mnts", code))
-    seen, ahead = [], []
+    seen: list[str] = []
+    ahead: list[bool] = []
+    bound_back: list[list[str]] = []
     state_dir = os.path.realpath(rt.state_dir)
     sids = [f"m{i}" for i in range(6)]
     for sid in sids:
@@ -314,9 +316,11 @@ async def test_each_instance_gets_a_masked_mount_namespace_of_its_own(rt: Runtim
         assert iso["namespaces"]["mount"] is True and iso["private_tmp"] and iso["fs_masked"], iso
         assert "mount" not in iso["missing"] and "tmp" not in iso["missing"], iso
         ahead.append("mount" in iso["ahead"])
-        # no earlier instance's files, no neighbour's (the state directory's
-        # path is bound back where it lies under /tmp)
-        assert [n for n in v["tmp"] if not state_dir.startswith(f"/tmp/{n}/")] == [sid], v
+        # no earlier instance's files, no neighbour's; besides its own file,
+        # only what every instance has (kept paths that lie under /tmp,
+        # bound back: the state directory, the package's checkout)
+        assert [n for n in v["tmp"] if n in sids] == [sid], v
+        bound_back.append([n for n in v["tmp"] if n not in sids])
         assert v["root"] == 30, v  # EROFS: / is read-only
         assert v["proc_self"] == str(v["pid"]), v  # /proc is its own PID namespace's
         others = set(sids) - {sid}
@@ -324,6 +328,8 @@ async def test_each_instance_gets_a_masked_mount_namespace_of_its_own(rt: Runtim
         seen.append(v["mnt"])
     assert len(set(seen)) == 6 and os.readlink("/proc/self/ns/mnt") not in seen, seen
     assert any(ahead[1:]), f"no instance got a mount namespace made ahead: {ahead}"
+    assert all(b == bound_back[0] for b in bound_back), bound_back
+    assert all(os.path.isdir(f"/tmp/{n}") for n in bound_back[0]), bound_back[0]
 
 
 @needs_root

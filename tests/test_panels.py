@@ -255,8 +255,8 @@ def test_functions_panel_versions_source_rollback_and_a_working_curl(server: Ser
     assert client.invoke("pan-fn", None).value == "<b>v1 & co</b>"
     # a new deploy shows up by itself, and the panel follows the active version
     client.deploy("pan-fn", "def handler(event, ctx):\n    return 3\n", timeout=30)
-    wait_until(lambda: p.version_select.value == 3, 10, "v3 in the panel")
-    assert plain(p.source.value).endswith("return 3\n")
+    # the select follows first, the source once it is fetched
+    wait_until(lambda: p.version_select.value == 3 and plain(p.source.value).endswith("return 3\n"), 10, "v3 and its source in the panel")
 
 
 def test_functions_panel_lists_every_function(client: Client, panels: list[Any]) -> None:
