@@ -280,6 +280,56 @@ async def test_each_instance_gets_a_network_namespace_of_its_own(rt: Runtime):
     assert (await rt.invoke("nets", port, session="n1")).value != "connected"  # not a neighbour's
 
 
+def _children(pid: int) -> set[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return {int(p) for p in f.read().split()}
+    except OSError:
+        return set()
+
+
+@pytest.mark.asyncio
+async def test_each_instance_starts_in_its_own_process_forked_ahead(rt: Runtime):
+    """A template keeps one process forked ahead (a standby) and starts the
+    next instance in it: every instance is still a process of its own, PID 1
+    of its own PID namespace, and the standby waiting next holds nothing of
+    the template (its control socket: the runtime must see the template go)
+    and goes with the template."""
+    code = "import os\ndef handler(e, c):\n    return [os.getpid(), os.readlink('/proc/self/ns/pid'), sorted(os.listdir('/proc/self/fd'))]\n"
+    await rt.deploy(FunctionSpec.from_code("ahead", code))
+    seen, host_pids, ahead = [], [], []
+    for i in range(5):
+        pid, pidns, _fds = (await rt.invoke("ahead", None, session=f"a{i}")).value
+        desc = await rt.describe_session(f"a{i}")
+        assert pid == 1, pid
+        seen.append(pidns)
+        host_pids.append(desc["instance"]["pid"])
+        ahead.append("process" in desc["instance"]["isolation"]["ahead"])
+    assert len(set(seen)) == 5 and os.readlink("/proc/self/ns/pid") not in seen, seen
+    assert len(set(host_pids)) == 5, host_pids
+    assert any(ahead[1:]), f"no instance started in a process forked ahead: {ahead}"
+    template = next(iter(rt.backend._templates.values()))  # type: ignore[attr-defined]
+    tpid = template.proc.pid
+    # the standby: the template's child that is no instance
+    deadline = asyncio.get_running_loop().time() + 30
+    while not (_children(tpid) - set(host_pids)) and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+    standby = _children(tpid) - set(host_pids)
+    assert len(standby) == 1, (standby, host_pids)
+    (spid,) = standby
+    held = {fd: os.readlink(f"/proc/{spid}/fd/{fd}") for fd in os.listdir(f"/proc/{spid}/fd")}
+    beyond_stdio = [link for fd, link in held.items() if int(fd) > 2]
+    assert len(beyond_stdio) == 1 and beyond_stdio[0].startswith("socket:"), held  # its own socket only
+    template.proc.kill()
+    template.proc.wait()
+    deadline = asyncio.get_running_loop().time() + 30
+    while os.path.exists(f"/proc/{spid}") and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+    assert not os.path.exists(f"/proc/{spid}"), "the standby went with its template"
+    r = await rt.invoke("ahead", None, session="after")  # a new template serves again
+    assert r.value[0] == 1
+
+
 @pytest.mark.asyncio
 async def test_each_instance_gets_a_masked_mount_namespace_of_its_own(rt: Runtime):
     """Templates also make mount namespaces ahead, with the masks in place:

@@ -91,6 +91,7 @@ class _Template:
             "sys_path": [self.fv.code_dir],
             "warmup": spec.warmup,
             "userns": self.backend.userns,
+            "standby": not self.single_shot,  # keep one instance process forked ahead
         }
         env = sandbox_env(os.environ)
         env.update({"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})

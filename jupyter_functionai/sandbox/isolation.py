@@ -831,8 +831,9 @@ class IsolationReport:
     missing: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)  # ms per setup step
     #: what was made before the instance was asked for and handed to it, used
-    #: by it alone: "net" / "mount" (namespaces the template made while idle,
-    #: the mount one with its masks in place), "disk" (its disk, mounted ahead)
+    #: by it alone: "process" (forked ahead by the template, PID namespace and
+    #: all), "net" / "mount" (namespaces the template made while idle, the
+    #: mount one with its masks in place), "disk" (its disk, mounted ahead)
     ahead: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:

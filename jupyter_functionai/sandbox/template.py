@@ -151,15 +151,25 @@ def main(argv: list[str] | None = None) -> int:
     sel.register(ctl, selectors.EVENT_READ, "ctl")
     sel.register(rfd, selectors.EVENT_READ, "sig")
     instances: set[int] = set()
+    want_standby = bool(spec.get("standby"))
+    standby: _Standby | None = None
     while True:
-        # idle: make the next namespaces ahead, unless something waits
+        # idle: fork the next instance's process and make its namespaces
+        # ahead, unless something waits
+        fork_ahead = want_standby and standby is None
         net_ahead = _netns_wanted and not _netns_failed and len(_netns_pool) < NETNS_POOL
         mnt_ahead = _mntns_plan is not None and not _mntns_failed and len(_mntns_pool) < MNTNS_POOL
-        events = sel.select(timeout=0 if net_ahead or mnt_ahead else None)
-        if not events and (net_ahead or mnt_ahead):
-            if mnt_ahead:
+        events = sel.select(timeout=0 if fork_ahead or net_ahead or mnt_ahead else None)
+        if not events and (fork_ahead or net_ahead or mnt_ahead):
+            if fork_ahead:
+                try:
+                    standby = _fork_standby(module, handler, pid_ns_fd)
+                    instances.add(standby.pid)  # killed with the others if we go
+                except OSError:
+                    want_standby = False  # (no process to spare: instances are forked on request)
+            elif mnt_ahead:
                 _fill_mntns_pool()
-            if net_ahead:
+            elif net_ahead:
                 _fill_netns_pool()
             continue
         for key, _ in events:
@@ -193,7 +203,11 @@ def main(argv: list[str] | None = None) -> int:
                 netns_fd = _take_netns(cfg)
                 mntns = _take_mntns(cfg)
                 disk_fd = fds[1] if len(fds) > 1 else -1  # the session disk, mounted ahead (detached)
-                pid = _fork_instance(fds[0], cfg, module, handler, pid_ns_fd, ctl, rfd, wfd, netns_fd, disk_fd, mntns)
+                pid = -1
+                if standby is not None:
+                    pid, standby = standby.start(cfg, fds[0], netns_fd, disk_fd, mntns), None
+                if pid < 0:  # none ready (or it is gone): fork now
+                    pid = _fork_instance(fds[0], cfg, module, handler, pid_ns_fd, ctl, rfd, wfd, netns_fd, disk_fd, mntns)
                 for fd in fds:
                     os.close(fd)
                 for fd in (netns_fd, *mntns):
@@ -372,6 +386,79 @@ def _enter_user_namespace(control_fd: int) -> str:
         except InterruptedError:  # pragma: no cover - retried by Python already
             continue
     os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+
+
+class _Standby:
+    """A process forked ahead (Android's zygote keeps such a pool of
+    "unspecialised" processes): a fork of the template, PID 1 of a new PID
+    namespace, with nothing of the template open but one socket, blocked on
+    it.  The next instance asked for starts in it (:meth:`start` sends the
+    request there), so the fork itself, several milliseconds for a template
+    holding large imports, is not on that instance's critical path.  It
+    becomes one instance, is never shared, and dies with the template."""
+
+    def __init__(self, pid: int, sock: socket.socket, pid_ns: bool) -> None:
+        self.pid, self.sock, self.pid_ns = pid, sock, pid_ns
+
+    def start(self, cfg: dict[str, Any], sock_fd: int, netns_fd: int, disk_fd: int, mntns: tuple[int, int]) -> int:
+        """Hand the request to the standby; its pid, or -1 if it is gone."""
+        fds = [sock_fd]
+        layout: dict[str, int] = {}
+        for key, fd in (("netns", netns_fd), ("disk", disk_fd), ("mntns", mntns[0]), ("mntns_state", mntns[1])):
+            if fd >= 0:
+                layout[key] = len(fds)
+                fds.append(fd)
+        try:
+            socket.send_fds(self.sock, [json.dumps({"cfg": {**cfg, "forked_ahead": True}, "fds": layout}).encode()], fds)
+        except OSError:
+            return -1
+        finally:
+            self.sock.close()
+        return self.pid
+
+
+def _fork_standby(module: ModuleType, handler: Any, pid_ns_fd: int) -> _Standby:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pid_ns = False
+    if pid_ns_fd >= 0:
+        try:
+            iso.unshare(iso.CLONE_NEWPID)
+            pid_ns = True
+        except OSError:
+            pass
+    try:
+        pid = os.fork()
+    except OSError:
+        if pid_ns:
+            iso.setns(pid_ns_fd, iso.CLONE_NEWPID)
+        ours.close()
+        theirs.close()
+        raise
+    if pid == 0:  # the standby (never returns: an exception here must not reach the template's loop)
+        code = 5
+        try:
+            signal.set_wakeup_fd(-1)
+            for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, signal.SIG_DFL)
+            iso.prctl(iso.PR_SET_PDEATHSIG, signal.SIGKILL)  # the template's end is ours
+            iso.close_fds_except([theirs.fileno()])  # not the template's control socket: its EOF tells the runtime
+            data, fds, _flags, _addr = socket.recv_fds(theirs, MAX_MSG, 8)
+            if data:
+                msg = json.loads(data)
+                layout = msg["fds"]
+
+                def fd_of(key: str) -> int:
+                    return fds[layout[key]] if key in layout else -1
+
+                theirs.close()
+                worker.child_main(fds[0], msg["cfg"], module, handler, pid_ns, fd_of("netns"), fd_of("disk"), (fd_of("mntns"), fd_of("mntns_state")))
+            code = 0  # the template went without using it
+        finally:
+            os._exit(code)
+    if pid_ns:  # back to our own PID namespace for the next fork's children
+        iso.setns(pid_ns_fd, iso.CLONE_NEWPID)
+    theirs.close()
+    return _Standby(pid, ours, pid_ns)
 
 
 def _fork_instance(

@@ -937,6 +937,8 @@ def child_main(
         else:
             report = iso.IsolationReport(network="host")
             report.missing["all"] = "isolation switched off by configuration"
+        if cfg.pop("forked_ahead", False):
+            report.ahead.insert(0, "process")  # the template's standby: forked before it was asked for
         report.fds_closed = True
         worker = Worker(sock, cfg, module, handler)
         router = _Router(worker._local)
