@@ -269,6 +269,23 @@ def test_session_state_round_trip_and_bytes(store: Store) -> None:
     assert (row["instance_id"], row["version"]) == ("i9", 2)
 
 
+def test_touch_sessions_updates_many_sessions_in_one_call_and_nothing_else(store: Store) -> None:
+    """The group commit's bookkeeping: each session's last use and call
+    count, in one statement; other fields stay, an id with no row is skipped."""
+    for sid in ("t1", "t2", "t3"):
+        store.create_session(sid, "echo", 1, None, f"/w/{sid}", 1.0)
+    store.update_session("t2", state={"keep": 1}, status="live")
+    store.touch_sessions([("t1", 10.5, 3), ("t2", 20.25, 7), ("gone", 30.0, 1)])
+    rows = {sid: store.get_session(sid) for sid in ("t1", "t2", "t3")}
+    assert (rows["t1"]["last_used_at"], rows["t1"]["calls"]) == (10.5, 3)
+    assert (rows["t2"]["last_used_at"], rows["t2"]["calls"]) == (20.25, 7)
+    assert rows["t2"]["state"] == {"keep": 1} and rows["t2"]["status"] == "live"
+    assert rows["t3"]["calls"] == 0 and rows["t3"]["last_used_at"] != 10.5
+    with pytest.raises(NotFound):
+        store.get_session("gone")
+    store.touch_sessions([])  # nothing to write: no statement
+
+
 def test_update_session_rejects_unknown_fields(store: Store) -> None:
     store.create_session("s1", "echo", 1, None, "/w", 1.0)
     with pytest.raises(ValueError, match="workdir"):

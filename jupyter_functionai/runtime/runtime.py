@@ -915,8 +915,9 @@ class Runtime:
 
     def _hand_over(self) -> None:
         self._flush_event.clear()
-        for sess in self._touched.values():
-            self.store.writer.defer(self.store.update_session, sess.id, last_used_at=sess.last_used, calls=sess.calls)
+        if self._touched:
+            touches = [(sess.id, sess.last_used, sess.calls) for sess in self._touched.values()]
+            self.store.writer.defer(self.store.touch_sessions, touches)
         self._touched.clear()
         invocations, self._invocations = self._invocations, []
         if invocations:
