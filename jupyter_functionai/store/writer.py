@@ -67,6 +67,7 @@ class Writer:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="fai-store")
         self._lock = threading.Lock()
         self._queue: list[_Op] = []
+        self._draining = False  # a _drain is queued on the thread or running: it takes what is queued
         self._closed = False
         self.committed = 0  # writes committed
         self.batches = 0  # transactions
@@ -127,15 +128,25 @@ class Writer:
             raise RuntimeError("the store's writer is closed")
         with self._lock:
             self._queue.append(op)
-        self._thread.submit(self._drain)
+            start, self._draining = not self._draining, True
+        if start:  # else the drain under way takes it (one thread hand-off per group, not per write)
+            self._thread.submit(self._drain)
 
     def _drain(self) -> None:
-        while True:
+        try:
+            while True:
+                with self._lock:
+                    batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+                    if not batch:
+                        self._draining = False
+                        return
+                self._apply(batch)
+        except BaseException:  # (_apply answers every failure itself: a bug) what is queued is not stranded
             with self._lock:
-                batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
-            if not batch:
-                return
-            self._apply(batch)
+                self._draining = bool(self._queue)
+            if self._draining:
+                self._thread.submit(self._drain)
+            raise
 
     def _apply(self, batch: list[_Op]) -> None:
         if len(batch) == 1:
