@@ -360,6 +360,9 @@ def test_kernels_of_the_server_load_the_magics_and_use_that_server(tmp_path: Pat
         kernel = _post(srv, "/api/kernels", {"name": "python3"})
         kc = BlockingKernelClient(connection_file=str(srv.home / "runtime" / f"kernel-{kernel['id']}.json"))
         kc.load_connection_file()
+        # a client without a KernelManager judges the kernel by its heartbeat:
+        # allow a starting kernel on a busy machine more than the default 1 s
+        kc.hb_channel.time_to_dead = 10.0
         kc.start_channels()
         kc.wait_for_ready(timeout=60)
         out, errs = _execute(kc, "print(sorted(get_ipython().magics_manager.magics['cell']).count('function'))")
