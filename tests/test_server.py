@@ -161,6 +161,83 @@ async def test_gateway_errors_map_to_status_codes(api, event, session, status, k
     assert "Traceback" not in r.body.decode() or kind == "user_exception"
 
 
+#: Headers whose value differs between any two answers.
+_PER_ANSWER = {"Date", "X-Functionai-Instance-Id", "X-Functionai-Cold-Start", "Content-Length", "Etag"}
+
+
+def _shape(r) -> tuple[int, dict[str, str], Any]:
+    """An answer as a client sees it, less what differs between any two answers."""
+    body = json.loads(r.body)
+    if isinstance(body, dict) and "error" in body:
+        body["error"].pop("instance_id", None)
+        body["error"].pop("traceback", None)
+    headers = {k: v for k, v in r.headers.get_all() if k not in _PER_ANSWER}
+    return r.code, headers, body
+
+
+async def test_gateway_lean_route_answers_as_the_handler_does(api, jp_serverapp):
+    """The lean route (token + session header) and InvokeHandler (the same
+    call with a query string, which only the handler takes) give the same
+    status, headers and body: for an answer, a user exception, bad JSON,
+    another function's session and a function without sessions."""
+    route = jp_serverapp.web_app.settings["functionai_lean_route"]
+    await deploy(api, "echo", ECHO)
+    await deploy(api, "other", ECHO)
+    await deploy(api, "plain", "def handler(event, ctx):\n    return {'got': event}\n", session={"enabled": False})
+    await invoke(api, "other", 0, session="theirs")
+    cases = [
+        ("echo", json.dumps("x"), "lean-a", "handler-a", 200),
+        ("echo", json.dumps("boom"), "lean-b", "handler-b", 422),
+        ("echo", "{not json", "lean-c", "handler-c", 400),
+        ("echo", json.dumps(1), "theirs", "theirs", 409),
+        ("plain", json.dumps([1, {"a": None}]), None, None, 200),
+    ]
+    for fn, body, lean_sid, handler_sid, status in cases:
+        served, passed = route.served, route.passed
+        lean = await api("functionai", "invoke", fn, method="POST", body=body, headers={"X-Functionai-Session-Id": lean_sid} if lean_sid else {}, raw=True)
+        assert (route.served, route.passed) == (served + 1, passed), (fn, body)
+        full = await api(
+            "functionai", "invoke", fn, method="POST", body=body, headers={"X-Functionai-Session-Id": handler_sid} if handler_sid else {}, params={"via": "handler"}, raw=True
+        )
+        assert (route.served, route.passed) == (served + 1, passed + 1), (fn, body)
+        assert lean.code == status, lean.body
+        a, b = _shape(lean), _shape(full)
+        if lean_sid != handler_sid:
+            assert a[1].pop("X-Functionai-Session-Id") == lean_sid and b[1].pop("X-Functionai-Session-Id") == handler_sid
+            if status != 200:
+                assert a[2]["error"].pop("session_id", lean_sid) == lean_sid and b[2]["error"].pop("session_id", handler_sid) == handler_sid
+        assert a == b, (fn, body)
+        if status == 200 and fn == "echo":
+            assert "X-Functionai-Cold-Start" in lean.headers and lean.headers["X-Functionai-Instance-Id"]
+            again = await invoke(api, "echo", "y", session=lean_sid)
+            assert again.headers["X-Functionai-Instance-Id"] == lean.headers["X-Functionai-Instance-Id"] and json.loads(again.body)["n"] == 2
+
+
+async def test_gateway_lean_route_leaves_a_custom_authorizer_in_charge(api, jp_serverapp):
+    """With an authorizer other than Jupyter's allow-all (JupyterHub's
+    scopes, a site policy), no call takes the lean route: the authorizer
+    refuses it as it refuses every other request."""
+    from jupyter_server.auth.authorizer import Authorizer
+
+    class DenyInvoke(Authorizer):
+        def is_authorized(self, handler, user, action, resource):
+            return "/functionai/invoke/" not in handler.request.path
+
+    await deploy(api, "echo", ECHO)
+    assert (await invoke(api, "echo", 1, session="s")).code == 200
+    route = jp_serverapp.web_app.settings["functionai_lean_route"]
+    settings = jp_serverapp.web_app.settings
+    original = settings["authorizer"]
+    settings["authorizer"] = DenyInvoke(parent=jp_serverapp, identity_provider=settings["identity_provider"])
+    try:
+        served = route.served
+        r = await invoke(api, "echo", 2, session="s")
+        assert r.code == 403 and route.served == served
+    finally:
+        settings["authorizer"] = original
+    assert (await invoke(api, "echo", 3, session="s")).code == 200
+
+
 async def test_gateway_malformed_and_unknown(api):
     await deploy(api, "echo", ECHO)
     r = await api("functionai", "invoke", "echo", method="POST", body="{not json", raw=True)

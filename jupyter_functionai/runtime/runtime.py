@@ -325,6 +325,10 @@ class Runtime:
         if not any(s.instance is not None and s.instance.fv.version == fv.version and s.function == fv.name for s in self._sessions.values()):
             await self.backend.retire(fv)
 
+    def active_function(self, name: str) -> FunctionVersion | None:
+        """``name``'s active version if it is loaded, else None (no I/O: for hot paths)."""
+        return self._active.get(name)
+
     def function(self, name: str) -> FunctionVersion:
         fv = self._active.get(name)
         if fv is None:

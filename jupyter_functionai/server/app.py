@@ -22,6 +22,7 @@ from ..backends import BACKENDS
 from ..backends.base import Backend
 from ..client import PARENT_TOKEN, PARENT_URL
 from ..stack import Stack
+from .gateway import LeanInvokeRoute
 from .routes import handlers
 
 
@@ -110,6 +111,8 @@ class FunctionAI(ExtensionApp):
 
     def initialize_handlers(self) -> None:
         self.handlers.extend(handlers())
+        assert self.serverapp is not None
+        LeanInvokeRoute.install(self.serverapp.web_app)
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
         await self.stack.ensure_started()

@@ -57,7 +57,7 @@ from ..mcp.manager import McpManager
 from ..runtime import Runtime
 from ..sandbox.protocol import MAX_DEPTH
 
-_STOCK_PROVIDERS = (IdentityProvider, PasswordIdentityProvider)
+STOCK_PROVIDERS = (IdentityProvider, PasswordIdentityProvider)
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
@@ -231,6 +231,21 @@ def dumps(obj: Any, **kw: Any) -> str:
         return json.dumps(obj, allow_nan=False, **kw)
     except ValueError:
         return json.dumps(_finite(obj), allow_nan=False, **kw)
+
+
+def error_answer(exc: BaseException | None) -> tuple[dict[str, Any], dict[str, str]]:
+    """The ``error`` object of an error answer for ``exc`` and the headers
+    that go with it (the instance that failed, an authentication challenge).
+    Anything but a domain error is an internal error: no message or
+    traceback of it leaves the server."""
+    headers: dict[str, str] = {}
+    if not isinstance(exc, FunctionAIError):
+        return {"kind": "internal", "message": "internal server error (see the server log)"}, headers
+    if exc.details.get("instance_id"):
+        headers["X-Functionai-Instance-Id"] = str(exc.details["instance_id"])
+    if isinstance(exc, Unauthorized):
+        headers["WWW-Authenticate"] = exc.challenge()
+    return exc.to_dict(), headers
 
 
 def jupyter_auth(method: F) -> F:
@@ -412,7 +427,7 @@ class BaseHandler(APIHandler):
         ...), takes Jupyter's full path.
         """
         ip = self.identity_provider
-        if type(ip) not in _STOCK_PROVIDERS or not ip.token:
+        if type(ip) not in STOCK_PROVIDERS or not ip.token:
             return False
         scheme, _, cred = self.request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() not in ("token", "bearer") or not hmac.compare_digest(cred.strip().encode(), ip.token.encode()):
@@ -429,6 +444,7 @@ class BaseHandler(APIHandler):
         CallContext.set(CallContext.JUPYTER_HANDLER, self)
         self.current_user = self._jupyter_current_user = user
         self._token_authenticated = True
+        self.set_cors_headers()  # (what Jupyter's prepare ends with)
         return True
 
     @property
@@ -467,14 +483,12 @@ class BaseHandler(APIHandler):
         exc = kwargs.get("exc_info", (None, None, None))[1]
         self.set_header("Content-Type", "application/json")
         self.keep_headers(exc)
-        if isinstance(exc, FunctionAIError):
-            body = exc.to_dict()
-            if exc.details.get("instance_id"):
-                self.set_header("X-Functionai-Instance-Id", str(exc.details["instance_id"]))
-        elif isinstance(exc, web.HTTPError):
+        if isinstance(exc, web.HTTPError) and not isinstance(exc, FunctionAIError):
             body = {"kind": "http", "message": exc.log_message or self._reason}
         else:
-            body = {"kind": "internal", "message": "internal server error (see the server log)"}
+            body, headers = error_answer(exc)
+            for name, value in headers.items():
+                self.set_header(name, value)
         self.finish(dumps({"error": body}, default=str))
 
     def keep_headers(self, exc: Any) -> None:

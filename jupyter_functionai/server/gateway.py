@@ -32,22 +32,43 @@ function is reachable (as in the REST API, which lists them all).
 
 from __future__ import annotations
 
+import asyncio
+import hmac
+import logging
+import time
 import uuid
 from collections.abc import Awaitable
 from typing import Any, cast
 
+import tornado
+from jupyter_server._tz import utcnow
+from jupyter_server.auth.authorizer import AllowAllAuthorizer
 from jupyter_server.auth.decorator import authorized
-from tornado import web
+from jupyter_server.base.handlers import csp_report_uri
+from jupyter_server.base.handlers import log as jupyter_log
+from jupyter_server.prometheus.metrics import HTTP_REQUEST_DURATION_SECONDS
+from jupyter_server.utils import url_path_join
+from tornado import httputil, web
 from tornado.iostream import StreamClosedError
+from tornado.routing import PathMatches, Router, Rule
 
 from ..errors import FunctionAIError
 from ..runtime.sessions import SESSION_ID_RE, check_session_id
-from .base import KEY_PREFIX, BaseHandler, Forbidden, Unauthorized, dumps
+from .base import (
+    KEY_PREFIX,
+    STOCK_PROVIDERS,
+    BaseHandler,
+    Forbidden,
+    Unauthorized,
+    dumps,
+    error_answer,
+    parse_json_body,
+)
 
 SESSION_HEADER = "X-Functionai-Session-Id"
 SESSION_COOKIE = "functionai_session"  # + "_<function>"; the bare name is the legacy, server-wide cookie
 
-__all__ = ["KEY_PREFIX", "SESSION_COOKIE", "SESSION_HEADER", "InvokeHandler", "session_cookie"]
+__all__ = ["KEY_PREFIX", "SESSION_COOKIE", "SESSION_HEADER", "InvokeHandler", "LeanInvokeRoute", "session_cookie"]
 
 
 def session_cookie(function: str) -> str:
@@ -163,3 +184,212 @@ class InvokeHandler(BaseHandler):
         except StreamClosedError:
             return
         self.finish()
+
+
+# -- the lean route -------------------------------------------------------------------------
+
+
+class LeanInvokeRoute(Router):
+    """The gateway's hot path: the routing rule in front of every other one
+    for ``POST <base_url>functionai/invoke/<function>``.
+
+    A request it can answer exactly as :class:`InvokeHandler` would, from its
+    headers alone, it answers without a ``RequestHandler``: the server's token
+    in ``Authorization`` (``token``/``Bearer``, compared in constant time)
+    with Jupyter's stock identity provider and authorizer, a Host already
+    found good, the session in ``X-Functionai-Session-Id`` (or a function
+    without sessions), a loaded function, a ``Content-Length`` within the
+    function's payload limit, no query string, no event stream, no content
+    encoding, no ``allow_origin_pat`` to match, a started runtime.  Everything
+    else (a key, a cookie, a wrong token, a new session, an unknown function,
+    an oversized body, SSE, a custom authenticator...) goes to
+    :class:`InvokeHandler` unchanged, so every refusal and every browser path
+    keeps its one implementation.
+
+    What it skips is what only the handler's generality costs: a handler
+    object per call with its default headers, matching the ~40 routes of a
+    JupyterLab server, and the access-log line of a success (written only
+    when the log is at DEBUG). What it keeps: the same answer (body, status,
+    the handler's headers: security, CORS, session, instance, cold start), the
+    same error objects, Jupyter's API-activity time and its request-duration
+    metric.  ``served`` and ``passed`` count the two ways.
+    """
+
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+        self.settings = app.settings
+        self.served = 0
+        self.passed = 0
+        self._date = (0, "")
+        self._static: list[tuple[str, str]] | None = None
+        self._metrics: dict[int, Any] = {}
+        self._calls: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    def install(cls, app: web.Application) -> LeanInvokeRoute:
+        """Put the rule first in ``app``'s router (the full route stays where it is)."""
+        route = cls(app)
+        pattern = url_path_join(app.settings.get("base_url", "/"), r"/functionai/invoke/(?P<name>[^/]+)$")
+        app.default_router.rules.insert(0, Rule(PathMatches(pattern), route))
+        app.settings["functionai_lean_route"] = route
+        return route
+
+    def find_handler(self, request: httputil.HTTPServerRequest, **kwargs: Any) -> httputil.HTTPMessageDelegate | None:
+        path_kwargs = kwargs.get("path_kwargs") or {}
+        call = self._lean(request, path_kwargs)
+        if call is not None:
+            self.served += 1
+            return call
+        self.passed += 1
+        return self.app.get_handler_delegate(request, InvokeHandler, path_args=kwargs.get("path_args"), path_kwargs=path_kwargs)
+
+    def _lean(self, request: httputil.HTTPServerRequest, path_kwargs: dict[str, Any]) -> _LeanCall | None:
+        """A lean call for ``request``, or None when the handler must answer it."""
+        headers = request.headers
+        if request.method != "POST" or request.query:
+            return None
+        settings = self.settings
+        ip = settings.get("identity_provider")
+        if ip is None or type(ip) not in STOCK_PROVIDERS or not ip.token or type(settings.get("authorizer")) is not AllowAllAuthorizer:
+            return None
+        if settings.get("allow_origin_pat") and not settings.get("allow_origin"):  # (the handler matches the Origin)
+            return None
+        scheme, _, cred = headers.get("Authorization", "").partition(" ")
+        if scheme.lower() not in ("token", "bearer") or not hmac.compare_digest(cred.strip().encode(), ip.token.encode()):
+            return None
+        if not settings.get("functionai_host_ok", {}).get(request.host):  # (the handler checks a Host not seen yet)
+            return None
+        if "Content-Encoding" in headers or "Transfer-Encoding" in headers or "text/event-stream" in headers.get("Accept", ""):
+            return None
+        rt = settings["functionai_runtime"]
+        if not rt.started:
+            return None
+        raw = path_kwargs.get("name")
+        try:
+            name = raw.decode() if isinstance(raw, bytes) else str(raw)
+        except UnicodeDecodeError:
+            return None
+        fv = rt.active_function(name)
+        if fv is None:
+            return None
+        session = headers.get(SESSION_HEADER)
+        if fv.spec.session.enabled:
+            if not session or not SESSION_ID_RE.match(session):
+                return None
+        else:
+            session = None
+        declared = headers.get("Content-Length", "0").strip()
+        if not declared.isdigit() or int(declared) > int(fv.spec.limits.max_payload_bytes):
+            return None
+        return _LeanCall(self, request, name, session)
+
+    # -- answers -----------------------------------------------------------------------
+
+    def headers(self, request: httputil.HTTPServerRequest, cors: bool = True) -> httputil.HTTPHeaders:
+        """What the handler's answers carry: tornado's own headers, Jupyter's
+        security headers (its ``headers`` setting included) and, unless it is
+        an error answer (Jupyter's are sent without), CORS for a
+        token-authenticated request."""
+        now = int(time.time())
+        if self._date[0] != now:
+            self._date = (now, httputil.format_timestamp(now))
+        if self._static is None:
+            self._static = self._static_headers()
+        h = httputil.HTTPHeaders()
+        for name, value in self._static:
+            h[name] = value
+        h["Date"] = self._date[1]
+        if not cors:
+            return h
+        settings = self.settings
+        if settings.get("allow_origin"):
+            h["Access-Control-Allow-Origin"] = settings["allow_origin"]
+        elif "Access-Control-Allow-Origin" not in settings.get("headers", {}):  # Jupyter: a token request may come from anywhere
+            h["Access-Control-Allow-Origin"] = request.headers.get("Origin", "")
+        if settings.get("allow_credentials"):
+            h["Access-Control-Allow-Credentials"] = "true"
+        return h
+
+    def _static_headers(self) -> list[tuple[str, str]]:
+        settings = self.settings
+        user = settings.get("headers", {})
+        out = {"Server": f"TornadoServer/{tornado.version}", "Content-Type": "application/json", "X-Content-Type-Options": "nosniff", **user}
+        csp = user.get("Content-Security-Policy")
+        if csp is None:
+            report = settings.get("csp_report_uri", url_path_join(settings.get("base_url", "/"), csp_report_uri))
+            csp = f"frame-ancestors 'self'; report-uri {report}"
+        out["Content-Security-Policy"] = f"{csp}; default-src 'none'"
+        out["Content-Type"] = "application/json"
+        return list(out.items())
+
+    def answered(self, request: httputil.HTTPServerRequest, status: int) -> None:
+        """Jupyter's bookkeeping of an API request: its activity time, its
+        duration metric, the access log (a success at DEBUG only)."""
+        self.settings["api_last_activity"] = utcnow()
+        seconds = request.request_time()
+        metric = self._metrics.get(status)
+        if metric is None:
+            metric = self._metrics[status] = HTTP_REQUEST_DURATION_SECONDS.labels(
+                method="POST", handler=f"{InvokeHandler.__module__}.InvokeHandler", status_code=status
+            )
+        metric.observe(seconds)
+        logger = jupyter_log()
+        level = logging.DEBUG if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+        if logger.isEnabledFor(level):
+            logger.log(level, "%d %s %s (token@%s) %.2fms", status, request.method, request.path, request.remote_ip, seconds * 1000)
+
+
+class _LeanCall(httputil.HTTPMessageDelegate):
+    """One call on the lean route: the body is read, the invocation runs, the answer is written."""
+
+    def __init__(self, route: LeanInvokeRoute, request: httputil.HTTPServerRequest, name: str, session: str | None) -> None:
+        self.route, self.request, self.name, self.session = route, request, name, session
+        self._chunks: list[bytes] = []
+        self._closed = False
+
+    def data_received(self, chunk: bytes) -> None:
+        self._chunks.append(chunk)
+
+    def on_connection_close(self) -> None:
+        self._closed = True
+
+    def finish(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._run())
+        self.route._calls.add(task)  # (a reference until it is done)
+        task.add_done_callback(self.route._calls.discard)
+
+    async def _run(self) -> None:
+        route, request = self.route, self.request
+        try:
+            body = b"".join(self._chunks)
+            event = parse_json_body(body, allow_nul=True) if body else None
+            result = await route.settings["functionai_runtime"].invoke(self.name, event, session=self.session)
+            h = route.headers(request)
+            h["X-Functionai-Instance-Id"] = result.instance_id
+            if result.cold_start is not None:
+                h["X-Functionai-Cold-Start"] = result.cold_start.header()
+            status, out = 200, dumps(result.value)
+        except Exception as exc:
+            if isinstance(exc, FunctionAIError):
+                status = exc.status
+                jupyter_log().info("%s %s -> %s %s: %s", request.method, request.path, exc.status, exc.kind, exc.message)
+            else:
+                status = 500
+                jupyter_log().error("Uncaught exception %s %s", request.method, request.path, exc_info=exc)
+            h = route.headers(request, cors=False)
+            err, extra = error_answer(exc)
+            for k, v in extra.items():
+                h[k] = v
+            out = dumps({"error": err}, default=str)
+        if self.session is not None:
+            h[SESSION_HEADER] = self.session
+        data = out.encode()
+        h["Content-Length"] = str(len(data))
+        conn = request.connection
+        if not self._closed and conn is not None:
+            try:
+                conn.write_headers(httputil.ResponseStartLine("", status, httputil.responses.get(status, "Unknown")), h, data)
+                conn.finish()
+            except StreamClosedError:
+                pass
+        route.answered(request, status)
