@@ -515,17 +515,29 @@ class ProcessInstance(Instance):
         if attach is not None:
             msg["attach"] = {"session_id": attach[0], "state_json": attach[1]}
             self.bound_session = attach[0]
+        # the timeout is a timer on the loop, not wait_for + shield: two
+        # futures and a task step less per call
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            if not fut.done():
+                expired = True
+                fut.cancel()
+
+        timer = asyncio.get_running_loop().call_later(timeout, expire)
         try:
             await self._send(msg)
-            msg = await asyncio.wait_for(asyncio.shield(fut), timeout)
-        except asyncio.TimeoutError:
-            self._pending.pop(call_id, None)
-            await self.stop("timeout")
-            raise FunctionTimeout(f"the call exceeded the timeout of {timeout:g}s; the instance was stopped") from None
+            msg = await fut
         except asyncio.CancelledError:
             self._pending.pop(call_id, None)
+            if expired:
+                await self.stop("timeout")
+                raise FunctionTimeout(f"the call exceeded the timeout of {timeout:g}s; the instance was stopped") from None
             await self.stop("cancelled")
             raise
+        finally:
+            timer.cancel()
         out = CallOutcome(
             logs=msg.get("logs", ""),
             logs_dropped=int(msg.get("logs_dropped", 0)),
