@@ -21,7 +21,14 @@ Paths::
                          and writes the JSON result to a pipe; nothing cheaper can serve
                          a new session from a forked process
 
-Run: ``python benchmarks/coldstart.py [--n 30] [--json PATH]`` (or
+With ``--profile``, every runtime sample is a traced call (``Runtime.invoke(...,
+trace=...)``: ``time.perf_counter`` at each step, in the runtime and in the
+instance, one monotonic clock for every process of the host) and a table per
+path gives the phases of the time, from the caller's request to the result back
+at the caller: they follow each other, so their means add up to the mean
+end to end (see :data:`PHASES`).
+
+Run: ``python benchmarks/coldstart.py [--n 30] [--profile] [--json PATH]`` (or
 ``functionai bench coldstart ...``).  Every answer is checked against the
 expected value, and every runtime sample's ``cold_start.path`` is checked: a
 mismatch aborts the run.  Goal checks are printed as PASS/MISS and do not
@@ -64,6 +71,28 @@ LETTER = {
 FN = "bench"
 
 
+#: The phases of a traced call, each from the trace point before it (the
+#: caller's ``t0`` for the first) to its own: (name, trace point, what it is).
+PHASES = (
+    ("session", "session", "find or open the session (in memory)"),
+    ("claim", "claimed", "its instance: the warm pool's, or a fork from the template and its bind"),
+    ("session record", "recorded", "the new session's and instance's store rows queued (written behind)"),
+    ("frame encode", "encoded", "the call frame built and JSON-encoded"),
+    ("write", "written", "the frame written to the instance's socket"),
+    ("to worker", "w_received", "until the instance has read it (wake-up, read)"),
+    ("worker decode", "w_decoded", "the instance decodes the frame"),
+    ("attach", "w_attached", "a warm-pool instance takes on its session"),
+    ("call setup", "w_handler_start", "the handler's context"),
+    ("handler", "w_handler_end", "the handler itself"),
+    ("result", "w_sending", "result checked and encoded, session state compared"),
+    ("back + decode", "decoded", "the answer sent, read by the runtime, decoded and validated"),
+    ("resolve", "resumed", "the waiting call resumes"),
+    ("store write", "stored", "a changed session state committed (WAL, synchronous=NORMAL)"),
+    ("finish", "finished", "bookkeeping queued, the result built"),
+    ("return", "end", "back at the caller (no HTTP)"),
+)
+
+
 @dataclass
 class Samples:
     name: str
@@ -71,6 +100,16 @@ class Samples:
     split: dict[str, list[float]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     isolation: dict[str, Any] | None = None
+    phases: dict[str, list[float]] = field(default_factory=dict)
+
+    def add_trace(self, t0: float, trace: dict[str, float]) -> None:
+        """One traced sample's phases (ms); a point missing from the trace
+        (no attach on a fork) makes a phase of 0 ms."""
+        prev = t0
+        for name, point, _ in PHASES:
+            at = trace.get(point, prev)
+            self.phases.setdefault(name, []).append((at - prev) * 1000)
+            prev = at
 
     def add_split(self, **parts: float) -> None:
         for k, v in parts.items():
@@ -81,6 +120,8 @@ class Samples:
         self.ms.extend(other.ms)
         for k, v in other.split.items():
             self.split.setdefault(k, []).extend(v)
+        for k, v in other.phases.items():
+            self.phases.setdefault(k, []).extend(v)
         self.notes.extend(n for n in other.notes if n not in self.notes)
         if self.isolation is None:
             self.isolation = other.isolation
@@ -128,6 +169,7 @@ async def runtime_path(
     warmup: int,
     gap_s: float,
     pool_warmup: bool = False,
+    profile: bool = False,
 ) -> Samples:
     from jupyter_functionai import FunctionSpec, Runtime
 
@@ -161,9 +203,11 @@ async def runtime_path(
                     raise RuntimeError(f"warm-pool: the pool is empty before sample {i}: {rt.pool.sizes()}")
             if gap_s:
                 await asyncio.sleep(gap_s)
+            trace: dict[str, float] | None = {} if profile else None
             t0 = time.perf_counter()
-            r = await rt.invoke(FN, {"x": x}, session=sid)
-            dt = (time.perf_counter() - t0) * 1000
+            r = await rt.invoke(FN, {"x": x}, session=sid, trace=trace)
+            t1 = time.perf_counter()
+            dt = (t1 - t0) * 1000
             cs = r.cold_start
             if cs is None or cs.path != name.replace("-noiso", "").replace("-noseccomp", "").replace("-nodisk", ""):
                 raise RuntimeError(
@@ -178,6 +222,9 @@ async def runtime_path(
             await rt.close_session(sid)
             if timed:
                 out.ms.append(dt)
+                if trace is not None:
+                    trace["end"] = t1
+                    out.add_trace(t0, trace)
                 if pooled:
                     # the pool instance was spawned and pre-bound (init) before the
                     # session existed: only its first call is on the critical path
@@ -312,6 +359,8 @@ def build_report(results: dict[str, Samples], meta: dict[str, Any]) -> dict[str,
             "max_ms": _num(max(s.ms)) if s.ms else None,
             "split_mean_ms": {k: _num(common.mean(v)) for k, v in s.split.items()},
         }
+        if s.phases:
+            paths[name]["phases"] = {k: {"mean_ms": _num(common.mean(v)), "p50_ms": _num(common.percentile(v, 50))} for k, v in s.phases.items()}
         if s.isolation is not None:
             paths[name]["isolation"] = s.isolation
         if s.notes:
@@ -367,10 +416,28 @@ def print_report(results: dict[str, Samples], report: dict[str, Any]) -> None:
         if s.isolation is not None:
             iso = s.isolation
             print(f"isolation of {name}: namespaces={','.join(iso['namespaces']) or 'none'} cgroup={iso['cgroup']} uid={iso['uid']} private_tmp={iso['private_tmp']} seccomp={iso.get('seccomp')} disk={iso.get('disk')}:{iso.get('disk_mb')}")
+    for s in results.values():
+        if s.phases:
+            print_phases(s)
     print()
     print("Goals (informational):")
     for goal, g in report["goals"].items():
         print(f"  {goal:<24} {common.verdict(g['pass'])}  (value {g['value']}, target {g['target']})")
+
+
+def print_phases(s: Samples) -> None:
+    """Where a path's time goes: its phases' means add up to its mean."""
+    total = common.mean(s.ms)
+    rows = []
+    for name, _, what in PHASES:
+        v = s.phases.get(name, [])
+        m = common.mean(v)
+        rows.append([name, m, common.percentile(v, 50), f"{m / total:.0%}" if total else "-", what])
+    summed = sum(common.mean(v) for v in s.phases.values())
+    rows.append(["sum of the phases", summed, "-", f"{summed / total:.0%}" if total else "-", f"end to end: mean {total:.3f} ms, p50 {s.p50:.3f} ms"])
+    print()
+    print(f"Phases of ({LETTER[s.name]}) {s.name} (ms; traced calls, n={len(s.ms)}; the means add up to the mean end to end)")
+    print(common.table(["phase", "mean", "p50", "share", "what"], rows))
 
 
 # -- main -------------------------------------------------------------------------------------------
@@ -396,6 +463,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default="auto",
         help="deploy the warm-pool function with the spec's warmup hook (priming each pooled instance "
         "with one handler call); auto: on when this runtime's FunctionSpec has the field (default)",
+    )
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="trace every runtime sample and print where each path's time goes, phase by phase (the means add up to the end to end)",
     )
     ap.add_argument("--json", metavar="PATH", help="write the results as JSON")
     args = ap.parse_args(argv)
@@ -448,7 +520,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 fork_floor(results["fork-floor"], module.handler, size, warmup, "before" if r % 2 == 0 else "after")
             for name in names if r % 2 == 0 else names[::-1]:
                 log(f"[coldstart] round {r + 1}/{rounds}: {name}, n={size}")
-                results[name].merge(asyncio.run(runtime_path(name, handler_path, root, size, warmup, gap_s, pool_warmup)))
+                results[name].merge(asyncio.run(runtime_path(name, handler_path, root, size, warmup, gap_s, pool_warmup, args.profile)))
             if "fork-floor" in args.paths:
                 log(f"[coldstart] round {r + 1}/{rounds}: fork-floor, n={size}")
                 fork_floor(results["fork-floor"], module.handler, size, warmup, "after" if r % 2 == 0 else "before")
@@ -463,6 +535,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "kernel_n": kn,
         "warmup": warmup,
         "gap_ms": args.gap_ms,
+        "profile": args.profile,
         "pool_warmup_hook": pool_warmup,
         "cpus": os.cpu_count(),
         "python": sys.version.split()[0],

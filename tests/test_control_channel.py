@@ -40,6 +40,8 @@ FORGED = {
     "an error kind of the server's": json.dumps({"op": "error", "id": "CALL_ID", "error": {"kind": "not_found", "message": "x"}}),
     "a checkpoint that is not JSON": json.dumps({"op": "checkpoint", "id": "CALL_ID", "data_json": "{"}),
     "not an object": "42",
+    "a trace with the runtime's points": json.dumps({"op": "result", "id": "CALL_ID", "value": 1, "trace": {"stored": 1.0}}),
+    "a trace that is not numbers": json.dumps({"op": "result", "id": "CALL_ID", "value": 1, "trace": {"received": "now"}}),
 }
 
 

@@ -197,3 +197,32 @@ async def test_closing_the_runtime_leaves_no_cgroups(tmp_path):
         if os.path.exists(p)
     ]
     assert left == []
+
+
+#: A traced call's points, each caused by the one before it (the runtime's
+#: "written" is left out: the instance may read the frame before the runtime's
+#: write returns).
+CAUSAL = ("start", "session", "claimed", "recorded", "encoded", "w_received", "w_decoded", "w_attached", "w_handler_start", "w_handler_end", "w_sending", "decoded", "resumed", "stored", "finished")
+
+
+async def test_a_traced_call_reports_each_step_in_causal_order(rt: Runtime):
+    """``invoke(..., trace={})`` (what ``coldstart.py --profile`` adds up):
+    every step of a warm-pool hit, a fork and a call on a live instance, on
+    one clock across the runtime and the sandbox; a call not traced carries
+    no trace, and tracing changes no answer."""
+    await deploy(rt, "pooled", "def handler(event, ctx):\n    ctx.session.state['n'] = event\n    return event * 2\n", min_instances=1)
+    await deploy(rt, "forked", "def handler(event, ctx):\n    return event * 3\n")
+    await rt.pool.wait_full("pooled")
+    cases = [("pooled", "hit", "warm-pool"), ("forked", "fork", "template-fork"), ("forked", "fork", None)]
+    for fn, sid, path in cases:
+        trace: dict[str, float] = {}
+        r = await rt.invoke(fn, 7, session=sid, trace=trace)
+        assert r.value == 7 * (2 if fn == "pooled" else 3)
+        assert (r.cold_start.path if r.cold_start else None) == path
+        missing = [p for p in CAUSAL if p not in trace]
+        assert not missing, (fn, path, missing)
+        times = [trace[p] for p in CAUSAL]
+        assert times == sorted(times), (fn, path, sorted(CAUSAL, key=trace.__getitem__))
+        assert trace["encoded"] <= trace["written"]
+    untraced = await rt.invoke("forked", 1, session="fork")
+    assert untraced.value == 3

@@ -88,8 +88,14 @@ class Instance(abc.ABC):
         attach: tuple[str | None, str] | None = None,
         task: dict[str, Any] | None = None,
         on_checkpoint: CheckpointCallback | None = None,
+        trace: dict[str, float] | None = None,
     ) -> CallOutcome:
-        """Run one call. ``attach=(session_id, state_json)`` hands a pre-bound
+        """Run one call. ``trace`` (a profiled call) gets the
+        ``time.perf_counter`` of each step: ``encoded``, ``written``, the
+        instance's own points as ``w_<point>``
+        (:data:`~jupyter_functionai.sandbox.protocol.TRACE_POINTS`) and
+        ``decoded`` (its answer read and validated).
+        ``attach=(session_id, state_json)`` hands a pre-bound
         (warm-pool) instance to its session as part of the same message.
         ``task`` ({"id", "attempt", "resume_from_json"}) makes it an attempt of
         a durable task; each ``ctx.checkpoint`` is awaited through

@@ -255,9 +255,17 @@ def _reap_soon(proc: subprocess.Popen[bytes]) -> None:
 
 
 class _Pending:
-    __slots__ = ("fut", "on_checkpoint", "on_chunk", "on_progress")
+    __slots__ = ("fut", "on_checkpoint", "on_chunk", "on_progress", "trace")
 
-    def __init__(self, fut: asyncio.Future[dict[str, Any]], on_progress: ProgressCallback | None, on_chunk: ChunkCallback | None, on_checkpoint: CheckpointCallback | None = None) -> None:
+    def __init__(
+        self,
+        fut: asyncio.Future[dict[str, Any]],
+        on_progress: ProgressCallback | None,
+        on_chunk: ChunkCallback | None,
+        on_checkpoint: CheckpointCallback | None = None,
+        trace: dict[str, float] | None = None,
+    ) -> None:
+        self.trace = trace
         self.on_checkpoint = on_checkpoint
         self.fut = fut
         self.on_progress = on_progress
@@ -371,6 +379,9 @@ class ProcessInstance(Instance):
         elif op in ("result", "error") and cid is not None:
             p = self._pending.pop(cid, None)
             if p is not None and not p.fut.done():
+                if p.trace is not None:
+                    p.trace["decoded"] = time.perf_counter()
+                    p.trace.update({f"w_{k}": v for k, v in (msg.get("trace") or {}).items()})
                 p.fut.set_result(msg)
         elif op == "error":
             self._control.put_nowait(msg)
@@ -429,11 +440,16 @@ class ProcessInstance(Instance):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(self.pid, signal.SIGKILL)
 
-    async def _send(self, msg: dict[str, Any]) -> None:
+    async def _send(self, msg: dict[str, Any], trace: dict[str, float] | None = None) -> None:
         if self._dead or self.writer is None:
             raise self._death_error()
-        self.writer.write(encode(msg))
+        data = encode(msg)
+        if trace is not None:
+            trace["encoded"] = time.perf_counter()
+        self.writer.write(data)
         await self.writer.drain()
+        if trace is not None:
+            trace["written"] = time.perf_counter()
 
     async def _await_control(self, what: str) -> dict[str, Any]:
         """The next control message (``ready`` / ``bound``); raises the
@@ -506,12 +522,15 @@ class ProcessInstance(Instance):
         attach: tuple[str | None, str] | None = None,
         task: dict[str, Any] | None = None,
         on_checkpoint: CheckpointCallback | None = None,
+        trace: dict[str, float] | None = None,
     ) -> CallOutcome:
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending[call_id] = _Pending(fut, on_progress, on_chunk, on_checkpoint)
+        self._pending[call_id] = _Pending(fut, on_progress, on_chunk, on_checkpoint, trace)
         msg: dict[str, Any] = {"op": "call", "id": call_id, "event": event}
         if task is not None:
             msg["task"] = task
+        if trace is not None:
+            msg["trace"] = True
         if attach is not None:
             msg["attach"] = {"session_id": attach[0], "state_json": attach[1]}
             self.bound_session = attach[0]
@@ -527,7 +546,7 @@ class ProcessInstance(Instance):
 
         timer = asyncio.get_running_loop().call_later(timeout, expire)
         try:
-            await self._send(msg)
+            await self._send(msg, trace)
             msg = await fut
         except asyncio.CancelledError:
             self._pending.pop(call_id, None)

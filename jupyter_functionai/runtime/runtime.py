@@ -161,8 +161,9 @@ class Runtime:
         self._deploy_lock = asyncio.Lock()
         self._touched: dict[str, LiveSession] = {}  # sessions called since the last flush
         self._invocations: list[dict[str, Any]] = []
-        # ids of calls and invocation rows: a random prefix per runtime and a
-        # counter (unique across restarts; no uuid4 per call)
+        # ids of calls (``ctx.call_id``) and of
+        # invocation rows: a random prefix per runtime and a counter (unique
+        # across restarts and runtimes; no uuid4 per call)
         self._id_prefix = uuid.uuid4().hex[:16]
         self._ids = itertools.count(1)
         self._flush_event = asyncio.Event()
@@ -389,6 +390,7 @@ class Runtime:
         task: dict[str, Any] | None = None,
         on_checkpoint: CheckpointCallback | None = None,
         principal: str | None = None,
+        trace: dict[str, float] | None = None,
     ) -> InvokeResult:
         """Call ``name`` with ``event``. With ``session`` the call reaches that
         session's instance (created or resumed as needed); without, it runs in
@@ -400,7 +402,17 @@ class Runtime:
         opens is bound to it, and a session opened by anyone else is
         :class:`NotFound` to it, as if it did not exist. ``None`` is the
         runtime's owner (a script, the server's token holder): it reaches
-        every session, and the sessions it opens have no principal."""
+        every session, and the sessions it opens have no principal.
+
+        ``trace`` (a dict; ``benchmarks/coldstart.py --profile``) receives
+        the ``time.perf_counter`` of each step of a session call, from
+        ``start`` to ``finished``: ``session`` (found or opened), ``claimed``
+        (its instance: live, from the warm pool or forked), ``recorded``
+        (the store's rows queued), the instance's steps (see
+        :meth:`Instance.call`), ``resumed`` (the answer back in this call),
+        ``stored`` (a changed state committed) and ``finished``."""
+        if trace is not None:
+            trace["start"] = time.perf_counter()
         if self._closed:
             raise InstanceCrashed("the runtime is closed")
         fv = self.function(name)
@@ -415,14 +427,18 @@ class Runtime:
         if session is None or not fv.spec.session.enabled:
             return await self._invoke_ephemeral(fv, event, size, limit, on_progress, on_chunk, extra)
         sess = await self._session(session, fv, principal)
+        if trace is not None:
+            trace["session"] = time.perf_counter()
         async with sess.slots:
             if sess.ended:
                 raise SessionClosed(f"session {sess.id!r} was {sess.ended}", session_id=sess.id)
             sess.busy += 1
             try:
                 async with sess.start_lock:
-                    inst, fresh, attach = await self._ensure_instance(sess)
+                    inst, fresh, attach = await self._ensure_instance(sess, trace)
                 fresh, sess.cold_pending = fresh or sess.cold_pending, False
+                if trace is not None:
+                    extra["trace"] = trace
                 try:
                     outcome, elapsed = await self._call(inst, event, limit, on_progress, on_chunk, attach, **extra)
                 except (FunctionTimeout, OutOfMemory, InstanceCrashed) as exc:
@@ -436,6 +452,8 @@ class Runtime:
                 sess.busy -= 1
                 sess.last_used = time.time()
             sess.calls += 1
+            if trace is not None:
+                trace["resumed"] = time.perf_counter()
             if outcome.state_json is not None and outcome.state_json != sess.state_json:
                 # acknowledged means committed: the new state is stored before the answer
                 sess.state_json = outcome.state_json
@@ -446,7 +464,12 @@ class Runtime:
             else:
                 self._touched[sess.id] = sess  # bookkeeping: written once per group commit, however many calls
                 self._flush_event.set()
-            return self._finish(inst, sess.id, outcome, elapsed, fresh, size)
+            if trace is not None:
+                trace["stored"] = time.perf_counter()
+            result = self._finish(inst, sess.id, outcome, elapsed, fresh, size)
+            if trace is not None:
+                trace["finished"] = time.perf_counter()
+            return result
 
     async def _invoke_ephemeral(
         self, fv: FunctionVersion, event: Any, size: int, limit: float, on_progress: ProgressCallback | None, on_chunk: ChunkCallback | None, extra: dict[str, Any]
@@ -546,6 +569,7 @@ class Runtime:
         attach: tuple[str | None, str] | None = None,
         task: dict[str, Any] | None = None,
         on_checkpoint: CheckpointCallback | None = None,
+        trace: dict[str, float] | None = None,
     ) -> tuple[CallOutcome, float]:
         chunks: list[Any] | None = None
         if on_chunk is None:
@@ -555,7 +579,7 @@ class Runtime:
                 chunks.append(item)
 
         t0 = time.perf_counter()
-        outcome = await inst.call(f"{next(self._ids):016x}", event, timeout=limit, on_progress=on_progress, on_chunk=on_chunk, attach=attach, task=task, on_checkpoint=on_checkpoint)
+        outcome = await inst.call(f"{self._id_prefix}{next(self._ids):016x}", event, timeout=limit, on_progress=on_progress, on_chunk=on_chunk, attach=attach, task=task, on_checkpoint=on_checkpoint, trace=trace)
         elapsed = (time.perf_counter() - t0) * 1000
         if outcome.streamed and chunks is not None:
             outcome.value = chunks
@@ -687,11 +711,13 @@ class Runtime:
         self._sessions[session_id] = sess
         return sess
 
-    async def _ensure_instance(self, sess: LiveSession) -> tuple[Instance, bool, tuple[str | None, str] | None]:
+    async def _ensure_instance(self, sess: LiveSession, trace: dict[str, float] | None = None) -> tuple[Instance, bool, tuple[str | None, str] | None]:
         """The session's live instance, or a new one: a warm-pool hit for a
         brand-new session (it adopts the instance's uid and directory), else a
         fork bound to the session's uid, directory and saved state (resume)."""
         if sess.instance is not None and sess.instance.alive:
+            if trace is not None:
+                trace["claimed"] = trace["recorded"] = time.perf_counter()
             return sess.instance, False, None
         fv = self.function(sess.function)
         inst: Instance | None = None
@@ -707,11 +733,15 @@ class Runtime:
             self._defer(self.store.create_session, sess.id, fv.name, fv.version, sess.uid, sess.workdir, sess.expires_at, sess.principal)
         if inst is None:
             inst = await self.backend.start(fv, Binding(session_id=sess.id, uid=sess.uid, workdir=sess.workdir, state_json=sess.state_json))
+        if trace is not None:
+            trace["claimed"] = time.perf_counter()
         sess.instance = inst
         sess.status = LIVE
         sess.idle_ttl = fv.spec.session.idle_ttl_s
         self._record_instance(inst, sess.id)
         self._defer(self.store.update_session, sess.id, status=LIVE, instance_id=inst.id, version=fv.version)
+        if trace is not None:
+            trace["recorded"] = time.perf_counter()
         return inst, True, attach
 
     def _record_instance(self, inst: Instance, session_id: str | None) -> None:

@@ -54,6 +54,11 @@ INSTANCE_ERROR_KINDS = frozenset(
     {"user_exception", "bad_payload", "payload_too_large", "out_of_memory", "instance_crashed", "error"}
 )
 _MAX_ID = 128
+#: The points of a traced call a worker reports (``time.perf_counter``:
+#: CLOCK_MONOTONIC, one clock for every process on the host): the frame read,
+#: decoded, attached to its session, the handler started and ended, the
+#: answer about to be sent.
+TRACE_POINTS = frozenset({"received", "decoded", "attached", "handler_start", "handler_end", "sending"})
 _MAX_TEXT = 1 << 16
 
 
@@ -139,6 +144,13 @@ def check_instance_frame(msg: dict[str, Any], *, max_state_bytes: int) -> dict[s
         _text(msg, "logs", limit=1 << 26)
         _number(msg, "logs_dropped")
         _number(msg, "duration_ms")
+        trace = msg.get("trace")
+        if trace is not None and (
+            not isinstance(trace, dict)
+            or not set(trace) <= TRACE_POINTS
+            or not all(isinstance(v, float) and math.isfinite(v) for v in trace.values())
+        ):
+            raise FrameError(f"'trace' must map some of {sorted(TRACE_POINTS)} to finite numbers")
         if op == "result":
             if not isinstance(msg.get("streamed", False), bool):
                 raise FrameError("'streamed' must be a boolean")
@@ -172,8 +184,8 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes | None:
     return bytes(buf)
 
 
-def recv_frame(sock: socket.socket, limit: int = MAX_FRAME) -> dict[str, Any] | None:
-    """Read one frame; ``None`` at a clean end of stream."""
+def recv_frame_bytes(sock: socket.socket, limit: int = MAX_FRAME) -> bytes | None:
+    """Read one frame's body, undecoded; ``None`` at a clean end of stream."""
     head = _recv_exact(sock, HEADER.size)
     if head is None:
         return None
@@ -183,7 +195,13 @@ def recv_frame(sock: socket.socket, limit: int = MAX_FRAME) -> dict[str, Any] | 
     body = _recv_exact(sock, size)
     if body is None:
         raise FrameError("stream ended inside a frame")
-    return decode_body(body)
+    return body
+
+
+def recv_frame(sock: socket.socket, limit: int = MAX_FRAME) -> dict[str, Any] | None:
+    """Read one frame; ``None`` at a clean end of stream."""
+    body = recv_frame_bytes(sock, limit)
+    return None if body is None else decode_body(body)
 
 
 def send_frame(sock: socket.socket, obj: Any) -> None:

@@ -48,7 +48,15 @@ from typing import Any
 from . import disk as sdisk
 from . import isolation as iso
 from . import seccomp
-from .protocol import HEADER, FrameError, decode_body, encode, recv_frame, send_frame
+from .protocol import (
+    HEADER,
+    FrameError,
+    decode_body,
+    encode,
+    recv_frame,
+    recv_frame_bytes,
+    send_frame,
+)
 
 SOCK_FD = 3
 NETNS_FD = 4  # a network namespace made ahead by the template, until sandbox_setup joins it
@@ -385,7 +393,9 @@ class Worker:
     def serve(self) -> None:
         while True:
             try:
-                msg = recv_frame(self.sock, limit=self.max_payload + 65536)
+                raw = recv_frame_bytes(self.sock, limit=self.max_payload + 65536)
+                received = time.perf_counter()
+                msg = None if raw is None else decode_body(raw)
             except FrameError as exc:
                 self.send({"op": "error", "error": {"kind": "bad_payload", "message": str(exc)}})
                 return
@@ -395,8 +405,12 @@ class Worker:
                 self.attach(msg)
                 continue
             if msg.get("op") == "call":
+                if msg.get("trace") is True:  # a profiled call: when each step happened
+                    msg["trace"] = {"received": received, "decoded": time.perf_counter()}
                 if "attach" in msg:
                     self.attach(msg["attach"])
+                if isinstance(msg.get("trace"), dict):
+                    msg["trace"]["attached"] = time.perf_counter()
                 if self.concurrency > 1:
                     if self._pool is None:
                         self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="fai-call")
@@ -434,9 +448,12 @@ class Worker:
         self._local.capture = cap
         t0 = time.perf_counter()
         streamed = False
+        trace = msg.get("trace") if isinstance(msg.get("trace"), dict) else None
         try:
             ctx = Context(self, cid, msg.get("task"))
             assert handler is not None
+            if trace is not None:
+                trace["handler_start"] = time.perf_counter()
             value = handler(msg.get("event"), ctx)
             if inspect.iscoroutine(value):
                 value = self._loop().run_until_complete(value)
@@ -444,6 +461,8 @@ class Worker:
                 streamed = True
                 self._stream(cid, value)
                 value = None
+            if trace is not None:
+                trace["handler_end"] = time.perf_counter()
             body = {"op": "result", "id": cid, "value": value, "streamed": streamed}
             try:
                 encoded = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
@@ -470,6 +489,9 @@ class Worker:
         body["logs"] = cap.text()
         body["logs_dropped"] = cap.dropped
         body["duration_ms"] = (time.perf_counter() - t0) * 1000
+        if trace is not None:
+            trace["sending"] = time.perf_counter()
+            body["trace"] = trace
         if send is not None:
             send(body)
             return
