@@ -155,6 +155,22 @@ def test_bench_coldstart_small_run_writes_all_paths(tmp_path: Path) -> None:
     assert re.search(r"\(a\) p50 <= 1 ms\s+(PASS|MISS)", p.stdout)
 
 
+def test_bench_coldstart_profile_phases_add_up(tmp_path: Path) -> None:
+    """``--profile``: each runtime path's phases, from the request to the
+    result back at the caller, whose means add up to its mean end to end."""
+    out = tmp_path / "cs.json"
+    p = run_cli("bench", "coldstart", "--paths", "warm-pool,template-fork", "--n", "3", "--warmup", "1", "--rounds", "1", "--profile", "--json", str(out), timeout=110)
+    assert p.returncode == 0, p.stdout + p.stderr
+    data = json.loads(out.read_text())
+    assert data["meta"]["profile"] is True
+    for name in ("warm-pool", "template-fork"):
+        phases = data["paths"][name]["phases"]
+        assert {"claim", "handler", "back + decode", "store write", "return"} <= set(phases), name
+        total = sum(ph["mean_ms"] for ph in phases.values())
+        assert math.isclose(total, data["paths"][name]["mean_ms"], abs_tol=0.001 * len(phases)), (name, total, data["paths"][name]["mean_ms"])
+        assert f"Phases of ({'a' if name == 'warm-pool' else 'b'}) {name}" in p.stdout
+
+
 def test_bench_density_small_run(tmp_path: Path) -> None:
     out = tmp_path / "density.json"
     p = run_cli("bench", "density", "--n", "2", "5", "--kernels", "1", "--json", str(out), timeout=110)
