@@ -118,7 +118,10 @@ def _format_isolation(desc: dict[str, Any]) -> list[str]:
     net = str(iso.get("network"))
     net_note = {"none": "own network namespace, no interface up", "loopback": "own network namespace, loopback only", "host": "the host's network"}
     lines.append(f"  network      : {net} ({net_note.get(net, '?')})" if ns.get("net") or net == "host" else f"  network      : {net} (no network namespace)")
-    lines.append(f"  filesystem   : private /tmp {_yes(iso.get('private_tmp'))}; hidden: {', '.join(iso.get('fs_masked') or []) or 'nothing'}")
+    lines.append(
+        f"  filesystem   : private /tmp {_yes(iso.get('private_tmp'))}; own /sys {_yes(iso.get('own_sysfs'))}; "
+        f"hidden: {', '.join(iso.get('fs_masked') or []) or 'nothing'}"
+    )
     lines.append(
         f"  process      : no_new_privs {_yes(iso.get('no_new_privs'))}; rlimits {', '.join(iso.get('rlimits') or []) or 'none'}; "
         f"inherited fds closed {_yes(iso.get('fds_closed'))}; reseeded {', '.join(iso.get('reseeded') or []) or 'nothing'}"

@@ -70,6 +70,8 @@ def handler(event, ctx):
                 out["cmdlines"][p] = open(f"/proc/{p}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
             except OSError as exc:
                 out["cmdlines"][p] = str(exc)
+        out["sys_net"] = sorted(os.listdir("/sys/class/net"))
+        out["sys_cgroup"] = attempt(lambda: sorted(os.listdir("/sys/fs/cgroup")))
         out["capeff"] = [l.split()[1] for l in open("/proc/self/status") if l.startswith("CapEff")][0]
         out["capbnd"] = [l.split()[1] for l in open("/proc/self/status") if l.startswith("CapBnd")][0]
         out["uid"] = os.getuid()

@@ -280,6 +280,36 @@ async def test_each_instance_gets_a_network_namespace_of_its_own(rt: Runtime):
     assert (await rt.invoke("nets", port, session="n1")).value != "connected"  # not a neighbour's
 
 
+async def test_sys_shows_the_sandbox_network_not_the_hosts(rt: Runtime):
+    """/sys in a sandbox is a sysfs of its own network namespace: the host's
+    interfaces (names, MAC addresses) are not there, nor the cgroup tree with
+    every other session's cgroup; with ``network="host"`` it stays the host's."""
+    code = (
+        "import os\n"
+        "def handler(e, c):\n"
+        "    macs = {}\n"
+        "    for d in os.listdir('/sys/class/net'):\n"
+        "        with open(f'/sys/class/net/{d}/address') as f:\n"
+        "            macs[d] = f.read().strip()\n"
+        "    return {'net': sorted(os.listdir('/sys/class/net')), 'macs': macs, 'cgroup': sorted(os.listdir('/sys/fs/cgroup')) if os.path.isdir('/sys/fs/cgroup') else None}\n"
+    )
+    host_net = sorted(os.listdir("/sys/class/net"))
+    host_macs = set()
+    for d in host_net:
+        with open(f"/sys/class/net/{d}/address") as f:
+            host_macs.add(f.read().strip())
+    host_macs.discard("00:00:00:00:00:00")
+    assert host_net != ["lo"] and host_macs  # (the host has more: the test can tell)
+    await rt.deploy(FunctionSpec.from_code("sysfs", code))
+    seen = (await rt.invoke("sysfs", None, session="s")).value
+    assert seen["net"] == ["lo"] and not (set(seen["macs"].values()) & host_macs), seen
+    assert not seen["cgroup"], seen
+    iso = (await rt.describe_session("s"))["instance"]["isolation"]
+    assert iso["own_sysfs"] is True and "sysfs" not in iso["missing"], iso
+    await rt.deploy(FunctionSpec.from_code("hostnet", code, network="host"))
+    assert (await rt.invoke("hostnet", None, session="h")).value["net"] == host_net
+
+
 def _children(pid: int) -> set[int]:
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as f:

@@ -166,6 +166,17 @@ def test_host_port_unreachable(world: dict[str, Any]) -> None:
     _neighbour_intact(world["out"])
 
 
+def test_sys_shows_the_sandbox_network_not_the_hosts(world: dict[str, Any]) -> None:
+    """/sys is the sandbox's own sysfs: its network devices are its loopback
+    only (the host's would give away interface names and MAC addresses), and
+    no cgroup tree of other sessions hangs under it."""
+    att = world["out"]["attack"]
+    assert att["sys_net"] == ["lo"], att["sys_net"]
+    assert sorted(os.listdir("/sys/class/net")) != ["lo"]  # (the host has more: the probe can tell)
+    assert not att["sys_cgroup"]["ok"] or att["sys_cgroup"]["value"] == [], att["sys_cgroup"]
+    assert world["out"]["isolation"]["own_sysfs"] is True and "sysfs" not in world["out"]["isolation"]["missing"]
+
+
 def test_only_own_processes_visible(world: dict[str, Any]) -> None:
     att = world["out"]["attack"]
     # pid 1 (the instance) and, at most, its own disk's fuse2fs daemon

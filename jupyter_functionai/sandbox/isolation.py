@@ -168,6 +168,15 @@ def join_new_session_keyring() -> None:
         raise OSError(err, f"keyctl(JOIN_SESSION_KEYRING): {os.strerror(err)}")
 
 
+def mount_own_sysfs() -> None:
+    """Mount a sysfs of this process's network namespace on ``/sys``,
+    read-only.  The host's shows the host's network devices (names, MAC
+    addresses, counters) whatever namespace reads it, and its
+    ``/sys/fs/cgroup`` every session's cgroup; this one shows the sandbox's
+    loopback only, and no cgroup tree."""
+    mount("sysfs", "/sys", "sysfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+
 def mask_proc_key_files() -> None:
     """Hide the host user's key list from a freshly mounted /proc."""
     for path in PROC_KEY_FILES:
@@ -819,6 +828,8 @@ class IsolationReport:
     network: str = "host"
     private_tmp: bool = False
     fs_masked: list[str] = field(default_factory=list)
+    #: /sys is a sysfs of the sandbox's network namespace (not the host's)
+    own_sysfs: bool = False
     fds_closed: bool = False
     reseeded: list[str] = field(default_factory=list)
     no_new_privs: bool = False
@@ -845,6 +856,7 @@ class IsolationReport:
             "network": self.network,
             "private_tmp": self.private_tmp,
             "fs_masked": list(self.fs_masked),
+            "own_sysfs": self.own_sysfs,
             "fds_closed": self.fds_closed,
             "reseeded": list(self.reseeded),
             "no_new_privs": self.no_new_privs,

@@ -860,6 +860,12 @@ def sandbox_setup(cfg: dict[str, Any], pid_ns: bool) -> iso.IsolationReport:
                     iso.mask_proc_key_files()
                 except OSError as exc:
                     report.missing["keyring"] = f"masking /proc/keys failed: {exc}"
+        if report.namespaces.get("net") and "mount" not in report.missing:
+            try:
+                iso.mount_own_sysfs()
+                report.own_sysfs = True
+            except OSError as exc:  # the host's /sys shows the host's network devices
+                report.missing["sysfs"] = f"mounting the sandbox's own /sys failed: {exc}"
     if report.namespaces.get("mount") and "mount" not in report.missing and cfg.get("masks"):
         # Hide /tmp, /dev/shm, the state directory (other sessions, the store)
         # and unreadable ancestors of the Python installation; keep an O_PATH
