@@ -36,8 +36,9 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
 from . import isolation as iso
 from . import worker
@@ -250,28 +251,42 @@ def _yield_the_cpu() -> None:
         pass
 
 
-def _fill_netns_pool() -> None:
-    """Make one more network namespace, in a short-lived thread (a thread's
-    namespaces are its own; the template's stay as they are, which a template
-    in a user namespace could not return to with setns)."""
-    global _netns_failed
-    out: list[int | str] = []
+_T = TypeVar("_T")
 
-    def make() -> None:
+
+def _in_own_thread(name: str, make: Callable[[], _T]) -> _T | str:
+    """``make()`` in a short-lived thread of its own at a low priority (a
+    thread's namespaces are its own: the template's stay as they are, which a
+    template in a user namespace could not return to with setns); its result,
+    or why it failed (``OSError``)."""
+    out: list[_T | str] = []
+
+    def run() -> None:
         _yield_the_cpu()
         try:
-            iso.unshare(iso.CLONE_NEWNET)
-            out.append(os.open("/proc/thread-self/ns/net", os.O_RDONLY))
+            out.append(make())
         except OSError as exc:
             out.append(str(exc))
 
-    t = threading.Thread(target=make, name="fai-netns")
+    t = threading.Thread(target=run, name=name)
     t.start()
     t.join()
-    if out and isinstance(out[0], int):
-        _netns_pool.append(out[0])
+    return out[0] if out else "the thread making it ended without a result"
+
+
+def _make_netns() -> int:
+    iso.unshare(iso.CLONE_NEWNET)
+    return os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+
+
+def _fill_netns_pool() -> None:
+    """Make one more network namespace, in a thread of its own."""
+    global _netns_failed
+    made = _in_own_thread("fai-netns", _make_netns)
+    if isinstance(made, int):
+        _netns_pool.append(made)
     else:
-        _netns_failed = str(out[0]) if out else "the thread making it ended without a result"
+        _netns_failed = made
 
 
 def _take_netns(cfg: dict[str, Any]) -> int:
@@ -306,34 +321,28 @@ def _mask_plan_of(cfg: dict[str, Any]) -> tuple[str, list[tuple[str, list[str]]]
 
 
 def _fill_mntns_pool() -> None:
-    """Make one more masked mount namespace, in a short-lived thread (a thread
+    """Make one more masked mount namespace, in a thread of its own (a thread
     may unshare its mount namespace: it gets a filesystem context of its own)."""
     global _mntns_failed
     assert _mntns_plan is not None
     state_dir, plan, tmp_mb = _mntns_plan
-    out: list[tuple[int, int] | str] = []
 
-    def make() -> None:
-        _yield_the_cpu()
-        state_fd = -1
+    def make() -> tuple[int, int]:
+        iso.unshare(iso.CLONE_NEWNS)
+        state_fd = os.open(state_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            iso.unshare(iso.CLONE_NEWNS)
-            state_fd = os.open(state_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
             iso.make_root_private_readonly()
             iso.apply_masks(plan, tmp_size_mb=tmp_mb)
-            out.append((os.open("/proc/thread-self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC), state_fd))
-        except OSError as exc:
-            if state_fd >= 0:
-                os.close(state_fd)
-            out.append(str(exc))
+            return os.open("/proc/thread-self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC), state_fd
+        except OSError:
+            os.close(state_fd)
+            raise
 
-    t = threading.Thread(target=make, name="fai-mntns")
-    t.start()
-    t.join()
-    if out and isinstance(out[0], tuple):
-        _mntns_pool.append(out[0])
+    made = _in_own_thread("fai-mntns", make)
+    if isinstance(made, tuple):
+        _mntns_pool.append(made)
     else:
-        _mntns_failed = str(out[0]) if out else "the thread making it ended without a result"
+        _mntns_failed = made
 
 
 def _take_mntns(cfg: dict[str, Any]) -> tuple[int, int]:

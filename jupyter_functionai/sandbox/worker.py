@@ -664,29 +664,44 @@ def _close_premounted() -> None:
             os.close(fd)
 
 
+def _with_session_loop(image: str, dev: str, flags: int, use: Callable[[int], bool]) -> bool:
+    """``use(loop_fd)`` once ``dev`` is checked to be a loop device backed
+    by this session's image (in the state directory); False, and ``use`` not
+    called, if it is not, or if anything fails."""
+    if not (dev.startswith("/dev/loop") and dev[9:].isdigit()):
+        return False
+    try:
+        st = os.stat(image, dir_fd=_STATE_FD, follow_symlinks=False)
+        lfd = os.open(dev, flags | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return sdisk.backed_by(lfd, st) and use(lfd)
+    except OSError:
+        return False
+    finally:
+        os.close(lfd)
+
+
 def _attach_premounted(workdir: str, image: str, dev: str) -> bool:
     """The runtime mounted the session's (fresh) image ahead, detached, and
     handed the mount over with the fork request: attach it on the working
     directory, once it is checked to be the filesystem of the loop device
     backed by this session's image.  False (nothing attached) if not."""
     fd = _PREMOUNTED_FD
-    if fd is None or not (dev.startswith("/dev/loop") and dev[9:].isdigit()):
+    if fd is None:
         return False
-    try:
-        st = os.stat(image, dir_fd=_STATE_FD, follow_symlinks=False)
-        lfd = os.open(dev, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
+
+    def attach(lfd: int) -> bool:
         rdev = os.fstat(lfd).st_rdev
-        if not sdisk.backed_by(lfd, st) or sdisk.premounted_device(fd) != (os.major(rdev), os.minor(rdev)):
+        if sdisk.premounted_device(fd) != (os.major(rdev), os.minor(rdev)):
             return False
         sdisk.attach_premounted(fd, workdir)
         return True
-    except OSError:
-        return False
+
+    try:
+        return _with_session_loop(image, dev, os.O_RDONLY, attach)
     finally:
-        os.close(lfd)
         _close_premounted()
 
 
@@ -694,22 +709,12 @@ def _mount_prepared_loop(workdir: str, image: str, dev: str) -> bool:
     """The backend attached the session's (fresh) image to a loop device
     ahead of time: mount that device, once it is checked to be backed by this
     session's image.  False (nothing done) if it is not usable."""
-    if not (dev.startswith("/dev/loop") and dev[9:].isdigit()):
-        return False
-    try:
-        st = os.stat(image, dir_fd=_STATE_FD, follow_symlinks=False)
-        lfd = os.open(dev, os.O_RDWR | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        if not sdisk.backed_by(lfd, st):
-            return False
+
+    def mount(_lfd: int) -> bool:
         sdisk.mount_ext4(dev, workdir)
         return True
-    except OSError:
-        return False
-    finally:
-        os.close(lfd)
+
+    return _with_session_loop(image, dev, os.O_RDWR, mount)
 
 
 def _mount_disk(workdir: str, disk: dict[str, Any], uid: int | None) -> bool:
