@@ -1,4 +1,4 @@
-"""Cold start of a new session, end to end, on seven paths.
+"""Cold start of a new session, end to end, on nine paths.
 
 Measured: the time from the caller asking for a *new* session's first call
 until that call's result is back at the caller (``time.perf_counter``), for a
@@ -12,6 +12,9 @@ Paths::
     template-fork-noiso  the same fork with isolation switched off (isolate=False)
     template-fork-noseccomp  the same fork, full isolation but the spec's ``seccomp: "off"``
                          (what the default seccomp filter costs: (b) minus this)
+    template-fork-warmup the same fork, full isolation, with the spec's ``warmup`` hook: the
+                         template pre-initialised by one handler call, and each standby
+                         holding its own copies of the pages that call writes
     template-fork-nodisk the same fork, full isolation but the spec's ``disk: 0`` (what
                          the session's own disk image costs: (b) minus this)
     fresh                a new interpreter per instance (use_templates=False)
@@ -57,7 +60,18 @@ try:  # imported as ``benchmarks.coldstart``
 except ImportError:  # run as a script, or loaded from the benchmarks directory
     import _common as common  # type: ignore[no-redef]
 
-PATHS = ("warm-pool", "template-fork", "template-fork-noiso", "template-fork-noseccomp", "template-fork-nodisk", "fresh", "jupyter-kernel", "fork-floor")
+PATHS = (
+    "warm-pool",
+    "template-fork",
+    "template-fork-warmup",
+    "template-fork-noiso",
+    "template-fork-noseccomp",
+    "template-fork-nodisk",
+    "fresh",
+    "jupyter-kernel",
+    "fork-floor",
+)
+RUNTIME_PATHS = PATHS[:7]
 LETTER = {
     "warm-pool": "a",
     "template-fork": "b",
@@ -67,6 +81,7 @@ LETTER = {
     "fork-floor": "f",
     "template-fork-noseccomp": "g",
     "template-fork-nodisk": "h",
+    "template-fork-warmup": "i",
 }
 FN = "bench"
 
@@ -101,6 +116,9 @@ class Samples:
     notes: list[str] = field(default_factory=list)
     isolation: dict[str, Any] | None = None
     phases: dict[str, list[float]] = field(default_factory=dict)
+    #: how many timed samples had each thing made ahead (the isolation
+    #: report's ``ahead``: "process", "pages", "disk", ...)
+    ahead: dict[str, int] = field(default_factory=dict)
 
     def add_trace(self, t0: float, trace: dict[str, float]) -> None:
         """One traced sample's phases (ms); a point missing from the trace
@@ -123,6 +141,8 @@ class Samples:
         for k, v in other.phases.items():
             self.phases.setdefault(k, []).extend(v)
         self.notes.extend(n for n in other.notes if n not in self.notes)
+        for k, c in other.ahead.items():
+            self.ahead[k] = self.ahead.get(k, 0) + c
         if self.isolation is None:
             self.isolation = other.isolation
 
@@ -161,6 +181,13 @@ def _isolation_summary(iso: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _cold_path(name: str) -> str:
+    """The ``cold_start.path`` a runtime path's samples must take."""
+    for variant in ("-noiso", "-noseccomp", "-nodisk", "-warmup"):
+        name = name.removesuffix(variant)
+    return name
+
+
 async def runtime_path(
     name: str,
     handler_path: str,
@@ -180,6 +207,7 @@ async def runtime_path(
         "template-fork-noiso": {"use_templates": True, "isolate": False},
         "template-fork-noseccomp": {"use_templates": True, "isolate": True},
         "template-fork-nodisk": {"use_templates": True, "isolate": True},
+        "template-fork-warmup": {"use_templates": True, "isolate": True},
         "fresh": {"use_templates": False, "isolate": True},
     }[name]
     out = Samples(name)
@@ -190,6 +218,8 @@ async def runtime_path(
             extra["seccomp"] = "off"
         if name == "template-fork-nodisk":
             extra["disk"] = 0
+        if name == "template-fork-warmup":
+            extra["warmup"] = "warmup"
         await rt.deploy(FunctionSpec.from_file(FN, handler_path, min_instances=2 if pooled else 0, **extra))
         for i in range(warmup + n):
             timed = i >= warmup
@@ -209,16 +239,19 @@ async def runtime_path(
             t1 = time.perf_counter()
             dt = (t1 - t0) * 1000
             cs = r.cold_start
-            if cs is None or cs.path != name.replace("-noiso", "").replace("-noseccomp", "").replace("-nodisk", ""):
+            if cs is None or cs.path != _cold_path(name):
                 raise RuntimeError(
                     f"{name}: sample {i} took path {cs.path if cs else None!r}, not {name!r} "
                     f"(pool: {rt.pool.sizes()}): the measurement would be wrong"
                 )
             common.check_value(name, r.value, x)
-            if out.isolation is None:
-                inst = next((j for j in rt.live_instances() if j.id == r.instance_id), None)
-                if inst is not None:
+            inst = next((j for j in rt.live_instances() if j.id == r.instance_id), None)
+            if inst is not None:
+                if out.isolation is None:
                     out.isolation = _isolation_summary(inst.isolation)
+                if timed:
+                    for k in inst.isolation.get("ahead") or []:
+                        out.ahead[k] = out.ahead.get(k, 0) + 1
             await rt.close_session(sid)
             if timed:
                 out.ms.append(dt)
@@ -363,6 +396,8 @@ def build_report(results: dict[str, Samples], meta: dict[str, Any]) -> dict[str,
             paths[name]["phases"] = {k: {"mean_ms": _num(common.mean(v)), "p50_ms": _num(common.percentile(v, 50))} for k, v in s.phases.items()}
         if s.isolation is not None:
             paths[name]["isolation"] = s.isolation
+        if s.ahead:
+            paths[name]["ahead"] = dict(s.ahead)
         if s.notes:
             paths[name]["notes"] = s.notes
         if base is not None and base.ms:
@@ -415,7 +450,8 @@ def print_report(results: dict[str, Samples], report: dict[str, Any]) -> None:
     for name, s in results.items():
         if s.isolation is not None:
             iso = s.isolation
-            print(f"isolation of {name}: namespaces={','.join(iso['namespaces']) or 'none'} cgroup={iso['cgroup']} uid={iso['uid']} private_tmp={iso['private_tmp']} seccomp={iso.get('seccomp')} disk={iso.get('disk')}:{iso.get('disk_mb')}")
+            made = ", ".join(f"{k} {c}/{len(s.ms)}" for k, c in s.ahead.items()) or "-"
+            print(f"isolation of {name}: namespaces={','.join(iso['namespaces']) or 'none'} cgroup={iso['cgroup']} uid={iso['uid']} private_tmp={iso['private_tmp']} seccomp={iso.get('seccomp')} disk={iso.get('disk')}:{iso.get('disk_mb')}; made ahead: {made}")
     for s in results.values():
         if s.phases:
             print_phases(s)
@@ -505,7 +541,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         handler_path = common.write_handler(root)
         module = common.load_module(handler_path)
-        names = [m for m in ("warm-pool", "template-fork", "template-fork-noiso", "template-fork-noseccomp", "template-fork-nodisk", "fresh") if m in args.paths]
+        names = [m for m in RUNTIME_PATHS if m in args.paths]
         for name in names:
             results[name] = Samples(name)
         if "fork-floor" in args.paths:

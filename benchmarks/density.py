@@ -98,13 +98,14 @@ def _summary(kind: str, n: int, stats: list[dict[str, Any]], total: float, extra
     return out
 
 
-async def sessions_run(ns: Sequence[int], handler_path: str, root: str, state: str = "after-call") -> list[dict[str, Any]]:
+async def sessions_run(ns: Sequence[int], handler_path: str, root: str, state: str = "after-call", warmup_hook: bool = False) -> list[dict[str, Any]]:
     from jupyter_functionai import FunctionSpec, Runtime
 
     runs = []
     state_dir = tempfile.mkdtemp(prefix="density-", dir=root)
     async with Runtime.open(state_dir) as rt:
-        await rt.deploy(FunctionSpec.from_file(FN, handler_path, min_instances=0))
+        extra: dict[str, Any] = {"warmup": "warmup"} if warmup_hook else {}
+        await rt.deploy(FunctionSpec.from_file(FN, handler_path, min_instances=0, **extra))
         # one session opened and closed first: everything lazily set up is set up
         await rt.invoke(FN, {"x": 0}, session="warmup")
         await rt.close_session("warmup")
@@ -154,6 +155,7 @@ async def sessions_run(ns: Sequence[int], handler_path: str, root: str, state: s
             }
             run = _summary("session", target, stats, total, extra)
             run["state"] = state
+            run["warmup_hook"] = warmup_hook
             run["pss_mb_sum"] = round(run["pss_mb_sum"] + tmem["pss"] / MB, 1)
             runs.append(run)
             log(f"[density] measured N={target}: USS p50 {run['uss_mb_p50']:.2f} MB, total {run['total_mb']:.0f} MB")
@@ -282,6 +284,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default="both",
         help="idle sessions made by one call each, opened without a call, or both (default)",
     )
+    ap.add_argument(
+        "--warmup-hook",
+        action="store_true",
+        help="deploy with the spec's warmup hook (one handler call in the template before it forks; "
+        "each standby then holds its own copies of the pages that call writes)",
+    )
     args = ap.parse_args(argv)
     if any(n < 1 for n in args.n) or args.kernels < 0:
         ap.error("--n values must be >= 1 and --kernels >= 0")
@@ -299,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler_path = common.write_handler(root)
         log(f"[density] sessions: N={sorted(set(args.n))}")
         for st in (["after-call", "opened"] if args.state == "both" else [args.state]):
-            runs += asyncio.run(sessions_run(args.n, handler_path, root, st))
+            runs += asyncio.run(sessions_run(args.n, handler_path, root, st, args.warmup_hook))
         if args.kernels:
             log(f"[density] jupyter kernels: {args.kernels}")
             with common.jupyter_sandbox_env(os.path.join(root, "jupyter")):

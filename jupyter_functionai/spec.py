@@ -626,10 +626,13 @@ class FunctionSpec:
     limits: Limits = Limits()
     tasks: TaskPolicy = TaskPolicy()
     description: str = ""
-    # Name of a module-level callable run (no arguments) once in every
-    # pre-forked warm-pool instance, inside its sandbox, before it serves a
-    # session: "priming" so a pooled instance's first call is as fast as a
-    # warm one (it faults in the pages the handler touches).
+    # Name of a module-level callable run (no arguments): once in the
+    # template before it forks (FUNCTIONAI_TEMPLATE=1: lazy imports and caches
+    # built once, shared by every instance); once in the template's page
+    # probe, confined, to learn which pages a call writes (each standby then
+    # takes its own copies ahead: sandbox/pages.py); and in every pre-forked
+    # warm-pool instance, inside its sandbox, before it serves a session
+    # ("priming": a pooled instance's first call as fast as a warm one).
     warmup: str | None = None
 
     def __post_init__(self) -> None:

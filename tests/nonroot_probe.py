@@ -110,13 +110,15 @@ async def main(cfg: dict) -> dict:
         b = await rt.invoke("probe", event, session="sess-b")
         out["attack"] = b.value
         out["a_after"] = (await rt.invoke("probe", {"op": "mine"}, session="sess-a")).value
-        starts = []
+        starts, ahead = [], []
         for i in range(int(cfg.get("starts", 0))):
             t0 = time.perf_counter()
             await rt.invoke("probe", {"op": "noop"}, session=f"cold-{i}")
             starts.append((time.perf_counter() - t0) * 1000)
+            ahead.append((await rt.describe_session(f"cold-{i}"))["instance"]["isolation"]["ahead"])
             await rt.close_session(f"cold-{i}")
         out["starts_ms"] = starts
+        out["starts_ahead"] = ahead
     return out
 
 

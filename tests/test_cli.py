@@ -15,7 +15,7 @@ import pytest
 from jupyter_functionai import __version__, cli
 
 REPO = Path(__file__).resolve().parent.parent
-COLDSTART_PATHS = ("warm-pool", "template-fork", "template-fork-noiso", "template-fork-noseccomp", "template-fork-nodisk", "fresh", "jupyter-kernel", "fork-floor")
+COLDSTART_PATHS = ("warm-pool", "template-fork", "template-fork-warmup", "template-fork-noiso", "template-fork-noseccomp", "template-fork-nodisk", "fresh", "jupyter-kernel", "fork-floor")
 CALL_LINE = re.compile(r"^\[(alice|bob) #(\d)\] instance=(\S+) uid=(\S+) (cold start \S+|warm) [\d.]+ ms$")
 
 
@@ -147,6 +147,7 @@ def test_bench_coldstart_small_run_writes_all_paths(tmp_path: Path) -> None:
     assert data["paths"]["template-fork-noiso"]["isolation"]["namespaces"] == []
     assert data["paths"]["template-fork"]["isolation"]["disk"] in ("loop", "fuse2fs")
     assert data["paths"]["template-fork-nodisk"]["isolation"]["disk"] is None
+    assert data["paths"]["template-fork-warmup"]["isolation"]["namespaces"]
     assert set(data["ratios"]) == {f"{n}/template-fork" for n in COLDSTART_PATHS}
     assert data["ratios"]["template-fork/template-fork"] == {"p50": 1.0, "p95": 1.0}
     assert set(data["goals"]) == {"(b) p50 <= 2x (f) p50", "(b) p95 <= 3x (f) p95", "(e)/(b) p50 >= 80", "(a) p50 <= 1 ms"}

@@ -223,6 +223,13 @@ def test_cold_start_as_normal_user(world: dict[str, Any]) -> None:
     assert p50 < 2000
 
 
+def test_standbys_take_their_copies_of_a_calls_pages_as_normal_user(world: dict[str, Any]) -> None:
+    """In a user namespace too, the template learns the pages a call writes
+    (its own pagemap) and later standbys take their own copies ahead."""
+    ahead = world["out"]["starts_ahead"]
+    assert any("pages" in a for a in ahead), ahead
+
+
 def test_refused_user_namespaces_are_said_at_start_and_refuse_required_specs(tmp_path, monkeypatch, caplog) -> None:
     """A kernel that refuses unprivileged user namespaces (simulated: this one
     allows them): the backend warns at start naming the sysctl, reports

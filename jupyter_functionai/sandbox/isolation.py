@@ -51,6 +51,7 @@ MS_PRIVATE = 1 << 18
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
 PR_CAPBSET_DROP = 24
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
@@ -844,7 +845,9 @@ class IsolationReport:
     #: what was made before the instance was asked for and handed to it, used
     #: by it alone: "process" (forked ahead by the template, PID namespace and
     #: all), "net" / "mount" (namespaces the template made while idle, the
-    #: mount one with its masks in place), "disk" (its disk, mounted ahead)
+    #: mount one with its masks in place), "disk" (its disk, mounted ahead),
+    #: "pages" (its own copies of the template's pages a call writes, taken
+    #: while it waited: see ``sandbox.pages``)
     ahead: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:

@@ -41,7 +41,7 @@ from types import ModuleType
 from typing import Any, TypeVar
 
 from . import isolation as iso
-from . import worker
+from . import pages, worker
 
 MAX_MSG = 1 << 20
 
@@ -154,26 +154,47 @@ def main(argv: list[str] | None = None) -> int:
     instances: set[int] = set()
     want_standby = bool(spec.get("standby"))
     standby: _Standby | None = None
+    probe: _PageProbe | None = None
     while True:
         # idle: fork the next instance's process and make its namespaces
         # ahead, unless something waits
         fork_ahead = want_standby and standby is None
+        learn_ahead = want_standby and _call_pages is None and probe is None
         net_ahead = _netns_wanted and not _netns_failed and len(_netns_pool) < NETNS_POOL
         mnt_ahead = _mntns_plan is not None and not _mntns_failed and len(_mntns_pool) < MNTNS_POOL
-        events = sel.select(timeout=0 if fork_ahead or net_ahead or mnt_ahead else None)
-        if not events and (fork_ahead or net_ahead or mnt_ahead):
+        ahead = fork_ahead or learn_ahead or net_ahead or mnt_ahead
+        events = sel.select(timeout=0 if ahead else None if probe is None else max(0.0, probe.deadline - time.monotonic()))
+        if probe is not None and not events and time.monotonic() >= probe.deadline:
+            sel.unregister(probe.fd)
+            _learned(probe.stop(f"the probe's call took over {PROBE_TIMEOUT_S:g} s"))
+            probe = None
+            continue
+        if not events and ahead:
             if fork_ahead:
                 try:
                     standby = _fork_standby(module, handler, pid_ns_fd)
                     instances.add(standby.pid)  # killed with the others if we go
                 except OSError:
                     want_standby = False  # (no process to spare: instances are forked on request)
+            elif learn_ahead:
+                try:
+                    probe = _PageProbe(module, handler, spec)
+                    sel.register(probe.fd, selectors.EVENT_READ, "probe")
+                except OSError as exc:
+                    _learned(([], f"no page probe: {exc}"))
             elif mnt_ahead:
                 _fill_mntns_pool()
             elif net_ahead:
                 _fill_netns_pool()
             continue
         for key, _ in events:
+            if key.data == "probe":
+                assert probe is not None
+                if probe.read():
+                    sel.unregister(probe.fd)
+                    _learned(probe.stop(""))
+                    probe = None
+                continue
             if key.data == "sig":
                 try:
                     os.read(rfd, 4096)
@@ -397,6 +418,75 @@ def _enter_user_namespace(control_fd: int) -> str:
     os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
 
 
+# The template's pages a call writes (see :mod:`.pages`): None until the
+# probe has answered; then what each standby writes ahead (empty: nothing,
+# and the template's log says why where learning them failed).
+PROBE_TIMEOUT_S = 30.0
+PROBE_MAX_BYTES = 4 << 20
+_call_pages: pages.Ranges | None = None
+
+
+def _learned(result: tuple[pages.Ranges, str]) -> None:
+    global _call_pages
+    _call_pages, why = result
+    n = sum(hi - lo for lo, hi in _call_pages) // pages.PAGE
+    print(f"functionai template: {why or f'a call writes {n} of its pages: each standby takes its own copies ahead'}", file=sys.stderr, flush=True)
+
+
+class _PageProbe:
+    """The page probe, running: a throwaway fork of the template (never an
+    instance: see :func:`worker.probe_call_pages`) and the pipe it answers on."""
+
+    def __init__(self, module: ModuleType, handler: Any, spec: dict[str, Any]) -> None:
+        rfd, wfd = os.pipe()
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(rfd)
+            os.close(wfd)
+            raise
+        if pid == 0:
+            try:
+                signal.set_wakeup_fd(-1)
+                for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
+                    signal.signal(sig, signal.SIG_DFL)
+                iso.prctl(iso.PR_SET_PDEATHSIG, signal.SIGKILL)
+                worker.probe_call_pages(module, handler, str(spec.get("function", "")), spec.get("warmup"), wfd)
+            finally:
+                os._exit(1)
+        os.close(wfd)
+        os.set_blocking(rfd, False)
+        self.pid, self.fd = pid, rfd
+        self.deadline = time.monotonic() + PROBE_TIMEOUT_S
+        self.data = bytearray()
+
+    def read(self) -> bool:
+        """Read what is there; True once it has all been sent (or too much)."""
+        try:
+            chunk = os.read(self.fd, 1 << 16)
+        except BlockingIOError:
+            return False
+        self.data += chunk
+        return not chunk or len(self.data) > PROBE_MAX_BYTES
+
+    def stop(self, why: str) -> tuple[pages.Ranges, str]:
+        """End it; the ranges it reported, checked (or none, and why)."""
+        os.close(self.fd)
+        try:
+            os.kill(self.pid, signal.SIGKILL)  # (gone already when it answered; reaped with the instances)
+        except OSError:
+            pass
+        if why:
+            return [], why
+        try:
+            msg = json.loads(bytes(self.data))
+            if not isinstance(msg, dict) or "error" in msg:
+                return [], f"the probe's call failed: {msg.get('error') if isinstance(msg, dict) else msg!r}"
+            return pages.check_ranges(msg.get("ranges"), pages.private_writable_regions()), ""
+        except ValueError as exc:
+            return [], f"the probe's answer was refused: {exc}"
+
+
 class _Standby:
     """A process forked ahead (Android's zygote keeps such a pool of
     "unspecialised" processes): a fork of the template, PID 1 of a new PID
@@ -451,6 +541,8 @@ def _fork_standby(module: ModuleType, handler: Any, pid_ns_fd: int) -> _Standby:
                 signal.signal(sig, signal.SIG_DFL)
             iso.prctl(iso.PR_SET_PDEATHSIG, signal.SIGKILL)  # the template's end is ours
             iso.close_fds_except([theirs.fileno()])  # not the template's control socket: its EOF tells the runtime
+            # its own copies of the pages a call writes, made now while nobody waits
+            written, _why = pages.populate_write(_call_pages or [])
             data, fds, _flags, _addr = socket.recv_fds(theirs, MAX_MSG, 8)
             if data:
                 msg = json.loads(data)
@@ -460,7 +552,9 @@ def _fork_standby(module: ModuleType, handler: Any, pid_ns_fd: int) -> _Standby:
                     return fds[layout[key]] if key in layout else -1
 
                 theirs.close()
-                worker.child_main(fds[0], msg["cfg"], module, handler, pid_ns, fd_of("netns"), fd_of("disk"), (fd_of("mntns"), fd_of("mntns_state")))
+                cfg = msg["cfg"]
+                cfg["pages_ahead"] = written
+                worker.child_main(fds[0], cfg, module, handler, pid_ns, fd_of("netns"), fd_of("disk"), (fd_of("mntns"), fd_of("mntns_state")))
             code = 0  # the template went without using it
         finally:
             os._exit(code)

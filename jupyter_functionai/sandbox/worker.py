@@ -47,7 +47,7 @@ from typing import Any
 
 from . import disk as sdisk
 from . import isolation as iso
-from . import seccomp
+from . import pages, seccomp
 from .protocol import (
     HEADER,
     FrameError,
@@ -916,6 +916,55 @@ def sandbox_setup(cfg: dict[str, Any], pid_ns: bool) -> iso.IsolationReport:
     return report
 
 
+NOBODY = 65534
+
+
+def probe_call_pages(module: ModuleType | None, handler: Callable[..., Any] | None, function: str, warmup: str | None, out_fd: int) -> None:
+    """Entry point of the template's page probe (see :mod:`.pages`): a
+    throwaway fork of the template, never an instance, that drives one call
+    through the real call path (the spec's ``warmup`` hook as the handler,
+    else a no-op one) and writes ``{"ranges": [[start, end], ...]}`` (the
+    template's pages that call wrote) or ``{"error": ...}`` as JSON to
+    ``out_fd``.  Never returns.
+
+    It runs confined, like no instance but more than the template: no
+    network (a namespace of its own), no new privileges, and as root the
+    uid ``nobody`` (kept dumpable, so that its own pagemap stays its own
+    to read)."""
+    code = 0
+    try:
+        iso.close_fds_except([out_fd])
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        with contextlib.suppress(OSError):
+            iso.unshare(iso.CLONE_NEWNET)
+        iso.prctl(iso.PR_SET_NO_NEW_PRIVS, 1)
+        if os.geteuid() == 0:
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            iso.prctl(iso.PR_SET_DUMPABLE, 1)
+        ours, _theirs = socket.socketpair()
+        probe = Worker(ours, {"instance_id": "probe", "function": function}, module, handler)
+        regions = pages.private_writable_regions()
+        before = pages.page_flags(regions)
+        before = pages.page_flags(regions)  # (this pass's own bookkeeping reuses the first's memory)
+        try:
+            probe._prime(warmup)
+        except _SetupError as exc:
+            out: dict[str, Any] = {"error": exc.message}
+        else:
+            out = {"ranges": pages.written(before, pages.page_flags(regions))}
+        data = json.dumps(out).encode()
+        while data:
+            data = data[os.write(out_fd, data):]
+    except BaseException:
+        code = 1
+    finally:
+        os._exit(code)
+
+
 def child_main(
     sock_fd: int,
     cfg: dict[str, Any],
@@ -972,6 +1021,8 @@ def child_main(
             report.missing["all"] = "isolation switched off by configuration"
         if cfg.pop("forked_ahead", False):
             report.ahead.insert(0, "process")  # the template's standby: forked before it was asked for
+        if cfg.pop("pages_ahead", 0):
+            report.ahead.append("pages")  # and its own copies of the pages a call writes, taken then
         report.fds_closed = True
         worker = Worker(sock, cfg, module, handler)
         router = _Router(worker._local)
