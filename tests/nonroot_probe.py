@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 
@@ -88,6 +89,19 @@ def handler(event, ctx):
 '''
 
 
+WARMED = """
+table = {}
+
+
+def warmup():
+    table.update((i, str(i)) for i in range(1000))
+
+
+def handler(event, ctx):
+    return len(table)
+"""
+
+
 async def main(cfg: dict) -> dict:
     out: dict = {}
     async with Runtime.open(cfg["data"]) as rt:
@@ -118,6 +132,20 @@ async def main(cfg: dict) -> dict:
             ahead.append((await rt.describe_session(f"cold-{i}"))["instance"]["isolation"]["ahead"])
             await rt.close_session(f"cold-{i}")
         out["starts_ms"] = starts
+        # a function with a warmup hook: its standbys take their own copies of
+        # the pages a call writes (sandbox/pages.py), learned as this user
+        await rt.deploy(FunctionSpec.from_code("warmed", WARMED, warmup="warmup"))
+        await rt.invoke("warmed", None, session="w-first")
+        log = os.path.join(rt.backend.log_dir, "template-warmed-v1.log")  # type: ignore[attr-defined]
+        for _ in range(1200):  # standbys are forked once the template has learned the pages
+            with open(log) as f:
+                out["warmed_log"] = f.read()
+            if "functionai template:" in out["warmed_log"]:
+                break
+            await asyncio.sleep(0.05)
+        for i in range(4):
+            await rt.invoke("warmed", None, session=f"w-{i}")
+            ahead.append((await rt.describe_session(f"w-{i}"))["instance"]["isolation"]["ahead"])
         out["starts_ahead"] = ahead
     return out
 

@@ -226,8 +226,10 @@ def test_cold_start_as_normal_user(world: dict[str, Any]) -> None:
 def test_standbys_take_their_copies_of_a_calls_pages_as_normal_user(world: dict[str, Any]) -> None:
     """In a user namespace too, the template learns the pages a call writes
     (its own pagemap) and later standbys take their own copies ahead."""
-    ahead = world["out"]["starts_ahead"]
+    ahead = world["out"]["starts_ahead"][-4:]  # the function with a warmup hook
+    assert "a call writes" in world["out"]["warmed_log"], world["out"]["warmed_log"]
     assert any("pages" in a for a in ahead), ahead
+    assert all(("process" in a) == ("pages" in a) for a in ahead), ahead
 
 
 def test_refused_user_namespaces_are_said_at_start_and_refuse_required_specs(tmp_path, monkeypatch, caplog) -> None:

@@ -142,6 +142,16 @@ def _own_pages(pid: int, lo: int, n: int) -> int:
     return sum(1 for (e,) in struct.iter_unpack("<Q", raw) if e >> 63 and (e >> 56) & 1)
 
 
+async def _learned(rt: Runtime, name: str) -> str:
+    """The template's log once its probe has answered (or a minute passed)."""
+    deadline = asyncio.get_running_loop().time() + 60
+    log = _template_log(rt, name)
+    while "functionai template:" not in log and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+        log = _template_log(rt, name)
+    return log
+
+
 def _template_log(rt: Runtime, name: str) -> str:
     logs = glob.glob(os.path.join(rt.backend.log_dir, f"template-{name}-v*.log"))  # type: ignore[attr-defined]
     out = ""
@@ -160,6 +170,7 @@ async def test_standbys_hold_their_own_copies_of_what_a_call_writes(rt: Runtime)
     await rt.deploy(FunctionSpec.from_code("warmed", WARMED, warmup="warmup"))
     first = (await rt.invoke("warmed", {"op": "read"}, session="s0")).value
     assert first["seen"] == [1]  # (the template ran the warmup before forking)
+    await _learned(rt, "warmed")  # (standbys are forked once the template knows the pages)
     reports, own = [], []
     for i in range(1, 5):
         lo, n = (await rt.invoke("warmed", {"op": "where"}, session=f"s{i}")).value  # its first call
@@ -170,10 +181,12 @@ async def test_standbys_hold_their_own_copies_of_what_a_call_writes(rt: Runtime)
     with_pages = [i for i, ahead in enumerate(reports) if "pages" in ahead]
     assert with_pages, (reports, _template_log(rt, "warmed"))
     assert "writes" in _template_log(rt, "warmed")
+    for i, ahead in enumerate(reports):
+        assert ("process" in ahead) == ("pages" in ahead), reports  # every standby holds them
     for i, mine in enumerate(own):
         if "pages" in reports[i]:  # the 1 MiB the warmup writes: its own before any call touched it
             assert mine >= 250, (own, reports)
-        else:  # (a standby forked before the template had learned them, or none): still shared
+        else:  # (forked on request: no standby was ready): still shared
             assert mine <= 1, (own, reports)
     # session s1 writes its copy; nobody else sees it, and the template's stays as it was
     assert (await rt.invoke("warmed", {"op": "write", "value": 42}, session="s1")).value["seen"] == [42]
@@ -203,6 +216,7 @@ async def test_a_probe_that_fails_leaves_instances_serving(rt: Runtime) -> None:
     outside it): nothing is written ahead, the template's log says why, and
     every session is served as before."""
     await rt.deploy(FunctionSpec.from_code("probefail", FAILS_IN_PROBE, warmup="warmup"))
+    await _learned(rt, "probefail")
     pids = set()
     for i in range(4):
         assert isinstance((await rt.invoke("probefail", None, session=f"p{i}")).value, int)
@@ -211,6 +225,8 @@ async def test_a_probe_that_fails_leaves_instances_serving(rt: Runtime) -> None:
         pids.add(desc["instance"]["pid"])
     assert len(pids) == 4  # a process of its own each
     log = _template_log(rt, "probefail")
+    ahead = [(await rt.describe_session(f"p{i}"))["instance"]["isolation"]["ahead"] for i in range(1, 4)]
+    assert any("process" in a for a in ahead), ahead  # standbys still
     assert "the probe's call failed" in log and "only in the template" in log, log
 
 
@@ -254,11 +270,7 @@ async def test_the_probe_runs_confined(rt: Runtime) -> None:
         port = srv.getsockname()[1]
         await rt.deploy(FunctionSpec.from_code("confined", CONFINED, warmup="warmup", env={"PROBE_PORT": str(port)}))
         assert (await rt.invoke("confined", None, session="c0")).value == 1
-        log = _template_log(rt, "confined")
-        deadline = asyncio.get_running_loop().time() + 60
-        while "probe" not in log and asyncio.get_running_loop().time() < deadline:  # (it answers once the template is idle)
-            await asyncio.sleep(0.05)
-            log = _template_log(rt, "confined")
+        log = await _learned(rt, "confined")
         assert "('net', 'ConnectionRefusedError')" in log or "('net', 'OSError')" in log or "('net', 'TimeoutError')" in log, log
         assert "('net', 'reached')" not in log, log
         assert "('nnp', '1')" in log, log
@@ -266,3 +278,15 @@ async def test_the_probe_runs_confined(rt: Runtime) -> None:
             assert "('uid', 65534)" in log, log
     finally:
         srv.close()
+
+
+@pytest.mark.asyncio
+async def test_without_a_warmup_hook_nothing_is_written_ahead(rt: Runtime) -> None:
+    """The pages are learned only where the owner asked for primed instances
+    (a warmup hook): a plain function's instances hold no copies ahead."""
+    await rt.deploy(FunctionSpec.from_code("plain", "def handler(e, c):\n    return 1\n"))
+    for i in range(4):
+        assert (await rt.invoke("plain", None, session=f"n{i}")).value == 1
+        ahead = (await rt.describe_session(f"n{i}"))["instance"]["isolation"]["ahead"]
+        assert "pages" not in ahead and "process" in ahead or i == 0, ahead
+    assert "probe" not in _template_log(rt, "plain") and "writes" not in _template_log(rt, "plain")

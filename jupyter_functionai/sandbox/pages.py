@@ -7,10 +7,12 @@ allocator's free lists), and each write is a page fault that copies 4 KiB on
 the call's critical path: for a handler using pandas, ~600 faults and several
 milliseconds of a first call that takes ~1 ms the second time.
 
-So the template learns, once, which of its pages a call writes: a throwaway
+So where the spec has a ``warmup`` hook (the owner's sign that instances
+should start primed), the template learns, once, which of its pages a call
+writes: a throwaway
 probe process (a fork of the template, never an instance) drives one call
-through the worker's real call path, with the spec's ``warmup`` hook as the
-handler where there is one, and reads its own ``/proc/self/pagemap`` before
+through the worker's real call path, with the ``warmup`` hook as the
+handler, and reads its own ``/proc/self/pagemap`` before
 and after: the pages that were shared with the template and are now its own
 are that call's writes.  Each standby (forked ahead, while the template is
 idle) then takes its own copies of those pages with

@@ -158,8 +158,13 @@ def main(argv: list[str] | None = None) -> int:
     while True:
         # idle: fork the next instance's process and make its namespaces
         # ahead, unless something waits
-        fork_ahead = want_standby and standby is None
-        learn_ahead = want_standby and _call_pages is None and probe is None
+        # (the pages a call writes are learned only where the spec has a
+        # warmup hook: without one, those of a no-op call were measured to
+        # save no time for what they cost; where they are, standbys wait for
+        # them, so that every standby holds them)
+        learning = bool(spec.get("warmup")) and _call_pages is None
+        fork_ahead = want_standby and standby is None and not learning
+        learn_ahead = want_standby and learning and probe is None
         net_ahead = _netns_wanted and not _netns_failed and len(_netns_pool) < NETNS_POOL
         mnt_ahead = _mntns_plan is not None and not _mntns_failed and len(_mntns_pool) < MNTNS_POOL
         ahead = fork_ahead or learn_ahead or net_ahead or mnt_ahead

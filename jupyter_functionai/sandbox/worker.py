@@ -919,11 +919,21 @@ def sandbox_setup(cfg: dict[str, Any], pid_ns: bool) -> iso.IsolationReport:
 NOBODY = 65534
 
 
+def _in_user_namespace() -> bool:
+    """Whether this process runs in a user namespace other than the host's
+    (whose map is the whole range: ``0 0 4294967295``)."""
+    try:
+        with open("/proc/self/uid_map") as f:
+            return f.read().split() != ["0", "0", "4294967295"]
+    except OSError:
+        return False
+
+
 def probe_call_pages(module: ModuleType | None, handler: Callable[..., Any] | None, function: str, warmup: str | None, out_fd: int) -> None:
     """Entry point of the template's page probe (see :mod:`.pages`): a
     throwaway fork of the template, never an instance, that drives one call
-    through the real call path (the spec's ``warmup`` hook as the handler,
-    else a no-op one) and writes ``{"ranges": [[start, end], ...]}`` (the
+    through the real call path (the spec's ``warmup`` hook as the handler)
+    and writes ``{"ranges": [[start, end], ...]}`` (the
     template's pages that call wrote) or ``{"error": ...}`` as JSON to
     ``out_fd``.  Never returns.
 
@@ -940,7 +950,7 @@ def probe_call_pages(module: ModuleType | None, handler: Callable[..., Any] | No
         with contextlib.suppress(OSError):
             iso.unshare(iso.CLONE_NEWNET)
         iso.prctl(iso.PR_SET_NO_NEW_PRIVS, 1)
-        if os.geteuid() == 0:
+        if os.geteuid() == 0 and not _in_user_namespace():  # (in one, it is a normal user outside already)
             os.setgroups([])
             os.setgid(NOBODY)
             os.setuid(NOBODY)
