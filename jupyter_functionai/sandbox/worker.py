@@ -780,7 +780,10 @@ def sandbox_setup(cfg: dict[str, Any], pid_ns: bool) -> iso.IsolationReport:
 
     # first: the mounts below make /sys/fs/cgroup read-only
     procs = cfg.get("cgroup_procs") or []
-    if procs:
+    if cfg.get("cgroup_joined"):  # the template's standby: moved into its cgroup while it waited
+        report.cgroup = f"v{cfg.get('cgroup_version')}"
+        report.ahead.append("cgroup")
+    elif procs:
         try:
             for p in procs:
                 with open(p, "w") as f:
