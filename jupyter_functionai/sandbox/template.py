@@ -593,9 +593,9 @@ def _fork_standby(module: ModuleType, handler: Any, pid_ns_fd: int, cgroup: tupl
             for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, signal.SIG_DFL)
             iso.prctl(iso.PR_SET_PDEATHSIG, signal.SIGKILL)  # the template's end is ours
-            os.close(go_w)
-            os.read(go_r, 1)  # (in its cgroup now, if it has one)
-            iso.close_fds_except([theirs.fileno()])  # not the template's control socket: its EOF tells the runtime
+            iso.close_fds_except([theirs.fileno(), go_r])  # not the template's control socket: its EOF tells the runtime
+            os.read(go_r, 1)  # (in its cgroup now, if it has one: EOF once the template has moved it)
+            os.close(go_r)
             # its own copies of the pages a call writes, made now while nobody waits
             written, _why = pages.populate_write(_call_pages or [])
             data, fds, _flags, _addr = socket.recv_fds(theirs, MAX_MSG, 8)
