@@ -518,46 +518,6 @@ async def test_template_that_dies_is_replaced(rt: Runtime):
 
 
 @pytest.mark.asyncio
-async def test_standbys_wait_in_a_cgroup_of_their_own(rt: Runtime):
-    """A standby joins a cgroup while it waits (handed to the template one
-    ahead): the instance it becomes is in that cgroup and only it, the
-    runtime knows it by that name (stats, OOM verdicts, removal), no two
-    instances share one, and the limits are the spec's."""
-    cg = rt.backend.cgroups  # type: ignore[attr-defined]
-    await deploy(rt, "cga", "import os\ndef handler(e, ctx):\n    return os.getpid()\n", memory=80)
-    if not cg.version:
-        pytest.skip(f"no writable cgroups on this machine: {cg.reason}")
-    seen, ahead = [], []
-    for i in range(5):
-        await rt.invoke("cga", {}, session=f"c{i}")
-        desc = await rt.describe_session(f"c{i}")
-        inst = next(j for j in rt.live_instances() if j.id == desc["instance"]["id"])
-        ahead.append(desc["instance"]["isolation"]["ahead"])
-        assert desc["instance"]["isolation"]["cgroup"] == f"v{cg.version}"
-        with open(f"/proc/{inst.pid}/cgroup") as f:
-            membership = f.read()
-        if cg.version == 1:
-            assert f"memory:/{cg.prefix}/{inst.cgroup}\n" in membership, (inst.cgroup, membership)
-            base = f"{cg.root}/memory/{cg.prefix}/{inst.cgroup}"
-            with open(f"{base}/memory.limit_in_bytes") as f:
-                assert int(f.read()) == 80 * 1024 * 1024
-        else:
-            base = f"{cg.root}/{cg.prefix}/{inst.cgroup}"
-            assert f"0::/{cg.prefix}/{inst.cgroup}\n" in membership, (inst.cgroup, membership)
-            with open(f"{base}/memory.max") as f:
-                assert int(f.read()) == 80 * 1024 * 1024
-        with open(f"{base}/cgroup.procs") as f:
-            assert [int(p) for p in f.read().split()] == [inst.pid]  # it alone
-        stats = inst.stats()
-        assert stats["cgroup_memory"] > 0, stats  # read from its cgroup, by the name the runtime has
-        seen.append(inst.cgroup)
-    assert len(set(seen)) == 5, seen
-    assert any("cgroup" in a for a in ahead[1:]), ahead
-    for a in ahead:
-        assert ("cgroup" in a) <= ("process" in a), ahead  # only a standby joins ahead
-
-
-@pytest.mark.asyncio
 async def test_instance_sits_in_its_own_cgroups_with_the_specs_limits(rt: Runtime):
     cg = rt.backend.cgroups  # type: ignore[attr-defined]
     await deploy(rt, "cg", "import threading\ndef handler(e, ctx):\n    t = threading.Thread(target=print); t.start(); t.join()\n    return 1\n", memory=96, cpu=0.5)

@@ -68,7 +68,7 @@ class _Template:
         self.proc: subprocess.Popen[bytes] | None = None
         self.ctl: socket.socket | None = None
         self.ready: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self.forked: dict[str, asyncio.Future[tuple[int, str | None]]] = {}
+        self.forked: dict[str, asyncio.Future[int]] = {}
         self.import_ms = 0.0
         self.pid_ns = False
         self.closed = False
@@ -77,9 +77,6 @@ class _Template:
         #: a template in a user namespace is PID 1 of its own PID namespace:
         #: its pids -> the runtime's (from the pidfd that comes with ``forked``)
         self.host_pids: dict[int, int] = {}
-        #: cgroups handed to it for its standbys (one ahead: the next standby
-        #: joins it while it waits), until an instance is reported in one
-        self.cg_held: set[str] = set()
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -96,13 +93,6 @@ class _Template:
             "userns": self.backend.userns,
             "standby": not self.single_shot,  # keep one instance process forked ahead
         }
-        if not self.single_shot and self.backend.cgroups.version and self.backend.isolate:
-            # a cgroup for its first standby to wait in (the next ones come one
-            # ahead with each fork request)
-            with contextlib.suppress(OSError):
-                name, procs = self.backend._take_cgroup(spec, f"{self.backend.cgroup_tag}-s{os.urandom(6).hex()}")
-                self.cg_held.add(name)
-                tspec["cgroup_ahead"] = [{"name": name, "procs": procs}]
         env = sandbox_env(os.environ)
         env.update({"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
         env.update(dict(spec.env))
@@ -165,8 +155,7 @@ class _Template:
         elif op == "forked":
             fut = self.forked.pop(msg["iid"], None)
             if fut is not None and not fut.done():
-                cg = msg.get("cgroup")
-                fut.set_result((int(msg["pid"]), cg if isinstance(cg, str) else None))
+                fut.set_result(int(msg["pid"]))
         elif op == "exited":
             self.backend._on_exit(int(msg["pid"]), int(msg["status"]))
             if self.single_shot:
@@ -185,12 +174,11 @@ class _Template:
         self.forked.clear()
         self.close()
 
-    async def fork(self, cfg: dict[str, Any], sock: socket.socket, disk_mount_fd: int | None = None) -> tuple[int, str | None]:
+    async def fork(self, cfg: dict[str, Any], sock: socket.socket, disk_mount_fd: int | None = None) -> int:
         """Have the template fork an instance on ``sock``; ``disk_mount_fd``:
-        the session disk's detached mount, which the instance attaches.  Its
-        pid, and the cgroup the template says it is in (None: as asked)."""
+        the session disk's detached mount, which the instance attaches."""
         assert self.ctl is not None
-        fut: asyncio.Future[tuple[int, str | None]] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.forked[cfg["instance_id"]] = fut
         fds = [sock.fileno()] + ([disk_mount_fd] if disk_mount_fd is not None else [])
         try:
@@ -208,10 +196,6 @@ class _Template:
         if self.closed:
             return
         self.closed = True
-        for name in self.cg_held:  # (its standby goes with it: retried until empty)
-            with contextlib.suppress(RuntimeError):
-                self.backend._cleanup_cgroup(name)
-        self.cg_held.clear()
         for pid in self.pids:  # a dead template cannot take its instances down
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
@@ -963,7 +947,6 @@ class ProcessBackend(Backend):
             "required": sorted(spec.isolation_required),
             "seccomp": {"mode": spec.seccomp, "allow": sorted(spec.seccomp_allow)},
             "cgroup_procs": cg_procs,
-            "cgroup_name": cg_name,
             "cgroup_version": self.cgroups.version,
             "cgroup_error": cg_err,
             "memory_mb": spec.resources.memory_mb,
@@ -986,31 +969,16 @@ class ProcessBackend(Backend):
                 if inst._disk_mount_fd is not None:
                     disk["premounted"] = True  # handed over with the fork request
             cfg["bind"] = inst._bind_message(binding, disk)
-        if cg_procs and not template.single_shot and not template.cg_held:
-            # one cgroup ahead for the template's next standby, which joins it
-            # while it waits (a cgroup v1 attach costs 1-3 ms), before it takes
-            # its pages: what it holds is charged to its own session's cgroup
-            with contextlib.suppress(OSError):
-                ahead_name, ahead_procs = self._take_cgroup(spec, f"{cg_name}a")
-                template.cg_held.add(ahead_name)
-                cfg["cgroup_ahead"] = [{"name": ahead_name, "procs": ahead_procs}]
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             await inst._open(ours)
-            pid, cg_used = await template.fork(cfg, theirs, inst._disk_mount_fd)
+            pid = await template.fork(cfg, theirs, inst._disk_mount_fd)
         except BaseException:
             theirs.close()
             await inst.stop("start failed")
             self._cleanup_cgroup(cg_name)
             raise
         theirs.close()
-        if cg_used is not None and cg_used != cg_name and cg_used in template.cg_held:
-            # started in the standby, in the cgroup it joined ahead: the one
-            # taken for this request waits in the template for the next standby
-            template.cg_held.discard(cg_used)
-            if cg_procs:
-                template.cg_held.add(cg_name)
-            inst.cgroup = cg_name = cg_used
         inst.pid = pid
         template.pids.add(pid)
         self._by_pid[pid] = inst

@@ -847,8 +847,7 @@ class IsolationReport:
     #: all), "net" / "mount" (namespaces the template made while idle, the
     #: mount one with its masks in place), "disk" (its disk, mounted ahead),
     #: "pages" (its own copies of the template's pages a call writes, taken
-    #: while it waited: see ``sandbox.pages``), "cgroup" (moved into its
-    #: own cgroup while it waited, before it took anything)
+    #: while it waited: see ``sandbox.pages``)
     ahead: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:

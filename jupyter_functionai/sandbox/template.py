@@ -154,7 +154,6 @@ def main(argv: list[str] | None = None) -> int:
     instances: set[int] = set()
     want_standby = bool(spec.get("standby"))
     standby: _Standby | None = None
-    _cg_pending.extend(_cgroups_ahead(spec.get("cgroup_ahead")))
     probe: _PageProbe | None = None
     while True:
         # idle: fork the next instance's process and make its namespaces
@@ -178,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         if not events and ahead:
             if fork_ahead:
                 try:
-                    standby = _fork_standby(module, handler, pid_ns_fd, _cg_pending.pop(0) if _cg_pending and not _cg_join_failed else None)
+                    standby = _fork_standby(module, handler, pid_ns_fd)
                     instances.add(standby.pid)  # killed with the others if we go
                 except OSError:
                     want_standby = False  # (no process to spare: instances are forked on request)
@@ -231,20 +230,9 @@ def main(argv: list[str] | None = None) -> int:
                 netns_fd = _take_netns(cfg)
                 mntns = _take_mntns(cfg)
                 disk_fd = fds[1] if len(fds) > 1 else -1  # the session disk, mounted ahead (detached)
-                _cg_pending.extend(_cgroups_ahead(cfg.pop("cgroup_ahead", None)))
-                cg_used = cfg.get("cgroup_name")
                 pid = -1
                 if standby is not None:
-                    joined, scfg = standby.cgroup, cfg
-                    if joined is not None:  # it is in a cgroup of its own already: the one asked for waits for the next
-                        scfg = {**cfg, "cgroup_procs": [], "cgroup_joined": True}
-                    pid, standby = standby.start(scfg, fds[0], netns_fd, disk_fd, mntns), None
-                    if joined is not None and pid > 0:
-                        if cfg.get("cgroup_procs"):
-                            _cg_pending.append((str(cfg.get("cgroup_name")), list(cfg["cgroup_procs"])))
-                        cg_used = joined[0]
-                    elif joined is not None:
-                        _cg_pending.append(joined)  # (the standby is gone: its cgroup is empty again)
+                    pid, standby = standby.start(cfg, fds[0], netns_fd, disk_fd, mntns), None
                 if pid < 0:  # none ready (or it is gone): fork now
                     pid = _fork_instance(fds[0], cfg, module, handler, pid_ns_fd, ctl, rfd, wfd, netns_fd, disk_fd, mntns)
                 for fd in fds:
@@ -262,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
                             pidfds.append(os.pidfd_open(pid))
                         except OSError:
                             pass
-                    _send(ctl, {"op": "forked", "iid": cfg["instance_id"], "pid": pid, "cgroup": cg_used}, pidfds)
+                    _send(ctl, {"op": "forked", "iid": cfg["instance_id"], "pid": pid}, pidfds)
                     for pfd in pidfds:
                         os.close(pfd)
 
@@ -504,32 +492,6 @@ class _PageProbe:
             return [], f"the probe's answer was refused: {exc}"
 
 
-# Cgroups the runtime handed ahead, for standbys to join while they wait
-# (each for one instance, never shared): (name, cgroup.procs paths).
-_cg_pending: list[tuple[str, list[str]]] = []
-_cg_join_failed = ""  # why joining one failed: standbys stop trying
-
-
-def _cgroups_ahead(items: Any) -> list[tuple[str, list[str]]]:
-    out = []
-    for item in items if isinstance(items, list) else []:
-        if isinstance(item, dict) and isinstance(item.get("name"), str) and isinstance(item.get("procs"), list):
-            out.append((item["name"], [str(p) for p in item["procs"]]))
-    return out
-
-
-def _join_cgroup(pid: int, procs: list[str]) -> str:
-    """Move process ``pid`` into a cgroup (each hierarchy's ``cgroup.procs``);
-    why it failed, or ""."""
-    try:
-        for path in procs:
-            with open(path, "w") as f:
-                f.write(str(pid))
-    except OSError as exc:
-        return str(exc)
-    return ""
-
-
 class _Standby:
     """A process forked ahead (Android's zygote keeps such a pool of
     "unspecialised" processes): a fork of the template, PID 1 of a new PID
@@ -539,10 +501,8 @@ class _Standby:
     holding large imports, is not on that instance's critical path.  It
     becomes one instance, is never shared, and dies with the template."""
 
-    def __init__(self, pid: int, sock: socket.socket, pid_ns: bool, cgroup: tuple[str, list[str]] | None = None) -> None:
+    def __init__(self, pid: int, sock: socket.socket, pid_ns: bool) -> None:
         self.pid, self.sock, self.pid_ns = pid, sock, pid_ns
-        #: the cgroup it joined while it waited (its instance's), if any
-        self.cgroup = cgroup
 
     def start(self, cfg: dict[str, Any], sock_fd: int, netns_fd: int, disk_fd: int, mntns: tuple[int, int]) -> int:
         """Hand the request to the standby; its pid, or -1 if it is gone."""
@@ -561,12 +521,8 @@ class _Standby:
         return self.pid
 
 
-def _fork_standby(module: ModuleType, handler: Any, pid_ns_fd: int, cgroup: tuple[str, list[str]] | None = None) -> _Standby:
-    """Fork the standby; with ``cgroup``, move it there before it takes
-    anything (its pages are charged to its own session's cgroup)."""
-    global _cg_join_failed
+def _fork_standby(module: ModuleType, handler: Any, pid_ns_fd: int) -> _Standby:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    go_r, go_w = os.pipe()  # the child waits on it until it is in its cgroup
     pid_ns = False
     if pid_ns_fd >= 0:
         try:
@@ -581,10 +537,6 @@ def _fork_standby(module: ModuleType, handler: Any, pid_ns_fd: int, cgroup: tupl
             iso.setns(pid_ns_fd, iso.CLONE_NEWPID)
         ours.close()
         theirs.close()
-        os.close(go_r)
-        os.close(go_w)
-        if cgroup is not None:
-            _cg_pending.insert(0, cgroup)
         raise
     if pid == 0:  # the standby (never returns: an exception here must not reach the template's loop)
         code = 5
@@ -593,9 +545,7 @@ def _fork_standby(module: ModuleType, handler: Any, pid_ns_fd: int, cgroup: tupl
             for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, signal.SIG_DFL)
             iso.prctl(iso.PR_SET_PDEATHSIG, signal.SIGKILL)  # the template's end is ours
-            iso.close_fds_except([theirs.fileno(), go_r])  # not the template's control socket: its EOF tells the runtime
-            os.read(go_r, 1)  # (in its cgroup now, if it has one: EOF once the template has moved it)
-            os.close(go_r)
+            iso.close_fds_except([theirs.fileno()])  # not the template's control socket: its EOF tells the runtime
             # its own copies of the pages a call writes, made now while nobody waits
             written, _why = pages.populate_write(_call_pages or [])
             data, fds, _flags, _addr = socket.recv_fds(theirs, MAX_MSG, 8)
@@ -616,15 +566,7 @@ def _fork_standby(module: ModuleType, handler: Any, pid_ns_fd: int, cgroup: tupl
     if pid_ns:  # back to our own PID namespace for the next fork's children
         iso.setns(pid_ns_fd, iso.CLONE_NEWPID)
     theirs.close()
-    os.close(go_r)
-    if cgroup is not None:
-        why = _join_cgroup(pid, cgroup[1])
-        if why:
-            _cg_join_failed = why  # (it stays with the runtime, removed with the template)
-            print(f"functionai template: a standby could not join its cgroup ahead ({why}); instances join their own", file=sys.stderr, flush=True)
-            cgroup = None
-    os.close(go_w)  # (EOF: go on)
-    return _Standby(pid, ours, pid_ns, cgroup)
+    return _Standby(pid, ours, pid_ns)
 
 
 def _fork_instance(

@@ -780,10 +780,7 @@ def sandbox_setup(cfg: dict[str, Any], pid_ns: bool) -> iso.IsolationReport:
 
     # first: the mounts below make /sys/fs/cgroup read-only
     procs = cfg.get("cgroup_procs") or []
-    if cfg.get("cgroup_joined"):  # the template's standby: moved into its cgroup while it waited
-        report.cgroup = f"v{cfg.get('cgroup_version')}"
-        report.ahead.append("cgroup")
-    elif procs:
+    if procs:
         try:
             for p in procs:
                 with open(p, "w") as f:
