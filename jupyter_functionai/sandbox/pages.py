@@ -9,19 +9,21 @@ milliseconds of a first call that takes ~1 ms the second time.
 
 So where the spec has a ``warmup`` hook (the owner's sign that instances
 should start primed), the template learns, once, which of its pages a call
-writes: a throwaway
-probe process (a fork of the template, never an instance) drives one call
-through the worker's real call path, with the ``warmup`` hook as the
-handler, and reads its own ``/proc/self/pagemap`` before
-and after: the pages that were shared with the template and are now its own
-are that call's writes.  Each standby (forked ahead, while the template is
-idle) then takes its own copies of those pages with
+writes: a throwaway probe process (a fork of the template, never an
+instance) drives one call through the worker's real call path, with the
+``warmup`` hook as the handler, and reads its own ``/proc/self/pagemap``
+before and after: the pages that were shared with the template and are now
+its own are that call's writes.  Each standby (forked ahead, while the
+template is idle) then takes its own copies of those pages with
 ``madvise(MADV_POPULATE_WRITE)`` (Linux 5.14) before it is asked for, off
-every critical path.  Nothing is shared by this: every copy is the standby's
-own, made from the template's pages before any session's code runs.
+every critical path.  Nothing is shared by this: every copy is the
+standby's own, made from the template's pages before any session's code
+runs.
 
-The cost is memory: an instance that never serves a call holds the copies a
-call would have made anyway (bounded by :data:`MAX_PAGES`).
+The cost is memory: an instance that never serves a call holds the copies
+a call would have made (bounded by :data:`MAX_PAGES`), and since the
+standby takes them before it joins its session's cgroup, they are charged
+to the template's.
 """
 
 from __future__ import annotations
