@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tornado import web
+from tornado.iostream import StreamClosedError
 
 from .._version import __version__
 from ..errors import BadPayload, InvalidArgument, NotFound
 from ..mcp.manager import KEY_SCOPE_PREFIX
 from ..spec import FunctionSpec
-from .base import BaseHandler, jupyter_auth, query_int
+from .base import BaseHandler, dumps, jupyter_auth, query_int
 from .gateway import InvokeHandler
 from .mcp import (
     McpEndpointHandler,
@@ -30,6 +31,13 @@ from .mcp import (
 )
 
 API = "/functionai/api"
+#: The REST API's own version (the handshake's ``api``): raised when a change would break a client.
+API_VERSION = 1
+#: The events stream: how often it looks for a change, sends a keep-alive, ends (the browser reconnects).
+EVENTS_TICK = 0.1
+EVENTS_KEEPALIVE = 15.0
+EVENTS_MAX_S = 300.0
+EVENTS_RETRY_MS = 2000
 # path parameters take any one segment; the handler judges it (a JSON 404, not
 # Jupyter's HTML page, for a name that cannot exist)
 NAME = r"(?P<name>[^/]+)"
@@ -63,6 +71,64 @@ class HealthHandler(BaseHandler):
                 "pool": rt.pool.sizes(),
             }
         )
+
+
+class VersionHandler(BaseHandler):
+    @jupyter_auth
+    async def get(self) -> None:
+        """The handshake of the JupyterLab extension: it compares its own version
+        with this one and says so when they differ (a stale browser tab, or a
+        server extension older than the frontend one)."""
+        self.write_json({"version": __version__, "api": API_VERSION})
+
+
+class EventsHandler(BaseHandler):
+    """``text/event-stream`` (server-sent events): one ``changed`` event each
+    time what the sidebar shows may have changed, so it refetches at once
+    instead of polling.
+
+    A change is a committed store write (a session opened or closed, a cold
+    start, a task, a run, an invocation's log line: every write goes through
+    the one writer, which counts them) or a live instance come or gone.  The
+    check is two integers every :data:`EVENTS_TICK` seconds, however many
+    clients listen; at most one event per tick.  A ``: keep-alive`` comment
+    goes out every :data:`EVENTS_KEEPALIVE` seconds, and a stream ends after
+    :data:`EVENTS_MAX_S` (the browser's ``EventSource`` reconnects by itself,
+    after ``retry`` ms), so no connection outlives a proxy's idle timeout or
+    the server.
+    """
+
+    @jupyter_auth
+    async def get(self) -> None:
+        rt = self.runtime
+        self.set_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.set_header("Cache-Control", "no-cache")
+        self.set_header("X-Accel-Buffering", "no")
+
+        def mark() -> tuple[int, int]:
+            return rt.store.writer.committed, len(rt.live_instances())
+
+        loop = asyncio.get_running_loop()
+        started = last_sent = loop.time()
+        seen = mark()
+        try:
+            self.write(f"retry: {EVENTS_RETRY_MS}\nevent: hello\ndata: {dumps({'version': __version__})}\n\n")
+            await self.flush()
+            while loop.time() - started < EVENTS_MAX_S:
+                await asyncio.sleep(EVENTS_TICK)
+                now = mark()
+                if now != seen:
+                    seen = now
+                    self.write(f"event: changed\ndata: {dumps({'writes': now[0], 'instances': now[1]})}\n\n")
+                elif loop.time() - last_sent >= EVENTS_KEEPALIVE:
+                    self.write(": keep-alive\n\n")
+                else:
+                    continue
+                last_sent = loop.time()
+                await self.flush()
+        except StreamClosedError:
+            return  # the tab went away
+        self.finish()
 
 
 class FunctionsHandler(BaseHandler):
@@ -441,6 +507,8 @@ class Route:
 ROUTES: list[Route] = [
     Route(f"{API}/health", "/functionai/api/health", HealthHandler, {"get": Op("Runtime health and pools", returns="Health")}),
     Route(f"{API}/openapi.json", "/functionai/api/openapi.json", OpenAPIHandler, {"get": Op("This document")}),
+    Route(f"{API}/version", "/functionai/api/version", VersionHandler, {"get": Op("The server extension's version (the JupyterLab extension's handshake)", returns="Health", errors=())}),
+    Route(f"{API}/events", "/functionai/api/events", EventsHandler, {"get": Op("Server-sent events: 'changed' whenever what the sidebar shows may have changed", errors=())}),
     Route(
         f"{API}/functions",
         "/functionai/api/functions",

@@ -1,0 +1,420 @@
+/**
+ * The sidebar's data layer: what it fetches from the server extension's REST
+ * API, what it makes of it, and when it fetches again.
+ *
+ * Nothing here touches the DOM or JupyterLab: the HTTP calls go through a
+ * `Fetcher` (the extension passes one over `ServerConnection`; the unit tests
+ * pass their own), so the same logic is tested under jest and runs in Lab.
+ */
+
+/** One REST call. `path` is relative to `<base_url>/functionai/api/`. */
+export interface Fetcher {
+  get<T>(path: string): Promise<T>;
+  post<T>(path: string, body: unknown): Promise<T>;
+  del(path: string): Promise<void>;
+}
+
+/** An answer of the API that is not 2xx, with the server's `{"error": {...}}`. */
+export class ApiError extends Error {
+  constructor(
+    readonly status: number,
+    readonly kind: string,
+    message: string
+  ) {
+    super(message);
+    this.name = 'ApiError';
+  }
+}
+
+export interface FunctionRow {
+  name: string;
+  active_version: number;
+  latest_version: number;
+  created_at: number;
+  updated_at: number;
+}
+
+export interface InstanceInfo {
+  id: string;
+  pid?: number | null;
+  path?: string | null;
+  isolation?: Record<string, unknown> | null;
+  alive?: boolean;
+  rss?: number | null;
+  uss?: number | null;
+}
+
+export interface SessionRow {
+  id: string;
+  function: string;
+  version: number;
+  status: string;
+  created_at: number;
+  last_used_at?: number | null;
+  calls: number;
+  state_bytes?: number | null;
+  instance_id?: string | null;
+  age_s?: number | null;
+  idle_s?: number | null;
+  instance?: InstanceInfo | null;
+  busy?: boolean;
+}
+
+export interface ColdStartRow {
+  instance_id: string;
+  function: string;
+  version: number;
+  path: string;
+  spawn_ms: number;
+  init_ms: number;
+  first_call_ms: number | null;
+  session_id?: string | null;
+  at: number;
+}
+
+export interface InvocationRow {
+  function: string;
+  duration_ms: number;
+  outcome: string;
+  started_at: number;
+}
+
+export interface Handshake {
+  version: string;
+  api: number;
+}
+
+/** What a function's line in the sidebar shows. */
+export interface FunctionSummary {
+  name: string;
+  version: number;
+  latest: number;
+  instances: number;
+  sessions: number;
+  calls: number;
+  p50_ms: number | null;
+}
+
+export interface PathSummary {
+  path: string;
+  count: number;
+  p50_ms: number;
+}
+
+export interface Snapshot {
+  functions: FunctionRow[];
+  sessions: SessionRow[];
+  coldstarts: ColdStartRow[];
+  invocations: InvocationRow[];
+}
+
+/** The three parts of a cold start, in the order they happen. */
+export const SEGMENTS: ReadonlyArray<[keyof ColdStartRow, string]> = [
+  ['spawn_ms', 'spawn'],
+  ['init_ms', 'init'],
+  ['first_call_ms', 'first call']
+];
+
+/** Sessions shown: the open ones (ended sessions pile up; the API keeps them). */
+export const OPEN_STATUSES = ['live', 'paused'];
+
+/** Cold starts and invocations fetched per refresh. */
+export const COLDSTART_LIMIT = 200;
+export const INVOCATION_LIMIT = 500;
+
+// -- formatting ------------------------------------------------------------------
+
+export function percentile(values: readonly number[], q: number): number {
+  if (values.length === 0) {
+    return NaN;
+  }
+  const sorted = [...values].sort((a, b) => a - b);
+  const rank = Math.min(sorted.length - 1, Math.max(0, Math.ceil((q / 100) * sorted.length) - 1));
+  return sorted[rank];
+}
+
+export function formatMs(ms: number | null | undefined): string {
+  if (ms === null || ms === undefined || !isFinite(ms)) {
+    return '—';
+  }
+  if (ms < 10) {
+    return `${ms.toFixed(1)} ms`;
+  }
+  if (ms < 10_000) {
+    return `${Math.round(ms)} ms`;
+  }
+  return `${(ms / 1000).toFixed(1)} s`;
+}
+
+export function formatDuration(seconds: number | null | undefined): string {
+  if (seconds === null || seconds === undefined || !isFinite(seconds) || seconds < 0) {
+    return '—';
+  }
+  if (seconds < 60) {
+    return `${Math.floor(seconds)}s`;
+  }
+  if (seconds < 3600) {
+    return `${Math.floor(seconds / 60)}m ${Math.floor(seconds % 60)}s`;
+  }
+  if (seconds < 86400) {
+    return `${Math.floor(seconds / 3600)}h ${Math.floor((seconds % 3600) / 60)}m`;
+  }
+  return `${Math.floor(seconds / 86400)}d ${Math.floor((seconds % 86400) / 3600)}h`;
+}
+
+export function formatBytes(n: number | null | undefined): string {
+  if (n === null || n === undefined || !isFinite(n) || n < 0) {
+    return '—';
+  }
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let v = n;
+  let i = 0;
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i += 1;
+  }
+  return i === 0 ? `${v} B` : `${v < 10 ? v.toFixed(1) : Math.round(v)} ${units[i]}`;
+}
+
+/** What isolation an instance achieved, in a few words (the full report goes in a tooltip). */
+export function isolationSummary(iso: Record<string, unknown> | null | undefined): string {
+  if (!iso) {
+    return '—';
+  }
+  const parts: string[] = [];
+  const ns = iso['namespaces'];
+  if (ns && typeof ns === 'object') {
+    const on = Object.entries(ns as Record<string, unknown>)
+      .filter(([, v]) => v === true)
+      .map(([k]) => k);
+    if (on.length) {
+      parts.push(`ns ${on.join('+')}`);
+    }
+  }
+  if (iso['user_namespace'] === true) {
+    parts.push('userns');
+  }
+  if (typeof iso['uid'] === 'number') {
+    parts.push(`uid ${iso['uid']}`);
+  }
+  if (typeof iso['cgroup'] === 'string' && iso['cgroup']) {
+    parts.push(`cgroup ${iso['cgroup']}`);
+  }
+  if (typeof iso['seccomp'] === 'string' && iso['seccomp'] !== 'off') {
+    parts.push(`seccomp ${iso['seccomp']}`);
+  }
+  if (typeof iso['disk'] === 'string' && iso['disk']) {
+    parts.push(`disk ${iso['disk']}`);
+  }
+  const missing = iso['missing'];
+  if (missing && typeof missing === 'object' && Object.keys(missing as object).length) {
+    parts.push(`missing ${Object.keys(missing as object).join(', ')}`);
+  }
+  return parts.join(' · ') || 'none';
+}
+
+export function coldstartTotal(row: ColdStartRow): number {
+  let total = 0;
+  for (const [key] of SEGMENTS) {
+    const v = Number(row[key] ?? 0);
+    total += isFinite(v) && v > 0 ? v : 0;
+  }
+  return total;
+}
+
+/** p50 of the total cold start per path, most frequent path first. */
+export function coldstartsByPath(rows: readonly ColdStartRow[]): PathSummary[] {
+  const by = new Map<string, number[]>();
+  for (const r of rows) {
+    const key = r.path || '?';
+    const list = by.get(key) ?? [];
+    list.push(coldstartTotal(r));
+    by.set(key, list);
+  }
+  return [...by.entries()]
+    .map(([path, totals]) => ({ path, count: totals.length, p50_ms: percentile(totals, 50) }))
+    .sort((a, b) => b.count - a.count || a.path.localeCompare(b.path));
+}
+
+/** Each function with its live instances, open sessions, calls and p50 latency. */
+export function summariseFunctions(snap: Snapshot): FunctionSummary[] {
+  const latencies = new Map<string, number[]>();
+  for (const inv of snap.invocations) {
+    const list = latencies.get(inv.function) ?? [];
+    list.push(inv.duration_ms);
+    latencies.set(inv.function, list);
+  }
+  return snap.functions.map(f => {
+    const mine = snap.sessions.filter(s => s.function === f.name && OPEN_STATUSES.includes(s.status));
+    const instances = new Set(mine.map(s => s.instance?.id ?? s.instance_id).filter(Boolean));
+    const lat = latencies.get(f.name) ?? [];
+    return {
+      name: f.name,
+      version: f.active_version,
+      latest: f.latest_version,
+      instances: instances.size,
+      sessions: mine.length,
+      calls: mine.reduce((n, s) => n + (s.calls || 0), 0),
+      p50_ms: lat.length ? percentile(lat, 50) : null
+    };
+  });
+}
+
+/** Open sessions, newest first. */
+export function openSessions(rows: readonly SessionRow[]): SessionRow[] {
+  return rows
+    .filter(s => OPEN_STATUSES.includes(s.status))
+    .sort((a, b) => (b.created_at || 0) - (a.created_at || 0) || a.id.localeCompare(b.id));
+}
+
+/**
+ * The rows a virtualised list draws: those in view, plus `overscan` on either
+ * side. `rowHeight` is fixed, so nothing needs measuring.
+ */
+export function visibleRange(
+  count: number,
+  scrollTop: number,
+  viewHeight: number,
+  rowHeight: number,
+  overscan = 8
+): { start: number; end: number } {
+  if (count <= 0 || rowHeight <= 0) {
+    return { start: 0, end: 0 };
+  }
+  const first = Math.floor(Math.max(0, scrollTop) / rowHeight);
+  const shown = Math.ceil(Math.max(0, viewHeight) / rowHeight) + 1;
+  const start = Math.max(0, Math.min(count, first - overscan));
+  const end = Math.max(start, Math.min(count, first + shown + overscan));
+  return { start, end };
+}
+
+/**
+ * The handshake's verdict: `null` when the frontend and the server extension
+ * agree, else the notice to show.
+ */
+export function handshakeNotice(frontend: string, server: Handshake | null, error?: string): string | null {
+  if (server === null) {
+    return `The FunctionAI server extension did not answer (${error ?? 'no answer'}): is jupyter_functionai installed and enabled in this server?`;
+  }
+  if (server.version !== frontend) {
+    return (
+      `FunctionAI versions differ: this page has the JupyterLab extension ${frontend}, ` +
+      `the server runs ${server.version}. Reload the page; if it persists, reinstall jupyter-functionai and restart the server.`
+    );
+  }
+  return null;
+}
+
+/** The message of an error, for a person. */
+export function describeError(err: unknown): string {
+  if (err instanceof ApiError) {
+    return `${err.status} ${err.kind}: ${err.message}`;
+  }
+  if (err instanceof Error) {
+    return err.message || err.name;
+  }
+  return String(err);
+}
+
+// -- the model -------------------------------------------------------------------
+
+export type Listener = (model: SidebarModel) => void;
+
+/**
+ * The sidebar's state, fetched from the REST API. `refresh()` fetches
+ * everything at once; calls while one is under way are folded into one more
+ * after it (a burst of change events costs two fetches, not one each).
+ */
+export class SidebarModel {
+  snapshot: Snapshot = { functions: [], sessions: [], coldstarts: [], invocations: [] };
+  /** Why the last refresh failed (the last good snapshot is kept and shown dimmed), or null. */
+  error: string | null = null;
+  /** When the last refresh succeeded (ms since the epoch), or null before the first. */
+  updatedAt: number | null = null;
+  /** How many refreshes fetched (for the tests and the benchmark). */
+  refreshes = 0;
+  private listeners: Listener[] = [];
+  private running: Promise<void> | null = null;
+  private again = false;
+
+  constructor(private readonly fetcher: Fetcher) {}
+
+  subscribe(listener: Listener): () => void {
+    this.listeners.push(listener);
+    return () => {
+      this.listeners = this.listeners.filter(l => l !== listener);
+    };
+  }
+
+  get sessions(): SessionRow[] {
+    return openSessions(this.snapshot.sessions);
+  }
+
+  get functions(): FunctionSummary[] {
+    return summariseFunctions(this.snapshot);
+  }
+
+  get paths(): PathSummary[] {
+    return coldstartsByPath(this.snapshot.coldstarts);
+  }
+
+  get lastColdStart(): ColdStartRow | null {
+    let best: ColdStartRow | null = null;
+    for (const r of this.snapshot.coldstarts) {
+      if (best === null || r.at > best.at) {
+        best = r;
+      }
+    }
+    return best;
+  }
+
+  /** Fetch everything again; resolves once the model holds the answer (or the error). */
+  refresh(): Promise<void> {
+    if (this.running) {
+      this.again = true;
+      return this.running;
+    }
+    this.running = (async () => {
+      try {
+        do {
+          this.again = false;
+          await this.fetchOnce();
+        } while (this.again);
+      } finally {
+        this.running = null;
+      }
+    })();
+    return this.running;
+  }
+
+  async closeSession(id: string): Promise<void> {
+    await this.fetcher.del(`sessions/${encodeURIComponent(id)}`);
+    await this.refresh();
+  }
+
+  async rollback(name: string, version: number): Promise<void> {
+    await this.fetcher.post(`functions/${encodeURIComponent(name)}/rollback`, { version });
+    await this.refresh();
+  }
+
+  private async fetchOnce(): Promise<void> {
+    try {
+      const [functions, live, paused, coldstarts, invocations] = await Promise.all([
+        this.fetcher.get<FunctionRow[]>('functions'),
+        this.fetcher.get<SessionRow[]>('sessions?status=live'),
+        this.fetcher.get<SessionRow[]>('sessions?status=paused'),
+        this.fetcher.get<ColdStartRow[]>(`coldstarts?limit=${COLDSTART_LIMIT}`),
+        this.fetcher.get<InvocationRow[]>(`invocations?limit=${INVOCATION_LIMIT}`)
+      ]);
+      this.snapshot = { functions, sessions: [...live, ...paused], coldstarts, invocations };
+      this.error = null;
+      this.updatedAt = Date.now();
+    } catch (err) {
+      this.error = describeError(err);
+    }
+    this.refreshes += 1;
+    for (const l of [...this.listeners]) {
+      l(this);
+    }
+  }
+}

@@ -1,0 +1,398 @@
+/**
+ * The FunctionAI sidebar: a Lumino widget in JupyterLab's left area, drawn
+ * with plain DOM from the `SidebarModel` (no kernel involved).
+ *
+ * Sections: Functions, Sessions (a virtualised list: only the rows in view
+ * exist in the DOM, so 1,000 sessions cost what 30 do), Cold starts (an SVG
+ * chart split into spawn / init / first call, coloured by path, with p50 per
+ * path). A failed refresh shows its reason above the last good data, dimmed.
+ */
+
+import { Widget } from '@lumino/widgets';
+
+import {
+  ColdStartRow,
+  FunctionSummary,
+  SEGMENTS,
+  SessionRow,
+  SidebarModel,
+  coldstartTotal,
+  describeError,
+  formatBytes,
+  formatDuration,
+  formatMs,
+  isolationSummary,
+  visibleRange
+} from './model';
+
+/** A session row's height in px (fixed: the list is virtualised). */
+export const ROW_HEIGHT = 46;
+/** Cold starts drawn in the chart (newest). */
+export const CHART_STARTS = 24;
+
+/** The colour of each start path, as in the widget panels (theme-independent hues). */
+export const PATH_COLOURS: Record<string, string> = {
+  'warm-pool': '#2e7d32',
+  'template-fork': '#1565c0',
+  fresh: '#e65100'
+};
+
+export function pathColour(path: string | null | undefined): string {
+  return PATH_COLOURS[path ?? ''] ?? '#757575';
+}
+
+function el<K extends keyof HTMLElementTagNameMap>(
+  tag: K,
+  attrs: Record<string, string> = {},
+  text?: string
+): HTMLElementTagNameMap[K] {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === 'class') {
+      node.className = v;
+    } else {
+      node.setAttribute(k, v);
+    }
+  }
+  if (text !== undefined) {
+    node.textContent = text;
+  }
+  return node;
+}
+
+const SVG = 'http://www.w3.org/2000/svg';
+
+function svg(tag: string, attrs: Record<string, string | number>): SVGElement {
+  const node = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    node.setAttribute(k, String(v));
+  }
+  return node;
+}
+
+export interface SidebarActions {
+  /** Ask before closing a session (a dialog in Lab); resolve true to close. */
+  confirmClose(session: SessionRow): Promise<boolean>;
+  /** Put a text on the clipboard and say so. */
+  copy(text: string, what: string): void;
+  /** The invoke endpoint of a function (absolute URL). */
+  endpoint(name: string): string;
+}
+
+export class FunctionAISidebar extends Widget {
+  readonly model: SidebarModel;
+  private readonly actions: SidebarActions;
+  private readonly notice: HTMLDivElement;
+  private readonly status: HTMLDivElement;
+  private readonly functionsBody: HTMLDivElement;
+  private readonly sessionsSummary: HTMLDivElement;
+  private readonly sessionsView: HTMLDivElement;
+  private readonly sessionsSpacer: HTMLDivElement;
+  private readonly coldBody: HTMLDivElement;
+  private rows: SessionRow[] = [];
+  private readonly closing = new Set<string>();
+  private drawn = { start: -1, end: -1, version: -1 };
+  private version = 0;
+  private handshake: string | null = null;
+
+  constructor(model: SidebarModel, actions: SidebarActions) {
+    super();
+    this.model = model;
+    this.actions = actions;
+    this.id = 'functionai-sidebar';
+    this.addClass('fai-sidebar');
+    this.title.caption = 'FunctionAI';
+
+    const root = this.node;
+    root.setAttribute('role', 'region');
+    root.setAttribute('aria-label', 'FunctionAI');
+    const header = el('div', { class: 'fai-header' });
+    header.appendChild(el('h2', { class: 'fai-title' }, 'FunctionAI'));
+    const refresh = el('button', { class: 'fai-button fai-refresh', 'aria-label': 'Refresh FunctionAI', title: 'Refresh' }, '⟳');
+    refresh.addEventListener('click', () => void this.model.refresh());
+    header.appendChild(refresh);
+    root.appendChild(header);
+
+    this.notice = el('div', { class: 'fai-notice', role: 'alert', hidden: '' });
+    root.appendChild(this.notice);
+    this.status = el('div', { class: 'fai-error', role: 'status', 'aria-live': 'polite', hidden: '' });
+    root.appendChild(this.status);
+
+    this.functionsBody = el('div', { class: 'fai-functions' });
+    root.appendChild(this.section('Functions', 'functions', this.functionsBody));
+
+    const sessions = el('div', { class: 'fai-sessions' });
+    this.sessionsSummary = el('div', { class: 'fai-summary' });
+    this.sessionsView = el('div', { class: 'fai-sessions-view', role: 'list', 'aria-label': 'Open sessions' });
+    this.sessionsSpacer = el('div', { class: 'fai-sessions-spacer' });
+    this.sessionsView.appendChild(this.sessionsSpacer);
+    this.sessionsView.addEventListener('scroll', () => this.drawSessions(false));
+    sessions.appendChild(this.sessionsSummary);
+    sessions.appendChild(this.sessionsView);
+    root.appendChild(this.section('Sessions', 'sessions', sessions));
+
+    this.coldBody = el('div', { class: 'fai-coldstarts' });
+    root.appendChild(this.section('Cold starts', 'coldstarts', this.coldBody));
+
+    this.model.subscribe(() => this.render());
+    this.render();
+  }
+
+  /** Show (or clear, with null) the handshake's notice. */
+  setHandshake(notice: string | null): void {
+    this.handshake = notice;
+    this.notice.hidden = notice === null;
+    this.notice.textContent = notice ?? '';
+  }
+
+  protected onAfterShow(): void {
+    this.drawSessions(true);
+  }
+
+  protected onResize(): void {
+    this.drawSessions(false);
+  }
+
+  private section(title: string, key: string, body: HTMLElement): HTMLElement {
+    const details = el('details', { class: `fai-section fai-section-${key}`, open: '' });
+    const summary = el('summary', { class: 'fai-section-title' }, title);
+    details.appendChild(summary);
+    details.appendChild(body);
+    details.addEventListener('toggle', () => this.drawSessions(true));
+    return details;
+  }
+
+  render(): void {
+    const m = this.model;
+    this.status.hidden = m.error === null;
+    this.status.textContent = m.error === null ? '' : `Cannot reach the FunctionAI server: ${m.error}` + (m.updatedAt ? ` (showing what it said at ${new Date(m.updatedAt).toLocaleTimeString()})` : '');
+    this.toggleClass('fai-stale', m.error !== null);
+    this.renderFunctions(m.functions);
+    this.rows = m.sessions;
+    this.version += 1;
+    const counts = new Map<string, number>();
+    for (const s of this.rows) {
+      counts.set(s.status, (counts.get(s.status) ?? 0) + 1);
+    }
+    this.sessionsSummary.textContent = this.rows.length
+      ? [...counts.entries()].map(([k, n]) => `${n} ${k}`).join(' · ')
+      : m.updatedAt === null && m.error === null
+        ? 'loading…'
+        : 'no open sessions';
+    this.drawSessions(true);
+    this.renderColdStarts();
+    void this.handshake;
+  }
+
+  // -- functions ---------------------------------------------------------------
+
+  private renderFunctions(rows: FunctionSummary[]): void {
+    const body = this.functionsBody;
+    body.textContent = '';
+    if (!rows.length) {
+      body.appendChild(el('div', { class: 'fai-empty' }, this.model.updatedAt === null ? 'loading…' : 'no functions deployed (use %%function in a notebook)'));
+      return;
+    }
+    for (const f of rows) {
+      const row = el('div', { class: 'fai-function', 'data-function': f.name, role: 'group', 'aria-label': `function ${f.name}` });
+      const line = el('div', { class: 'fai-line' });
+      line.appendChild(el('span', { class: 'fai-name' }, f.name));
+      line.appendChild(el('span', { class: 'fai-dim' }, ` v${f.version}${f.latest !== f.version ? ` (latest v${f.latest})` : ''}`));
+      row.appendChild(line);
+      row.appendChild(
+        el(
+          'div',
+          { class: 'fai-line fai-dim fai-function-stats' },
+          `${f.instances} instance${f.instances === 1 ? '' : 's'} · ${f.sessions} session${f.sessions === 1 ? '' : 's'} · p50 ${formatMs(f.p50_ms)}`
+        )
+      );
+      const tools = el('div', { class: 'fai-line fai-tools' });
+      const copyUrl = el('button', { class: 'fai-button', 'aria-label': `Copy the endpoint of ${f.name}` }, 'Copy endpoint');
+      copyUrl.addEventListener('click', () => this.actions.copy(this.actions.endpoint(f.name), 'endpoint'));
+      const copyCurl = el('button', { class: 'fai-button', 'aria-label': `Copy a curl command calling ${f.name}` }, 'Copy curl');
+      copyCurl.addEventListener('click', () =>
+        this.actions.copy(
+          `curl -X POST ${this.actions.endpoint(f.name)} -H "Authorization: token $FUNCTIONAI_TOKEN" -H "X-Functionai-Session-Id: my-session" -H "Content-Type: application/json" -d '{"hello": "world"}'`,
+          'curl command'
+        )
+      );
+      tools.appendChild(copyUrl);
+      tools.appendChild(copyCurl);
+      if (f.latest > 1) {
+        const pick = el('select', { class: 'fai-rollback-version', 'aria-label': `Version of ${f.name} to roll back to` });
+        for (let v = f.latest; v >= 1; v--) {
+          const opt = el('option', { value: String(v) }, `v${v}`);
+          if (v === f.version) {
+            opt.selected = true;
+          }
+          pick.appendChild(opt);
+        }
+        const go = el('button', { class: 'fai-button fai-rollback', 'aria-label': `Roll ${f.name} back to the chosen version` }, 'Roll back');
+        go.addEventListener('click', () => {
+          go.disabled = true;
+          this.model
+            .rollback(f.name, Number(pick.value))
+            .catch(err => this.showError(`rollback of ${f.name} failed: ${describeError(err)}`))
+            .finally(() => (go.disabled = false));
+        });
+        tools.appendChild(pick);
+        tools.appendChild(go);
+      }
+      row.appendChild(tools);
+      body.appendChild(row);
+    }
+  }
+
+  // -- sessions: a virtualised list --------------------------------------------------
+
+  private drawSessions(force: boolean): void {
+    const view = this.sessionsView;
+    const count = this.rows.length;
+    this.sessionsSpacer.style.height = `${count * ROW_HEIGHT}px`;
+    const height = view.clientHeight || 400;
+    const { start, end } = visibleRange(count, view.scrollTop, height, ROW_HEIGHT);
+    if (!force && start === this.drawn.start && end === this.drawn.end && this.drawn.version === this.version) {
+      return;
+    }
+    this.drawn = { start, end, version: this.version };
+    for (const old of Array.from(view.querySelectorAll('.fai-session'))) {
+      old.remove();
+    }
+    const frag = document.createDocumentFragment();
+    for (let i = start; i < end; i++) {
+      frag.appendChild(this.sessionRow(this.rows[i], i));
+    }
+    view.appendChild(frag);
+  }
+
+  private sessionRow(s: SessionRow, index: number): HTMLElement {
+    const inst = s.instance ?? null;
+    const row = el('div', {
+      class: `fai-session fai-status-${s.status}`,
+      role: 'listitem',
+      'data-session-id': s.id,
+      'data-instance-id': inst?.id ?? s.instance_id ?? '',
+      'data-pid': inst?.pid !== null && inst?.pid !== undefined ? String(inst.pid) : ''
+    });
+    row.style.top = `${index * ROW_HEIGHT}px`;
+    row.style.height = `${ROW_HEIGHT}px`;
+    const top = el('div', { class: 'fai-line' });
+    top.appendChild(el('span', { class: 'fai-session-id', title: s.id }, s.id));
+    top.appendChild(el('span', { class: `fai-badge fai-badge-${s.status}` }, s.status));
+    const closing = this.closing.has(s.id);
+    const close = el('button', { class: 'fai-button fai-close', 'aria-label': `Close session ${s.id}`, title: `Close session ${s.id}` }, closing ? 'closing…' : 'Close');
+    close.disabled = closing;
+    close.addEventListener('click', () => void this.closeSession(s));
+    top.appendChild(close);
+    row.appendChild(top);
+    const iso = isolationSummary(inst?.isolation ?? null);
+    const path = inst?.path ?? '';
+    const detail = el('div', { class: 'fai-line fai-dim fai-session-detail' });
+    detail.title = `isolation: ${iso}`;
+    const pathSpan = el('span', { class: 'fai-path' }, path || '—');
+    pathSpan.style.color = pathColour(path);
+    detail.appendChild(el('span', {}, `${s.function} v${s.version} → `));
+    detail.appendChild(el('span', { class: 'fai-instance' }, inst?.id ?? s.instance_id ?? '—'));
+    detail.appendChild(el('span', {}, ' → pid '));
+    detail.appendChild(el('span', { class: 'fai-pid' }, inst?.pid !== null && inst?.pid !== undefined ? String(inst.pid) : '—'));
+    detail.appendChild(el('span', {}, ' · '));
+    detail.appendChild(pathSpan);
+    detail.appendChild(
+      el(
+        'span',
+        {},
+        ` · age ${formatDuration(s.age_s)} · idle ${formatDuration(s.idle_s)} · ${s.calls} call${s.calls === 1 ? '' : 's'} · state ${formatBytes(s.state_bytes)} · ${iso}`
+      )
+    );
+    row.appendChild(detail);
+    return row;
+  }
+
+  private async closeSession(s: SessionRow): Promise<void> {
+    if (!(await this.actions.confirmClose(s))) {
+      return;
+    }
+    this.closing.add(s.id);
+    this.drawSessions(true);
+    try {
+      await this.model.closeSession(s.id);
+    } catch (err) {
+      this.showError(`closing session ${s.id} failed: ${describeError(err)}`);
+    } finally {
+      this.closing.delete(s.id);
+      this.version += 1;
+      this.drawSessions(true);
+    }
+  }
+
+  private showError(text: string): void {
+    this.status.hidden = false;
+    this.status.textContent = text;
+  }
+
+  // -- cold starts --------------------------------------------------------------------
+
+  private renderColdStarts(): void {
+    const body = this.coldBody;
+    body.textContent = '';
+    const rows = [...this.model.snapshot.coldstarts].sort((a, b) => b.at - a.at).slice(0, CHART_STARTS);
+    if (!rows.length) {
+      body.appendChild(el('div', { class: 'fai-empty' }, this.model.updatedAt === null ? 'loading…' : 'no cold starts yet'));
+      return;
+    }
+    const paths = el('div', { class: 'fai-paths' });
+    for (const p of this.model.paths) {
+      const chip = el('span', { class: 'fai-path-p50', 'data-path': p.path }, `${p.path}: p50 ${formatMs(p.p50_ms)} (n=${p.count})`);
+      chip.style.borderColor = pathColour(p.path);
+      paths.appendChild(chip);
+    }
+    body.appendChild(paths);
+    body.appendChild(coldstartChart(rows));
+  }
+}
+
+/** Bars of recent cold starts (newest on top), each split into spawn / init / first call. */
+export function coldstartChart(rows: ColdStartRow[], width = 280): SVGElement {
+  const barH = 12;
+  const gap = 4;
+  const labelW = 70;
+  const rightW = 52;
+  const axisH = 18;
+  const plotW = width - labelW - rightW;
+  const top = Math.max(1, ...rows.map(coldstartTotal));
+  const height = rows.length * (barH + gap) + axisH;
+  const chart = svg('svg', { class: 'fai-chart', width, height, viewBox: `0 0 ${width} ${height}`, role: 'img', 'aria-label': 'Recent cold starts' });
+  rows.forEach((r, i) => {
+    const y = i * (barH + gap);
+    const total = coldstartTotal(r);
+    const colour = pathColour(r.path);
+    const g = svg('g', { class: 'fai-bar', 'data-path': r.path, 'data-instance': r.instance_id, 'data-session': r.session_id ?? '', 'data-total-ms': total.toFixed(3) });
+    const tip = svg('title', {});
+    tip.textContent =
+      `${r.function} v${r.version} · ${r.path} · instance ${r.instance_id}${r.session_id ? ` · session ${r.session_id}` : ''}\n` +
+      SEGMENTS.map(([k, name]) => `${name} ${formatMs(Number(r[k] ?? 0))}`).join(' + ') +
+      ` = ${formatMs(total)}`;
+    g.appendChild(tip);
+    const label = svg('text', { x: labelW - 4, y: y + barH - 2, 'text-anchor': 'end', fill: 'currentColor' });
+    const who = r.session_id || r.instance_id;
+    label.textContent = who.length > 11 ? `${who.slice(0, 10)}…` : who;
+    g.appendChild(label);
+    let x = labelW;
+    SEGMENTS.forEach(([k, name], j) => {
+      const ms = Math.max(0, Number(r[k] ?? 0));
+      const w = (ms * plotW) / top;
+      g.appendChild(
+        svg('rect', { class: 'fai-seg', 'data-segment': name, 'data-ms': ms.toFixed(3), x: x.toFixed(2), y, width: w.toFixed(2), height: barH, fill: colour, 'fill-opacity': [1, 0.6, 0.3][j] })
+      );
+      x += w;
+    });
+    const value = svg('text', { x: (x + 3).toFixed(2), y: y + barH - 2, fill: 'currentColor' });
+    value.textContent = formatMs(total);
+    g.appendChild(value);
+    chart.appendChild(g);
+  });
+  const legend = svg('text', { x: labelW, y: height - 4, fill: 'currentColor', class: 'fai-legend' });
+  legend.textContent = 'spawn ▮ init ▮ first call (lighter) · ms';
+  chart.appendChild(legend);
+  return chart;
+}

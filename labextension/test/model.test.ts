@@ -1,0 +1,228 @@
+/**
+ * The sidebar's data layer under jest. The Fetcher here answers from a
+ * table of paths (this is the unit below the HTTP layer; the browser tests
+ * drive the real server).
+ */
+
+import { describe, expect, it } from '@jest/globals';
+
+import {
+  ApiError,
+  ColdStartRow,
+  Fetcher,
+  SessionRow,
+  SidebarModel,
+  coldstartsByPath,
+  formatBytes,
+  formatDuration,
+  formatMs,
+  handshakeNotice,
+  isolationSummary,
+  openSessions,
+  percentile,
+  summariseFunctions,
+  visibleRange
+} from '../src/model';
+
+function session(id: string, over: Partial<SessionRow> = {}): SessionRow {
+  return { id, function: 'echo', version: 1, status: 'live', created_at: 100, calls: 0, instance: { id: `i-${id}`, pid: 10 }, ...over };
+}
+
+function start(path: string, spawn: number, over: Partial<ColdStartRow> = {}): ColdStartRow {
+  return { instance_id: 'i', function: 'echo', version: 1, path, spawn_ms: spawn, init_ms: 1, first_call_ms: 2, at: 1, ...over };
+}
+
+class TableFetcher implements Fetcher {
+  calls: string[] = [];
+  deleted: string[] = [];
+  posted: Array<[string, unknown]> = [];
+  fail: Error | null = null;
+  gate: Promise<void> | null = null;
+
+  constructor(public table: Record<string, unknown>) {}
+
+  async get<T>(path: string): Promise<T> {
+    this.calls.push(path);
+    if (this.gate) {
+      await this.gate;
+    }
+    if (this.fail) {
+      throw this.fail;
+    }
+    if (!(path in this.table)) {
+      throw new ApiError(404, 'not_found', `no ${path}`);
+    }
+    return this.table[path] as T;
+  }
+
+  async post<T>(path: string, body: unknown): Promise<T> {
+    this.posted.push([path, body]);
+    return null as T;
+  }
+
+  async del(path: string): Promise<void> {
+    this.deleted.push(path);
+  }
+}
+
+function table(sessions: SessionRow[] = [], paused: SessionRow[] = []): Record<string, unknown> {
+  return {
+    functions: [{ name: 'echo', active_version: 2, latest_version: 3, created_at: 1, updated_at: 2 }],
+    'sessions?status=live': sessions,
+    'sessions?status=paused': paused,
+    'coldstarts?limit=200': [start('template-fork', 10), start('warm-pool', 1), start('template-fork', 30)],
+    'invocations?limit=500': [
+      { function: 'echo', duration_ms: 5, outcome: 'ok', started_at: 1 },
+      { function: 'echo', duration_ms: 1, outcome: 'ok', started_at: 2 },
+      { function: 'echo', duration_ms: 9, outcome: 'ok', started_at: 3 },
+      { function: 'other', duration_ms: 100, outcome: 'ok', started_at: 3 }
+    ]
+  };
+}
+
+describe('formatting', () => {
+  it('takes percentiles by rank', () => {
+    expect(percentile([3, 1, 2], 50)).toBe(2);
+    expect(percentile([1, 2, 3, 4], 50)).toBe(2);
+    expect(percentile([1, 2, 3, 4], 100)).toBe(4);
+    expect(percentile([], 50)).toBeNaN();
+  });
+
+  it('formats times, durations and sizes', () => {
+    expect(formatMs(2.345)).toBe('2.3 ms');
+    expect(formatMs(123.4)).toBe('123 ms');
+    expect(formatMs(12345)).toBe('12.3 s');
+    expect(formatMs(null)).toBe('—');
+    expect(formatDuration(59)).toBe('59s');
+    expect(formatDuration(61)).toBe('1m 1s');
+    expect(formatDuration(3 * 3600 + 120)).toBe('3h 2m');
+    expect(formatDuration(-1)).toBe('—');
+    expect(formatBytes(0)).toBe('0 B');
+    expect(formatBytes(1536)).toBe('1.5 KiB');
+    expect(formatBytes(300 * 1024 * 1024)).toBe('300 MiB');
+    expect(formatBytes(undefined)).toBe('—');
+  });
+
+  it('sums up the isolation an instance achieved, and what is missing', () => {
+    const text = isolationSummary({ namespaces: { pid: true, net: true, ipc: false }, user_namespace: true, cgroup: 'v2', seccomp: 'default', missing: { cgroup: 'not delegated' } });
+    expect(text).toContain('ns pid+net');
+    expect(text).not.toContain('ipc');
+    expect(text).toContain('userns');
+    expect(text).toContain('seccomp default');
+    expect(text).toContain('missing cgroup');
+    expect(isolationSummary(null)).toBe('—');
+  });
+});
+
+describe('derived views', () => {
+  it('gives p50 per cold-start path, the commonest first', () => {
+    const paths = coldstartsByPath([start('template-fork', 10), start('warm-pool', 1), start('template-fork', 30)]);
+    expect(paths.map(p => p.path)).toEqual(['template-fork', 'warm-pool']);
+    expect(paths[0]).toEqual({ path: 'template-fork', count: 2, p50_ms: 13 });
+    expect(paths[1].p50_ms).toBe(4);
+  });
+
+  it('counts a start without a first call as spawn + init', () => {
+    expect(coldstartsByPath([start('fresh', 10, { first_call_ms: null })])[0].p50_ms).toBe(11);
+  });
+
+  it('summarises each function from sessions and invocations', () => {
+    const snap = {
+      functions: table()['functions'] as never,
+      sessions: [session('a', { calls: 2 }), session('b', { calls: 1, instance: { id: 'i-a', pid: 10 } }), session('c', { status: 'closed', calls: 7 })],
+      coldstarts: [],
+      invocations: table()['invocations?limit=500'] as never
+    };
+    const [echo] = summariseFunctions(snap);
+    expect(echo).toEqual({ name: 'echo', version: 2, latest: 3, instances: 1, sessions: 2, calls: 3, p50_ms: 5 });
+  });
+
+  it('lists open sessions newest first', () => {
+    const rows = openSessions([session('old', { created_at: 1 }), session('gone', { status: 'closed', created_at: 9 }), session('new', { created_at: 5, status: 'paused' })]);
+    expect(rows.map(r => r.id)).toEqual(['new', 'old']);
+  });
+
+  it('draws only the rows in view of a virtualised list', () => {
+    expect(visibleRange(1000, 0, 400, 40, 0)).toEqual({ start: 0, end: 11 });
+    expect(visibleRange(1000, 4000, 400, 40, 5)).toEqual({ start: 95, end: 116 });
+    expect(visibleRange(1000, 1e9, 400, 40, 5)).toEqual({ start: 1000, end: 1000 });
+    expect(visibleRange(3, 0, 400, 40)).toEqual({ start: 0, end: 3 });
+    expect(visibleRange(0, 0, 400, 40)).toEqual({ start: 0, end: 0 });
+  });
+});
+
+describe('the handshake', () => {
+  it('is silent when the versions agree', () => {
+    expect(handshakeNotice('1.2.0', { version: '1.2.0', api: 1 })).toBeNull();
+  });
+
+  it('names both versions when they differ', () => {
+    const notice = handshakeNotice('1.2.0', { version: '1.1.0', api: 1 });
+    expect(notice).toContain('1.2.0');
+    expect(notice).toContain('1.1.0');
+    expect(notice).toContain('Reload');
+  });
+
+  it('says the server extension is missing when nothing answers', () => {
+    expect(handshakeNotice('1.2.0', null, '404 not_found: nope')).toContain('404 not_found: nope');
+  });
+});
+
+describe('SidebarModel', () => {
+  it('fetches everything and tells its listeners', async () => {
+    const f = new TableFetcher(table([session('a')], [session('p', { status: 'paused' })]));
+    const model = new SidebarModel(f);
+    let told = 0;
+    model.subscribe(() => (told += 1));
+    await model.refresh();
+    expect(told).toBe(1);
+    expect(model.error).toBeNull();
+    expect(model.sessions.map(s => s.id).sort()).toEqual(['a', 'p']);
+    expect(model.functions[0].p50_ms).toBe(5);
+    expect(model.lastColdStart?.path).toBe('template-fork');
+  });
+
+  it('keeps the last good data and says why a refresh failed', async () => {
+    const f = new TableFetcher(table([session('a')]));
+    const model = new SidebarModel(f);
+    await model.refresh();
+    const good = model.updatedAt;
+    f.fail = new ApiError(503, 'unavailable', 'the server is stopping');
+    await model.refresh();
+    expect(model.error).toBe('503 unavailable: the server is stopping');
+    expect(model.sessions.map(s => s.id)).toEqual(['a']);
+    expect(model.updatedAt).toBe(good);
+    f.fail = null;
+    await model.refresh();
+    expect(model.error).toBeNull();
+  });
+
+  it('folds refreshes asked for meanwhile into one more fetch', async () => {
+    const f = new TableFetcher(table());
+    const model = new SidebarModel(f);
+    let open: () => void = () => undefined;
+    f.gate = new Promise(resolve => (open = resolve));
+    const first = model.refresh();
+    const burst = [model.refresh(), model.refresh(), model.refresh()];
+    f.gate = null;
+    open();
+    await Promise.all([first, ...burst]);
+    expect(model.refreshes).toBe(2); // the first, then one for the whole burst
+    expect(f.calls.filter(c => c === 'functions')).toHaveLength(2);
+  });
+
+  it('closes a session by id (escaped) and refetches', async () => {
+    const f = new TableFetcher(table([session('a/b')]));
+    const model = new SidebarModel(f);
+    await model.closeSession('a/b');
+    expect(f.deleted).toEqual(['sessions/a%2Fb']);
+    expect(model.refreshes).toBe(1);
+  });
+
+  it('rolls back with the version asked for', async () => {
+    const f = new TableFetcher(table());
+    const model = new SidebarModel(f);
+    await model.rollback('echo', 1);
+    expect(f.posted).toEqual([['functions/echo/rollback', { version: 1 }]]);
+  });
+});
