@@ -31,7 +31,7 @@ from jupyter_functionai._version import __version__
 from jupyter_functionai.client import Client
 
 from .test_cli_server import Server, start_server, stop_server, wait_until
-from .test_panels_ui import TIMEOUT_MS, api, browser  # noqa: F401  (the browser fixture)
+from .test_panels_ui import TIMEOUT_MS, api, browser, open_notebook, put_notebook  # noqa: F401  (the browser fixture)
 
 FUNCTION = "lab-echo"
 ECHO = "def handler(event, ctx):\n    ctx.session.state['n'] = ctx.session.state.get('n', 0) + 1\n    return ctx.session.state['n']\n"
@@ -43,7 +43,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("labext")
     srv = start_server(root / "home", root / "data", command="lab")
     try:
-        # no toast ("get Jupyter news?") over what the tests click
+        # every cell in the DOM (no virtualised notebook), and no toast ("get Jupyter news?") over what the tests click
+        api(srv, "PUT", "lab/api/settings/@jupyterlab/notebook-extension:tracker", {"raw": json.dumps({"windowingMode": "none"})})
         api(srv, "PUT", "lab/api/settings/@jupyterlab/apputils-extension:notification", {"raw": json.dumps({"fetchNews": "false", "doNotDisturbMode": True})})
         Client(srv.url, srv.token).deploy(FUNCTION, ECHO)
         yield srv
@@ -178,6 +179,60 @@ def test_launcher_palette_and_status_bar(lab: Server, browser: Browser) -> None:
     expect(labels.filter(has_text="FunctionAI: Close a Session")).to_have_count(1)
     page.keyboard.press("Escape")
     client.close_session(sid)
+    assert errors.seen == []
+    page.close()
+
+
+def test_promote_a_cell_to_a_function(lab: Server, browser: Browser) -> None:  # noqa: F811
+    """The cell context menu's "Promote Cell to Function" deploys the cell (no
+    kernel involved), under the name typed in its dialog."""
+    client = Client(lab.url, lab.token)
+    name = f"promoted-{secrets.token_hex(3)}"
+    put_notebook(lab, "promote.ipynb", ["def handler(event, ctx):\n    return {'promoted': event}"])
+    page = open_notebook(browser, f"{lab.url}/lab/workspaces/promote/tree/promote.ipynb?reset&token={lab.token}", 1)
+    errors = Errors(page)
+    page.locator(".jp-Notebook .jp-Cell").first.locator(".jp-InputArea-editor").click(button="right")
+    page.locator('.lm-Menu-item[data-command="functionai:promote-cell"]').click()
+    dialog = page.locator(".jp-Dialog")
+    dialog.get_by_label("Function name").fill("9 not a name")
+    dialog.locator("button.jp-mod-accept").click()
+    expect(page.locator(".jp-Dialog")).to_contain_text("is not a function name")  # asked again, nothing deployed
+    page.locator(".jp-Dialog button.jp-mod-accept").click()
+    dialog = page.locator(".jp-Dialog")
+    dialog.get_by_label("Function name").fill(name)
+    dialog.locator("button.jp-mod-accept", has_text="Deploy").click()
+    wait_until(lambda: any(f["name"] == name for f in client.functions()), 30, f"{name} to be deployed")
+    assert client.invoke(name, 3).value == {"promoted": 3}
+    expect(page.locator(f'{SIDEBAR} .fai-function[data-function="{name}"]')).to_have_count(1)
+    assert errors.seen == []
+    page.close()
+
+
+def test_run_as_job_from_the_notebook_toolbar(lab: Server, browser: Browser) -> None:  # noqa: F811
+    """The toolbar's "Run as job": its form starts a run of the notebook (its
+    parameters injected), the sidebar follows it to the end, and its output
+    link opens the executed notebook in a Lab tab."""
+    client = Client(lab.url, lab.token)
+    # (x comes from the parameters: papermill injects them in a cell of their own at the top)
+    put_notebook(lab, "job.ipynb", ["import sys", "print('job ran with', x)"])
+    page = open_notebook(browser, f"{lab.url}/lab/workspaces/job/tree/job.ipynb?reset&token={lab.token}", 2)
+    errors = Errors(page)
+    page.locator(".fai-toolbar-run-as-job").first.click()
+    dialog = page.locator(".jp-Dialog")
+    dialog.locator('textarea[name="parameters"]').fill('{"x": 41}')
+    dialog.locator('input[name="tags"]').fill("ui, toolbar")
+    dialog.locator("button.jp-mod-accept", has_text="Run").click()
+    wait_until(lambda: any(r["notebook"] == "job.ipynb" for r in client.runs()), 30, "the run to start")
+    run = next(r for r in client.runs() if r["notebook"] == "job.ipynb")
+    assert run["parameters"] == {"x": 41} and sorted(run["tags"]) == ["toolbar", "ui"], run
+    sidebar = open_sidebar(page)
+    row = sidebar.locator(f'.fai-run[data-run-id="{run["id"]}"]')
+    expect(row.locator(".fai-run-state")).to_have_text("succeeded", timeout=180_000)
+    row.locator('a.fai-run-link[data-format="ipynb"]').click()
+    out = client.run(run["id"])["outputs"]["ipynb"]
+    expect(page.locator(".lm-DockPanel-tabBar .lm-TabBar-tab.lm-mod-current")).to_contain_text(Path(out).name)
+    tab = page.locator(".jp-NotebookPanel", has=page.locator(".jp-OutputArea-output", has_text="job ran with 41"))
+    expect(tab).to_have_count(1)
     assert errors.seen == []
     page.close()
 

@@ -9,12 +9,14 @@ import { ILayoutRestorer, JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyte
 import { Clipboard, Dialog, ICommandPalette, Notification, showDialog } from '@jupyterlab/apputils';
 import { PageConfig, URLExt } from '@jupyterlab/coreutils';
 import { ILauncher } from '@jupyterlab/launcher';
+import { INotebookTracker } from '@jupyterlab/notebook';
 import { ServerConnection } from '@jupyterlab/services';
 import { IStatusBar } from '@jupyterlab/statusbar';
 import { LabIcon } from '@jupyterlab/ui-components';
 import { Widget } from '@lumino/widgets';
 
 import { ApiError, Fetcher, Handshake, SidebarModel, describeError, formatMs, handshakeNotice } from './model';
+import { addToolbarButtons, promoteCell, runAsJob } from './notebook';
 import { FunctionAISidebar } from './sidebar';
 
 import iconSvg from '../style/icon.svg';
@@ -32,6 +34,9 @@ export namespace CommandIDs {
   export const refresh = 'functionai:refresh';
   export const closeSession = 'functionai:close-session';
   export const copyEndpoint = 'functionai:copy-endpoint';
+  export const promoteCell = 'functionai:promote-cell';
+  export const runAsJob = 'functionai:run-as-job';
+  export const schedule = 'functionai:schedule-notebook';
 }
 
 /** The REST API over Jupyter's own connection (its token, its XSRF cookie). */
@@ -173,13 +178,14 @@ const plugin: JupyterFrontEndPlugin<void> = {
   id: PLUGIN_ID,
   description: 'The FunctionAI sidebar: functions, sessions and cold starts of the FunctionAI runtime',
   autoStart: true,
-  optional: [ICommandPalette, ILauncher, IStatusBar, ILayoutRestorer],
+  optional: [ICommandPalette, ILauncher, IStatusBar, ILayoutRestorer, INotebookTracker],
   activate: (
     app: JupyterFrontEnd,
     palette: ICommandPalette | null,
     launcher: ILauncher | null,
     statusBar: IStatusBar | null,
-    restorer: ILayoutRestorer | null
+    restorer: ILayoutRestorer | null,
+    notebooks: INotebookTracker | null
   ): void => {
     const settings = ServerConnection.makeSettings();
     const model = new SidebarModel(serverFetcher(settings));
@@ -196,7 +202,14 @@ const plugin: JupyterFrontEndPlugin<void> = {
         Clipboard.copyToSystem(text);
         Notification.info(`Copied the ${what}`, { autoClose: 2000 });
       },
-      endpoint: name => URLExt.join(window.location.origin, settings.baseUrl, 'functionai/invoke', encodeURIComponent(name))
+      endpoint: name => URLExt.join(window.location.origin, settings.baseUrl, 'functionai/invoke', encodeURIComponent(name)),
+      openOutput: (path, format) => {
+        if (format === 'ipynb') {
+          void app.commands.execute('docmanager:open', { path });
+        } else {
+          window.open(URLExt.join(settings.baseUrl, 'files', URLExt.encodeParts(path)), '_blank', 'noopener');
+        }
+      }
     });
     sidebar.title.icon = functionaiIcon;
     app.shell.add(sidebar, 'left', { rank: 900 });
@@ -274,8 +287,33 @@ const plugin: JupyterFrontEndPlugin<void> = {
         Notification.info(`Copied the endpoint of ${name}`, { autoClose: 2000 });
       }
     });
+    const show = (): void => app.shell.activateById(sidebar.id);
+    let paletteCommands = [CommandIDs.open, CommandIDs.refresh, CommandIDs.closeSession, CommandIDs.copyEndpoint];
+    if (notebooks) {
+      const tracker = notebooks;
+      const hasNotebook = (): boolean => tracker.currentWidget !== null;
+      app.commands.addCommand(CommandIDs.promoteCell, {
+        label: 'Promote Cell to Function',
+        caption: 'FunctionAI: deploy the active cell as a sandbox function, as %%function does',
+        isEnabled: () => tracker.activeCell?.model.type === 'code',
+        execute: () => promoteCell(model, tracker, show)
+      });
+      app.commands.addCommand(CommandIDs.runAsJob, {
+        label: 'FunctionAI: Run Notebook as Job…',
+        isEnabled: hasNotebook,
+        execute: () => (tracker.currentWidget ? runAsJob(model, tracker.currentWidget, false, show) : undefined)
+      });
+      app.commands.addCommand(CommandIDs.schedule, {
+        label: 'FunctionAI: Schedule Notebook…',
+        isEnabled: hasNotebook,
+        execute: () => (tracker.currentWidget ? runAsJob(model, tracker.currentWidget, true, show) : undefined)
+      });
+      app.contextMenu.addItem({ command: CommandIDs.promoteCell, selector: '.jp-Notebook .jp-CodeCell', rank: 20 });
+      addToolbarButtons(tracker, (panel, schedule) => void runAsJob(model, panel, schedule, show));
+      paletteCommands = [...paletteCommands, CommandIDs.promoteCell, CommandIDs.runAsJob, CommandIDs.schedule];
+    }
     if (palette) {
-      for (const command of [CommandIDs.open, CommandIDs.refresh, CommandIDs.closeSession, CommandIDs.copyEndpoint]) {
+      for (const command of paletteCommands) {
         palette.addItem({ command, category: 'FunctionAI' });
       }
     }

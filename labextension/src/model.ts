@@ -101,11 +101,37 @@ export interface PathSummary {
   p50_ms: number;
 }
 
+export interface RunRow {
+  id: string;
+  notebook: string;
+  name?: string | null;
+  state: string;
+  created_at?: number | null;
+  started_at?: number | null;
+  finished_at?: number | null;
+  outputs?: Record<string, string> | null;
+  error?: unknown;
+  schedule_id?: string | null;
+  attempts?: number | null;
+}
+
+export interface ScheduleRow {
+  id: string;
+  name?: string | null;
+  notebook: string;
+  cron: string | null;
+  timezone: string;
+  enabled: boolean;
+  next_fire_times?: string[] | null;
+}
+
 export interface Snapshot {
   functions: FunctionRow[];
   sessions: SessionRow[];
   coldstarts: ColdStartRow[];
   invocations: InvocationRow[];
+  runs: RunRow[];
+  schedules: ScheduleRow[];
 }
 
 /** The three parts of a cold start, in the order they happen. */
@@ -121,6 +147,11 @@ export const OPEN_STATUSES = ['live', 'paused'];
 /** Cold starts and invocations fetched per refresh. */
 export const COLDSTART_LIMIT = 200;
 export const INVOCATION_LIMIT = 500;
+export const RUN_LIMIT = 50;
+/** Run states from which a run can still be cancelled. */
+export const ACTIVE_RUN_STATES = ['queued', 'running'];
+export const OVERLAPS = ['skip', 'queue', 'allow'];
+export const CATCH_UPS = ['none', 'latest'];
 
 // -- formatting ------------------------------------------------------------------
 
@@ -316,6 +347,102 @@ export function describeError(err: unknown): string {
   return String(err);
 }
 
+/** What the "Run as job" / "Schedule" form holds, as typed (all strings). */
+export interface JobFormFields {
+  name: string;
+  parameters: string;
+  kernel: string;
+  tags: string;
+  cron?: string;
+  timezone?: string;
+  overlap?: string;
+  catch_up?: string;
+}
+
+/**
+ * The body of `POST runs` (no cron) or `POST schedules` for `notebook`, or the
+ * reason the form cannot be sent. The server validates again (cron, time zone,
+ * kernel): this catches what is plainly wrong before a round trip.
+ */
+export function jobBody(notebook: string, f: JobFormFields, schedule: boolean): { body: Record<string, unknown> } | { error: string } {
+  const body: Record<string, unknown> = { notebook };
+  if (f.name.trim()) {
+    body['name'] = f.name.trim();
+  }
+  if (f.parameters.trim()) {
+    let params: unknown;
+    try {
+      params = JSON.parse(f.parameters);
+    } catch (err) {
+      return { error: `parameters must be a JSON object, like {"x": 1}: ${(err as Error).message}` };
+    }
+    if (params === null || typeof params !== 'object' || Array.isArray(params)) {
+      return { error: 'parameters must be a JSON object, like {"x": 1}' };
+    }
+    body['parameters'] = params;
+  }
+  if (f.kernel.trim()) {
+    body['kernel'] = f.kernel.trim();
+  }
+  const tags = f.tags
+    .split(',')
+    .map(t => t.trim())
+    .filter(Boolean);
+  if (tags.length) {
+    body['tags'] = tags;
+  }
+  if (schedule) {
+    const cron = (f.cron ?? '').trim();
+    if (cron.split(/\s+/).length !== 5) {
+      return { error: `cron must have five fields (minute hour day month weekday), like "0 6 * * *", got ${JSON.stringify(cron)}` };
+    }
+    body['cron'] = cron;
+    body['timezone'] = (f.timezone ?? '').trim() || 'UTC';
+    if (f.overlap) {
+      if (!OVERLAPS.includes(f.overlap)) {
+        return { error: `overlap must be one of ${OVERLAPS.join(', ')}` };
+      }
+      body['overlap'] = f.overlap;
+    }
+    if (f.catch_up) {
+      if (!CATCH_UPS.includes(f.catch_up)) {
+        return { error: `catch-up must be one of ${CATCH_UPS.join(', ')}` };
+      }
+      body['catch_up'] = f.catch_up;
+    }
+  }
+  return { body };
+}
+
+/** A function name the server accepts (the spec's rule: letters, digits, -, _; 1–63; a letter first). */
+export const FUNCTION_NAME = /^[A-Za-z][A-Za-z0-9_-]{0,62}$/;
+
+/**
+ * What "Promote cell to function" deploys from a cell's source: a leading
+ * `%%function NAME` line gives the name (and is not deployed), and the code
+ * must define the handler, as `%%function` asks.
+ */
+export function cellToFunction(source: string, handler = 'handler'): { name: string | null; code: string } | { error: string } {
+  let code = source;
+  let name: string | null = null;
+  const first = source.split('\n', 1)[0];
+  const magic = /^%%function(?:\s+(\S+))?/.exec(first);
+  if (magic) {
+    name = magic[1] && !magic[1].startsWith('-') ? magic[1] : null;
+    code = source.slice(first.length + 1);
+  } else if (first.startsWith('%%')) {
+    return { error: `the cell is a ${first.split(/\s/)[0]} cell, not Python code` };
+  }
+  if (!code.trim()) {
+    return { error: 'the cell is empty' };
+  }
+  const defines = new RegExp(`^(?:async\\s+)?def\\s+${handler}\\s*\\(|^${handler}\\s*=`, 'm');
+  if (!defines.test(code)) {
+    return { error: `the cell defines no handler: add \`def ${handler}(event, ctx): ...\`` };
+  }
+  return { name, code };
+}
+
 // -- the model -------------------------------------------------------------------
 
 export type Listener = (model: SidebarModel) => void;
@@ -326,7 +453,7 @@ export type Listener = (model: SidebarModel) => void;
  * after it (a burst of change events costs two fetches, not one each).
  */
 export class SidebarModel {
-  snapshot: Snapshot = { functions: [], sessions: [], coldstarts: [], invocations: [] };
+  snapshot: Snapshot = { functions: [], sessions: [], coldstarts: [], invocations: [], runs: [], schedules: [] };
   /** Why the last refresh failed (the last good snapshot is kept and shown dimmed), or null. */
   error: string | null = null;
   /** When the last refresh succeeded (ms since the epoch), or null before the first. */
@@ -397,16 +524,46 @@ export class SidebarModel {
     await this.refresh();
   }
 
+  async startRun(body: Record<string, unknown>): Promise<RunRow> {
+    const run = await this.fetcher.post<RunRow>('runs', body);
+    await this.refresh();
+    return run;
+  }
+
+  async createSchedule(body: Record<string, unknown>): Promise<ScheduleRow> {
+    const schedule = await this.fetcher.post<ScheduleRow>('schedules', body);
+    await this.refresh();
+    return schedule;
+  }
+
+  async cancelRun(id: string): Promise<void> {
+    await this.fetcher.post(`runs/${encodeURIComponent(id)}/cancel`, {});
+    await this.refresh();
+  }
+
+  async scheduleAction(id: string, action: 'pause' | 'resume' | 'run'): Promise<void> {
+    await this.fetcher.post(`schedules/${encodeURIComponent(id)}/${action}`, {});
+    await this.refresh();
+  }
+
+  async deploy(name: string, code: string): Promise<{ name: string; version: number }> {
+    const row = await this.fetcher.post<{ name: string; version: number }>('functions', { name, source: { kind: 'code', code } });
+    await this.refresh();
+    return row;
+  }
+
   private async fetchOnce(): Promise<void> {
     try {
-      const [functions, live, paused, coldstarts, invocations] = await Promise.all([
+      const [functions, live, paused, coldstarts, invocations, runs, schedules] = await Promise.all([
         this.fetcher.get<FunctionRow[]>('functions'),
         this.fetcher.get<SessionRow[]>('sessions?status=live'),
         this.fetcher.get<SessionRow[]>('sessions?status=paused'),
         this.fetcher.get<ColdStartRow[]>(`coldstarts?limit=${COLDSTART_LIMIT}`),
-        this.fetcher.get<InvocationRow[]>(`invocations?limit=${INVOCATION_LIMIT}`)
+        this.fetcher.get<InvocationRow[]>(`invocations?limit=${INVOCATION_LIMIT}`),
+        this.fetcher.get<RunRow[]>(`runs?limit=${RUN_LIMIT}`),
+        this.fetcher.get<ScheduleRow[]>('schedules')
       ]);
-      this.snapshot = { functions, sessions: [...live, ...paused], coldstarts, invocations };
+      this.snapshot = { functions, sessions: [...live, ...paused], coldstarts, invocations, runs, schedules };
       this.error = null;
       this.updatedAt = Date.now();
     } catch (err) {

@@ -11,9 +11,12 @@
 import { Widget } from '@lumino/widgets';
 
 import {
+  ACTIVE_RUN_STATES,
   ColdStartRow,
   FunctionSummary,
   SEGMENTS,
+  RunRow,
+  ScheduleRow,
   SessionRow,
   SidebarModel,
   coldstartTotal,
@@ -77,6 +80,8 @@ export interface SidebarActions {
   copy(text: string, what: string): void;
   /** The invoke endpoint of a function (absolute URL). */
   endpoint(name: string): string;
+  /** Open a run's output (a path under the server's root) in a Lab tab. */
+  openOutput(path: string, format: string): void;
 }
 
 export class FunctionAISidebar extends Widget {
@@ -89,6 +94,7 @@ export class FunctionAISidebar extends Widget {
   private readonly sessionsView: HTMLDivElement;
   private readonly sessionsSpacer: HTMLDivElement;
   private readonly coldBody: HTMLDivElement;
+  private readonly runsBody: HTMLDivElement;
   private rows: SessionRow[] = [];
   private readonly closing = new Set<string>();
   private drawn = { start: -1, end: -1, version: -1 };
@@ -133,6 +139,9 @@ export class FunctionAISidebar extends Widget {
 
     this.coldBody = el('div', { class: 'fai-coldstarts' });
     root.appendChild(this.section('Cold starts', 'coldstarts', this.coldBody));
+
+    this.runsBody = el('div', { class: 'fai-runs' });
+    root.appendChild(this.section('Runs and schedules', 'runs', this.runsBody));
 
     this.model.subscribe(() => this.render());
     this.render();
@@ -181,6 +190,7 @@ export class FunctionAISidebar extends Widget {
         : 'no open sessions';
     this.drawSessions(true);
     this.renderColdStarts();
+    this.renderRuns();
     void this.handshake;
   }
 
@@ -348,6 +358,75 @@ export class FunctionAISidebar extends Widget {
     }
     body.appendChild(paths);
     body.appendChild(coldstartChart(rows));
+  }
+
+  // -- runs and schedules --------------------------------------------------------------
+
+  private renderRuns(): void {
+    const body = this.runsBody;
+    body.textContent = '';
+    const { runs, schedules } = this.model.snapshot;
+    if (!runs.length && !schedules.length) {
+      body.appendChild(el('div', { class: 'fai-empty' }, this.model.updatedAt === null ? 'loading…' : 'no runs or schedules (Run as job / Schedule on a notebook\'s toolbar)'));
+      return;
+    }
+    for (const sc of schedules) {
+      body.appendChild(this.scheduleRow(sc));
+    }
+    for (const run of runs) {
+      body.appendChild(this.runRow(run));
+    }
+  }
+
+  private act(button: HTMLButtonElement, what: string, fn: () => Promise<unknown>): void {
+    button.disabled = true;
+    fn()
+      .catch(err => this.showError(`${what} failed: ${describeError(err)}`))
+      .finally(() => (button.disabled = false));
+  }
+
+  private scheduleRow(sc: ScheduleRow): HTMLElement {
+    const row = el('div', { class: 'fai-schedule', 'data-schedule-id': sc.id });
+    const top = el('div', { class: 'fai-line' });
+    top.appendChild(el('span', { class: 'fai-name', title: sc.notebook }, sc.name || sc.notebook));
+    top.appendChild(el('span', { class: `fai-badge ${sc.enabled ? 'fai-badge-live' : 'fai-badge-paused'}` }, sc.enabled ? 'scheduled' : 'paused'));
+    const toggle = el('button', { class: 'fai-button fai-schedule-toggle', 'aria-label': `${sc.enabled ? 'Pause' : 'Resume'} schedule ${sc.name || sc.id}` }, sc.enabled ? 'Pause' : 'Resume');
+    toggle.addEventListener('click', () => this.act(toggle, 'the schedule', () => this.model.scheduleAction(sc.id, sc.enabled ? 'pause' : 'resume')));
+    const now = el('button', { class: 'fai-button fai-schedule-run-now', 'aria-label': `Run schedule ${sc.name || sc.id} now` }, 'Run now');
+    now.addEventListener('click', () => this.act(now, 'run now', () => this.model.scheduleAction(sc.id, 'run')));
+    top.appendChild(toggle);
+    top.appendChild(now);
+    row.appendChild(top);
+    const next = sc.enabled && sc.next_fire_times && sc.next_fire_times.length ? `next ${sc.next_fire_times[0]}` : 'not firing';
+    row.appendChild(el('div', { class: 'fai-line fai-dim fai-schedule-next' }, `${sc.cron ?? 'no cron'} (${sc.timezone}) · ${next}`));
+    return row;
+  }
+
+  private runRow(run: RunRow): HTMLElement {
+    const row = el('div', { class: `fai-run fai-run-${run.state}`, 'data-run-id': run.id });
+    const top = el('div', { class: 'fai-line' });
+    top.appendChild(el('span', { class: 'fai-name', title: run.notebook }, run.name || run.notebook));
+    top.appendChild(el('span', { class: `fai-badge fai-run-state fai-badge-${run.state}` }, run.state));
+    if (ACTIVE_RUN_STATES.includes(run.state)) {
+      const cancel = el('button', { class: 'fai-button fai-close fai-run-cancel', 'aria-label': `Cancel run ${run.id}` }, 'Cancel');
+      cancel.addEventListener('click', () => this.act(cancel, `cancelling run ${run.id}`, () => this.model.cancelRun(run.id)));
+      top.appendChild(cancel);
+    }
+    row.appendChild(top);
+    const links = el('div', { class: 'fai-line fai-dim' });
+    const when = run.finished_at ?? run.started_at ?? run.created_at;
+    links.appendChild(el('span', {}, `${run.id}${when ? ` · ${new Date(when * 1000).toLocaleString()}` : ''}${run.attempts ? ` · attempt ${run.attempts}` : ''}`));
+    const outputs = run.outputs ?? {};
+    for (const fmt of Object.keys(outputs).sort((a, b) => (a === 'ipynb' ? -1 : b === 'ipynb' ? 1 : a.localeCompare(b)))) {
+      const a = el('a', { class: 'fai-run-link', 'data-format': fmt, href: '#', title: outputs[fmt], 'aria-label': `Open the ${fmt} output of run ${run.id}` }, fmt);
+      a.addEventListener('click', ev => {
+        ev.preventDefault();
+        this.actions.openOutput(outputs[fmt], fmt);
+      });
+      links.appendChild(a);
+    }
+    row.appendChild(links);
+    return row;
   }
 }
 

@@ -9,15 +9,18 @@ import { describe, expect, it } from '@jest/globals';
 import {
   ApiError,
   ColdStartRow,
+  FUNCTION_NAME,
   Fetcher,
   SessionRow,
   SidebarModel,
+  cellToFunction,
   coldstartsByPath,
   formatBytes,
   formatDuration,
   formatMs,
   handshakeNotice,
   isolationSummary,
+  jobBody,
   openSessions,
   percentile,
   summariseFunctions,
@@ -71,6 +74,8 @@ function table(sessions: SessionRow[] = [], paused: SessionRow[] = []): Record<s
     'sessions?status=live': sessions,
     'sessions?status=paused': paused,
     'coldstarts?limit=200': [start('template-fork', 10), start('warm-pool', 1), start('template-fork', 30)],
+    'runs?limit=50': [],
+    schedules: [],
     'invocations?limit=500': [
       { function: 'echo', duration_ms: 5, outcome: 'ok', started_at: 1 },
       { function: 'echo', duration_ms: 1, outcome: 'ok', started_at: 2 },
@@ -131,7 +136,9 @@ describe('derived views', () => {
       functions: table()['functions'] as never,
       sessions: [session('a', { calls: 2 }), session('b', { calls: 1, instance: { id: 'i-a', pid: 10 } }), session('c', { status: 'closed', calls: 7 })],
       coldstarts: [],
-      invocations: table()['invocations?limit=500'] as never
+      invocations: table()['invocations?limit=500'] as never,
+      runs: [],
+      schedules: []
     };
     const [echo] = summariseFunctions(snap);
     expect(echo).toEqual({ name: 'echo', version: 2, latest: 3, instances: 1, sessions: 2, calls: 3, p50_ms: 5 });
@@ -224,5 +231,59 @@ describe('SidebarModel', () => {
     const model = new SidebarModel(f);
     await model.rollback('echo', 1);
     expect(f.posted).toEqual([['functions/echo/rollback', { version: 1 }]]);
+  });
+});
+
+describe('the job form', () => {
+  const blank = { name: '', parameters: '', kernel: 'python3', tags: '' };
+
+  it('makes a run body from what was typed', () => {
+    const made = jobBody('nbs/a.ipynb', { ...blank, name: ' daily ', parameters: '{"x": 7}', tags: 'a, b,,' }, false);
+    expect(made).toEqual({ body: { notebook: 'nbs/a.ipynb', name: 'daily', parameters: { x: 7 }, kernel: 'python3', tags: ['a', 'b'] } });
+  });
+
+  it('refuses parameters that are not a JSON object, saying why', () => {
+    const bad = jobBody('a.ipynb', { ...blank, parameters: '{x: 1}' }, false);
+    expect('error' in bad && bad.error).toContain('parameters must be a JSON object');
+    const list = jobBody('a.ipynb', { ...blank, parameters: '[1]' }, false);
+    expect('error' in list && list.error).toContain('JSON object');
+  });
+
+  it('needs five cron fields for a schedule, and defaults the time zone', () => {
+    const bad = jobBody('a.ipynb', { ...blank, cron: '0 6 * *' }, true);
+    expect('error' in bad && bad.error).toContain('five fields');
+    const ok = jobBody('a.ipynb', { ...blank, cron: ' 0 6 * * 1-5 ', timezone: '', overlap: 'queue', catch_up: 'latest' }, true);
+    expect(ok).toEqual({ body: { notebook: 'a.ipynb', kernel: 'python3', cron: '0 6 * * 1-5', timezone: 'UTC', overlap: 'queue', catch_up: 'latest' } });
+    const overlap = jobBody('a.ipynb', { ...blank, cron: '* * * * *', overlap: 'sometimes' }, true);
+    expect('error' in overlap && overlap.error).toContain('overlap must be one of skip, queue, allow');
+  });
+});
+
+describe('promoting a cell', () => {
+  it('takes the name from a %%function line and deploys the rest', () => {
+    expect(cellToFunction('%%function adder --memory 256\ndef handler(event, ctx):\n    return 1\n')).toEqual({ name: 'adder', code: 'def handler(event, ctx):\n    return 1\n' });
+  });
+
+  it('deploys a plain cell that defines the handler, asking for a name', () => {
+    expect(cellToFunction('import os\nasync def handler(e, c):\n    return 2')).toEqual({ name: null, code: 'import os\nasync def handler(e, c):\n    return 2' });
+    expect(cellToFunction('handler = lambda e, c: 3')).toEqual({ name: null, code: 'handler = lambda e, c: 3' });
+  });
+
+  it('refuses a cell without a handler, an empty one and other cell magics', () => {
+    const none = cellToFunction('def other(e, c):\n    return 1');
+    expect('error' in none && none.error).toContain('defines no handler');
+    const nested = cellToFunction('def f():\n    def handler(e, c):\n        pass');
+    expect('error' in nested && nested.error).toContain('defines no handler');
+    const empty = cellToFunction('%%function x\n');
+    expect('error' in empty && empty.error).toBe('the cell is empty');
+    const bash = cellToFunction('%%bash\necho hi');
+    expect('error' in bash && bash.error).toContain('%%bash');
+  });
+
+  it('knows a function name', () => {
+    expect(FUNCTION_NAME.test('my-fn_2')).toBe(true);
+    expect(FUNCTION_NAME.test('2fn')).toBe(false);
+    expect(FUNCTION_NAME.test('a'.repeat(63))).toBe(true);
+    expect(FUNCTION_NAME.test('a'.repeat(64))).toBe(false);
   });
 });
