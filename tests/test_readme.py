@@ -191,3 +191,35 @@ def test_quick_start_as_a_normal_user() -> None:
 def test_invoke_line_quotes_survive_the_shell() -> None:
     args = shlex.split(invoke_command())
     assert args[args.index("--data") + 1] == '{"note": "hi"}'
+
+
+def test_binder_installs_the_checkout_with_the_extension_ok(tmp_path: Path) -> None:
+    """binder/ read the way repo2docker reads it: environment.yml names Python
+    and Node.js; postBuild, run from the root of a fresh copy in a fresh venv
+    (standing in for that environment), installs the package with both
+    extensions enabled and OK, and points JupyterLab at the quickstart notebook."""
+    import yaml
+
+    env_yml = yaml.safe_load((REPO / "binder" / "environment.yml").read_text())
+    deps = [d for d in env_yml["dependencies"] if isinstance(d, str)]
+    assert any(d.startswith("python=3.1") for d in deps) and any(d.startswith("nodejs") for d in deps) and "pip" in deps, deps
+    checkout = tmp_path / "checkout"
+    copy_checkout(checkout)
+    assert os.access(checkout / "binder" / "postBuild", os.X_OK)
+    env = clean_env(tmp_path / "home")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env['PATH']}"
+    real_cache = Path(os.path.expanduser("~")) / ".cache" / "pip"
+    if real_cache.is_dir() and os.access(real_cache, os.W_OK):
+        env["PIP_CACHE_DIR"] = str(real_cache)
+    p = subprocess.run(["binder/postBuild"], cwd=checkout, env=env, capture_output=True, text=True, timeout=START_TIMEOUT)
+    assert p.returncode == 0, (p.stdout[-3000:], p.stderr[-3000:])
+    listed = subprocess.run([str(venv / "bin" / "jupyter"), "server", "extension", "list"], env=env, capture_output=True, text=True, timeout=120)
+    ours = listed.stdout + listed.stderr
+    assert re.search(r"jupyter_functionai [^\n]*enabled[^\n]*\n\s*- Validating jupyter_functionai\.\.\.\n\s*jupyter_functionai [^\n]*OK", ours), ours
+    labext = subprocess.run([str(venv / "bin" / "jupyter"), "labextension", "list"], env=env, capture_output=True, text=True, timeout=120)
+    assert re.search(r"jupyter-functionai v[\d.]+ \S*enabled\S* \S*OK", labext.stdout + labext.stderr), labext.stdout + labext.stderr
+    config = json.loads((Path(env["JUPYTER_CONFIG_DIR"]) / "jupyter_server_config.json").read_text())
+    url = config["ServerApp"]["default_url"]
+    assert url.startswith("/lab/tree/") and (checkout / url.removeprefix("/lab/tree/")).is_file(), url
