@@ -237,6 +237,28 @@ def test_run_as_job_from_the_notebook_toolbar(lab: Server, browser: Browser) -> 
     page.close()
 
 
+def test_tasks_and_tools_sections(lab: Server, browser: Browser) -> None:  # noqa: F811
+    """A task submitted through the API shows with its state and attempt; a tool
+    published on a hosted MCP server shows with its parameters."""
+    client = Client(lab.url, lab.token)
+    task = client.submit(FUNCTION, {"n": 1})
+    api(lab, "PUT", "functionai/api/mcp/servers/labkit/tools/add", {
+        "name": "add",
+        "code": "def add(a: int, b: int) -> int:\n    return a + b\n",
+        "handler": "add",
+        "input_schema": {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a"]},
+    })
+    page, errors = open_lab(browser, lab, "tasks")
+    sidebar = open_sidebar(page)
+    row = sidebar.locator(f'.fai-task[data-task-id="{task["id"]}"]')
+    expect(row.locator(".fai-task-state")).to_have_text("succeeded")
+    expect(row).to_contain_text("attempt 1")
+    tool = sidebar.locator('.fai-mcp-server[data-server="labkit"] .fai-mcp-tool[data-tool="add"]')
+    expect(tool).to_have_text("add(a: integer, b?: integer)")
+    assert errors.seen == []
+    page.close()
+
+
 def test_a_version_mismatch_is_shown(lab: Server, browser: Browser) -> None:  # noqa: F811
     page = browser.new_page()
     page.set_default_timeout(TIMEOUT_MS)

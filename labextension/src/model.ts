@@ -125,6 +125,44 @@ export interface ScheduleRow {
   next_fire_times?: string[] | null;
 }
 
+export interface TaskRow {
+  id: string;
+  function: string;
+  session_id?: string | null;
+  state: string;
+  attempts: number;
+  progress?: number | null;
+  progress_message?: string | null;
+  created_at: number;
+  error?: unknown;
+}
+
+export interface McpToolInfo {
+  name: string;
+  description?: string | null;
+  inputSchema?: Record<string, unknown> | null;
+  calls?: number;
+  p50_ms?: number | null;
+}
+
+export interface McpServerRow {
+  name: string;
+  kind: string;
+  path: string;
+  tools: McpToolInfo[];
+  live_sessions: number;
+}
+
+export interface McpSessionRow {
+  id: string;
+  server: string;
+  status: string;
+  client_info?: { name?: string; version?: string } | null;
+  runtime_session?: string | null;
+  in_flight?: number;
+  created_at: number;
+}
+
 export interface Snapshot {
   functions: FunctionRow[];
   sessions: SessionRow[];
@@ -132,6 +170,9 @@ export interface Snapshot {
   invocations: InvocationRow[];
   runs: RunRow[];
   schedules: ScheduleRow[];
+  tasks: TaskRow[];
+  mcpServers: McpServerRow[];
+  mcpSessions: McpSessionRow[];
 }
 
 /** The three parts of a cold start, in the order they happen. */
@@ -148,6 +189,21 @@ export const OPEN_STATUSES = ['live', 'paused'];
 export const COLDSTART_LIMIT = 200;
 export const INVOCATION_LIMIT = 500;
 export const RUN_LIMIT = 50;
+export const TASK_LIMIT = 50;
+/** Task states from which a task can be cancelled; and retried. */
+export const CANCELLABLE_TASK_STATES = ['queued', 'running'];
+export const RETRYABLE_TASK_STATES = ['failed', 'cancelled', 'timed_out'];
+
+/** A tool's parameters in a line: `name: type` for each, `?` after the optional ones. */
+export function paramsSummary(schema: Record<string, unknown> | null | undefined): string {
+  const props = schema && typeof schema['properties'] === 'object' ? (schema['properties'] as Record<string, Record<string, unknown>>) : {};
+  const required = new Set(Array.isArray(schema?.['required']) ? (schema?.['required'] as string[]) : []);
+  const parts = Object.entries(props).map(([k, v]) => {
+    const type = Array.isArray(v?.['type']) ? (v['type'] as string[]).join('|') : String(v?.['type'] ?? 'any');
+    return `${k}${required.has(k) ? '' : '?'}: ${type}`;
+  });
+  return parts.length ? parts.join(', ') : 'no parameters';
+}
 /** Run states from which a run can still be cancelled. */
 export const ACTIVE_RUN_STATES = ['queued', 'running'];
 export const OVERLAPS = ['skip', 'queue', 'allow'];
@@ -453,7 +509,7 @@ export type Listener = (model: SidebarModel) => void;
  * after it (a burst of change events costs two fetches, not one each).
  */
 export class SidebarModel {
-  snapshot: Snapshot = { functions: [], sessions: [], coldstarts: [], invocations: [], runs: [], schedules: [] };
+  snapshot: Snapshot = { functions: [], sessions: [], coldstarts: [], invocations: [], runs: [], schedules: [], tasks: [], mcpServers: [], mcpSessions: [] };
   /** Why the last refresh failed (the last good snapshot is kept and shown dimmed), or null. */
   error: string | null = null;
   /** When the last refresh succeeded (ms since the epoch), or null before the first. */
@@ -546,6 +602,16 @@ export class SidebarModel {
     await this.refresh();
   }
 
+  async taskAction(id: string, action: 'cancel' | 'retry'): Promise<void> {
+    await this.fetcher.post(`tasks/${encodeURIComponent(id)}/${action}`, {});
+    await this.refresh();
+  }
+
+  async endMcpSession(id: string): Promise<void> {
+    await this.fetcher.del(`mcp/sessions/${encodeURIComponent(id)}`);
+    await this.refresh();
+  }
+
   async deploy(name: string, code: string): Promise<{ name: string; version: number }> {
     const row = await this.fetcher.post<{ name: string; version: number }>('functions', { name, source: { kind: 'code', code } });
     await this.refresh();
@@ -554,16 +620,19 @@ export class SidebarModel {
 
   private async fetchOnce(): Promise<void> {
     try {
-      const [functions, live, paused, coldstarts, invocations, runs, schedules] = await Promise.all([
+      const [functions, live, paused, coldstarts, invocations, runs, schedules, tasks, mcpServers, mcpSessions] = await Promise.all([
         this.fetcher.get<FunctionRow[]>('functions'),
         this.fetcher.get<SessionRow[]>('sessions?status=live'),
         this.fetcher.get<SessionRow[]>('sessions?status=paused'),
         this.fetcher.get<ColdStartRow[]>(`coldstarts?limit=${COLDSTART_LIMIT}`),
         this.fetcher.get<InvocationRow[]>(`invocations?limit=${INVOCATION_LIMIT}`),
         this.fetcher.get<RunRow[]>(`runs?limit=${RUN_LIMIT}`),
-        this.fetcher.get<ScheduleRow[]>('schedules')
+        this.fetcher.get<ScheduleRow[]>('schedules'),
+        this.fetcher.get<TaskRow[]>(`tasks?limit=${TASK_LIMIT}`),
+        this.fetcher.get<McpServerRow[]>('mcp/servers'),
+        this.fetcher.get<McpSessionRow[]>('mcp/sessions?status=active')
       ]);
-      this.snapshot = { functions, sessions: [...live, ...paused], coldstarts, invocations, runs, schedules };
+      this.snapshot = { functions, sessions: [...live, ...paused], coldstarts, invocations, runs, schedules, tasks, mcpServers, mcpSessions };
       this.error = null;
       this.updatedAt = Date.now();
     } catch (err) {

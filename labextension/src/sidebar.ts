@@ -12,6 +12,10 @@ import { Widget } from '@lumino/widgets';
 
 import {
   ACTIVE_RUN_STATES,
+  CANCELLABLE_TASK_STATES,
+  RETRYABLE_TASK_STATES,
+  TaskRow,
+  paramsSummary,
   ColdStartRow,
   FunctionSummary,
   SEGMENTS,
@@ -95,6 +99,8 @@ export class FunctionAISidebar extends Widget {
   private readonly sessionsSpacer: HTMLDivElement;
   private readonly coldBody: HTMLDivElement;
   private readonly runsBody: HTMLDivElement;
+  private readonly tasksBody: HTMLDivElement;
+  private readonly toolsBody: HTMLDivElement;
   private rows: SessionRow[] = [];
   private readonly closing = new Set<string>();
   private drawn = { start: -1, end: -1, version: -1 };
@@ -142,6 +148,12 @@ export class FunctionAISidebar extends Widget {
 
     this.runsBody = el('div', { class: 'fai-runs' });
     root.appendChild(this.section('Runs and schedules', 'runs', this.runsBody));
+
+    this.tasksBody = el('div', { class: 'fai-tasks' });
+    root.appendChild(this.section('Tasks', 'tasks', this.tasksBody));
+
+    this.toolsBody = el('div', { class: 'fai-tools-section' });
+    root.appendChild(this.section('Tools (MCP)', 'tools', this.toolsBody));
 
     this.model.subscribe(() => this.render());
     this.render();
@@ -191,6 +203,8 @@ export class FunctionAISidebar extends Widget {
     this.drawSessions(true);
     this.renderColdStarts();
     this.renderRuns();
+    this.renderTasks();
+    this.renderTools();
     void this.handshake;
   }
 
@@ -383,6 +397,75 @@ export class FunctionAISidebar extends Widget {
     fn()
       .catch(err => this.showError(`${what} failed: ${describeError(err)}`))
       .finally(() => (button.disabled = false));
+  }
+
+  // -- tasks ------------------------------------------------------------------------------
+
+  private renderTasks(): void {
+    const body = this.tasksBody;
+    body.textContent = '';
+    const tasks = this.model.snapshot.tasks;
+    if (!tasks.length) {
+      body.appendChild(el('div', { class: 'fai-empty' }, this.model.updatedAt === null ? 'loading…' : 'no tasks (submit one: POST …/functions/NAME/tasks)'));
+      return;
+    }
+    for (const t of tasks) {
+      body.appendChild(this.taskRow(t));
+    }
+  }
+
+  private taskRow(t: TaskRow): HTMLElement {
+    const row = el('div', { class: `fai-task fai-task-${t.state}`, 'data-task-id': t.id });
+    const top = el('div', { class: 'fai-line' });
+    top.appendChild(el('span', { class: 'fai-name', title: t.id }, t.function));
+    top.appendChild(el('span', { class: `fai-badge fai-task-state fai-badge-${t.state}` }, t.state));
+    if (CANCELLABLE_TASK_STATES.includes(t.state)) {
+      const cancel = el('button', { class: 'fai-button fai-close fai-task-cancel', 'aria-label': `Cancel task ${t.id}` }, 'Cancel');
+      cancel.addEventListener('click', () => this.act(cancel, `cancelling task ${t.id}`, () => this.model.taskAction(t.id, 'cancel')));
+      top.appendChild(cancel);
+    } else if (RETRYABLE_TASK_STATES.includes(t.state)) {
+      const retry = el('button', { class: 'fai-button fai-task-retry', 'aria-label': `Retry task ${t.id}` }, 'Retry');
+      retry.addEventListener('click', () => this.act(retry, `retrying task ${t.id}`, () => this.model.taskAction(t.id, 'retry')));
+      top.appendChild(retry);
+    }
+    row.appendChild(top);
+    const progress = t.progress !== null && t.progress !== undefined ? ` · ${Math.round(t.progress * 100)}%${t.progress_message ? ` ${t.progress_message}` : ''}` : '';
+    row.appendChild(el('div', { class: 'fai-line fai-dim' }, `${t.id} · attempt ${t.attempts}${progress}${t.session_id ? ` · session ${t.session_id}` : ''}`));
+    return row;
+  }
+
+  // -- tools ------------------------------------------------------------------------------
+
+  private renderTools(): void {
+    const body = this.toolsBody;
+    body.textContent = '';
+    const { mcpServers, mcpSessions } = this.model.snapshot;
+    if (!mcpServers.length) {
+      body.appendChild(el('div', { class: 'fai-empty' }, this.model.updatedAt === null ? 'loading…' : 'no MCP servers hosted (%fai mcp …, or functionai mcp add)'));
+      return;
+    }
+    for (const srv of mcpServers) {
+      const block = el('div', { class: 'fai-mcp-server', 'data-server': srv.name });
+      const top = el('div', { class: 'fai-line' });
+      top.appendChild(el('span', { class: 'fai-name' }, srv.name));
+      top.appendChild(el('span', { class: 'fai-dim' }, `${srv.kind} · ${srv.tools.length} tool${srv.tools.length === 1 ? '' : 's'} · ${srv.live_sessions} live`));
+      block.appendChild(top);
+      for (const tool of srv.tools) {
+        const line = el('div', { class: 'fai-line fai-dim fai-mcp-tool', 'data-tool': tool.name, title: tool.description ?? '' });
+        line.textContent = `${tool.name}(${paramsSummary(tool.inputSchema)})${tool.calls ? ` · ${tool.calls} calls · p50 ${formatMs(tool.p50_ms)}` : ''}`;
+        block.appendChild(line);
+      }
+      for (const ms of mcpSessions.filter(m => m.server === srv.name)) {
+        const line = el('div', { class: 'fai-line fai-mcp-session', 'data-mcp-session-id': ms.id });
+        const who = ms.client_info?.name ? `${ms.client_info.name}${ms.client_info.version ? ` ${ms.client_info.version}` : ''}` : 'client';
+        line.appendChild(el('span', { class: 'fai-dim', title: ms.id }, `${who} · ${ms.id.slice(0, 12)}… · ${ms.in_flight ?? 0} in flight`));
+        const end = el('button', { class: 'fai-button fai-close fai-mcp-end', 'aria-label': `End MCP session ${ms.id}` }, 'End');
+        end.addEventListener('click', () => this.act(end, `ending MCP session ${ms.id}`, () => this.model.endMcpSession(ms.id)));
+        line.appendChild(end);
+        block.appendChild(line);
+      }
+      body.appendChild(block);
+    }
   }
 
   private scheduleRow(sc: ScheduleRow): HTMLElement {

@@ -22,6 +22,7 @@ import {
   isolationSummary,
   jobBody,
   openSessions,
+  paramsSummary,
   percentile,
   summariseFunctions,
   visibleRange
@@ -76,6 +77,9 @@ function table(sessions: SessionRow[] = [], paused: SessionRow[] = []): Record<s
     'coldstarts?limit=200': [start('template-fork', 10), start('warm-pool', 1), start('template-fork', 30)],
     'runs?limit=50': [],
     schedules: [],
+    'tasks?limit=50': [],
+    'mcp/servers': [],
+    'mcp/sessions?status=active': [],
     'invocations?limit=500': [
       { function: 'echo', duration_ms: 5, outcome: 'ok', started_at: 1 },
       { function: 'echo', duration_ms: 1, outcome: 'ok', started_at: 2 },
@@ -138,7 +142,10 @@ describe('derived views', () => {
       coldstarts: [],
       invocations: table()['invocations?limit=500'] as never,
       runs: [],
-      schedules: []
+      schedules: [],
+      tasks: [],
+      mcpServers: [],
+      mcpSessions: []
     };
     const [echo] = summariseFunctions(snap);
     expect(echo).toEqual({ name: 'echo', version: 2, latest: 3, instances: 1, sessions: 2, calls: 3, p50_ms: 5 });
@@ -285,5 +292,13 @@ describe('promoting a cell', () => {
     expect(FUNCTION_NAME.test('2fn')).toBe(false);
     expect(FUNCTION_NAME.test('a'.repeat(63))).toBe(true);
     expect(FUNCTION_NAME.test('a'.repeat(64))).toBe(false);
+  });
+});
+
+describe('tool parameters', () => {
+  it('lists each parameter with its type, optional ones marked', () => {
+    expect(paramsSummary({ properties: { city: { type: 'string' }, days: { type: ['integer', 'null'] } }, required: ['city'] })).toBe('city: string, days?: integer|null');
+    expect(paramsSummary({})).toBe('no parameters');
+    expect(paramsSummary(null)).toBe('no parameters');
   });
 });
