@@ -158,6 +158,39 @@ async def test_cancel_queued_and_running(rt: Runtime) -> None:
     assert (await rt.tasks.get(running["id"]))["state"] == "cancelled"  # never overwritten
 
 
+async def test_a_cancellation_lost_on_the_way_does_not_hold_the_slot(rt: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Python 3.11's asyncio.wait_for drops a cancellation that comes as its
+    inner future completes (an instance start awaits a few). Here the first
+    cancellation of the attempt's call is dropped the same way; the cancelled
+    attempt must still end, free its concurrency slot and its sandbox, so the
+    next task runs now, not after the 60 s call (seen: it stayed queued)."""
+    await deploy(rt, "work", WORK, memory="256Mi", tasks={**FAST_RETRY, "concurrency": 1})
+    real = rt.invoke
+    dropped = 0
+
+    async def drops_one_cancel(*args: Any, **kw: Any) -> Any:
+        nonlocal dropped
+        call = asyncio.ensure_future(real(*args, **kw))
+        try:
+            return await asyncio.shield(call)
+        except asyncio.CancelledError:
+            dropped += 1
+            return await call  # carries on, as if the cancellation had never come
+
+    monkeypatch.setattr(rt, "invoke", drops_one_cancel)
+    running = await rt.tasks.submit("work", {"kind": "sleep", "s": 60})
+
+    async def is_running() -> bool:
+        return (await rt.tasks.get(running["id"]))["state"] == "running"
+
+    await wait_for(is_running, 30, "the task to run")
+    c = await rt.tasks.cancel(running["id"])
+    assert c["state"] == "cancelled"
+    after = await finished(rt, (await rt.tasks.submit("work", {"x": 3}))["id"], timeout=30)
+    assert after["state"] == "succeeded" and dropped == 1
+    assert (await rt.tasks.get(running["id"]))["state"] == "cancelled"
+
+
 async def test_fifo_and_concurrency_limit(rt: Runtime) -> None:
     await deploy(rt, "work", WORK, memory="256Mi", tasks={**FAST_RETRY, "concurrency": 2})
     ids = [(await rt.tasks.submit("work", {"kind": "sleep", "s": 0.3}))["id"] for _ in range(6)]

@@ -75,6 +75,10 @@ class _Task:
     cancelled: bool = False
 
 
+#: How long a cancelled attempt has to end before it is cancelled again (see ``_cancel_until_done``).
+CANCEL_AGAIN_S = 0.25
+
+
 class TaskQueue:
     """The durable task queue of one :class:`Runtime` (``rt.tasks``)."""
 
@@ -342,9 +346,25 @@ class TaskQueue:
         self._unqueue(task)
         if task.runner is not None:
             task.runner.cancel()
+            self._spawn(self._cancel_until_done(task.runner))
         else:
             self._forget(task)
         return await self.get(task_id)
+
+    @staticmethod
+    async def _cancel_until_done(runner: asyncio.Task[None]) -> None:
+        """Cancel a cancelled attempt again until it has ended.
+
+        One cancellation can be lost on the way: Python 3.11's
+        ``asyncio.wait_for`` returns its inner result and drops the
+        cancellation when both happen at once (the instance start awaits a
+        few). The attempt would then run on (a 60 s call, say) and hold its
+        function's concurrency slot, so the next task stays queued that long.
+        Each further cancel reaches the attempt's next await."""
+        while not runner.done():
+            await asyncio.wait({runner}, timeout=CANCEL_AGAIN_S)
+            if not runner.done():
+                runner.cancel()
 
     async def retry(self, task_id: str) -> dict[str, Any]:
         """Run a failed, cancelled or timed-out task again: the same task, one
