@@ -26,6 +26,13 @@ const PLUGIN_ID = 'jupyter-functionai:plugin';
 /** Polling when the events stream is down (ms), and as a slow safety net while it is up. */
 const POLL_FALLBACK_MS = 3000;
 const POLL_SAFETY_MS = 30000;
+/**
+ * The most often a change event refetches: while the sidebar is shown, and
+ * while it is hidden (only the status bar shows then). A busy server sends
+ * a change event every tick; this bounds what the page asks of it.
+ */
+const REFRESH_SHOWN_MS = 500;
+const REFRESH_HIDDEN_MS = 10000;
 
 export const functionaiIcon = new LabIcon({ name: 'jupyter-functionai:icon', svgstr: iconSvg });
 
@@ -90,8 +97,13 @@ export class LiveUpdates {
 
   constructor(
     private readonly model: SidebarModel,
-    private readonly settings: ServerConnection.ISettings
+    private readonly settings: ServerConnection.ISettings,
+    private readonly shown: () => boolean
   ) {}
+
+  private changed(): void {
+    this.model.requestRefresh(this.shown() ? REFRESH_SHOWN_MS : REFRESH_HIDDEN_MS);
+  }
 
   start(): void {
     this.open();
@@ -122,10 +134,10 @@ export class LiveUpdates {
       const was = this.connected;
       this.connected = true;
       if (!was) {
-        void this.model.refresh(); // what changed while the stream was down
+        this.changed(); // what changed while the stream was down
       }
     });
-    source.addEventListener('changed', () => void this.model.refresh());
+    source.addEventListener('changed', () => this.changed());
     source.onerror = () => {
       // EventSource retries by itself (the server's `retry`); poll meanwhile
       this.connected = false;
@@ -145,7 +157,7 @@ export class LiveUpdates {
         this.timer = null;
         void this.model.refresh().finally(() => this.schedule());
       },
-      this.connected ? POLL_SAFETY_MS : POLL_FALLBACK_MS
+      this.connected ? POLL_SAFETY_MS : this.shown() ? POLL_FALLBACK_MS : REFRESH_HIDDEN_MS
     );
   }
 }
@@ -231,7 +243,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
         }
       });
 
-    const live = new LiveUpdates(model, settings);
+    const live = new LiveUpdates(model, settings, () => sidebar.isVisible);
     live.start();
     void model.refresh();
 

@@ -519,6 +519,9 @@ export class SidebarModel {
   private listeners: Listener[] = [];
   private running: Promise<void> | null = null;
   private again = false;
+  private lastStart = 0;
+  private pending: ReturnType<typeof setTimeout> | null = null;
+  private pendingAt = 0;
 
   constructor(private readonly fetcher: Fetcher) {}
 
@@ -551,7 +554,34 @@ export class SidebarModel {
     return best;
   }
 
-  /** Fetch everything again; resolves once the model holds the answer (or the error). */
+  /**
+   * A refresh that something pushed asks for (a change event, a poll): at
+   * most one every `minIntervalMs`, the later ones folded into one at the end
+   * of that interval. A burst of server events (every call commits a write)
+   * so costs one fetch per interval, not one per event.
+   */
+  requestRefresh(minIntervalMs: number): void {
+    const due = this.lastStart + minIntervalMs;
+    if (this.pending !== null) {
+      if (due >= this.pendingAt) {
+        return; // one is due already, as soon: it will see this change too
+      }
+      clearTimeout(this.pending); // due later (asked while hidden): sooner now
+      this.pending = null;
+    }
+    const wait = due - Date.now();
+    if (wait <= 0) {
+      void this.refresh();
+      return;
+    }
+    this.pendingAt = due;
+    this.pending = setTimeout(() => {
+      this.pending = null;
+      void this.refresh();
+    }, wait);
+  }
+
+  /** Fetch everything again now; resolves once the model holds the answer (or the error). */
   refresh(): Promise<void> {
     if (this.running) {
       this.again = true;
@@ -619,6 +649,11 @@ export class SidebarModel {
   }
 
   private async fetchOnce(): Promise<void> {
+    this.lastStart = Date.now();
+    if (this.pending !== null) {
+      clearTimeout(this.pending); // this fetch sees what it was for
+      this.pending = null;
+    }
     try {
       const [functions, live, paused, coldstarts, invocations, runs, schedules, tasks, mcpServers, mcpSessions] = await Promise.all([
         this.fetcher.get<FunctionRow[]>('functions'),

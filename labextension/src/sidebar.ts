@@ -167,6 +167,7 @@ export class FunctionAISidebar extends Widget {
   }
 
   protected onAfterShow(): void {
+    void this.model.refresh(); // while hidden it refetched seldom
     this.drawSessions(true);
   }
 

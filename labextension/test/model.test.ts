@@ -4,7 +4,7 @@
  * drive the real server).
  */
 
-import { describe, expect, it } from '@jest/globals';
+import { describe, expect, it, jest } from '@jest/globals';
 
 import {
   ApiError,
@@ -300,5 +300,42 @@ describe('tool parameters', () => {
     expect(paramsSummary({ properties: { city: { type: 'string' }, days: { type: ['integer', 'null'] } }, required: ['city'] })).toBe('city: string, days?: integer|null');
     expect(paramsSummary({})).toBe('no parameters');
     expect(paramsSummary(null)).toBe('no parameters');
+  });
+});
+
+describe('refreshes pushed by events', () => {
+  it('fetch at most once per interval, a burst folded into one at its end', async () => {
+    jest.useFakeTimers();
+    try {
+      const f = new TableFetcher(table());
+      const model = new SidebarModel(f);
+      const fetches = (): number => f.calls.filter(c => c === 'functions').length;
+      model.requestRefresh(1000); // the first: now
+      await jest.advanceTimersByTimeAsync(0);
+      expect(fetches()).toBe(1);
+      for (let i = 0; i < 50; i++) {
+        model.requestRefresh(1000); // a burst of change events
+        await jest.advanceTimersByTimeAsync(10);
+      }
+      expect(fetches()).toBe(1); // none yet: the interval has not passed
+      await jest.advanceTimersByTimeAsync(1000);
+      expect(fetches()).toBe(2); // the whole burst: one fetch
+      await jest.advanceTimersByTimeAsync(5000);
+      expect(fetches()).toBe(2); // and nothing more without a new event
+      // asked with a long interval (hidden), then a short one (shown): the short one wins
+      model.requestRefresh(60_000);
+      model.requestRefresh(1000);
+      await jest.advanceTimersByTimeAsync(0);
+      expect(fetches()).toBe(3);
+      // a refresh made meanwhile (the sidebar shown) takes the place of a pending one
+      await jest.advanceTimersByTimeAsync(100);
+      model.requestRefresh(60_000);
+      await model.refresh();
+      expect(fetches()).toBe(4);
+      await jest.advanceTimersByTimeAsync(120_000);
+      expect(fetches()).toBe(4);
+    } finally {
+      jest.useRealTimers();
+    }
   });
 });
