@@ -259,6 +259,46 @@ def test_tasks_and_tools_sections(lab: Server, browser: Browser) -> None:  # noq
     page.close()
 
 
+def use_theme(page: Page, name: str) -> None:
+    """Settings > Theme > NAME, as a user picks it."""
+    page.locator(".lm-MenuBar-item", has_text="Settings").click()
+    page.locator(".lm-Menu-item", has_text="Theme").first.hover()
+    page.locator('.lm-Menu-item[data-command="apputils:change-theme"]', has_text=name).first.click()
+
+
+def test_dark_theme_and_accessible_names(lab: Server, browser: Browser) -> None:  # noqa: F811
+    """The sidebar follows the theme (its colours are JupyterLab's variables)
+    and every control in it has an accessible name."""
+    client = Client(lab.url, lab.token)
+    sid = f"lab-{secrets.token_hex(4)}"
+    client.open_session(FUNCTION, sid)
+    client.invoke(FUNCTION, {}, session=sid)
+    page, errors = open_lab(browser, lab, "theme")
+    sidebar = open_sidebar(page)
+    expect(sidebar.locator(f'.fai-session[data-session-id="{sid}"]')).to_be_visible()
+    colours = "el => { const s = getComputedStyle(el); return [s.backgroundColor, s.color]; }"
+    light = sidebar.evaluate(colours)
+    use_theme(page, "JupyterLab Dark")
+    expect(page.locator("body")).to_have_attribute("data-jp-theme-light", "false")
+    dark = sidebar.evaluate(colours)
+    expected = page.evaluate("() => getComputedStyle(document.body).getPropertyValue('--jp-layout-color1').trim()")
+    assert dark != light and expected, (light, dark, expected)
+    # the background is the theme's own layout colour, in the dark theme too
+    probe = page.evaluate("c => { const d = document.createElement('div'); d.style.backgroundColor = c; document.body.appendChild(d); const v = getComputedStyle(d).backgroundColor; d.remove(); return v; }", expected)
+    assert dark[0] == probe, (dark, probe)
+    unnamed = sidebar.evaluate(
+        """root => [...root.querySelectorAll('button, select, a, input, textarea')]
+            .filter(el => !(el.getAttribute('aria-label') || el.textContent.trim() || el.getAttribute('title')))
+            .map(el => el.outerHTML.slice(0, 120))"""
+    )
+    assert unnamed == [], unnamed
+    use_theme(page, "JupyterLab Light")
+    expect(page.locator("body")).to_have_attribute("data-jp-theme-light", "true")
+    client.close_session(sid)
+    assert errors.seen == []
+    page.close()
+
+
 def test_a_version_mismatch_is_shown(lab: Server, browser: Browser) -> None:  # noqa: F811
     page = browser.new_page()
     page.set_default_timeout(TIMEOUT_MS)
