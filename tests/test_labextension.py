@@ -31,6 +31,7 @@ from jupyter_functionai._version import __version__
 from jupyter_functionai.client import Client
 
 from .test_cli_server import Server, start_server, stop_server, wait_until
+from .test_mcp_stdio import COMMAND as STDIO_COMMAND
 from .test_panels_ui import TIMEOUT_MS, api, browser, open_notebook, put_notebook  # noqa: F401  (the browser fixture)
 
 FUNCTION = "lab-echo"
@@ -255,6 +256,26 @@ def test_tasks_and_tools_sections(lab: Server, browser: Browser) -> None:  # noq
     expect(row).to_contain_text("attempt 1")
     tool = sidebar.locator('.fai-mcp-server[data-server="labkit"] .fai-mcp-tool[data-tool="add"]')
     expect(tool).to_have_text("add(a: integer, b?: integer)")
+
+    # try it: the form starts from the schema, the call goes through the MCP endpoint
+    form = sidebar.locator("form.fai-try-tool")
+    form.locator("select.fai-try-tool-pick").select_option(label="labkit · add")
+    expect(form.locator("textarea.fai-try-tool-args")).to_have_value(re.compile(r'"a": 0'))
+    form.locator("textarea.fai-try-tool-args").fill('{"a": 2, "b": 40}')
+    form.locator("button.fai-try-tool-call").click()
+    expect(form.locator(".fai-try-tool-result")).to_contain_text("42")
+    form.locator("textarea.fai-try-tool-args").fill('{"a": "two"}')
+    form.locator("button.fai-try-tool-call").click()
+    expect(form.locator(".fai-try-tool-result")).to_contain_text("error")
+
+    # host a stdio server from the form: it appears with its tools
+    host = sidebar.locator("form.fai-host-server")
+    host.locator("input.fai-host-name").fill("labstdio")
+    host.locator("input.fai-host-source").fill(" ".join(STDIO_COMMAND))
+    host.locator("button.fai-host-add").click()
+    expect(host.locator(".fai-host-result")).to_have_text("hosted labstdio")
+    expect(sidebar.locator('.fai-mcp-server[data-server="labstdio"] .fai-mcp-tool').first).to_be_visible()
+    assert any(s["name"] == "labstdio" for s in client.mcp_servers())
     assert errors.seen == []
     page.close()
 

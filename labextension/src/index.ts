@@ -15,7 +15,7 @@ import { IStatusBar } from '@jupyterlab/statusbar';
 import { LabIcon } from '@jupyterlab/ui-components';
 import { Widget } from '@lumino/widgets';
 
-import { ApiError, Fetcher, Handshake, SidebarModel, describeError, formatMs, handshakeNotice } from './model';
+import { ApiError, Fetcher, Handshake, MCP_PROTOCOL_VERSION, SidebarModel, describeError, formatMs, handshakeNotice } from './model';
 import { addToolbarButtons, promoteCell, runAsJob } from './notebook';
 import { FunctionAISidebar } from './sidebar';
 
@@ -80,6 +80,28 @@ export function serverFetcher(settings: ServerConnection.ISettings = ServerConne
     },
     async del(path: string): Promise<void> {
       await call(path, { method: 'DELETE' });
+    },
+    async mcp(server, message, sessionId, end) {
+      const url = URLExt.join(settings.baseUrl, 'functionai/mcp', encodeURIComponent(server), 'mcp');
+      const headers: Record<string, string> = { Accept: 'application/json, text/event-stream', 'Content-Type': 'application/json', 'MCP-Protocol-Version': MCP_PROTOCOL_VERSION };
+      if (sessionId) {
+        headers['Mcp-Session-Id'] = sessionId;
+      }
+      const init: RequestInit = end ? { method: 'DELETE', headers } : { method: 'POST', headers, body: JSON.stringify(message) };
+      const resp = await ServerConnection.makeRequest(url, init, settings);
+      const text = await resp.text();
+      let body: unknown = null;
+      if (text) {
+        // a JSON answer, or server-sent events whose data lines carry it
+        const data = resp.headers.get('Content-Type')?.startsWith('text/event-stream')
+          ? text.split('\n').filter(l => l.startsWith('data:')).map(l => l.slice(5).trim()).pop() ?? 'null'
+          : text;
+        body = JSON.parse(data);
+      }
+      if (!resp.ok && !(body as { error?: unknown } | null)?.error) {
+        throw new ApiError(resp.status, 'error', resp.statusText || `HTTP ${resp.status}`);
+      }
+      return { body, sessionId: resp.headers.get('Mcp-Session-Id') ?? sessionId };
     }
   };
 }
@@ -214,6 +236,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
         Clipboard.copyToSystem(text);
         Notification.info(`Copied the ${what}`, { autoClose: 2000 });
       },
+      version: FRONTEND_VERSION,
       endpoint: name => URLExt.join(window.location.origin, settings.baseUrl, 'functionai/invoke', encodeURIComponent(name)),
       openOutput: (path, format) => {
         if (format === 'ipynb') {

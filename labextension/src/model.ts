@@ -12,6 +12,97 @@ export interface Fetcher {
   get<T>(path: string): Promise<T>;
   post<T>(path: string, body: unknown): Promise<T>;
   del(path: string): Promise<void>;
+  /**
+   * One JSON-RPC message to a hosted MCP server's endpoint
+   * (`<base_url>/functionai/mcp/<server>/mcp`), in the session `sessionId`
+   * (none for `initialize`); `end` deletes the session instead.
+   */
+  mcp(server: string, message: Record<string, unknown> | null, sessionId: string | null, end?: boolean): Promise<{ body: unknown; sessionId: string | null }>;
+}
+
+/** The MCP protocol version the sidebar speaks. */
+export const MCP_PROTOCOL_VERSION = '2025-06-18';
+
+/** What calling a tool gave: MCP's result, or a JSON-RPC error; `ms` is the call alone. */
+export interface ToolCallOutcome {
+  result?: { content?: Array<Record<string, unknown>>; structuredContent?: unknown; isError?: boolean };
+  error?: { code: number; message: string };
+  ms: number;
+}
+
+/**
+ * Call a tool the way an MCP client does, in a session of its own
+ * (initialize, initialized, tools/call, then the session is ended).
+ */
+export async function callTool(fetcher: Fetcher, server: string, tool: string, args: Record<string, unknown>, version: string): Promise<ToolCallOutcome> {
+  const init = await fetcher.mcp(server, {
+    jsonrpc: '2.0',
+    id: 1,
+    method: 'initialize',
+    params: { protocolVersion: MCP_PROTOCOL_VERSION, capabilities: {}, clientInfo: { name: 'functionai-sidebar', version } }
+  }, null);
+  const sid = init.sessionId;
+  const initError = (init.body as { error?: { code: number; message: string } } | null)?.error;
+  if (initError) {
+    return { error: initError, ms: 0 };
+  }
+  try {
+    await fetcher.mcp(server, { jsonrpc: '2.0', method: 'notifications/initialized' }, sid);
+    const t0 = Date.now();
+    const answer = (await fetcher.mcp(server, { jsonrpc: '2.0', id: 2, method: 'tools/call', params: { name: tool, arguments: args } }, sid)).body as {
+      result?: ToolCallOutcome['result'];
+      error?: { code: number; message: string };
+    };
+    const ms = Date.now() - t0;
+    return answer.error ? { error: answer.error, ms } : { result: answer.result ?? {}, ms };
+  } finally {
+    if (sid) {
+      await fetcher.mcp(server, null, sid, true).catch(() => undefined);
+    }
+  }
+}
+
+/** A tool call's outcome as text for a person: its text content, else its structured content, else the error. */
+export function toolOutcomeText(out: ToolCallOutcome): string {
+  if (out.error) {
+    return `error ${out.error.code}: ${out.error.message}`;
+  }
+  const r = out.result ?? {};
+  const texts = (r.content ?? []).filter(c => c['type'] === 'text').map(c => String(c['text'] ?? ''));
+  const body = texts.length ? texts.join('\n') : JSON.stringify(r.structuredContent ?? r.content ?? null);
+  return `${r.isError ? 'tool error: ' : ''}${body}`;
+}
+
+/** A JSON Schema's skeleton of arguments: each property with an empty value of its type (what the form starts from). */
+export function argumentsSkeleton(schema: Record<string, unknown> | null | undefined): Record<string, unknown> {
+  const props = schema && typeof schema['properties'] === 'object' ? (schema['properties'] as Record<string, Record<string, unknown>>) : {};
+  const empty: Record<string, unknown> = { string: '', integer: 0, number: 0, boolean: false, array: [], object: {}, null: null };
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(props)) {
+    const t = Array.isArray(v?.['type']) ? (v['type'] as string[])[0] : (v?.['type'] as string | undefined);
+    out[k] = 'default' in (v ?? {}) ? v['default'] : t !== undefined && t in empty ? empty[t] : null;
+  }
+  return out;
+}
+
+/** The body of `POST mcp/servers` for a stdio server: a catalog name, or a command line split on spaces. */
+export function hostServerBody(name: string, source: string, network: string): { body: Record<string, unknown> } | { error: string } {
+  const n = name.trim();
+  if (!/^[A-Za-z][A-Za-z0-9_-]{0,62}$/.test(n)) {
+    return { error: `${JSON.stringify(n)} is not a server name: letters, digits, - and _, a letter first` };
+  }
+  const src = source.trim();
+  if (!src) {
+    return { error: 'give a catalog name (e.g. time) or a command (e.g. python -m my_server)' };
+  }
+  const words = src.split(/\s+/);
+  const body: Record<string, unknown> = { name: n, network };
+  if (words.length === 1 && /^[a-z][a-z0-9-]*$/.test(words[0])) {
+    body['catalog'] = words[0];
+  } else {
+    body['command'] = words;
+  }
+  return { body };
 }
 
 /** An answer of the API that is not 2xx, with the server's `{"error": {...}}`. */
@@ -635,6 +726,15 @@ export class SidebarModel {
   async taskAction(id: string, action: 'cancel' | 'retry'): Promise<void> {
     await this.fetcher.post(`tasks/${encodeURIComponent(id)}/${action}`, {});
     await this.refresh();
+  }
+
+  async hostServer(body: Record<string, unknown>): Promise<void> {
+    await this.fetcher.post('mcp/servers', body);
+    await this.refresh();
+  }
+
+  tryTool(server: string, tool: string, args: Record<string, unknown>, version: string): Promise<ToolCallOutcome> {
+    return callTool(this.fetcher, server, tool, args, version);
   }
 
   async endMcpSession(id: string): Promise<void> {

@@ -15,7 +15,10 @@ import {
   CANCELLABLE_TASK_STATES,
   RETRYABLE_TASK_STATES,
   TaskRow,
+  argumentsSkeleton,
+  hostServerBody,
   paramsSummary,
+  toolOutcomeText,
   ColdStartRow,
   FunctionSummary,
   SEGMENTS,
@@ -86,6 +89,8 @@ export interface SidebarActions {
   endpoint(name: string): string;
   /** Open a run's output (a path under the server's root) in a Lab tab. */
   openOutput(path: string, format: string): void;
+  /** This extension's version (the MCP client's, in the try-a-tool form). */
+  version: string;
 }
 
 export class FunctionAISidebar extends Widget {
@@ -437,8 +442,117 @@ export class FunctionAISidebar extends Widget {
 
   // -- tools ------------------------------------------------------------------------------
 
+  private readonly toolsForms = el('div', { class: 'fai-tool-forms' });
+  private readonly toolsList = el('div', { class: 'fai-tool-list' });
+  private toolsFormsMade = false;
+
+  /** The try-a-tool and host-a-server forms: made once (what is typed survives refreshes). */
+  private makeToolForms(): void {
+    this.toolsFormsMade = true;
+    const tryForm = el('form', { class: 'fai-try-tool', 'aria-label': 'Try a tool' });
+    tryForm.appendChild(el('div', { class: 'fai-form-title' }, 'Try a tool'));
+    const pick = el('select', { class: 'fai-try-tool-pick', 'aria-label': 'Tool to try' });
+    const args = el('textarea', { class: 'fai-try-tool-args', 'aria-label': 'Arguments (JSON)', rows: '3' });
+    const go = el('button', { class: 'fai-button fai-try-tool-call', type: 'submit', 'aria-label': 'Call the tool' }, 'Call');
+    const out = el('pre', { class: 'fai-try-tool-result', 'aria-live': 'polite' });
+    pick.addEventListener('change', () => {
+      const [srv, tool] = JSON.parse(pick.value || '["",""]') as [string, string];
+      const info = this.model.snapshot.mcpServers.find(s => s.name === srv)?.tools.find(t => t.name === tool);
+      args.value = JSON.stringify(argumentsSkeleton(info?.inputSchema), null, 1);
+    });
+    tryForm.addEventListener('submit', ev => {
+      ev.preventDefault();
+      if (!pick.value) {
+        return;
+      }
+      const [srv, tool] = JSON.parse(pick.value) as [string, string];
+      let parsed: unknown;
+      try {
+        parsed = args.value.trim() ? JSON.parse(args.value) : {};
+      } catch (err) {
+        out.textContent = `the arguments are not JSON: ${(err as Error).message}`;
+        return;
+      }
+      if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) {
+        out.textContent = 'the arguments must be a JSON object';
+        return;
+      }
+      go.disabled = true;
+      out.textContent = `calling ${tool}…`;
+      this.model
+        .tryTool(srv, tool, parsed as Record<string, unknown>, this.actions.version)
+        .then(r => (out.textContent = `${toolOutcomeText(r)}  (${formatMs(r.ms)})`))
+        .catch(err => (out.textContent = `the call failed: ${describeError(err)}`))
+        .finally(() => (go.disabled = false));
+    });
+    tryForm.appendChild(pick);
+    tryForm.appendChild(args);
+    tryForm.appendChild(go);
+    tryForm.appendChild(out);
+    this.toolsForms.appendChild(tryForm);
+
+    const host = el('form', { class: 'fai-host-server', 'aria-label': 'Host an MCP server' });
+    host.appendChild(el('div', { class: 'fai-form-title' }, 'Host an MCP server'));
+    const name = el('input', { class: 'fai-host-name', 'aria-label': 'Server name', placeholder: 'name' });
+    const source = el('input', { class: 'fai-host-source', 'aria-label': 'Catalog name or command', placeholder: 'catalog name (time) or command' });
+    const network = el('select', { class: 'fai-host-network', 'aria-label': 'Network of the server' });
+    for (const n of ['none', 'loopback', 'host']) {
+      network.appendChild(el('option', { value: n }, `network: ${n}`));
+    }
+    const add = el('button', { class: 'fai-button fai-host-add', type: 'submit', 'aria-label': 'Host the server' }, 'Host');
+    const said = el('div', { class: 'fai-dim fai-host-result', 'aria-live': 'polite' });
+    host.addEventListener('submit', ev => {
+      ev.preventDefault();
+      const made = hostServerBody(name.value, source.value, network.value);
+      if ('error' in made) {
+        said.textContent = made.error;
+        return;
+      }
+      add.disabled = true;
+      said.textContent = 'starting it…';
+      this.model
+        .hostServer(made.body)
+        .then(() => (said.textContent = `hosted ${String(made.body['name'])}`))
+        .catch(err => (said.textContent = `not hosted: ${describeError(err)}`))
+        .finally(() => (add.disabled = false));
+    });
+    for (const e of [name, source, network, add, said]) {
+      host.appendChild(e);
+    }
+    this.toolsForms.appendChild(host);
+    this.toolsBody.appendChild(this.toolsList);
+    this.toolsBody.appendChild(this.toolsForms);
+  }
+
+  private updateToolPicker(): void {
+    const pick = this.toolsForms.querySelector('select.fai-try-tool-pick') as HTMLSelectElement | null;
+    if (!pick) {
+      return;
+    }
+    const keep = pick.value;
+    const options = this.model.snapshot.mcpServers.flatMap(s => s.tools.map(t => JSON.stringify([s.name, t.name])));
+    if (options.join('\n') === Array.from(pick.options).map(o => o.value).join('\n')) {
+      return;
+    }
+    pick.textContent = '';
+    for (const v of options) {
+      const [srv, tool] = JSON.parse(v) as [string, string];
+      pick.appendChild(el('option', { value: v }, `${srv} · ${tool}`));
+    }
+    if (options.includes(keep)) {
+      pick.value = keep;
+    } else if (options.length) {
+      pick.value = options[0];
+      pick.dispatchEvent(new Event('change'));
+    }
+  }
+
   private renderTools(): void {
-    const body = this.toolsBody;
+    if (!this.toolsFormsMade) {
+      this.makeToolForms();
+    }
+    this.updateToolPicker();
+    const body = this.toolsList;
     body.textContent = '';
     const { mcpServers, mcpSessions } = this.model.snapshot;
     if (!mcpServers.length) {

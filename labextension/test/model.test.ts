@@ -9,6 +9,10 @@ import { describe, expect, it, jest } from '@jest/globals';
 import {
   ApiError,
   ColdStartRow,
+  argumentsSkeleton,
+  callTool,
+  hostServerBody,
+  toolOutcomeText,
   FUNCTION_NAME,
   Fetcher,
   SessionRow,
@@ -66,6 +70,18 @@ class TableFetcher implements Fetcher {
 
   async del(path: string): Promise<void> {
     this.deleted.push(path);
+  }
+
+  mcpLog: Array<[string, string | null, boolean]> = [];
+  mcpAnswers: Record<string, unknown> = {};
+
+  async mcp(server: string, message: Record<string, unknown> | null, sessionId: string | null, end?: boolean): Promise<{ body: unknown; sessionId: string | null }> {
+    const method = end ? 'DELETE' : String(message?.['method']);
+    this.mcpLog.push([method, sessionId, !!end]);
+    if (method === 'initialize') {
+      return { body: { jsonrpc: '2.0', id: 1, result: { protocolVersion: '2025-06-18' } }, sessionId: `mcp-${server}` };
+    }
+    return { body: this.mcpAnswers[method] ?? null, sessionId };
   }
 }
 
@@ -337,5 +353,47 @@ describe('refreshes pushed by events', () => {
     } finally {
       jest.useRealTimers();
     }
+  });
+});
+
+describe('trying a tool', () => {
+  it('speaks MCP in a session of its own, ended after', async () => {
+    const f = new TableFetcher({});
+    f.mcpAnswers['tools/call'] = { jsonrpc: '2.0', id: 2, result: { content: [{ type: 'text', text: '5' }] } };
+    const out = await callTool(f, 'kit', 'add', { a: 2, b: 3 }, '0.1.0');
+    expect(toolOutcomeText(out)).toBe('5');
+    expect(f.mcpLog).toEqual([
+      ['initialize', null, false],
+      ['notifications/initialized', 'mcp-kit', false],
+      ['tools/call', 'mcp-kit', false],
+      ['DELETE', 'mcp-kit', true]
+    ]);
+  });
+
+  it('shows a JSON-RPC error and a tool error for what they are', async () => {
+    const f = new TableFetcher({});
+    f.mcpAnswers['tools/call'] = { jsonrpc: '2.0', id: 2, error: { code: -32602, message: 'b: required' } };
+    expect(toolOutcomeText(await callTool(f, 'kit', 'add', {}, '0'))).toBe('error -32602: b: required');
+    f.mcpAnswers['tools/call'] = { jsonrpc: '2.0', id: 2, result: { isError: true, content: [{ type: 'text', text: 'boom' }] } };
+    expect(toolOutcomeText(await callTool(f, 'kit', 'add', {}, '0'))).toBe('tool error: boom');
+    expect(toolOutcomeText({ result: { structuredContent: { x: 1 } }, ms: 1 })).toBe('{"x":1}');
+  });
+
+  it('starts the arguments from the schema', () => {
+    expect(argumentsSkeleton({ properties: { a: { type: 'integer' }, s: { type: ['string', 'null'] }, d: { type: 'number', default: 2.5 }, x: {} } })).toEqual({ a: 0, s: '', d: 2.5, x: null });
+  });
+});
+
+describe('hosting a server', () => {
+  it('takes a catalog name or a command', () => {
+    expect(hostServerBody(' t1 ', 'time', 'none')).toEqual({ body: { name: 't1', network: 'none', catalog: 'time' } });
+    expect(hostServerBody('srv', 'python -m my_server --flag', 'loopback')).toEqual({ body: { name: 'srv', network: 'loopback', command: ['python', '-m', 'my_server', '--flag'] } });
+  });
+
+  it('refuses a bad name or nothing to run', () => {
+    const bad = hostServerBody('1x', 'time', 'none');
+    expect('error' in bad && bad.error).toContain('not a server name');
+    const none = hostServerBody('ok', '  ', 'none');
+    expect('error' in none && none.error).toContain('catalog name');
   });
 });
