@@ -99,3 +99,18 @@ async def test_a_change_is_pushed(api, jp_http_port, jp_base_url, jp_auth_header
     # the server is fine after the client went away
     code, health = await api("functionai", "api", "health")
     assert code == 200 and health["status"] == "ok"
+
+
+async def test_latency_per_function(api):  # noqa: F811
+    """What the sidebar's p50 column reads: per function, calls, errors, p50 and
+    p95 of the last invocations, without fetching their logs."""
+    await deploy(api, "echo", ECHO)
+    for event in (1, 2, "boom"):
+        await api("functionai", "invoke", "echo", method="POST", body=json.dumps(event))
+    code, rows = await api("functionai", "api", "latency")
+    assert code == 200
+    (echo,) = [r for r in rows if r["function"] == "echo"]
+    assert echo["calls"] == 3 and echo["errors"] == 1, echo
+    code, logged = await api("functionai", "api", "invocations")
+    durations = sorted(r["duration_ms"] for r in logged if r["function"] == "echo")
+    assert echo["p50_ms"] == durations[1] and echo["p95_ms"] == durations[2], (echo, durations)

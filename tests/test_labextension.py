@@ -134,6 +134,8 @@ def test_the_sidebar_follows_sessions_and_closes_them(lab: Server, browser: Brow
     # a call counts, and the cold-start chart draws this session's start, in three segments
     assert client.invoke(FUNCTION, {}, session=sid).value == 1
     expect(row.locator(".fai-session-detail")).to_contain_text("1 call")
+    # the function's p50 comes from the latency endpoint
+    expect(sidebar.locator(f'.fai-function[data-function="{FUNCTION}"] .fai-function-stats')).to_contain_text(re.compile(r"p50 \d"))
     bar = sidebar.locator(f'.fai-coldstarts g.fai-bar[data-session="{sid}"]')
     expect(bar.locator("rect.fai-seg")).to_have_count(3)
     start = next(c for c in client.coldstarts(FUNCTION) if c.get("session_id") == sid)

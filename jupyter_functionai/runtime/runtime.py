@@ -18,6 +18,7 @@ import contextlib
 import itertools
 import json
 import logging
+import math
 import os
 import resource
 import time
@@ -72,6 +73,8 @@ UID_BASE = 200_000
 UID_SPAN = 100_000
 EPHEMERAL_UID_SPAN = 50_000
 MAX_LOG_BYTES = 64 * 1024
+#: The invocations (newest, all functions) that ``Runtime.latency`` summarises.
+LATENCY_WINDOW = 5000
 #: How often the bookkeeping of calls (each session's last use and call
 #: count, the invocation log) goes to the store's writer: one group of rows
 #: per interval however many calls.  Nothing acknowledged waits on it (a
@@ -895,6 +898,29 @@ class Runtime:
     async def coldstarts(self, function: str | None = None, limit: int = 500) -> list[dict[str, Any]]:
         await self.flush()
         return await asyncio.to_thread(self.store.list_coldstarts, function, limit)
+
+    async def latency(self, window: int = LATENCY_WINDOW) -> list[dict[str, Any]]:
+        """Per function, over its part of the last ``window`` invocations (all
+        functions together): calls, errors, p50 and p95 of the duration in ms."""
+        await self.flush()
+        by: dict[str, list[float]] = {}
+        errors: dict[str, int] = {}
+        for function, ms, outcome in await asyncio.to_thread(self.store.recent_durations, window):
+            by.setdefault(function, []).append(ms)
+            errors[function] = errors.get(function, 0) + (outcome != "ok")
+        out = []
+        for function, durations in sorted(by.items()):
+            durations.sort()
+            out.append(
+                {
+                    "function": function,
+                    "calls": len(durations),
+                    "errors": errors[function],
+                    "p50_ms": durations[max(0, math.ceil(0.50 * len(durations)) - 1)],
+                    "p95_ms": durations[max(0, math.ceil(0.95 * len(durations)) - 1)],
+                }
+            )
+        return out
 
     async def invocations(self, function: str | None = None, session_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         await self.flush()

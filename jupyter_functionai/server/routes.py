@@ -245,6 +245,12 @@ class InvocationsHandler(BaseHandler):
         )
 
 
+class LatencyHandler(BaseHandler):
+    @jupyter_auth
+    async def get(self) -> None:
+        self.write_json(await self.runtime.latency())
+
+
 class KeysHandler(BaseHandler):
     @jupyter_auth
     async def get(self) -> None:
@@ -552,6 +558,7 @@ ROUTES: list[Route] = [
         InvocationsHandler,
         {"get": Op("Recent invocations with their logs", returns="AnyList", query=("function", "session", "limit"))},
     ),
+    Route(f"{API}/latency", "/functionai/api/latency", LatencyHandler, {"get": Op("Per function over the last 5,000 invocations: calls, errors, p50 and p95 ms", returns="AnyList", errors=())}),
     Route(
         f"{API}/keys",
         "/functionai/api/keys",

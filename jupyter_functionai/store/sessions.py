@@ -383,6 +383,18 @@ class SessionsStore(StoreBase):
         except IntegrityError as exc:
             raise Conflict("invocation id already logged") from exc
 
+    def recent_durations(self, limit: int) -> list[tuple[str, float, str]]:
+        """``(function, duration_ms, outcome)`` of the last ``limit`` invocations
+        of all functions, newest first: what per-function latency is made of
+        (no logs read)."""
+        query = (
+            select(invocations.c.function, invocations.c.duration_ms, invocations.c.outcome)
+            .order_by(invocations.c.started_at.desc(), invocations.c.id.desc())
+            .limit(limit)
+        )
+        with self._tx(write=False) as conn:
+            return [(str(r[0]), float(r[1]), str(r[2])) for r in conn.execute(query)]
+
     def list_invocations(
         self, function: str | None = None, session_id: str | None = None, limit: int = 100
     ) -> list[dict[str, Any]]:

@@ -163,11 +163,13 @@ export interface ColdStartRow {
   at: number;
 }
 
-export interface InvocationRow {
+/** Per function, over the last invocations (`GET latency`). */
+export interface LatencyRow {
   function: string;
-  duration_ms: number;
-  outcome: string;
-  started_at: number;
+  calls: number;
+  errors: number;
+  p50_ms: number;
+  p95_ms: number;
 }
 
 export interface Handshake {
@@ -258,7 +260,7 @@ export interface Snapshot {
   functions: FunctionRow[];
   sessions: SessionRow[];
   coldstarts: ColdStartRow[];
-  invocations: InvocationRow[];
+  latency: LatencyRow[];
   runs: RunRow[];
   schedules: ScheduleRow[];
   tasks: TaskRow[];
@@ -276,9 +278,8 @@ export const SEGMENTS: ReadonlyArray<[keyof ColdStartRow, string]> = [
 /** Sessions shown: the open ones (ended sessions pile up; the API keeps them). */
 export const OPEN_STATUSES = ['live', 'paused'];
 
-/** Cold starts and invocations fetched per refresh. */
+/** Cold starts fetched per refresh (the newest). */
 export const COLDSTART_LIMIT = 200;
-export const INVOCATION_LIMIT = 500;
 export const RUN_LIMIT = 50;
 export const TASK_LIMIT = 50;
 /** Task states from which a task can be cancelled; and retried. */
@@ -416,16 +417,11 @@ export function coldstartsByPath(rows: readonly ColdStartRow[]): PathSummary[] {
 
 /** Each function with its live instances, open sessions, calls and p50 latency. */
 export function summariseFunctions(snap: Snapshot): FunctionSummary[] {
-  const latencies = new Map<string, number[]>();
-  for (const inv of snap.invocations) {
-    const list = latencies.get(inv.function) ?? [];
-    list.push(inv.duration_ms);
-    latencies.set(inv.function, list);
-  }
+  const latencies = new Map(snap.latency.map(l => [l.function, l]));
   return snap.functions.map(f => {
     const mine = snap.sessions.filter(s => s.function === f.name && OPEN_STATUSES.includes(s.status));
     const instances = new Set(mine.map(s => s.instance?.id ?? s.instance_id).filter(Boolean));
-    const lat = latencies.get(f.name) ?? [];
+    const lat = latencies.get(f.name);
     return {
       name: f.name,
       version: f.active_version,
@@ -433,7 +429,7 @@ export function summariseFunctions(snap: Snapshot): FunctionSummary[] {
       instances: instances.size,
       sessions: mine.length,
       calls: mine.reduce((n, s) => n + (s.calls || 0), 0),
-      p50_ms: lat.length ? percentile(lat, 50) : null
+      p50_ms: lat ? lat.p50_ms : null
     };
   });
 }
@@ -600,7 +596,7 @@ export type Listener = (model: SidebarModel) => void;
  * after it (a burst of change events costs two fetches, not one each).
  */
 export class SidebarModel {
-  snapshot: Snapshot = { functions: [], sessions: [], coldstarts: [], invocations: [], runs: [], schedules: [], tasks: [], mcpServers: [], mcpSessions: [] };
+  snapshot: Snapshot = { functions: [], sessions: [], coldstarts: [], latency: [], runs: [], schedules: [], tasks: [], mcpServers: [], mcpSessions: [] };
   /** Why the last refresh failed (the last good snapshot is kept and shown dimmed), or null. */
   error: string | null = null;
   /** When the last refresh succeeded (ms since the epoch), or null before the first. */
@@ -755,19 +751,19 @@ export class SidebarModel {
       this.pending = null;
     }
     try {
-      const [functions, live, paused, coldstarts, invocations, runs, schedules, tasks, mcpServers, mcpSessions] = await Promise.all([
+      const [functions, live, paused, coldstarts, latency, runs, schedules, tasks, mcpServers, mcpSessions] = await Promise.all([
         this.fetcher.get<FunctionRow[]>('functions'),
         this.fetcher.get<SessionRow[]>('sessions?status=live'),
         this.fetcher.get<SessionRow[]>('sessions?status=paused'),
         this.fetcher.get<ColdStartRow[]>(`coldstarts?limit=${COLDSTART_LIMIT}`),
-        this.fetcher.get<InvocationRow[]>(`invocations?limit=${INVOCATION_LIMIT}`),
+        this.fetcher.get<LatencyRow[]>('latency'),
         this.fetcher.get<RunRow[]>(`runs?limit=${RUN_LIMIT}`),
         this.fetcher.get<ScheduleRow[]>('schedules'),
         this.fetcher.get<TaskRow[]>(`tasks?limit=${TASK_LIMIT}`),
         this.fetcher.get<McpServerRow[]>('mcp/servers'),
         this.fetcher.get<McpSessionRow[]>('mcp/sessions?status=active')
       ]);
-      this.snapshot = { functions, sessions: [...live, ...paused], coldstarts, invocations, runs, schedules, tasks, mcpServers, mcpSessions };
+      this.snapshot = { functions, sessions: [...live, ...paused], coldstarts, latency, runs, schedules, tasks, mcpServers, mcpSessions };
       this.error = null;
       this.updatedAt = Date.now();
     } catch (err) {

@@ -96,11 +96,9 @@ function table(sessions: SessionRow[] = [], paused: SessionRow[] = []): Record<s
     'tasks?limit=50': [],
     'mcp/servers': [],
     'mcp/sessions?status=active': [],
-    'invocations?limit=500': [
-      { function: 'echo', duration_ms: 5, outcome: 'ok', started_at: 1 },
-      { function: 'echo', duration_ms: 1, outcome: 'ok', started_at: 2 },
-      { function: 'echo', duration_ms: 9, outcome: 'ok', started_at: 3 },
-      { function: 'other', duration_ms: 100, outcome: 'ok', started_at: 3 }
+    latency: [
+      { function: 'echo', calls: 3, errors: 0, p50_ms: 5, p95_ms: 9 },
+      { function: 'other', calls: 1, errors: 0, p50_ms: 100, p95_ms: 100 }
     ]
   };
 }
@@ -156,7 +154,7 @@ describe('derived views', () => {
       functions: table()['functions'] as never,
       sessions: [session('a', { calls: 2 }), session('b', { calls: 1, instance: { id: 'i-a', pid: 10 } }), session('c', { status: 'closed', calls: 7 })],
       coldstarts: [],
-      invocations: table()['invocations?limit=500'] as never,
+      latency: table()['latency'] as never,
       runs: [],
       schedules: [],
       tasks: [],
