@@ -354,17 +354,19 @@ def test_render_1000_sessions(lab: Server, browser: Browser) -> None:  # noqa: F
     sidebar = open_sidebar(page)
     expect(sidebar.locator(f'.fai-session[data-session-id="{sid}"]')).to_be_visible()
     page.route("**/functionai/api/sessions?status=live*", lambda route: route.fulfill(status=200, content_type="application/json", body=json.dumps(many)))
-    ms = page.evaluate(
+    ms, render_ms = page.evaluate(
         """async () => {
             const t0 = performance.now();
             document.querySelector('#functionai-sidebar .fai-refresh').click();
             while (!document.querySelector('#functionai-sidebar [data-session-id="bulk-0000"]')) {
                 await new Promise(r => requestAnimationFrame(r));
             }
-            return performance.now() - t0;
+            const total = performance.now() - t0;
+            const renders = performance.getEntriesByName('functionai:render').filter(e => e.startTime >= t0);
+            return [total, Math.max(...renders.map(e => e.duration))];
         }"""
     )
-    print(f"\nlabextension: Sessions rendered 1,000 sessions in {ms:.0f} ms (fetch included; goal 300 ms)")
+    print(f"\nlabextension: Sessions with 1,000 sessions: {ms:.0f} ms from Refresh to rows drawn (ten API calls included), {render_ms:.1f} ms to render (goal 300 ms)")
     expect(sidebar.locator(".fai-summary")).to_contain_text("1000 live")
     drawn = sidebar.locator(".fai-session").count()
     assert 0 < drawn < 100, drawn  # virtualised: the rows in view (and a few more), not 1,000

@@ -190,6 +190,16 @@ export class FunctionAISidebar extends Widget {
   }
 
   render(): void {
+    // User Timing: each render shows as "functionai:render" in the browser's performance tools
+    const t0 = performance.now();
+    try {
+      this.draw();
+    } finally {
+      performance.measure('functionai:render', { start: t0, end: performance.now() });
+    }
+  }
+
+  private draw(): void {
     const m = this.model;
     this.status.hidden = m.error === null;
     this.status.textContent = m.error === null ? '' : `Cannot reach the FunctionAI server: ${m.error}` + (m.updatedAt ? ` (showing what it said at ${new Date(m.updatedAt).toLocaleTimeString()})` : '');
