@@ -34,7 +34,7 @@ from jupyter_functionai.panels import (
     panel,
 )
 
-from .conftest import plain
+from .conftest import pid_alive, plain
 from .test_cli_server import Server, base_env, free_port, start_server, stop_server, wait_until
 
 SVG = "{http://www.w3.org/2000/svg}"
@@ -136,7 +136,7 @@ def test_the_close_button_closes_the_session(client: Client, panels: list[Any]) 
     assert p.last_action is not None
     p.last_action.result(timeout=30)
     assert client.session("pan-c")["status"] == "closed"
-    wait_until(lambda: not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().rsplit(") ", 1)[1][0] == "Z", 10, "the sandbox to exit")
+    wait_until(lambda: not pid_alive(pid), 10, "the sandbox to exit")  # gone, or a zombie
     assert "pan-c" not in p._rows and "closed session pan-c" in p.status.value
     assert plain(p.summary.value).startswith("no open sessions")
     p.include_ended.value = True  # ended sessions can be shown: greyed, nothing to close
