@@ -70,7 +70,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ._sync import Blocking, blocking, shared_portal
-from .errors import FunctionAIError, InvalidArgument, InvalidSpec
+from .errors import FunctionAIError, InvalidArgument, InvalidSpec, SandboxForbidden
 from .spec import FunctionSpec
 
 __all__ = [
@@ -109,6 +109,10 @@ PROBE_TIMEOUT = 3.0
 MCP_ADD_WAIT = 600.0
 #: the call statistics the server adds to each tool of ``mcp_server(name)["tools"]``
 TOOL_STATS = ("calls", "errors", "p50_ms", "p95_ms", "last_called_at", "last_error")
+# ``unix:<path>``: the server is reached through a Unix socket at <path> (the
+# relay of a sandbox kernel, see jupyter_functionai/kernel/relay.py)
+UNIX_SCHEME = "unix:"
+UNIX_HOST = "http://functionai.relay/"
 HOW_TO_START = "start one with `functionai serve` or set FUNCTIONAI_URL and FUNCTIONAI_TOKEN"
 HOW_TO_PICK = "pick one with --url URL --token TOKEN, or export FUNCTIONAI_URL=URL FUNCTIONAI_TOKEN=TOKEN"
 
@@ -194,6 +198,35 @@ class _Request:
         return json.dumps(self.body).encode()
 
 
+class _UnixResolver:
+    """A tornado resolver that sends every connection to one Unix socket.
+    A path too long for ``sun_path`` (~107 bytes) is reached through a
+    descriptor of its directory (``/proc/self/fd/N/name``)."""
+
+    _dirs: dict[str, int] = {}
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def _address(self) -> str:
+        path = self.path
+        if len(os.fsencode(path)) < 100:
+            return path
+        parent, name = os.path.split(path)
+        fd = self._dirs.get(parent)
+        if fd is None:
+            fd = self._dirs[parent] = os.open(parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        return f"/proc/self/fd/{fd}/{name}"
+
+    async def resolve(self, host: str, port: int, family: Any = None) -> list[tuple[int, Any]]:
+        import socket
+
+        return [(socket.AF_UNIX, self._address())]
+
+    def close(self) -> None:
+        pass
+
+
 @dataclass
 class _Response:
     status: int
@@ -220,6 +253,8 @@ def _auth_headers(token: str | None) -> dict[str, str]:
 
 def _normalise_url(url: str) -> str:
     url = url.strip()
+    if url.startswith(UNIX_SCHEME):
+        return url  # a Unix socket (a sandbox kernel's relay): kept as given
     if "://" not in url:
         url = "http://" + url
     return url.rstrip("/") + "/"
@@ -321,6 +356,8 @@ def _error_from(resp: _Response, url: str) -> FunctionAIError:
     except ValueError:
         data = None
     err_body = data.get("error") if isinstance(data, dict) else None
+    if resp.status == 403 and isinstance(err_body, dict) and err_body.get("kind") == SandboxForbidden.kind:
+        return SandboxForbidden(str(err_body.get("message") or SandboxForbidden.kind))
     if resp.status in (401, 403):
         why = err_body.get("message") if isinstance(err_body, dict) else None
         reason = why if why and why not in ("Forbidden", "Unauthorized") else ""
@@ -453,6 +490,10 @@ class AsyncClient:
         from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
         url = req.url(base)
+        http_kw: dict[str, Any] = {}
+        if base.startswith(UNIX_SCHEME):
+            http_kw["resolver"] = _UnixResolver(base[len(UNIX_SCHEME):])
+            url = req.url(UNIX_HOST)
         r = HTTPRequest(
             url,
             method=req.method,
@@ -465,7 +506,7 @@ class AsyncClient:
         )
         # an HTTP client of its own per request (a connection per request anyway):
         # no queue shared with other callers on this loop, whose long-polls would hold it
-        http = AsyncHTTPClient(force_instance=True)
+        http = AsyncHTTPClient(force_instance=True, **http_kw)
         try:
             resp = await http.fetch(r, raise_error=False)
         except HTTPClientError as exc:  # 599: timeout or a closed connection
@@ -582,6 +623,11 @@ class AsyncClient:
 
     async def coldstarts(self, function: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
         return await self._json(_Request("GET", f"{API}/coldstarts", query={"function": function, "limit": limit}))
+
+    async def gpus(self) -> dict[str, Any]:
+        """The server's GPUs: devices, memory, MIG instances and the slice each
+        instance holds; ``available`` false and ``reason`` where there are none."""
+        return await self._json(_Request("GET", f"{API}/gpus"))
 
     async def invocations(self, function: str | None = None, session: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
         return await self._json(_Request("GET", f"{API}/invocations", query={"function": function, "session": session, "limit": limit}))
@@ -823,6 +869,7 @@ class Client(Blocking, twin=AsyncClient):
     close_session = blocking(AsyncClient.close_session)
     instances = blocking(AsyncClient.instances)
     coldstarts = blocking(AsyncClient.coldstarts)
+    gpus = blocking(AsyncClient.gpus)
     invocations = blocking(AsyncClient.invocations)
     create_key = blocking(AsyncClient.create_key)
     keys = blocking(AsyncClient.keys)

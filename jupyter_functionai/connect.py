@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from .embedded import EmbeddedClient
 
 _EMBEDDED: EmbeddedClient | None = None
+SANDBOX_KERNEL = "FUNCTIONAI_KERNEL"  # "1" in a sandbox kernel (kernel/handler.py)
 
 
 def _choice(parent: bool = True) -> ServerChoice | None:
@@ -48,6 +50,15 @@ def connect(announce: Callable[[str], Any] | None = print) -> FunctionAIClient:
     The result has ``.source``, a short phrase naming the choice.
     """
     global _EMBEDDED
+    if os.environ.get(SANDBOX_KERNEL) == "1" and not os.environ.get(ENV_URL):
+        # a sandbox kernel reaches its server only through the relay its
+        # provisioner gives it: an embedded runtime here would be a second,
+        # hidden one inside the sandbox
+        raise NoServer(
+            "this sandbox kernel has no way to a functionai server: its kernel manager runs no "
+            "functionai server (an embedded runtime), or gave it no relay; start the kernel from "
+            "JupyterLab with the functionai extension, or set FUNCTIONAI_URL and FUNCTIONAI_TOKEN"
+        )
     choice = _choice()
     if choice is not None and choice.source.startswith(PARENT_URL):
         client = Client(choice.url, choice.token)

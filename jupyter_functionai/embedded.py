@@ -16,6 +16,7 @@ is their blocking twin (``jupyter_functionai._sync``), run on the Runtime's loop
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import os
 import threading
@@ -94,6 +95,9 @@ class AsyncEmbeddedClient:
     async def coldstarts(self, function: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
         return await self.runtime.coldstarts(function, 500 if limit is None else limit)
 
+    async def gpus(self) -> dict[str, Any]:
+        return await asyncio.to_thread(self.runtime.gpus)
+
     async def submit(self, name: str, event: Any = None, *, session: str | None = None, timeout: float | None = None, retries: int | None = None) -> dict[str, Any]:
         return await self.runtime.tasks.submit(name, event, session=session, timeout=timeout, retries=retries)
 
@@ -155,6 +159,7 @@ class EmbeddedClient(Blocking, twin=AsyncEmbeddedClient):
     close_session = blocking(AsyncEmbeddedClient.close_session)
     sessions = blocking(AsyncEmbeddedClient.sessions)
     coldstarts = blocking(AsyncEmbeddedClient.coldstarts)
+    gpus = blocking(AsyncEmbeddedClient.gpus)
     submit = blocking(AsyncEmbeddedClient.submit)
     task = blocking(AsyncEmbeddedClient.task)
     wait_task = blocking(AsyncEmbeddedClient.wait_task)

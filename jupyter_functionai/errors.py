@@ -72,6 +72,14 @@ class NotFound(FunctionAIError, LookupError):
     status = 404
 
 
+class SandboxForbidden(FunctionAIError, PermissionError):
+    """A sandbox kernel's relay refused a request that would reach past the
+    kernel's sandbox (see ``kernel/relay.py``)."""
+
+    kind = "sandbox_forbidden"
+    status = 403
+
+
 class Conflict(FunctionAIError):
     kind = "conflict"
     status = 409
@@ -150,6 +158,7 @@ _BY_KIND: dict[str, type[FunctionAIError]] = {
         InvalidArgument,
         NotFound,
         Conflict,
+        SandboxForbidden,
         PayloadTooLarge,
         IsolationUnavailable,
         UserError,

@@ -20,12 +20,14 @@ PKG = Path(jupyter_functionai.__file__).parent
 
 # layer -> packages of ours it must never import (directly or lazily)
 FORBIDDEN = {
-    "sandbox": {"runtime", "backends", "store", "server", "mcp", "runs", "stack", "client", "magics", "panels", "kernel"},
+    "sandbox": {"runtime", "backends", "store", "server", "mcp", "runs", "stack", "client", "magics", "panels", "kernel", "gpu"},
     "backends": {"runtime", "server", "mcp", "runs", "stack", "client", "magics", "panels"},
     "store": {"runtime", "backends", "sandbox", "server", "mcp", "runs", "stack", "client"},
     "runtime": {"server", "mcp", "runs", "stack", "client", "magics", "panels", "kernel"},
     "mcp": {"server", "stack", "magics", "panels"},
     "runs": {"server", "stack", "magics", "panels", "mcp"},
+    # GPU placement sits beside the sandbox, below the backends that use it
+    "gpu": {"runtime", "backends", "store", "sandbox", "server", "mcp", "runs", "stack", "client", "magics", "panels", "kernel"},
 }
 THIRD_PARTY_ONLY_IN_SERVER = {"tornado"}
 

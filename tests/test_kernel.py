@@ -6,6 +6,7 @@ shutdown, cold starts and bad configurations. No mocks."""
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import json
 import os
@@ -394,3 +395,109 @@ async def test_a_restored_provisioner_reaches_the_running_kernels_sockets_again(
         finally:
             if fresh._kdir_fd is not None:
                 os.close(fresh._kdir_fd)
+
+
+# -- the kernel's way back to its server: the relay ---------------------------------------------
+
+RELAY_PROBE = """
+import http.client, json, os, socket
+url, key = os.environ["FUNCTIONAI_URL"], os.environ["FUNCTIONAI_TOKEN"]
+
+class _Conn(http.client.HTTPConnection):
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.connect(".kernel/api.sock")  # (relative: the kernel's cwd is its directory)
+
+def raw(method, path, token=key, body=None):
+    c = _Conn("relay")
+    c.request(method, path, body=json.dumps(body) if body is not None else None,
+              headers={"Authorization": f"token {token}", "Content-Type": "application/json"})
+    r = c.getresponse()
+    return r.status, json.loads(r.read() or b"null")
+"""
+
+
+def test_magics_in_a_sandbox_kernel_reach_its_server_through_a_relay_without_its_token(server: Server, client: Client) -> None:
+    with kernel() as (km, kc):
+        out, reply = run(kc, "import os, json\njson.dumps(dict(os.environ))")
+        assert reply["status"] == "ok", out
+        env = json.loads(ast.literal_eval(out.strip()))
+        # no credential of the server in the kernel: only its own kernel key and socket
+        assert server.token not in out
+        assert env["FUNCTIONAI_URL"].startswith("unix:") and env["FUNCTIONAI_URL"].endswith("/.kernel/api.sock")
+        assert env["FUNCTIONAI_TOKEN"].startswith("faik-") and env["FUNCTIONAI_TOKEN"] != server.token
+        # the magics are loaded without %load_ext, and deploy on the server that started the kernel
+        out, reply = run(kc, "%%function relay-echo --timeout 30\ndef handler(event, ctx):\n    return {'echo': event}\n")
+        assert reply["status"] == "ok", out
+        assert client.invoke("relay-echo", {"n": 7}).value == {"echo": {"n": 7}}
+        out, reply = run(kc, "from jupyter_functionai.connect import connect\nfai = connect()\n(fai.source, fai.invoke('relay-echo', 5).value)")
+        assert reply["status"] == "ok", out
+        assert "FUNCTIONAI_URL" in out and "{'echo': 5}" in out, out
+        # the relay's socket is bound in the kernel's own directory
+        sock = km.provisioner.resolve_path(".kernel/api.sock")
+        assert sock is not None and Path(sock).is_socket()
+
+
+REFUSED = [
+    ("GET", "/api/contents", None, "only the functionai API"),
+    ("GET", "/api/kernels", None, "only the functionai API"),
+    ("POST", "/api/terminals", {}, "only the functionai API"),
+    ("GET", "/functionai/api/../../api/contents", None, "may not use the path"),
+    ("GET", "/functionai/api/%2e%2e/%2e%2e/api/contents", None, "may not use the path"),
+    ("GET", "/functionai/api/functions%2f..%2f..%2fapi", None, "may not use the path"),
+    ("POST", "/functionai/api/functions", {"name": "wide", "source": {"kind": "code", "code": "def handler(e, c):\n    return 1\n"}, "network": "host"}, "network 'host'"),
+    ("POST", "/functionai/api/functions", {"name": "noseccomp", "source": {"kind": "code", "code": "def handler(e, c):\n    return 1\n"}, "seccomp": "off"}, "seccomp"),
+    ("POST", "/functionai/api/functions", {"name": "fromfile", "source": {"kind": "file", "path": "/etc/hostname"}}, "file path"),
+    ("POST", "/functionai/api/runs", {"notebook": "x.ipynb", "kernel": "python3"}, "notebook runs"),
+    ("POST", "/functionai/api/schedules", {"notebook": "x.ipynb", "cron": "* * * * *"}, "schedules"),
+    ("POST", "/functionai/api/functions/relay-echo/keys", {}, "keys are credentials"),
+    ("DELETE", "/functionai/api/keys/k1", None, "keys are credentials"),
+    ("POST", "/functionai/api/mcp/servers", {"name": "x", "command": ["sh"]}, "MCP servers"),
+    ("POST", "/functionai/api/functions/relay-echo/rollback", {"version": 1}, "rollback"),
+]
+
+
+def test_the_relay_refuses_what_reaches_past_the_sandbox(client: Client) -> None:
+    cases = [(m, p, b) for m, p, b, _ in REFUSED]
+    with kernel() as (_km, kc):
+        out, reply = run(kc, RELAY_PROBE + f"\njson.dumps([raw(m, p, body=b) for m, p, b in {cases!r}])")
+        assert reply["status"] == "ok", out
+        answers = json.loads(ast.literal_eval(out.strip()))
+    for (method, path, _, says), (status, body) in zip(REFUSED, answers, strict=True):
+        assert status == 403 and body["error"]["kind"] == "sandbox_forbidden" and says in body["error"]["message"], (method, path, status, body)
+    names = {f["name"] for f in client.functions()}
+    assert not names & {"wide", "noseccomp", "fromfile"}
+    assert client.runs() == [] and client.schedules() == []
+
+
+def test_the_relay_wants_the_kernel_key_and_forgets_it_on_restart(server: Server) -> None:
+    with kernel() as (km, kc):
+        probe = f"[raw('GET', '/functionai/api/functions', token={server.token!r})[0], raw('GET', '/functionai/api/functions', token='faik-guess')[0], raw('GET', '/functionai/api/functions')[0], key]"
+        out, reply = run(kc, RELAY_PROBE + f"\njson.dumps({probe})")
+        assert reply["status"] == "ok", out
+        server_token, guessed, own, old_key = json.loads(ast.literal_eval(out.strip()))
+        # the server's own token is not the kernel's key: the relay takes nothing else
+        assert (server_token, guessed, own) == (401, 401, 200), out
+        km.restart_kernel()
+        kc.wait_for_ready(timeout=60)
+        out, reply = run(kc, RELAY_PROBE + f"\njson.dumps([raw('GET', '/functionai/api/functions', token={old_key!r})[0], raw('GET', '/functionai/api/health')[0], key != {old_key!r}])")
+        assert reply["status"] == "ok", out
+        assert json.loads(ast.literal_eval(out.strip())) == [401, 200, True], out
+
+
+def test_a_symlink_the_kernel_plants_as_its_socket_is_not_followed_by_the_host(tmp_path: Path) -> None:
+    """The relay's socket is (re)bound by the host in a directory the sandbox
+    owns: a symlink planted there, pointing at a host file, must neither be
+    followed (chmod 0666 would open that file to everyone) nor keep the relay away."""
+    victim = tmp_path / "host-secret"
+    victim.write_text("host only")
+    victim.chmod(0o600)
+    with kernel() as (km, kc):
+        plant = f"import os\nos.unlink('.kernel/api.sock')\nos.symlink({str(victim)!r}, '.kernel/api.sock')\nos.path.islink('.kernel/api.sock')"
+        out, reply = run(kc, plant)
+        assert reply["status"] == "ok" and out.strip() == "True", out
+        km.restart_kernel()  # the relay is bound again, where the symlink is
+        kc.wait_for_ready(timeout=60)
+        out, reply = run(kc, RELAY_PROBE + "\njson.dumps(raw('GET', '/functionai/api/health')[0])")
+        assert reply["status"] == "ok" and out.strip() == "'200'", out
+    assert oct(victim.stat().st_mode & 0o777) == oct(0o600) and victim.read_text() == "host only"

@@ -74,6 +74,14 @@ async def test_kernel_in_a_jupyter_server_uses_its_runtime(jp_fetch: Any, jp_ws_
         assert reply is not None and reply["status"] == "ok", (out, reply)
         session, cwd = out.split()
         assert session == sid and cwd == km.provisioner.workdir
+        # its magics reach this server, through the kernel's relay, with no token of the server
+        code = (
+            "import os\nfrom jupyter_functionai.connect import connect\n"
+            f"print(connect().functions()[0]['name'], {jp_serverapp.identity_provider.token!r} in str(os.environ))"
+        )
+        out, reply = await _execute(ws, code)
+        assert reply is not None and reply["status"] == "ok", (out, reply)
+        assert out.split() == ["kernel-sandbox", "False"], out
     finally:
         ws.close()
     # the Sessions panel's data: the kernel's session, live, with its instance; its cold start

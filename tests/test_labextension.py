@@ -115,6 +115,10 @@ def test_the_sidebar_follows_sessions_and_closes_them(lab: Server, browser: Brow
     expect(sidebar.locator(".fai-title")).to_have_text("FunctionAI")
     expect(sidebar.locator(f'.fai-function[data-function="{FUNCTION}"]')).to_be_visible()
     expect(sidebar.locator(".fai-notice")).to_be_hidden()  # the handshake agreed
+    # GPUs: this machine has no NVIDIA driver, and the section says so, with the server's reason
+    gpus = client.gpus()
+    assert gpus["available"] is False and gpus["reason"].startswith("no GPU found"), gpus
+    expect(sidebar.locator(".fai-gpus .fai-no-gpu")).to_have_text(gpus["reason"])
 
     # a session opened through the API appears, with its instance and pid, pushed by the events stream
     sid = f"lab-{secrets.token_hex(4)}"

@@ -147,6 +147,9 @@ def run_all(page: Page) -> None:
     # notebook panel as it activates) can be lost: press again until the cell
     # is queued ("[*]") or has run; a second %load_ext is harmless
     for _ in range(4):
+        dialog = page.locator(".jp-Dialog")
+        if dialog.count():  # it would take the click: say what it asks (a CI run once met one here)
+            raise AssertionError(f"a JupyterLab dialog is open over the notebook: {dialog.first.inner_text()[:500]!r}")
         first.locator(".jp-InputArea-editor").click()
         page.keyboard.press("Shift+Enter")
         try:

@@ -35,6 +35,7 @@ from ..errors import (
     OutOfMemory,
     UserError,
 )
+from ..gpu import GpuAllocator, Slice
 from ..sandbox import disk as sdisk
 from ..sandbox import isolation as iso
 from ..sandbox import seccomp
@@ -307,6 +308,7 @@ class ProcessInstance(Instance):
         self.path = path
         self.pid: int | None = None
         self.isolation: dict[str, Any] = {}
+        self.gpu_slice: Slice | None = None  # held on a card while it lives (gpu/allocator.py)
         self.spawn_ms = 0.0
         self.init_ms = 0.0
         self.bound_session: str | None = None
@@ -390,6 +392,8 @@ class ProcessInstance(Instance):
         if self._dead:
             return
         self._dead = True
+        if self.gpu_slice is not None:
+            self.owner.gpus.release(self.id)
         if self._fault is not None:
             self._kill()  # it is still running: what it sent ended it
         elif self._stop_reason is None and self.pid is not None:
@@ -622,8 +626,10 @@ class ProcessBackend(Backend):
 
     name = "process"
 
-    def __init__(self, state_dir: str, *, use_templates: bool = True, cgroups: bool = True, isolate: bool = True) -> None:
+    def __init__(self, state_dir: str, *, use_templates: bool = True, cgroups: bool = True, isolate: bool = True, gpus: GpuAllocator | None = None) -> None:
         self.isolate = isolate
+        #: where GPU instances are placed (gpu/): the machine's NVML, or "no GPU found"
+        self.gpus = gpus if gpus is not None else GpuAllocator.from_machine()
         self.state_dir = os.path.realpath(state_dir)
         self.log_dir = os.path.join(self.state_dir, "logs")
         os.makedirs(self.log_dir, exist_ok=True)
@@ -938,6 +944,13 @@ class ProcessBackend(Backend):
                 cg_err = f"creating the cgroup failed: {exc}"
         inst = ProcessInstance(self, fv, iid, path, cg_name if cg_procs else None)
         inst.template = template
+        if spec.resources.gpu > 0 and self.gpus.available:
+            try:  # pinned to its card (or MIG instance) before it exists; released in _died
+                inst.gpu_slice = self.gpus.allocate(iid, spec.resources.gpu, function=fv.name)
+            except BaseException:
+                await inst.stop("no GPU capacity")
+                self._cleanup_cgroup(cg_name)
+                raise
         cfg = {
             "instance_id": iid,
             "isolate": self.isolate,
@@ -956,7 +969,7 @@ class ProcessBackend(Backend):
             "max_state_bytes": spec.limits.max_state_bytes,
             "max_payload_bytes": spec.limits.max_payload_bytes,
             "concurrency": spec.concurrency,
-            "env": {**_gpu_env(spec.resources.gpu), **spec.env},
+            "env": {**_gpu_env(spec.resources.gpu), **(inst.gpu_slice.env() if inst.gpu_slice else {}), **spec.env},
             "tmp_mb": min(spec.resources.memory_mb, 1024),
             "state_dir": self.state_dir,
             "masks": self.mask_plan(fv),

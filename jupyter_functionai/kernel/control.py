@@ -61,15 +61,24 @@ class KernelControl(ABC):
     async def describe_session(self, session: str) -> dict[str, Any]:
         """The runtime's description of ``session``."""
 
+    async def server_address(self) -> tuple[str, str] | None:
+        """The HTTP URL and token of the server behind this runtime, which a
+        kernel's relay forwards to (None: there is none, an embedded runtime)."""
+        return None
+
 
 class RuntimeControl(KernelControl):
     """A Runtime on the current event loop (the server's own)."""
 
     _deploy_locks: weakref.WeakKeyDictionary[Any, asyncio.Lock] = weakref.WeakKeyDictionary()
 
-    def __init__(self, runtime: Any) -> None:
+    def __init__(self, runtime: Any, address: tuple[str, str] | None = None) -> None:
         self.runtime = runtime
+        self.address = address
         self.where = f"the Jupyter server's runtime ({runtime.state_dir})"
+
+    async def server_address(self) -> tuple[str, str] | None:
+        return self.address
 
     async def ensure_function(self, spec: FunctionSpec) -> None:
         rt = self.runtime
@@ -135,6 +144,16 @@ class ClientControl(KernelControl):
     async def describe_session(self, session: str) -> dict[str, Any]:
         return await asyncio.to_thread(self.client.session, session)
 
+    async def server_address(self) -> tuple[str, str] | None:
+        from ..client import Client
+
+        if not isinstance(self.client, Client):
+            return None  # an embedded runtime: no server to relay to
+        client = self.client
+        url = await asyncio.to_thread(lambda: client.url)  # found on first use
+        token = client._impl._token or ""
+        return (url, token) if not url.startswith("unix:") else None
+
 
 def deploy_fields(spec: FunctionSpec) -> dict[str, Any]:
     """``spec`` as the keywords of ``Client.deploy(name, code, **fields)``
@@ -150,7 +169,7 @@ async def connect(km: Any) -> KernelControl:
     """The runtime for the kernels of ``km`` (a KernelManager): see the module docstring."""
     rt = server_runtime(km)
     if rt is not None:
-        return RuntimeControl(rt)
+        return RuntimeControl(rt, _own_address(km))
     from ..client import Client, NoServer
 
     parent = os.environ.get(ENV_PARENT_URL)
@@ -172,12 +191,33 @@ def server_runtime(obj: Any) -> Any:
     """The functionai Runtime of the Jupyter server that owns ``obj`` (a
     KernelManager: its parents are the server's MultiKernelManager, then the
     ServerApp), or None outside such a server."""
+    return server_setting(obj, RUNTIME_SETTING)
+
+
+def _own_address(obj: Any) -> tuple[str, str] | None:
+    """The URL and token of the Jupyter server that owns ``obj`` (its
+    ServerApp is a parent), where it serves HTTP; else None."""
+    seen = 0
+    while obj is not None and seen < 10:
+        url = getattr(obj, "connection_url", None)
+        provider = getattr(obj, "identity_provider", None)
+        if isinstance(url, str) and provider is not None:
+            if not url.startswith(("http://", "https://")):
+                return None  # a server on a Unix socket: not relayed
+            return url, str(getattr(provider, "token", "") or "")
+        obj = getattr(obj, "parent", None)
+        seen += 1
+    return None
+
+
+def server_setting(obj: Any, key: str) -> Any:
+    """The web app setting ``key`` of the Jupyter server that owns ``obj``, or None."""
     seen = 0
     while obj is not None and seen < 10:
         web_app = getattr(obj, "web_app", None)
         settings = getattr(web_app, "settings", None)
-        if isinstance(settings, dict) and settings.get(RUNTIME_SETTING) is not None:
-            return settings[RUNTIME_SETTING]
+        if isinstance(settings, dict) and settings.get(key) is not None:
+            return settings[key]
         obj = getattr(obj, "parent", None)
         seen += 1
     return None

@@ -40,6 +40,7 @@ import time
 from typing import Any
 
 KERNEL_DIR = ".kernel"
+API_SOCKET = "api.sock"  # kernel/relay.py binds it
 IP = KERNEL_DIR + "/k"  # relative to the kernel's working directory
 PORTS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
 CONNECTION_KEYS = {*PORTS, "transport", "ip", "key", "signature_scheme", "kernel_name", "curve_publickey", "curve_secretkey", "jupyter_session"}
@@ -112,6 +113,12 @@ def start(event: dict[str, Any], ctx: Any) -> dict[str, Any]:
     argv = [a.replace("{connection_file}", cfile) for a in argv]
 
     env = _kernel_env(workdir, event.get("env") or {}, gpu)
+    api = event.get("api")
+    if isinstance(api, dict) and isinstance(api.get("key"), str):
+        # the relay the host binds in this directory once the kernel is up
+        # (kernel/relay.py): the kernel's magics reach its server through it
+        env["FUNCTIONAI_URL"] = "unix:" + os.path.join(kdir, API_SOCKET)
+        env["FUNCTIONAI_TOKEN"] = api["key"]
     if ready_file is not None:
         env["FUNCTIONAI_KERNEL_READY_FILE"] = ready_file
     _log_path = os.path.join(kdir, "kernel.log")
@@ -202,6 +209,8 @@ def _kernel_env(workdir: str, extra: dict[str, Any], gpu: float) -> dict[str, st
         JPY_PARENT_PID=str(os.getpid()),
         FUNCTIONAI_KERNEL="1",
     )
+    for key in ("FUNCTIONAI_URL", "FUNCTIONAI_TOKEN"):
+        env.pop(key, None)  # only the relay's, set by start
     if _PYTHONPATH:
         env["PYTHONPATH"] = _PYTHONPATH
     if gpu > 0:
@@ -211,7 +220,7 @@ def _kernel_env(workdir: str, extra: dict[str, Any], gpu: float) -> dict[str, st
         if gpu < 1:
             env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{gpu:g}")
     for k, v in extra.items():
-        if isinstance(k, str) and isinstance(v, str) and k and "=" not in k and "\0" not in k + v:
+        if isinstance(k, str) and isinstance(v, str) and k and "=" not in k and "\0" not in k + v and not k.startswith("FUNCTIONAI_"):
             env[k] = v
     return env
 

@@ -55,6 +55,7 @@ from ..sandbox.disk import open_in_session
 from ..spec import MAX_LIFETIME_CAP_S, FunctionSpec
 from . import handler as _handler
 from .control import KernelControl, connect
+from .relay import KernelRelay, new_key
 
 __all__ = ["SandboxKernelError", "SandboxProvisioner", "handler_source"]
 
@@ -111,6 +112,7 @@ class SandboxProvisioner(KernelProvisionerBase):
         self._argv: list[str] = []
         self._instance: dict[str, Any] | None = None  # the session's instance, as described at launch
         self._kdir_fd: int | None = None  # the kernel's socket directory, which the link points at
+        self._relay: KernelRelay | None = None  # the kernel's way to its server (relay.py)
 
     # -- configuration ---------------------------------------------------------------
 
@@ -207,6 +209,9 @@ class SandboxProvisioner(KernelProvisionerBase):
         env = kwargs.get("env") or {}
         kernel_env = {k: str(env[k]) for k in [*self.kernel_spec.env, "JPY_SESSION_NAME"] if k in env}
         conn = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in self.connection_info.items()}
+        await self._close_relay()  # a restart: the old key dies with the old kernel
+        address = await ctl.server_address()
+        key = new_key() if address is not None else None
         event = {
             "op": "start",
             "connection": conn,
@@ -214,6 +219,7 @@ class SandboxProvisioner(KernelProvisionerBase):
             "env": kernel_env,
             "startup_timeout": self.startup_timeout,
             "gpu": self.gpu,
+            "api": {"key": key} if key else None,
         }
         try:
             value = await ctl.call(self.spec.name, self.session_id, event)
@@ -240,6 +246,13 @@ class SandboxProvisioner(KernelProvisionerBase):
             await self._end_session()
             raise SandboxKernelError(f"the sandbox kernel's sockets (session {self.session_id}) cannot be reached from the host: {exc}") from None
         self.host_process = await asyncio.to_thread(self._find_host_process)
+        if address is not None and key is not None and self._kdir_fd is not None:
+            try:
+                relay = KernelRelay(self._kdir_fd, *address, network=self.network, key=key)
+                relay.start()
+                self._relay = relay
+            except OSError as exc:
+                self.log.warning("functionai-sandbox: kernel %s gets no relay to its server (its magics cannot reach it): %s", self.kernel_id, exc)
         self.log.info(
             "functionai-sandbox: kernel %s runs in session %s (%s), ready in %.0f ms", self.kernel_id, self.session_id, self.workdir, self.ready_ms
         )
@@ -374,8 +387,14 @@ class SandboxProvisioner(KernelProvisionerBase):
         ctl = await self._ctl()
         return await ctl.call(self.spec.name, self.session_id, event)
 
+    async def _close_relay(self) -> None:
+        relay, self._relay = self._relay, None
+        if relay is not None:
+            await relay.close()
+
     async def _end_session(self) -> None:
         """Close the session (kernel, instance and directory go) and drop the link."""
+        await self._close_relay()
         if self._session_open and not self._session_closed:
             self._session_open = False
             try:

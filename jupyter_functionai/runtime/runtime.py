@@ -899,6 +899,16 @@ class Runtime:
         await self.flush()
         return await asyncio.to_thread(self.store.list_coldstarts, function, limit)
 
+    def gpus(self) -> dict[str, Any]:
+        """The GPUs the backend places instances on: devices (memory, MIG
+        instances, processes) and the slice each instance holds; or, with
+        ``available`` false, why there are none ("no GPU found ...")."""
+        allocator = getattr(self.backend, "gpus", None)
+        if allocator is None:
+            return {"available": False, "reason": f"no GPU found (the {self.backend.name} backend places no GPUs)", "devices": [], "slices": []}
+        snap: dict[str, Any] = allocator.snapshot()
+        return snap
+
     async def latency(self, window: int = LATENCY_WINDOW) -> list[dict[str, Any]]:
         """Per function, over its part of the last ``window`` invocations (all
         functions together): calls, errors, p50 and p95 of the duration in ms."""

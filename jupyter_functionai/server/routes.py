@@ -223,6 +223,7 @@ class InstancesHandler(BaseHandler):
                     "path": inst.path,
                     "session_id": inst.bound_session,
                     "isolation": inst.isolation,
+                    "gpu": slice_.to_dict() if (slice_ := getattr(inst, "gpu_slice", None)) is not None else None,
                     **inst.stats(),
                 }
             )
@@ -249,6 +250,12 @@ class LatencyHandler(BaseHandler):
     @jupyter_auth
     async def get(self) -> None:
         self.write_json(await self.runtime.latency())
+
+
+class GpusHandler(BaseHandler):
+    @jupyter_auth
+    async def get(self) -> None:
+        self.write_json(await asyncio.to_thread(self.runtime.gpus))  # NVML calls block
 
 
 class KeysHandler(BaseHandler):
@@ -558,6 +565,7 @@ ROUTES: list[Route] = [
         InvocationsHandler,
         {"get": Op("Recent invocations with their logs", returns="AnyList", query=("function", "session", "limit"))},
     ),
+    Route(f"{API}/gpus", "/functionai/api/gpus", GpusHandler, {"get": Op("GPUs: devices, memory, MIG instances and the slice each instance holds; or why there are none", returns="Health", errors=())}),
     Route(f"{API}/latency", "/functionai/api/latency", LatencyHandler, {"get": Op("Per function over the last 5,000 invocations: calls, errors, p50 and p95 ms", returns="AnyList", errors=())}),
     Route(
         f"{API}/keys",

@@ -267,8 +267,13 @@ const plugin: JupyterFrontEndPlugin<void> = {
       });
 
     const live = new LiveUpdates(model, settings, () => sidebar.isVisible);
-    live.start();
-    void model.refresh();
+    // after the layout is restored: the page's own requests (kernelspecs,
+    // sessions, the open notebooks' kernels) go first, and the event stream
+    // does not take one of the browser's few connections to this host meanwhile
+    void app.restored.then(() => {
+      live.start();
+      void model.refresh();
+    });
 
     app.commands.addCommand(CommandIDs.open, {
       label: 'FunctionAI',

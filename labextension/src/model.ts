@@ -256,7 +256,53 @@ export interface McpSessionRow {
   created_at: number;
 }
 
+/** A slice of a GPU held by one instance (`GET gpus`). */
+export interface GpuSlice {
+  instance_id: string;
+  function: string;
+  devices: string[];
+  memory_mib: number;
+  whole: boolean;
+  mig: boolean;
+}
+
+export interface GpuDevice {
+  index: number;
+  uuid: string;
+  name: string;
+  memory_total_mib: number;
+  memory_used_mib: number;
+  free_mib: number | null;
+  mig_enabled: boolean;
+  mig: { index: number; uuid: string; memory_mib: number }[];
+  slices: GpuSlice[];
+}
+
+export interface GpuInventory {
+  available: boolean;
+  reason: string;
+  devices: GpuDevice[];
+  slices: GpuSlice[];
+}
+
+/** A device in a line: name, memory in use and held by slices, what is free. */
+export function gpuLine(d: GpuDevice): string {
+  const gib = (mib: number): string => `${(mib / 1024).toFixed(mib % 1024 ? 1 : 0)} GiB`;
+  const held = d.slices.reduce((n, s) => n + (s.whole ? 0 : s.memory_mib), 0);
+  const parts = [`GPU ${d.index} · ${d.name}`, `${gib(d.memory_used_mib)} of ${gib(d.memory_total_mib)} in use`];
+  if (d.mig_enabled) {
+    parts.push(`MIG: ${d.mig.length} instances`);
+  } else {
+    parts.push(`${gib(held)} held by slices`);
+    if (d.free_mib !== null) {
+      parts.push(`${gib(d.free_mib)} free`);
+    }
+  }
+  return parts.join(' · ');
+}
+
 export interface Snapshot {
+  gpus: GpuInventory;
   functions: FunctionRow[];
   sessions: SessionRow[];
   coldstarts: ColdStartRow[];
@@ -596,7 +642,7 @@ export type Listener = (model: SidebarModel) => void;
  * after it (a burst of change events costs two fetches, not one each).
  */
 export class SidebarModel {
-  snapshot: Snapshot = { functions: [], sessions: [], coldstarts: [], latency: [], runs: [], schedules: [], tasks: [], mcpServers: [], mcpSessions: [] };
+  snapshot: Snapshot = { gpus: { available: false, reason: '', devices: [], slices: [] }, functions: [], sessions: [], coldstarts: [], latency: [], runs: [], schedules: [], tasks: [], mcpServers: [], mcpSessions: [] };
   /** Why the last refresh failed (the last good snapshot is kept and shown dimmed), or null. */
   error: string | null = null;
   /** When the last refresh succeeded (ms since the epoch), or null before the first. */
@@ -751,7 +797,7 @@ export class SidebarModel {
       this.pending = null;
     }
     try {
-      const [functions, live, paused, coldstarts, latency, runs, schedules, tasks, mcpServers, mcpSessions] = await Promise.all([
+      const [functions, live, paused, coldstarts, latency, runs, schedules, tasks, mcpServers, mcpSessions, gpus] = await Promise.all([
         this.fetcher.get<FunctionRow[]>('functions'),
         this.fetcher.get<SessionRow[]>('sessions?status=live'),
         this.fetcher.get<SessionRow[]>('sessions?status=paused'),
@@ -761,9 +807,10 @@ export class SidebarModel {
         this.fetcher.get<ScheduleRow[]>('schedules'),
         this.fetcher.get<TaskRow[]>(`tasks?limit=${TASK_LIMIT}`),
         this.fetcher.get<McpServerRow[]>('mcp/servers'),
-        this.fetcher.get<McpSessionRow[]>('mcp/sessions?status=active')
+        this.fetcher.get<McpSessionRow[]>('mcp/sessions?status=active'),
+        this.fetcher.get<GpuInventory>('gpus')
       ]);
-      this.snapshot = { functions, sessions: [...live, ...paused], coldstarts, latency, runs, schedules, tasks, mcpServers, mcpSessions };
+      this.snapshot = { gpus, functions, sessions: [...live, ...paused], coldstarts, latency, runs, schedules, tasks, mcpServers, mcpSessions };
       this.error = null;
       this.updatedAt = Date.now();
     } catch (err) {

@@ -31,6 +31,7 @@ import {
   formatBytes,
   formatDuration,
   formatMs,
+  gpuLine,
   isolationSummary,
   visibleRange
 } from './model';
@@ -106,6 +107,7 @@ export class FunctionAISidebar extends Widget {
   private readonly runsBody: HTMLDivElement;
   private readonly tasksBody: HTMLDivElement;
   private readonly toolsBody: HTMLDivElement;
+  private readonly gpusBody: HTMLDivElement;
   private rows: SessionRow[] = [];
   private readonly closing = new Set<string>();
   private drawn = { start: -1, end: -1, version: -1 };
@@ -159,6 +161,9 @@ export class FunctionAISidebar extends Widget {
 
     this.toolsBody = el('div', { class: 'fai-tools-section' });
     root.appendChild(this.section('Tools (MCP)', 'tools', this.toolsBody));
+
+    this.gpusBody = el('div', { class: 'fai-gpus', role: 'list', 'aria-label': 'GPUs' });
+    root.appendChild(this.section('GPUs', 'gpus', this.gpusBody));
 
     this.model.subscribe(() => this.render());
     this.render();
@@ -221,7 +226,29 @@ export class FunctionAISidebar extends Widget {
     this.renderRuns();
     this.renderTasks();
     this.renderTools();
+    this.renderGpus();
     void this.handshake;
+  }
+
+  // -- GPUs -------------------------------------------------------------------------------
+
+  private renderGpus(): void {
+    const body = this.gpusBody;
+    body.textContent = '';
+    const inv = this.model.snapshot.gpus;
+    if (!inv.available) {
+      body.appendChild(el('div', { class: 'fai-empty fai-no-gpu' }, this.model.updatedAt === null ? 'loading…' : inv.reason || 'no GPU found'));
+      return;
+    }
+    for (const d of inv.devices) {
+      const row = el('div', { class: 'fai-gpu', role: 'listitem', 'data-gpu-uuid': d.uuid });
+      row.appendChild(el('div', { class: 'fai-line' }, gpuLine(d)));
+      for (const s of d.slices) {
+        const what = s.whole ? 'whole card' : `${(s.memory_mib / 1024).toFixed(0)} GiB${s.mig ? ' (MIG)' : ''}`;
+        row.appendChild(el('div', { class: 'fai-line fai-dim fai-gpu-slice', 'data-instance-id': s.instance_id }, `${s.function} · ${s.instance_id} · ${what}`));
+      }
+      body.appendChild(row);
+    }
   }
 
   // -- functions ---------------------------------------------------------------

@@ -28,6 +28,7 @@ import {
   openSessions,
   paramsSummary,
   percentile,
+  gpuLine,
   summariseFunctions,
   visibleRange
 } from '../src/model';
@@ -96,6 +97,7 @@ function table(sessions: SessionRow[] = [], paused: SessionRow[] = []): Record<s
     'tasks?limit=50': [],
     'mcp/servers': [],
     'mcp/sessions?status=active': [],
+    gpus: { available: false, reason: 'no GPU found (no NVIDIA driver could be used)', devices: [], slices: [] },
     latency: [
       { function: 'echo', calls: 3, errors: 0, p50_ms: 5, p95_ms: 9 },
       { function: 'other', calls: 1, errors: 0, p50_ms: 100, p95_ms: 100 }
@@ -151,6 +153,7 @@ describe('derived views', () => {
 
   it('summarises each function from sessions and invocations', () => {
     const snap = {
+      gpus: table()['gpus'] as never,
       functions: table()['functions'] as never,
       sessions: [session('a', { calls: 2 }), session('b', { calls: 1, instance: { id: 'i-a', pid: 10 } }), session('c', { status: 'closed', calls: 7 })],
       coldstarts: [],
@@ -176,6 +179,27 @@ describe('derived views', () => {
     expect(visibleRange(1000, 1e9, 400, 40, 5)).toEqual({ start: 1000, end: 1000 });
     expect(visibleRange(3, 0, 400, 40)).toEqual({ start: 0, end: 3 });
     expect(visibleRange(0, 0, 400, 40)).toEqual({ start: 0, end: 0 });
+  });
+});
+
+describe('GPUs', () => {
+  const slice = (id: string, mib: number, whole = false) => ({ instance_id: id, function: 'f', devices: ['GPU-0'], memory_mib: mib, whole, mig: false });
+  const dev = { index: 0, uuid: 'GPU-0', name: 'H100', memory_total_mib: 81920, memory_used_mib: 10240, free_mib: 51200, mig_enabled: false, mig: [], slices: [slice('a', 20480), slice('b', 10240)] };
+
+  it('sums what the slices hold on a card and says what is free', () => {
+    expect(gpuLine(dev)).toBe('GPU 0 · H100 · 10 GiB of 80 GiB in use · 30 GiB held by slices · 50 GiB free');
+  });
+
+  it('counts MIG instances instead of free memory', () => {
+    const mig = { ...dev, mig_enabled: true, free_mib: null, mig: [{ index: 0, uuid: 'MIG-0', memory_mib: 10240 }], slices: [] };
+    expect(gpuLine(mig)).toBe('GPU 0 · H100 · 10 GiB of 80 GiB in use · MIG: 1 instances');
+  });
+
+  it('is fetched with the rest, and says why there is none', async () => {
+    const model = new SidebarModel(new TableFetcher(table()));
+    await model.refresh();
+    expect(model.snapshot.gpus.available).toBe(false);
+    expect(model.snapshot.gpus.reason).toContain('no GPU found');
   });
 });
 

@@ -1,0 +1,167 @@
+"""``GpuAllocator``: which GPU (or MIG instance) an instance runs on.
+
+A function's ``gpu`` is a share: below 1, a slice of one card's memory,
+rounded up to whole GiB (Function Compute sells GPU memory in 1 GiB steps);
+1 or more, that many whole cards. Slices are packed best-fit: the card (or
+MIG instance) that the slice fills most tightly. A card counts as free only
+for what is neither held by a slice nor used by a process outside the
+slices, so nothing lands on an over-full card: a request that fits nowhere
+is refused with :class:`NoCapacity`, naming what each card has free.
+
+Each slice is held by one instance, which is pinned to it with
+``CUDA_VISIBLE_DEVICES`` (the card's or MIG instance's UUID), and released
+when the instance stops. Without NVML the allocator reports "no GPU found"
+(``reason`` says why) and places nothing."""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import NoCapacity
+from .nvml import Device, Nvml, load
+
+GIB_MIB = 1024
+
+
+@dataclass(frozen=True)
+class Slice:
+    owner: str  # the instance id
+    function: str
+    devices: tuple[str, ...]  # UUIDs (one: a slice or MIG instance; several: whole cards)
+    indexes: tuple[int, ...]
+    memory_mib: int
+    whole: bool  # whole cards, not a slice
+    mig: bool = False
+
+    def env(self) -> dict[str, str]:
+        return {"CUDA_VISIBLE_DEVICES": ",".join(self.devices), "FUNCTIONAI_GPU_MEMORY_MIB": str(self.memory_mib)}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "instance_id": self.owner,
+            "function": self.function,
+            "devices": list(self.devices),
+            "memory_mib": self.memory_mib,
+            "whole": self.whole,
+            "mig": self.mig,
+        }
+
+
+class GpuAllocator:
+    def __init__(self, nvml: Nvml | None, reason: str = "") -> None:
+        self.nvml = nvml
+        self.reason = reason if nvml is None else (reason or "NVML")
+        self._slices: dict[str, Slice] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_machine(cls) -> GpuAllocator:
+        nvml, reason = load()
+        return cls(nvml, reason)
+
+    @property
+    def available(self) -> bool:
+        return self.nvml is not None
+
+    def slices(self) -> list[Slice]:
+        with self._lock:
+            return list(self._slices.values())
+
+    def allocate(self, owner: str, share: float, *, function: str = "") -> Slice:
+        """Place ``owner`` (an instance) with a GPU ``share``; raises
+        NoCapacity when no card can take it."""
+        if self.nvml is None:
+            raise NoCapacity(f"no GPU found ({self.reason}): a function with gpu={share:g} cannot be placed")
+        if share <= 0:
+            raise ValueError("share must be > 0")
+        with self._lock:
+            if owner in self._slices:
+                return self._slices[owner]
+            devices = self.nvml.devices()
+            placed = self._whole(owner, share, devices, function) if share >= 1 else self._slice(owner, share, devices, function)
+            self._slices[owner] = placed
+            return placed
+
+    def release(self, owner: str) -> Slice | None:
+        with self._lock:
+            return self._slices.pop(owner, None)
+
+    # -- placement (under the lock) -----------------------------------------------------
+
+    def _held(self, uuid: str) -> int:
+        return sum(s.memory_mib for s in self._slices.values() if uuid in s.devices and not s.whole)
+
+    def _busy(self, uuid: str) -> bool:
+        return any(uuid in s.devices for s in self._slices.values())
+
+    def _free_mib(self, dev: Device) -> int:
+        """Memory a new slice may take: what is neither held by a slice nor used
+        by others (a slice's own use counts once, inside what it holds)."""
+        held = self._held(dev.uuid)
+        return max(0, dev.memory_total_mib - max(held, dev.memory_used_mib))
+
+    def _slice(self, owner: str, share: float, devices: list[Device], function: str) -> Slice:
+        best: tuple[int, Device, str, int, bool] | None = None  # (leftover, device, uuid, need, mig)
+        for dev in devices:
+            if dev.mig_enabled:
+                for m in dev.mig:
+                    need = _round_gib(share * dev.memory_total_mib)
+                    if self._busy(m.uuid) or m.memory_mib < min(need, m.memory_mib):
+                        continue
+                    if need > m.memory_mib:
+                        continue
+                    left = m.memory_mib - need
+                    if best is None or left < best[0]:
+                        best = (left, dev, m.uuid, m.memory_mib, True)
+                continue
+            if any(s.whole and dev.uuid in s.devices for s in self._slices.values()):
+                continue
+            need = _round_gib(share * dev.memory_total_mib)
+            left = self._free_mib(dev) - need
+            if left >= 0 and (best is None or left < best[0]):
+                best = (left, dev, dev.uuid, need, False)
+        if best is None:
+            raise NoCapacity(f"no GPU can take a slice of {share:g} of a card now: {self._describe(devices)}")
+        _left, dev, uuid, need, mig = best
+        return Slice(owner, function, (uuid,), (dev.index,), need, whole=False, mig=mig)
+
+    def _whole(self, owner: str, share: float, devices: list[Device], function: str) -> Slice:
+        count = math.ceil(share)
+        free = [d for d in devices if not d.mig_enabled and not self._busy(d.uuid) and d.memory_used_mib < GIB_MIB]
+        if len(free) < count:
+            raise NoCapacity(f"gpu={share:g} needs {count} whole card(s) with nothing on them; {len(free)} free now: {self._describe(devices)}")
+        chosen = free[:count]
+        return Slice(owner, function, tuple(d.uuid for d in chosen), tuple(d.index for d in chosen), sum(d.memory_total_mib for d in chosen), whole=True)
+
+    def _describe(self, devices: list[Device]) -> str:
+        parts = []
+        for d in devices:
+            if d.mig_enabled:
+                free_mig = [m for m in d.mig if not self._busy(m.uuid)]
+                parts.append(f"GPU {d.index} ({d.name}, MIG): {len(free_mig)} of {len(d.mig)} instances free")
+            else:
+                parts.append(f"GPU {d.index} ({d.name}): {self._free_mib(d)} of {d.memory_total_mib} MiB free")
+        return "; ".join(parts) or "no device"
+
+    # -- what the API shows ---------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        if self.nvml is None:
+            return {"available": False, "reason": f"no GPU found ({self.reason})", "devices": [], "slices": []}
+        with self._lock:
+            devices = self.nvml.devices()
+            out = []
+            for d in devices:
+                row = d.to_dict()
+                row["free_mib"] = self._free_mib(d) if not d.mig_enabled else None
+                row["slices"] = [s.to_dict() for s in self._slices.values() if d.uuid in s.devices or any(m.uuid in s.devices for m in d.mig)]
+                out.append(row)
+            return {"available": True, "reason": self.reason, "devices": out, "slices": [s.to_dict() for s in self._slices.values()]}
+
+
+def _round_gib(mib: float) -> int:
+    """Up to whole GiB (at least 1)."""
+    return max(1, math.ceil(mib / GIB_MIB - 1e-9)) * GIB_MIB

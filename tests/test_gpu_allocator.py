@@ -1,0 +1,141 @@
+"""GPU placement (gpu/allocator.py) over a fake NVML, the one fake allowed
+(there is no GPU here): the fake stands at the adapter boundary (gpu/nvml.py's
+``Nvml``) and nowhere else. Packing, refusal with what each card has free,
+memory used by others, MIG instances, whole cards, and, through a real
+Runtime with real sandbox processes, an instance pinned to its slice and the
+slice released when the instance stops. On this machine (no NVIDIA driver)
+the real adapter is asked too: it must say "no GPU"."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from jupyter_functionai.backends.process import ProcessBackend
+from jupyter_functionai.errors import NoCapacity
+from jupyter_functionai.gpu import Device, GpuAllocator, GpuProcess, MigInstance
+from jupyter_functionai.gpu.nvml import load
+from jupyter_functionai.runtime import Runtime
+from jupyter_functionai.spec import FunctionSpec
+
+GIB = 1024
+
+
+class FakeNvml:
+    """Devices whose memory and processes the test changes under the allocator."""
+
+    def __init__(self, *devices: Device) -> None:
+        self.list = list(devices)
+
+    def devices(self) -> list[Device]:
+        return list(self.list)
+
+    def driver(self) -> str:
+        return "fake"
+
+    def use(self, index: int, used_mib: int) -> None:
+        d = self.list[index]
+        self.list[index] = dataclasses.replace(d, memory_used_mib=used_mib, processes=(GpuProcess(4242, used_mib),))
+
+
+def card(i: int, gib: int = 80) -> Device:
+    return Device(index=i, uuid=f"GPU-fake-{i}", name="Fake H100", memory_total_mib=gib * GIB, memory_used_mib=0)
+
+
+def test_slices_are_packed_best_fit_and_refused_when_nothing_fits() -> None:
+    alloc = GpuAllocator(FakeNvml(card(0), card(1)))
+    a = alloc.allocate("a", 0.5)
+    assert (a.devices, a.memory_mib) == (("GPU-fake-0",), 40 * GIB)
+    b = alloc.allocate("b", 0.25)  # best fit: the half-full card, not the empty one
+    assert b.devices == ("GPU-fake-0",) and b.memory_mib == 20 * GIB
+    c = alloc.allocate("c", 0.5)
+    assert c.devices == ("GPU-fake-1",)
+    assert alloc.allocate("a", 0.5) is a  # asking again holds nothing more
+    with pytest.raises(NoCapacity, match=r"GPU 0 \(Fake H100\): 20480 of 81920 MiB free; GPU 1 \(Fake H100\): 40960 of 81920 MiB free"):
+        alloc.allocate("d", 0.75)
+    assert alloc.release("c") == c and alloc.release("c") is None
+    assert alloc.allocate("d", 0.75).devices == ("GPU-fake-1",)
+    assert {s.owner for s in alloc.slices()} == {"a", "b", "d"}
+
+
+def test_slices_round_up_to_whole_gib() -> None:
+    alloc = GpuAllocator(FakeNvml(card(0)))
+    assert alloc.allocate("a", 0.3).memory_mib == 24 * GIB
+    assert alloc.allocate("b", 0.33).memory_mib == 27 * GIB  # 26.4 GiB -> 27
+    assert alloc.allocate("c", 0.001).memory_mib == 1 * GIB
+
+
+def test_memory_used_outside_the_slices_counts_and_changes_under_the_allocator() -> None:
+    nvml = FakeNvml(card(0), card(1))
+    alloc = GpuAllocator(nvml)
+    nvml.use(0, 70 * GIB)  # another process took most of card 0
+    assert alloc.allocate("a", 0.25).devices == ("GPU-fake-1",)
+    nvml.use(1, 75 * GIB)  # and then card 1 too: nothing lands on an over-full card
+    with pytest.raises(NoCapacity, match=r"GPU 0 .*10240 of 81920 MiB free; GPU 1 .*5120 of 81920"):
+        alloc.allocate("b", 0.25)
+    nvml.use(0, 0)
+    assert alloc.allocate("b", 0.25).devices == ("GPU-fake-0",)
+
+
+def test_mig_instances_are_taken_one_slice_each() -> None:
+    mig = tuple(MigInstance(j, f"MIG-fake-{j}", 10 * GIB) for j in range(7))
+    nvml = FakeNvml(dataclasses.replace(card(0), mig_enabled=True, mig=mig))
+    alloc = GpuAllocator(nvml)
+    held = [alloc.allocate(f"i{j}", 0.1) for j in range(7)]  # 8 GiB fits a 10 GiB instance
+    assert sorted(s.devices[0] for s in held) == [m.uuid for m in mig] and all(s.mig for s in held)
+    with pytest.raises(NoCapacity, match=r"MIG.*0 of 7 instances free"):
+        alloc.allocate("i7", 0.1)
+    with pytest.raises(NoCapacity):
+        GpuAllocator(nvml).allocate("big", 0.5)  # 40 GiB fits no 10 GiB instance
+
+
+def test_whole_cards() -> None:
+    nvml = FakeNvml(card(0), card(1), card(2))
+    alloc = GpuAllocator(nvml)
+    alloc.allocate("slice", 0.25)
+    two = alloc.allocate("two", 2)
+    assert set(two.devices) == {"GPU-fake-1", "GPU-fake-2"} and two.whole
+    assert two.env()["CUDA_VISIBLE_DEVICES"] in ("GPU-fake-1,GPU-fake-2", "GPU-fake-2,GPU-fake-1")
+    with pytest.raises(NoCapacity, match="1 whole card"):
+        alloc.allocate("one", 1)
+    with pytest.raises(NoCapacity):
+        alloc.allocate("s2", 0.9)  # card 0 has 60 GiB free; 72 GiB asked
+    assert alloc.allocate("s3", 0.5).devices == ("GPU-fake-0",)  # a card held whole takes no slice
+
+
+def test_without_nvml_there_is_no_gpu() -> None:
+    nvml, reason = load()  # this machine: no NVIDIA driver
+    assert nvml is None and reason
+    alloc = GpuAllocator(nvml, reason)
+    snap = alloc.snapshot()
+    assert snap["available"] is False and snap["reason"].startswith("no GPU found") and snap["devices"] == []
+    with pytest.raises(NoCapacity, match="no GPU found"):
+        alloc.allocate("x", 0.5)
+
+
+SHOW = "import os\n\ndef handler(event, ctx):\n    return os.environ.get('CUDA_VISIBLE_DEVICES'), os.environ.get('FUNCTIONAI_GPU_MEMORY_MIB')\n"
+
+
+async def test_an_instance_is_pinned_to_its_slice_and_releases_it_when_it_stops(tmp_path: Path) -> None:
+    nvml = FakeNvml(card(0, gib=16), card(1, gib=16))
+    backend = ProcessBackend(str(tmp_path / "state"), gpus=GpuAllocator(nvml))
+    async with Runtime.open(tmp_path / "state", backend=backend, reap_interval=0.05) as rt:
+        await rt.deploy(FunctionSpec.from_code("half", SHOW, gpu=0.5))
+        await rt.deploy(FunctionSpec.from_code("most", SHOW, gpu=0.75))
+        assert (await rt.invoke("half", session="s1")).value == ["GPU-fake-0", str(8 * GIB)]
+        assert (await rt.invoke("half", session="s2")).value == ["GPU-fake-0", str(8 * GIB)]  # best fit: the same card
+        assert (await rt.invoke("most", session="s3")).value == ["GPU-fake-1", str(12 * GIB)]
+        snap = rt.gpus()
+        assert snap["available"] and [len(d["slices"]) for d in snap["devices"]] == [2, 1]
+        assert {s["function"] for s in snap["slices"]} == {"half", "most"}
+        with pytest.raises(NoCapacity, match=r"no GPU can take a slice of 0\.5"):
+            await rt.invoke("half", session="s4")
+        await rt.close_session("s1")
+        # the stopped instance's slice is free again: a new session lands where it was
+        assert (await rt.invoke("half", session="s4")).value == ["GPU-fake-0", str(8 * GIB)]
+        held = {s["instance_id"] for s in rt.gpus()["slices"]}
+        live = {i.id for i in rt.live_instances()}
+        assert len(held) == 3 and held <= live
+    assert backend.gpus.slices() == []  # closing the runtime stopped every instance: nothing held
