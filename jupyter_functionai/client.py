@@ -198,30 +198,42 @@ class _Request:
         return json.dumps(self.body).encode()
 
 
-class _UnixResolver:
-    """A tornado resolver that sends every connection to one Unix socket.
-    A path too long for ``sun_path`` (~107 bytes) is reached through a
-    descriptor of its directory (``/proc/self/fd/N/name``)."""
+_UNIX_DIRS: dict[str, int] = {}
 
-    _dirs: dict[str, int] = {}
+
+def unix_address(path: str) -> str:
+    """``path`` as a Unix socket address: one too long for ``sun_path``
+    (~107 bytes) is reached through a descriptor of its directory
+    (``/proc/self/fd/N/name``), kept open for the process."""
+    if len(os.fsencode(path)) < 100:
+        return path
+    parent, name = os.path.split(path)
+    fd = _UNIX_DIRS.get(parent)
+    if fd is None:
+        fd = _UNIX_DIRS[parent] = os.open(parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    return f"/proc/self/fd/{fd}/{name}"
+
+
+def split_unix_url(url: str) -> tuple[str, str | None]:
+    """``unix:<socket>/functionai/...`` as (an HTTP URL for the path, the
+    socket's address); any other URL as (itself, None)."""
+    if not url.startswith(UNIX_SCHEME):
+        return url, None
+    at = url.find("/functionai/")
+    sock, path = (url[len(UNIX_SCHEME):at], url[at:]) if at >= 0 else (url[len(UNIX_SCHEME):], "/")
+    return UNIX_HOST.rstrip("/") + path, unix_address(sock)
+
+
+class _UnixResolver:
+    """A tornado resolver that sends every connection to one Unix socket."""
 
     def __init__(self, path: str) -> None:
         self.path = path
 
-    def _address(self) -> str:
-        path = self.path
-        if len(os.fsencode(path)) < 100:
-            return path
-        parent, name = os.path.split(path)
-        fd = self._dirs.get(parent)
-        if fd is None:
-            fd = self._dirs[parent] = os.open(parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        return f"/proc/self/fd/{fd}/{name}"
-
     async def resolve(self, host: str, port: int, family: Any = None) -> list[tuple[int, Any]]:
         import socket
 
-        return [(socket.AF_UNIX, self._address())]
+        return [(socket.AF_UNIX, unix_address(self.path))]
 
     def close(self) -> None:
         pass

@@ -52,7 +52,7 @@ class Toolbox:
             client = connect()
         url = getattr(client, "url", "")
         fai = as_server(client)
-        if fai is None or not str(url).startswith(("http://", "https://")):
+        if fai is None or not str(url).startswith(("http://", "https://", "unix:")):
             raise NoServer(f"MCP tools need a functionai server (this client is {url!r}): start one with `functionai serve` or run in JupyterLab")
         self.server = server
         self.url = fai.mcp_url(server)

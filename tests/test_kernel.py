@@ -452,7 +452,7 @@ REFUSED = [
     ("POST", "/functionai/api/schedules", {"notebook": "x.ipynb", "cron": "* * * * *"}, "schedules"),
     ("POST", "/functionai/api/functions/relay-echo/keys", {}, "keys are credentials"),
     ("DELETE", "/functionai/api/keys/k1", None, "keys are credentials"),
-    ("POST", "/functionai/api/mcp/servers", {"name": "x", "command": ["sh"]}, "MCP servers"),
+    ("POST", "/functionai/api/mcp/servers", {"name": "x", "command": ["sh"], "network": "loopback"}, "host an MCP server with network 'loopback'"),
     ("POST", "/functionai/api/functions/relay-echo/rollback", {"version": 1}, "rollback"),
 ]
 
@@ -501,3 +501,50 @@ def test_a_symlink_the_kernel_plants_as_its_socket_is_not_followed_by_the_host(t
         out, reply = run(kc, RELAY_PROBE + "\njson.dumps(raw('GET', '/functionai/api/health')[0])")
         assert reply["status"] == "ok" and out.strip() == "'200'", out
     assert oct(victim.stat().st_mode & 0o777) == oct(0o600) and victim.read_text() == "host only"
+
+
+def test_fai_panel_in_a_sandbox_kernel_shows_the_servers_sessions(client: Client) -> None:
+    """``%fai panel`` works in a sandbox kernel: its widgets are drawn from the
+    server's API, through the relay (the kernel's own session is listed)."""
+    with kernel() as (km, kc):
+        sid = km.provisioner.session_id
+        texts: list[str] = []
+        widgets = 0
+
+        def hook(msg: dict[str, Any]) -> None:
+            nonlocal widgets
+            c = msg["content"]
+            if msg["msg_type"] in ("display_data", "execute_result") and "application/vnd.jupyter.widget-view+json" in c.get("data", {}):
+                widgets += 1
+            elif msg["msg_type"] in ("comm_open", "comm_msg"):
+                texts.append(json.dumps(c.get("data", {})))
+            elif msg["msg_type"] in ("stream", "error"):
+                texts.append(c.get("text") or f"{c.get('ename')}: {c.get('evalue')}")
+
+        reply = kc.execute_interactive("%fai panel sessions", timeout=60, output_hook=hook)
+        seen = "".join(texts)
+        assert reply["content"]["status"] == "ok", seen
+        assert widgets == 1 and "no panel" not in seen, seen
+        assert sid in seen, seen[:2000]
+
+
+def test_mcp_tools_from_a_sandbox_kernel_go_through_its_relay(client: Client) -> None:
+    """A tool made and called in a sandbox kernel: deployed on the server, then
+    called with the official MCP client over the kernel's Unix socket."""
+    code = (
+        "import jupyter_functionai\n"
+        "from jupyter_functionai.tools import Toolbox\n"
+        "@jupyter_functionai.tool('kbox')\n"
+        "def add(a: int, b: int) -> int:\n"
+        "    '''Add two numbers.'''\n"
+        "    return a + b\n"
+        "with Toolbox('kbox') as box:\n"
+        "    answer = (sorted(t['name'] for t in box.list_tools()), box.call('add', {'a': 2, 'b': 3}), box.url)\n"
+        "answer"
+    )
+    with kernel() as (_km, kc):
+        out, reply = run(kc, code, timeout=90)
+        assert reply["status"] == "ok", out
+        names, total, url = ast.literal_eval(out.strip())
+        assert names == ["add"] and total == 5 and url.startswith("unix:") and url.endswith("/functionai/mcp/kbox/mcp"), out
+    assert "kbox" in {s["name"] for s in client.mcp_servers()}

@@ -1,7 +1,7 @@
 """The widget panels, built in Python against a real ``functionai serve``
 subprocess (real sessions, real sandboxes, real cold starts): what they show,
 that they update themselves, and that their buttons really act.  The same
-panels in a browser: ``test_panels_ui.py``."""
+panels in a browser: ``ui/test_panels_ui.py``."""
 
 from __future__ import annotations
 

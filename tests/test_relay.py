@@ -71,6 +71,8 @@ def test_the_policy_lets_the_api_through_and_keeps_the_host_out() -> None:
     ]
     for method, path in ok:
         assert refusal(method, path, b"", "none") is None, (method, path)
+    assert refusal("POST", "/functionai/api/mcp/servers", b'{"name": "s", "command": ["srv"]}', "none") is None
+    assert refusal("PUT", "/functionai/api/mcp/servers/s/tools/t", b"{}", "none") is None
     spec = b'{"name": "n", "source": {"kind": "code", "code": "x"}, "network": "loopback"}'
     assert refusal("POST", "/functionai/api/functions", spec, "loopback") is None
     assert "network 'loopback'" in (refusal("POST", "/functionai/api/functions", spec, "none") or "")

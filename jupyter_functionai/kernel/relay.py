@@ -20,7 +20,8 @@ it. Each running sandbox kernel therefore gets a *relay*:
   than the kernel's own, without the default seccomp filter or from a file
   on the server's machine; rollbacks (an older version may be less
   confined); notebook runs and schedules (they start kernels on the host);
-  keys (credentials that outlive the kernel); hosting MCP servers;
+  keys (credentials that outlive the kernel); hosting an MCP server with
+  a wider network than the kernel's;
 * the forward itself, to the server over HTTP with the server's token,
   which stays in this process.
 """
@@ -38,6 +39,7 @@ import secrets
 import socket
 import stat
 import urllib.parse
+from typing import Any
 
 from tornado import httpclient, httpserver, web
 
@@ -72,6 +74,7 @@ _DROP_RESPONSE = {
 _DEPLOY = re.compile(r"^/functionai/api/functions/?$|^/functionai/api/functions/[^/]+/?$")
 _ROLLBACK = re.compile(r"^/functionai/api/functions/[^/]+/rollback/?$")
 _KEYS = re.compile(r"^/functionai/api/(keys(/.*)?|functions/[^/]+/keys/?)$")
+_MCP_ADD = re.compile(r"^/functionai/api/mcp/servers/?$")
 _RUN_CANCEL = re.compile(r"^/functionai/api/runs/[^/]+/cancel/?$")
 
 
@@ -105,8 +108,8 @@ def refusal(method: str, path: str, body: bytes, network: str) -> str | None:
         return "schedules start notebook runs on the server's machine: change them from JupyterLab or `functionai schedule` on the host, not from a sandbox kernel"
     if _KEYS.match(decoded):
         return "keys are credentials that outlive this kernel: create and revoke them on the host, not from a sandbox kernel"
-    if decoded.startswith("/functionai/api/mcp/servers") and method != "GET":
-        return "hosting or changing MCP servers is done on the host (the sidebar or `functionai mcp`), not from a sandbox kernel"
+    if _MCP_ADD.match(decoded) and method == "POST":
+        return _network_refusal(_json(body), network, "host an MCP server")
     if _ROLLBACK.match(decoded):
         return "a rollback may activate a version less confined than this kernel: roll back from the sidebar or `functionai rollback` on the host"
     if method in ("POST", "PUT", "PATCH") and _DEPLOY.match(decoded):
@@ -114,16 +117,26 @@ def refusal(method: str, path: str, body: bytes, network: str) -> str | None:
     return None
 
 
-def _deploy_refusal(body: bytes, network: str) -> str | None:
+def _json(body: bytes) -> dict[str, Any]:
     try:
         data = json.loads(body or b"null")
     except ValueError:
-        return None  # the server answers 400 for it
-    if not isinstance(data, dict):
-        return None
-    wanted = data.get("network", "none")
-    if isinstance(wanted, str) and NETWORK_ORDER.get(wanted, 3) > NETWORK_ORDER.get(network, 0):
-        return f"a sandbox kernel with network {network!r} may not deploy a function with network {wanted!r}"
+        return {}  # the server answers 400 for it
+    return data if isinstance(data, dict) else {}
+
+
+def _network_refusal(data: dict[str, Any], network: str, what: str) -> str | None:
+    wanted = data.get("network") or "none"
+    if not isinstance(wanted, str) or NETWORK_ORDER.get(wanted, 3) > NETWORK_ORDER.get(network, 0):
+        return f"a sandbox kernel with network {network!r} may not {what} with network {wanted!r}"
+    return None
+
+
+def _deploy_refusal(body: bytes, network: str) -> str | None:
+    data = _json(body)
+    wider = _network_refusal(data, network, "deploy a function")
+    if wider is not None:
+        return wider
     if data.get("seccomp", "default") != "default" or data.get("seccomp_allow"):
         return "a sandbox kernel may not deploy a function without the default seccomp filter"
     source = data.get("source")

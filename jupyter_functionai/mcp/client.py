@@ -130,18 +130,25 @@ async def open_session(
     if client_name is not None:
         implementation = _import("mcp.types").Implementation
         extra["client_info"] = implementation(name=client_name, version=client_version or "0")
+    from ..client import split_unix_url
+
+    url, uds = split_unix_url(url)  # a sandbox kernel's relay (kernel/relay.py)
     async with AsyncExitStack() as stack:
         if hasattr(mcp, "Client"):  # mcp 2.x
             httpx2 = _import("httpx2")
-            http = await stack.enter_async_context(httpx2.AsyncClient(headers=headers or {}, timeout=httpx2.Timeout(30, read=timeout)))
+            via = {"transport": httpx2.AsyncHTTPTransport(uds=uds)} if uds else {}
+            http = await stack.enter_async_context(httpx2.AsyncClient(headers=headers or {}, timeout=httpx2.Timeout(30, read=timeout), **via))
             session = await stack.enter_async_context(mcp.Client(transport_mod.streamable_http_client(url, http_client=http), **extra))
         else:  # mcp 1.x
             if hasattr(transport_mod, "streamable_http_client"):  # 1.24+ (streamablehttp_client is deprecated there)
                 httpx = _import("httpx")
+                via = {"transport": httpx.AsyncHTTPTransport(uds=uds)} if uds else {}
                 http = await stack.enter_async_context(
-                    httpx.AsyncClient(headers=headers or {}, timeout=httpx.Timeout(30, read=timeout), follow_redirects=True)
+                    httpx.AsyncClient(headers=headers or {}, timeout=httpx.Timeout(30, read=timeout), follow_redirects=True, **via)
                 )
                 transport = transport_mod.streamable_http_client(url, http_client=http)
+            elif uds:
+                raise McpUnavailable("this mcp version (< 1.24) cannot reach a server through a Unix socket: pip install 'mcp>=1.24'")
             else:
                 transport = transport_mod.streamablehttp_client(url, headers=headers or {}, timeout=30, sse_read_timeout=timeout)
             streams = await stack.enter_async_context(transport)

@@ -31,7 +31,7 @@ const POLL_SAFETY_MS = 30000;
  * while it is hidden (only the status bar shows then). A busy server sends
  * a change event every tick; this bounds what the page asks of it.
  */
-const REFRESH_SHOWN_MS = 500;
+const REFRESH_SHOWN_MS = 250;
 const REFRESH_HIDDEN_MS = 10000;
 
 export const functionaiIcon = new LabIcon({ name: 'jupyter-functionai:icon', svgstr: iconSvg });

@@ -653,6 +653,8 @@ export class SidebarModel {
   private running: Promise<void> | null = null;
   private again = false;
   private lastStart = 0;
+  /** How long the last fetch took (ms). */
+  lastDuration = 0;
   private pending: ReturnType<typeof setTimeout> | null = null;
   private pendingAt = 0;
 
@@ -691,10 +693,12 @@ export class SidebarModel {
    * A refresh that something pushed asks for (a change event, a poll): at
    * most one every `minIntervalMs`, the later ones folded into one at the end
    * of that interval. A burst of server events (every call commits a write)
-   * so costs one fetch per interval, not one per event.
+   * so costs one fetch per interval, not one per event. The interval is at
+   * least twice the last fetch's duration: a slow (busy) server is asked at
+   * most half of the time.
    */
   requestRefresh(minIntervalMs: number): void {
-    const due = this.lastStart + minIntervalMs;
+    const due = this.lastStart + Math.max(minIntervalMs, 2 * this.lastDuration);
     if (this.pending !== null) {
       if (due >= this.pendingAt) {
         return; // one is due already, as soon: it will see this change too
@@ -816,6 +820,7 @@ export class SidebarModel {
     } catch (err) {
       this.error = describeError(err);
     }
+    this.lastDuration = Date.now() - this.lastStart;
     this.refreshes += 1;
     for (const l of [...this.listeners]) {
       l(this);

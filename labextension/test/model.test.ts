@@ -376,6 +376,30 @@ describe('refreshes pushed by events', () => {
       jest.useRealTimers();
     }
   });
+
+  it('ask a slow server at most half of the time', async () => {
+    jest.useFakeTimers();
+    try {
+      const f = new TableFetcher(table());
+      let release: () => void = () => undefined;
+      f.gate = new Promise<void>(r => (release = r));
+      const model = new SidebarModel(f);
+      const fetches = (): number => f.calls.filter(c => c === 'functions').length;
+      const first = model.refresh();
+      await jest.advanceTimersByTimeAsync(400); // the server takes 400 ms to answer
+      release();
+      f.gate = null;
+      await first;
+      expect(model.lastDuration).toBe(400);
+      model.requestRefresh(250); // due 800 ms after the last start, not 250
+      await jest.advanceTimersByTimeAsync(300);
+      expect(fetches()).toBe(1);
+      await jest.advanceTimersByTimeAsync(500);
+      expect(fetches()).toBe(2);
+    } finally {
+      jest.useRealTimers();
+    }
+  });
 });
 
 describe('trying a tool', () => {

@@ -30,9 +30,9 @@ from playwright.sync_api import Browser, Page, Route, expect
 from jupyter_functionai._version import __version__
 from jupyter_functionai.client import Client
 
-from .test_cli_server import Server, start_server, stop_server, wait_until
-from .test_mcp_stdio import COMMAND as STDIO_COMMAND
-from .test_panels_ui import TIMEOUT_MS, api, browser, open_notebook, put_notebook  # noqa: F401  (the browser fixture)
+from ..test_cli_server import Server, start_server, stop_server, wait_until
+from ..test_mcp_stdio import COMMAND as STDIO_COMMAND
+from .browser import TIMEOUT_MS, api, open_notebook, put_notebook
 
 FUNCTION = "lab-echo"
 ECHO = "def handler(event, ctx):\n    ctx.session.state['n'] = ctx.session.state.get('n', 0) + 1\n    return ctx.session.state['n']\n"
@@ -62,7 +62,7 @@ class Errors:
         page.on("console", lambda msg: self.seen.append(f"console: {msg.text}") if msg.type == "error" and "functionai" in msg.text.lower() else None)
 
 
-def open_lab(browser: Browser, lab: Server, workspace: str) -> tuple[Page, Errors]:  # noqa: F811
+def open_lab(browser: Browser, lab: Server, workspace: str) -> tuple[Page, Errors]:
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.set_default_timeout(TIMEOUT_MS)
     errors = Errors(page)
@@ -92,7 +92,7 @@ def test_the_extension_is_installed_enabled_and_ok() -> None:
 def test_the_frontend_unit_tests_pass() -> None:
     """The data layer's jest tests (labextension/test), run where ``pip install``
     built the extension (its node_modules are there)."""
-    here = Path(__file__).resolve().parents[1] / "labextension"
+    here = Path(__file__).resolve().parents[2] / "labextension"
     assert (here / "node_modules" / ".bin" / "jest").exists(), "no labextension/node_modules: install the checkout with pip install -e"
     p = subprocess.run(["npm", "test", "--silent"], cwd=here, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
@@ -102,13 +102,13 @@ def test_the_frontend_unit_tests_pass() -> None:
 def test_the_version_has_one_source() -> None:
     """labextension/package.json is where the version lives: the Python package
     and the built extension carry the same one."""
-    here = Path(__file__).resolve().parents[1]
+    here = Path(__file__).resolve().parents[2]
     source = json.loads((here / "labextension" / "package.json").read_text())["version"]
     built = json.loads((here / "jupyter_functionai" / "labextension" / "package.json").read_text())["version"]
     assert __version__ == source == built
 
 
-def test_the_sidebar_follows_sessions_and_closes_them(lab: Server, browser: Browser) -> None:  # noqa: F811
+def test_the_sidebar_follows_sessions_and_closes_them(lab: Server, browser: Browser) -> None:
     client = Client(lab.url, lab.token)
     page, errors = open_lab(browser, lab, "sessions")
     sidebar = open_sidebar(page)
@@ -157,7 +157,7 @@ def test_the_sidebar_follows_sessions_and_closes_them(lab: Server, browser: Brow
     page.close()
 
 
-def test_launcher_palette_and_status_bar(lab: Server, browser: Browser) -> None:  # noqa: F811
+def test_launcher_palette_and_status_bar(lab: Server, browser: Browser) -> None:
     client = Client(lab.url, lab.token)
     sid = f"lab-{secrets.token_hex(4)}"
     client.open_session(FUNCTION, sid)
@@ -190,7 +190,7 @@ def test_launcher_palette_and_status_bar(lab: Server, browser: Browser) -> None:
     page.close()
 
 
-def test_promote_a_cell_to_a_function(lab: Server, browser: Browser) -> None:  # noqa: F811
+def test_promote_a_cell_to_a_function(lab: Server, browser: Browser) -> None:
     """The cell context menu's "Promote Cell to Function" deploys the cell (no
     kernel involved), under the name typed in its dialog."""
     client = Client(lab.url, lab.token)
@@ -215,7 +215,7 @@ def test_promote_a_cell_to_a_function(lab: Server, browser: Browser) -> None:  #
     page.close()
 
 
-def test_run_as_job_from_the_notebook_toolbar(lab: Server, browser: Browser) -> None:  # noqa: F811
+def test_run_as_job_from_the_notebook_toolbar(lab: Server, browser: Browser) -> None:
     """The toolbar's "Run as job": its form starts a run of the notebook (its
     parameters injected), the sidebar follows it to the end, and its output
     link opens the executed notebook in a Lab tab."""
@@ -244,7 +244,7 @@ def test_run_as_job_from_the_notebook_toolbar(lab: Server, browser: Browser) -> 
     page.close()
 
 
-def test_tasks_and_tools_sections(lab: Server, browser: Browser) -> None:  # noqa: F811
+def test_tasks_and_tools_sections(lab: Server, browser: Browser) -> None:
     """A task submitted through the API shows with its state and attempt; a tool
     published on a hosted MCP server shows with its parameters."""
     client = Client(lab.url, lab.token)
@@ -293,7 +293,7 @@ def use_theme(page: Page, name: str) -> None:
     page.locator('.lm-Menu-item[data-command="apputils:change-theme"]', has_text=name).first.click()
 
 
-def test_dark_theme_and_accessible_names(lab: Server, browser: Browser) -> None:  # noqa: F811
+def test_dark_theme_and_accessible_names(lab: Server, browser: Browser) -> None:
     """The sidebar follows the theme (its colours are JupyterLab's variables)
     and every control in it has an accessible name."""
     client = Client(lab.url, lab.token)
@@ -326,7 +326,7 @@ def test_dark_theme_and_accessible_names(lab: Server, browser: Browser) -> None:
     page.close()
 
 
-def test_a_version_mismatch_is_shown(lab: Server, browser: Browser) -> None:  # noqa: F811
+def test_a_version_mismatch_is_shown(lab: Server, browser: Browser) -> None:
     page = browser.new_page()
     page.set_default_timeout(TIMEOUT_MS)
 
@@ -342,7 +342,7 @@ def test_a_version_mismatch_is_shown(lab: Server, browser: Browser) -> None:  # 
     page.close()
 
 
-def test_render_1000_sessions(lab: Server, browser: Browser) -> None:  # noqa: F811
+def test_render_1000_sessions(lab: Server, browser: Browser) -> None:
     """The virtualised list with 1,000 sessions: the API's answer for live
     sessions is one real session repeated 1,000 times under new ids (opening
     1,000 sandboxes would measure the machine, not the sidebar). Prints the
@@ -381,7 +381,7 @@ def test_render_1000_sessions(lab: Server, browser: Browser) -> None:  # noqa: F
     page.close()
 
 
-def test_the_sidebar_says_so_when_the_server_stops(tmp_path: Path, browser: Browser) -> None:  # noqa: F811
+def test_the_sidebar_says_so_when_the_server_stops(tmp_path: Path, browser: Browser) -> None:
     srv = start_server(tmp_path / "home", tmp_path / "data", command="lab")
     try:
         page, _errors = open_lab(browser, srv, "stop")
