@@ -504,6 +504,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     fields: dict[str, Any] = {}
     for opt, key in (
         ("gpu", "gpu"),
+        ("gpu_memory", "gpu_memory"),
         ("cpu", "cpu"),
         ("memory", "memory"),
         ("timeout", "timeout"),
@@ -1068,6 +1069,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--handler", default="handler", help="the handler's name in the file (default: handler)")
     p.add_argument("--cpu", type=float, help="CPU cores")
     p.add_argument("--gpu", type=float, help="GPU share: a fraction or whole GPUs")
+    p.add_argument("--gpu-memory", help="GPU memory of one card, whole GiB, e.g. 4GiB (instead of --gpu)")
     p.add_argument("--memory", help="memory limit: MiB or a size like 512Mi, 1G")
     p.add_argument("--timeout", type=float, help="per-call timeout in seconds")
     p.add_argument("--min-instances", type=int, help="instances kept warm")

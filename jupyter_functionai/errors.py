@@ -118,6 +118,14 @@ class OutOfMemory(InvocationError):
     status = 502
 
 
+class GpuOutOfMemory(InvocationError):
+    """The instance's processes used more GPU memory than its slice, and the
+    runtime's watchdog ended it (``details``: ``used_mib``, ``slice_mib``)."""
+
+    kind = "gpu_out_of_memory"
+    status = 502
+
+
 class InstanceCrashed(InvocationError):
     kind = "instance_crashed"
     status = 502
@@ -164,6 +172,7 @@ _BY_KIND: dict[str, type[FunctionAIError]] = {
         UserError,
         FunctionTimeout,
         OutOfMemory,
+        GpuOutOfMemory,
         InstanceCrashed,
         NoCapacity,
         SessionClosed,
@@ -177,6 +186,7 @@ __all__ = [
     "Conflict",
     "FunctionAIError",
     "FunctionTimeout",
+    "GpuOutOfMemory",
     "InstanceCrashed",
     "InvalidArgument",
     "InvalidSpec",

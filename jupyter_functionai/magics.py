@@ -641,6 +641,7 @@ class FunctionAIMagics(Magics):
     @magic_arguments()
     @argument("name", help="the function's name")
     @argument("--gpu", type=float, default=None, help="GPUs (fraction allowed)")
+    @argument("--gpu-memory", default=None, help="GPU memory of one card, whole GiB, e.g. 4GiB (instead of --gpu)")
     @argument("--cpu", type=float, default=None, help="CPUs")
     @argument("--memory", default=None, help="memory, e.g. 512Mi")
     @argument("--timeout", type=float, default=None, help="seconds per call")
@@ -665,7 +666,7 @@ class FunctionAIMagics(Magics):
             raise UsageError(f"the cell defines no handler: add `def {args.handler}(event, ctx): ...` (or name another with --handler); nothing was deployed")
         carry = build_carry(cell, self.shell.user_ns if self.shell is not None else {})
         fields: dict[str, Any] = {}
-        for key in ("gpu", "cpu", "memory", "timeout", "min_instances", "idle_ttl", "network"):
+        for key in ("gpu", "gpu_memory", "cpu", "memory", "timeout", "min_instances", "idle_ttl", "network"):
             value = getattr(args, key)
             if value is not None:
                 fields[key] = value

@@ -191,6 +191,9 @@ def _set(obj: Any, name: str, value: Any) -> None:
         object.__setattr__(obj, name, value)
 
 
+GPU_MEMORY_STEP_MB = 1024  # GPU memory is sold in whole GiB
+
+
 def parse_memory(value: Any, field: str = "resources.memory_mb") -> int:
     """Return a memory size in MiB.
 
@@ -375,6 +378,9 @@ class Resources:
     memory_mb: int = 512
     gpu: float = 0.0
     disk_mb: int = 1024
+    # GPU memory of one card in MiB, whole GiB (``gpu_memory="4GiB"``): the
+    # other way to ask for a slice; 0: none asked this way
+    gpu_memory_mb: int = 0
 
     _prefix: ClassVar[str] = "resources"
 
@@ -399,9 +405,26 @@ class Resources:
                 "must be a fraction in (0, 1] or a whole number of GPUs up to 16",
             )
         _set(self, "gpu", gpu)
+        gmem = self.gpu_memory_mb
+        if gmem != 0:
+            gmem = _int(_join(p, "gpu_memory_mb"), gmem, GPU_MEMORY_STEP_MB, 1_048_576)
+            if gmem % GPU_MEMORY_STEP_MB:
+                raise InvalidSpec(_join(p, "gpu_memory_mb"), self.gpu_memory_mb, "must be whole GiB (steps of 1024 MiB), e.g. '4GiB'")
+            if gpu > 0:
+                raise InvalidSpec(_join(p, "gpu_memory_mb"), self.gpu_memory_mb, "give gpu (a share of a card) or gpu_memory (GiB of one card), not both")
+            _set(self, "gpu_memory_mb", gmem)
+        elif isinstance(gmem, bool):
+            raise InvalidSpec(_join(p, "gpu_memory_mb"), gmem, "expected an integer")
+
+    @property
+    def wants_gpu(self) -> bool:
+        return self.gpu > 0 or self.gpu_memory_mb > 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"cpu": self.cpu, "memory_mb": self.memory_mb, "gpu": self.gpu, "disk_mb": self.disk_mb}
+        out: dict[str, Any] = {"cpu": self.cpu, "memory_mb": self.memory_mb, "gpu": self.gpu, "disk_mb": self.disk_mb}
+        if self.gpu_memory_mb:  # only when asked: the specs stored before it stay equal
+            out["gpu_memory_mb"] = self.gpu_memory_mb
+        return out
 
     @classmethod
     def from_dict(cls, data: Any) -> Resources:
@@ -410,6 +433,7 @@ class Resources:
         conv = {
             "memory_mb": lambda v: parse_memory(v, _join(cls._prefix, "memory_mb")),
             "disk_mb": lambda v: parse_memory(v, _join(cls._prefix, "disk_mb")),
+            "gpu_memory_mb": lambda v: parse_memory(v, _join(cls._prefix, "gpu_memory_mb")),
         }
         return cls(**_fields_from_mapping(cls, data, cls._prefix, conv))
 
@@ -596,6 +620,8 @@ _FLAT_KEYS: dict[str, tuple[str, str]] = {
     "memory_mb": ("resources", "memory_mb"),
     "disk": ("resources", "disk_mb"),
     "disk_mb": ("resources", "disk_mb"),
+    "gpu_memory": ("resources", "gpu_memory_mb"),
+    "gpu_memory_mb": ("resources", "gpu_memory_mb"),
     "timeout": ("", "timeout_s"),
     "idle_ttl": ("session", "idle_ttl_s"),
     "idle_ttl_s": ("session", "idle_ttl_s"),
@@ -788,7 +814,7 @@ def _normalise_kw(
             if dotted in seen:
                 raise InvalidSpec(key, value, f"given twice (also as {seen[dotted]!r})")
             seen[dotted] = key
-            if target in ("memory_mb", "disk_mb"):
+            if target in ("memory_mb", "disk_mb", "gpu_memory_mb"):
                 value = parse_memory(value, f"resources.{target}")
             if group:
                 nested[group][target] = value

@@ -8,6 +8,7 @@ the real adapter is asked too: it must say "no GPU"."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from pathlib import Path
 
@@ -130,7 +131,7 @@ async def test_an_instance_is_pinned_to_its_slice_and_releases_it_when_it_stops(
         snap = rt.gpus()
         assert snap["available"] and [len(d["slices"]) for d in snap["devices"]] == [2, 1]
         assert {s["function"] for s in snap["slices"]} == {"half", "most"}
-        with pytest.raises(NoCapacity, match=r"no GPU can take a slice of 0\.5"):
+        with pytest.raises(NoCapacity, match=r"no GPU can take gpu=0\.5 now"):
             await rt.invoke("half", session="s4")
         await rt.close_session("s1")
         # the stopped instance's slice is free again: a new session lands where it was
@@ -139,3 +140,97 @@ async def test_an_instance_is_pinned_to_its_slice_and_releases_it_when_it_stops(
         live = {i.id for i in rt.live_instances()}
         assert len(held) == 3 and held <= live
     assert backend.gpus.slices() == []  # closing the runtime stopped every instance: nothing held
+
+
+def test_gpu_memory_asks_for_whole_gib_of_one_card() -> None:
+    nvml = FakeNvml(card(0, gib=24), card(1, gib=80))
+    alloc = GpuAllocator(nvml)
+    four = alloc.allocate("a", memory_mib=4 * GIB)
+    assert four.devices == ("GPU-fake-0",) and four.memory_mib == 4 * GIB  # the tighter fit
+    assert alloc.allocate("b", memory_mib=40 * GIB).devices == ("GPU-fake-1",)  # too big for card 0
+    with pytest.raises(NoCapacity, match="gpu_memory=48GiB"):
+        alloc.allocate("c", memory_mib=48 * GIB)
+    assert alloc.never_fits(memory_mib=80 * GIB) is None  # an empty card 1 would hold it
+    assert "largest card (or MIG instance) has 81920 MiB" in (alloc.never_fits(memory_mib=96 * GIB) or "")
+    assert "needs 3 whole card(s); this machine has 2" in (alloc.never_fits(3) or "")
+
+
+@pytest.mark.parametrize(
+    ("fields", "says"),
+    [
+        ({"gpu_memory": "1.5GiB"}, "whole GiB"),
+        ({"gpu_memory": "512Mi"}, "between 1024"),
+        ({"gpu_memory": "4GiB", "gpu": 0.5}, "not both"),
+        ({"gpu_memory": "lots"}, "a size like"),
+    ],
+)
+def test_a_bad_gpu_memory_is_refused_with_the_field(fields: dict[str, object], says: str) -> None:
+    from jupyter_functionai.errors import InvalidSpec
+
+    with pytest.raises(InvalidSpec, match=says) as ei:
+        FunctionSpec.from_code("g", "def handler(e, c):\n    return 1\n", **fields)
+    assert "gpu_memory_mb" in str(ei.value)
+
+
+def test_the_spec_of_a_function_without_gpu_memory_is_unchanged() -> None:
+    spec = FunctionSpec.from_code("g", "def handler(e, c):\n    return 1\n", gpu=0.5)
+    assert "gpu_memory_mb" not in spec.to_dict()["resources"]  # specs stored before it compare equal
+    with_mem = FunctionSpec.from_code("g", "def handler(e, c):\n    return 1\n", gpu_memory="4GiB")
+    assert FunctionSpec.from_dict(with_mem.to_dict()) == with_mem
+
+
+async def test_a_request_no_card_can_ever_hold_is_refused_at_deploy(tmp_path: Path) -> None:
+    from jupyter_functionai.errors import InvalidSpec
+
+    backend = ProcessBackend(str(tmp_path / "state"), gpus=GpuAllocator(FakeNvml(card(0, gib=16))))
+    async with Runtime.open(tmp_path / "state", backend=backend, reap_interval=0.05) as rt:
+        with pytest.raises(InvalidSpec, match=r"largest card .* 16384 MiB"):
+            await rt.deploy(FunctionSpec.from_code("huge", SHOW, gpu_memory="24GiB"))
+        with pytest.raises(InvalidSpec, match="2 whole card"):
+            await rt.deploy(FunctionSpec.from_code("two", SHOW, gpu=2))
+        assert [f["name"] for f in rt.functions()] == []
+        await rt.deploy(FunctionSpec.from_code("fits", SHOW, gpu_memory="8GiB"))
+        assert (await rt.invoke("fits", session="s")).value == ["GPU-fake-0", str(8 * GIB)]
+
+
+async def test_without_a_gpu_gpu_memory_is_refused_at_deploy_and_a_share_stays_advisory(rt: Runtime) -> None:
+    from jupyter_functionai.errors import InvalidSpec
+
+    with pytest.raises(InvalidSpec, match="no GPU found"):
+        await rt.deploy(FunctionSpec.from_code("mem", SHOW, gpu_memory="4GiB"))
+    await rt.deploy(FunctionSpec.from_code("share", SHOW, gpu=0.5))
+    assert (await rt.invoke("share")).value == [None, None]  # not placed: no CUDA_VISIBLE_DEVICES
+
+
+SLOW = "import os, time\n\ndef handler(event, ctx):\n    time.sleep(event.get('sleep', 0))\n    return os.getpid()\n"
+
+
+async def test_the_watchdog_ends_an_instance_over_its_slice_and_spares_its_neighbour(tmp_path: Path) -> None:
+    """NVML (the fake) reports the instance's process using more than its
+    4 GiB slice: the watchdog ends that instance, its caller gets
+    gpu_out_of_memory with the figures, and the neighbour on the same card,
+    within its slice, keeps its session and answers."""
+    from jupyter_functionai.errors import GpuOutOfMemory
+
+    nvml = FakeNvml(card(0, gib=16))
+    backend = ProcessBackend(str(tmp_path / "state"), gpus=GpuAllocator(nvml))
+    async with Runtime.open(tmp_path / "state", backend=backend, reap_interval=0.05) as rt:
+        await rt.deploy(FunctionSpec.from_code("g", SLOW, gpu_memory="4GiB", timeout=120))
+        await rt.invoke("g", {}, session="greedy")
+        await rt.invoke("g", {}, session="modest")
+        pids = {i.bound_session: i.pid for i in rt.live_instances()}
+        iso = next(i for i in rt.live_instances() if i.bound_session == "greedy").isolation
+        assert iso["gpu"] == "GPU-fake-0 4096 MiB (watchdog)"
+        call = asyncio.ensure_future(rt.invoke("g", {"sleep": 60}, session="greedy"))
+        await asyncio.sleep(0.5)  # (the call is under way; what follows does not depend on it having started)
+        nvml.list[0] = dataclasses.replace(
+            nvml.list[0], memory_used_mib=9 * GIB, processes=(GpuProcess(pids["greedy"], 6 * GIB), GpuProcess(pids["modest"], 3 * GIB))
+        )
+        with pytest.raises(GpuOutOfMemory) as ei:
+            await asyncio.wait_for(call, 60)
+        assert ei.value.details["used_mib"] == 6 * GIB and ei.value.details["slice_mib"] == 4 * GIB
+        assert "more than its slice of 4096 MiB" in str(ei.value)
+        # the neighbour is untouched: same instance, same session
+        assert (await rt.invoke("g", {}, session="modest")).value is not None
+        assert {i.bound_session: i.pid for i in rt.live_instances()}.get("modest") == pids["modest"]
+        assert [s.owner for s in backend.gpus.slices()] == [i.id for i in rt.live_instances() if i.bound_session == "modest"]

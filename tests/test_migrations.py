@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import shutil
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -264,6 +265,15 @@ async def test_a_runtime_resumes_a_v1_database(v1: Path) -> None:
         (old,) = con.execute("SELECT workdir FROM sessions WHERE id = 'alice'").fetchone()
         old_state = str(Path(old).parents[2])
         con.execute("UPDATE sessions SET workdir = ? || substr(workdir, ?)", (str(v1.parent), len(old_state) + 1))
+        # and in time: as if the old release had stopped just now (its sessions
+        # live at most 24 h, and the fixture was made on 2026-12-06)
+        (last,) = con.execute("SELECT max(last_used_at) FROM sessions").fetchone()
+        shift = time.time() - last
+        con.execute(
+            "UPDATE sessions SET created_at = created_at + ?, last_used_at = last_used_at + ?, expires_at = expires_at + ?, "
+            "closed_at = closed_at + ?",
+            (shift, shift, shift, shift),
+        )
         con.commit()
         (uid,) = con.execute("SELECT uid FROM sessions WHERE id = 'alice'").fetchone()
     make_workdir(str(v1.parent / "sessions" / "alice"), uid)

@@ -137,6 +137,12 @@ class Backend(abc.ABC):
     async def retire(self, fv: FunctionVersion) -> None:
         """``fv`` will start no more instances (its template may go)."""
 
+    def check_placement(self, spec: FunctionSpec) -> None:
+        """Raise InvalidSpec when ``spec`` asks for what this backend can
+        never give (a GPU slice larger than any card): checked at deploy.
+        A backend that places no GPUs accepts every spec."""
+        return None
+
     @abc.abstractmethod
     def capabilities(self, spec: FunctionSpec) -> dict[str, str]:
         """Isolation layers this backend can give ``spec``: layer -> '' when

@@ -31,7 +31,9 @@ from typing import Any, TypeVar
 from ..errors import (
     FunctionAIError,
     FunctionTimeout,
+    GpuOutOfMemory,
     InstanceCrashed,
+    InvalidSpec,
     OutOfMemory,
     UserError,
 )
@@ -309,6 +311,7 @@ class ProcessInstance(Instance):
         self.pid: int | None = None
         self.isolation: dict[str, Any] = {}
         self.gpu_slice: Slice | None = None  # held on a card while it lives (gpu/allocator.py)
+        self.gpu_over: tuple[int, int] | None = None  # (used, slice) MiB when the GPU watchdog ended it
         self.spawn_ms = 0.0
         self.init_ms = 0.0
         self.bound_session: str | None = None
@@ -415,7 +418,19 @@ class ProcessInstance(Instance):
             self.owner._notify_exit(self, err.kind)
         self._kill()
 
+    def set_isolation(self, iso: dict[str, Any]) -> None:
+        """What the sandbox reported it achieved, and the GPU slice it holds."""
+        self.isolation = {**iso, "gpu": self.gpu_slice.describe()} if self.gpu_slice is not None else iso
+
     def _death_error(self) -> FunctionAIError:
+        if self.gpu_over is not None:
+            used, held = self.gpu_over
+            return GpuOutOfMemory(
+                f"the instance used {used} MiB of GPU memory, more than its slice of {held} MiB, and was stopped",
+                instance_id=self.id,
+                used_mib=used,
+                slice_mib=held,
+            )
         if self._stop_reason == "timeout":
             return FunctionTimeout(f"the call exceeded the timeout of {self.fv.spec.timeout_s:g}s; the instance was stopped")
         if self._stop_reason is not None:
@@ -511,7 +526,7 @@ class ProcessInstance(Instance):
             msg = await self._await_control("bound")
         finally:
             self._release_disk_loop()
-        self.isolation = msg.get("isolation", self.isolation)
+        self.set_isolation(msg.get("isolation", self.isolation))
         self.bound_session = binding.session_id
         self.binding = binding
 
@@ -630,6 +645,7 @@ class ProcessBackend(Backend):
         self.isolate = isolate
         #: where GPU instances are placed (gpu/): the machine's NVML, or "no GPU found"
         self.gpus = gpus if gpus is not None else GpuAllocator.from_machine()
+        self._gpu_watch: asyncio.Task[None] | None = None
         self.state_dir = os.path.realpath(state_dir)
         self.log_dir = os.path.join(self.state_dir, "logs")
         os.makedirs(self.log_dir, exist_ok=True)
@@ -687,6 +703,15 @@ class ProcessBackend(Backend):
         del self._events[:-200]
 
     # -- capabilities --------------------------------------------------------
+
+    def check_placement(self, spec: FunctionSpec) -> None:
+        res = spec.resources
+        if not res.wants_gpu or (not self.gpus.available and not res.gpu_memory_mb):
+            return  # without NVML a gpu share stays advisory (FUNCTIONAI_GPU_FRACTION)
+        why = self.gpus.never_fits(res.gpu, memory_mib=res.gpu_memory_mb)
+        if why is not None:
+            field = "resources.gpu_memory_mb" if res.gpu_memory_mb else "resources.gpu"
+            raise InvalidSpec(field, res.gpu_memory_mb or res.gpu, why)
 
     def capabilities(self, spec: FunctionSpec) -> dict[str, str]:
         caps = dict(self.namespaces)
@@ -944,9 +969,9 @@ class ProcessBackend(Backend):
                 cg_err = f"creating the cgroup failed: {exc}"
         inst = ProcessInstance(self, fv, iid, path, cg_name if cg_procs else None)
         inst.template = template
-        if spec.resources.gpu > 0 and self.gpus.available:
+        if spec.resources.wants_gpu and self.gpus.available:
             try:  # pinned to its card (or MIG instance) before it exists; released in _died
-                inst.gpu_slice = self.gpus.allocate(iid, spec.resources.gpu, function=fv.name)
+                inst.gpu_slice = self.gpus.allocate(iid, spec.resources.gpu, memory_mib=spec.resources.gpu_memory_mb, function=fv.name)
             except BaseException:
                 await inst.stop("no GPU capacity")
                 self._cleanup_cgroup(cg_name)
@@ -997,7 +1022,9 @@ class ProcessBackend(Backend):
         self._by_pid[pid] = inst
         self._instances[iid] = inst
         msg = await inst._await_control("ready")
-        inst.isolation = msg.get("isolation", {})
+        inst.set_isolation(msg.get("isolation", {}))
+        if inst.gpu_slice is not None:
+            self._watch_gpus()
         elapsed = (time.perf_counter() - t0) * 1000
         if binding is not None:
             t1 = time.perf_counter()
@@ -1117,8 +1144,48 @@ class ProcessBackend(Backend):
             plan = self._plans[(fv.name, fv.version)] = iso.plan_masks(keep, always)
         return plan
 
+    # -- the GPU watchdog ----------------------------------------------------
+
+    def _watch_gpus(self) -> None:
+        """Start the watchdog, once: every GPU_WATCH_S it asks NVML what each
+        process uses and ends an instance whose processes use more than its
+        slice (GpuOutOfMemory to its caller), well within a second."""
+        if self._gpu_watch is None or self._gpu_watch.done():
+            self._gpu_watch = asyncio.get_running_loop().create_task(self._gpu_watchdog())
+
+    async def _gpu_watchdog(self) -> None:
+        while not self._closing:
+            await asyncio.sleep(GPU_WATCH_S)
+            if not self.gpus.slices():
+                continue
+            try:
+                over = await asyncio.to_thread(self.gpus.over_slice, self._instance_of_pid)
+            except Exception as exc:  # NVML went away: say so, keep watching
+                self.log_event(f"GPU watchdog: NVML failed: {exc}")
+                continue
+            for iid, used, held in over:
+                inst = self._instances.get(iid)
+                if inst is not None and inst.alive and inst.gpu_over is None:
+                    inst.gpu_over = (used, held)
+                    self.log_event(f"instance {iid}: {used} MiB of GPU memory over its slice of {held} MiB: stopped")
+                    inst._kill()
+
+    def _instance_of_pid(self, pid: int) -> str | None:
+        """The instance whose process is ``pid`` or one of its ancestors."""
+        for _ in range(32):
+            inst = self._by_pid.get(pid)
+            if inst is not None:
+                return inst.id
+            fields = _proc_stat(pid)
+            if fields is None or int(fields[1]) <= 1:
+                return None
+            pid = int(fields[1])
+        return None
+
     async def close(self) -> None:
         self._closing = True
+        if self._gpu_watch is not None:
+            self._gpu_watch.cancel()
         for timer in self._refill_timers:
             timer.cancel()
         # a refill's thread cannot be cancelled: it stops after the image it is
@@ -1197,6 +1264,18 @@ def _python_paths() -> list[str]:
             paths.add(sysconfig.get_paths()[key])
     paths.update(p for p in sys.path if p and os.path.isabs(p))
     return sorted(p for p in paths if os.path.exists(p))
+
+
+GPU_WATCH_S = 0.25  # the GPU watchdog's period: an instance over its slice is ended within a second
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields 3.. of /proc/<pid>/stat (state, ppid, ...), or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(") ", 1)[1].split()
+    except (OSError, IndexError):
+        return None
 
 
 def _gpu_env(gpu: float) -> dict[str, str]:

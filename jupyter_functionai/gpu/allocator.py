@@ -1,8 +1,9 @@
 """``GpuAllocator``: which GPU (or MIG instance) an instance runs on.
 
-A function's ``gpu`` is a share: below 1, a slice of one card's memory,
-rounded up to whole GiB (Function Compute sells GPU memory in 1 GiB steps);
-1 or more, that many whole cards. Slices are packed best-fit: the card (or
+A function asks with ``gpu``, a share: below 1, a slice of one card's
+memory, rounded up to whole GiB (Function Compute sells GPU memory in 1 GiB
+steps); 1 or more, that many whole cards. Or with ``gpu_memory``: that many
+GiB of one card. Slices are packed best-fit: the card (or
 MIG instance) that the slice fills most tightly. A card counts as free only
 for what is neither held by a slice nor used by a process outside the
 slices, so nothing lands on an over-full card: a request that fits nowhere
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +38,16 @@ class Slice:
     whole: bool  # whole cards, not a slice
     mig: bool = False
 
+    @property
+    def mode(self) -> str:
+        """How the slice is held to: MIG partitions it in hardware; a card of
+        its own needs nothing; else the runtime's NVML watchdog (and the
+        framework's own cap, told FUNCTIONAI_GPU_MEMORY_MIB)."""
+        return "mig" if self.mig else "whole card" if self.whole else "watchdog"
+
+    def describe(self) -> str:
+        return f"{','.join(self.devices)} {self.memory_mib} MiB ({self.mode})"
+
     def env(self) -> dict[str, str]:
         return {"CUDA_VISIBLE_DEVICES": ",".join(self.devices), "FUNCTIONAI_GPU_MEMORY_MIB": str(self.memory_mib)}
 
@@ -47,6 +59,7 @@ class Slice:
             "memory_mib": self.memory_mib,
             "whole": self.whole,
             "mig": self.mig,
+            "mode": self.mode,
         }
 
 
@@ -70,24 +83,64 @@ class GpuAllocator:
         with self._lock:
             return list(self._slices.values())
 
-    def allocate(self, owner: str, share: float, *, function: str = "") -> Slice:
-        """Place ``owner`` (an instance) with a GPU ``share``; raises
-        NoCapacity when no card can take it."""
+    def allocate(self, owner: str, share: float = 0.0, *, memory_mib: int = 0, function: str = "") -> Slice:
+        """Place ``owner`` (an instance) with a GPU ``share``, or ``memory_mib``
+        of one card; raises NoCapacity when no card can take it now."""
         if self.nvml is None:
-            raise NoCapacity(f"no GPU found ({self.reason}): a function with gpu={share:g} cannot be placed")
-        if share <= 0:
-            raise ValueError("share must be > 0")
+            raise NoCapacity(f"no GPU found ({self.reason}): a function with {_asked(share, memory_mib)} cannot be placed")
+        if share <= 0 and memory_mib <= 0:
+            raise ValueError("share or memory_mib must be > 0")
         with self._lock:
             if owner in self._slices:
                 return self._slices[owner]
             devices = self.nvml.devices()
-            placed = self._whole(owner, share, devices, function) if share >= 1 else self._slice(owner, share, devices, function)
+            if share >= 1:
+                placed = self._whole(owner, share, devices, function)
+            else:
+                placed = self._slice(owner, share, memory_mib, devices, function)
             self._slices[owner] = placed
             return placed
+
+    def never_fits(self, share: float = 0.0, *, memory_mib: int = 0) -> str | None:
+        """Why no card here could take this request even with nothing else on
+        it, or None (checked at deploy: a request that can never be met is
+        refused then, not at each call)."""
+        if self.nvml is None:
+            return f"no GPU found ({self.reason}): a function with {_asked(share, memory_mib)} cannot run here"
+        devices = self.nvml.devices()
+        if share >= 1:
+            cards = [d for d in devices if not d.mig_enabled]
+            if len(cards) < math.ceil(share):
+                return f"gpu={share:g} needs {math.ceil(share)} whole card(s); this machine has {len(cards)} (without MIG)"
+            return None
+        for d in devices:
+            need = memory_mib or _round_gib(share * d.memory_total_mib)
+            sizes = [m.memory_mib for m in d.mig] if d.mig_enabled else [d.memory_total_mib]
+            if any(need <= size for size in sizes):
+                return None
+        sizes = [m.memory_mib for d in devices for m in d.mig] + [d.memory_total_mib for d in devices if not d.mig_enabled]
+        return f"no GPU here can ever hold {_asked(share, memory_mib)}: the largest card (or MIG instance) has {max(sizes, default=0)} MiB"
 
     def release(self, owner: str) -> Slice | None:
         with self._lock:
             return self._slices.pop(owner, None)
+
+    def over_slice(self, owner_of: Callable[[int], str | None]) -> list[tuple[str, int, int]]:
+        """``(owner, used MiB, slice MiB)`` for each slice whose processes use
+        more GPU memory than it holds (``owner_of`` maps a process id to the
+        instance it belongs to). MIG instances and whole cards are left out:
+        the hardware bounds them."""
+        with self._lock:
+            watched = {o: s for o, s in self._slices.items() if not s.whole and not s.mig}
+        if not watched or self.nvml is None:
+            return []
+        used: dict[str, int] = {}
+        for dev in self.nvml.devices():
+            for proc in dev.processes:
+                owner = owner_of(proc.pid)
+                if owner in watched and dev.uuid in watched[owner].devices:
+                    used[owner] = used.get(owner, 0) + proc.used_mib
+        return [(o, u, watched[o].memory_mib) for o, u in used.items() if u > watched[o].memory_mib]
 
     # -- placement (under the lock) -----------------------------------------------------
 
@@ -103,15 +156,13 @@ class GpuAllocator:
         held = self._held(dev.uuid)
         return max(0, dev.memory_total_mib - max(held, dev.memory_used_mib))
 
-    def _slice(self, owner: str, share: float, devices: list[Device], function: str) -> Slice:
+    def _slice(self, owner: str, share: float, memory_mib: int, devices: list[Device], function: str) -> Slice:
         best: tuple[int, Device, str, int, bool] | None = None  # (leftover, device, uuid, need, mig)
         for dev in devices:
+            need = memory_mib or _round_gib(share * dev.memory_total_mib)
             if dev.mig_enabled:
                 for m in dev.mig:
-                    need = _round_gib(share * dev.memory_total_mib)
-                    if self._busy(m.uuid) or m.memory_mib < min(need, m.memory_mib):
-                        continue
-                    if need > m.memory_mib:
+                    if self._busy(m.uuid) or need > m.memory_mib:
                         continue
                     left = m.memory_mib - need
                     if best is None or left < best[0]:
@@ -119,12 +170,11 @@ class GpuAllocator:
                 continue
             if any(s.whole and dev.uuid in s.devices for s in self._slices.values()):
                 continue
-            need = _round_gib(share * dev.memory_total_mib)
             left = self._free_mib(dev) - need
             if left >= 0 and (best is None or left < best[0]):
                 best = (left, dev, dev.uuid, need, False)
         if best is None:
-            raise NoCapacity(f"no GPU can take a slice of {share:g} of a card now: {self._describe(devices)}")
+            raise NoCapacity(f"no GPU can take {_asked(share, memory_mib)} now: {self._describe(devices)}")
         _left, dev, uuid, need, mig = best
         return Slice(owner, function, (uuid,), (dev.index,), need, whole=False, mig=mig)
 
@@ -160,6 +210,10 @@ class GpuAllocator:
                 row["slices"] = [s.to_dict() for s in self._slices.values() if d.uuid in s.devices or any(m.uuid in s.devices for m in d.mig)]
                 out.append(row)
             return {"available": True, "reason": self.reason, "devices": out, "slices": [s.to_dict() for s in self._slices.values()]}
+
+
+def _asked(share: float, memory_mib: int) -> str:
+    return f"gpu_memory={memory_mib // GIB_MIB}GiB" if memory_mib else f"gpu={share:g}"
 
 
 def _round_gib(mib: float) -> int:

@@ -40,6 +40,8 @@ def isolation_summary(iso: dict[str, Any] | None) -> tuple[str, str]:
         parts.append(f"uid {iso['uid']}")
     if iso.get("network"):
         parts.append(f"net {iso['network']}")
+    if iso.get("gpu"):
+        parts.append(f"gpu {iso['gpu']}")
     out = _esc(" · ".join(parts))
     missing = iso.get("missing") or {}
     if missing:

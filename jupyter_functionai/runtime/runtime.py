@@ -281,6 +281,7 @@ class Runtime:
         if not isinstance(spec, FunctionSpec):
             spec = FunctionSpec.from_dict(spec)
         self._check_isolation(spec)
+        self.backend.check_placement(spec)
         source = spec.load_text()
         async with self._deploy_lock:
             versions = []

@@ -431,6 +431,9 @@ export function isolationSummary(iso: Record<string, unknown> | null | undefined
   if (typeof iso['disk'] === 'string' && iso['disk']) {
     parts.push(`disk ${iso['disk']}`);
   }
+  if (typeof iso['gpu'] === 'string' && iso['gpu']) {
+    parts.push(`gpu ${iso['gpu']}`);
+  }
   const missing = iso['missing'];
   if (missing && typeof missing === 'object' && Object.keys(missing as object).length) {
     parts.push(`missing ${Object.keys(missing as object).join(', ')}`);

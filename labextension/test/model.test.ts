@@ -136,6 +136,7 @@ describe('formatting', () => {
     expect(text).toContain('seccomp default');
     expect(text).toContain('missing cgroup');
     expect(isolationSummary(null)).toBe('—');
+    expect(isolationSummary({ gpu: 'GPU-0 4096 MiB (watchdog)' })).toBe('gpu GPU-0 4096 MiB (watchdog)');
   });
 });
 
