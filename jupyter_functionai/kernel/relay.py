@@ -38,6 +38,7 @@ import re
 import secrets
 import socket
 import stat
+import threading
 import urllib.parse
 from typing import Any
 
@@ -268,15 +269,31 @@ class KernelRelay:
         self._sock: socket.socket | None = None
 
     def start(self) -> None:
+        """Bind and serve, on the relays' own event loop (a daemon thread):
+        the caller's loop may run only while it is called (a blocking
+        KernelManager's), and a server's loop is kept free of this work."""
         sock = _bind_in(self.dir_fd, SOCKET_NAME)
+        try:
+            asyncio.run_coroutine_threadsafe(self._serve(sock), _relay_loop()).result(30)
+        except BaseException:
+            sock.close()
+            raise
+
+    async def _serve(self, sock: socket.socket) -> None:
         app = web.Application([(r".*", _RelayHandler, {"relay": self})])
-        server = httpserver.HTTPServer(
-            app, max_body_size=MAX_BODY, idle_connection_timeout=3600, xheaders=False
-        )
+        server = httpserver.HTTPServer(app, max_body_size=MAX_BODY, idle_connection_timeout=3600, xheaders=False)
         server.add_socket(sock)
         self._server, self._sock = server, sock
 
     async def close(self) -> None:
+        if self._server is not None:
+            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._stop(), _relay_loop()))
+        if self.dir_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.dir_fd)
+            self.dir_fd = -1
+
+    async def _stop(self) -> None:
         server, self._server = self._server, None
         if server is not None:
             server.stop()
@@ -286,10 +303,21 @@ class KernelRelay:
                 st = os.stat(SOCKET_NAME, dir_fd=self.dir_fd, follow_symlinks=False)
                 if stat.S_ISSOCK(st.st_mode):
                     os.unlink(SOCKET_NAME, dir_fd=self.dir_fd)
-        if self.dir_fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(self.dir_fd)
-            self.dir_fd = -1
+
+
+_LOOP: asyncio.AbstractEventLoop | None = None
+_LOOP_LOCK = threading.Lock()
+
+
+def _relay_loop() -> asyncio.AbstractEventLoop:
+    """The event loop every relay of this process runs on (started on first use)."""
+    global _LOOP
+    with _LOOP_LOCK:
+        if _LOOP is None or _LOOP.is_closed():
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="functionai-kernel-relays", daemon=True).start()
+            _LOOP = loop
+        return _LOOP
 
 
 def _bind_in(dir_fd: int, name: str) -> socket.socket:
