@@ -1176,7 +1176,7 @@ class ProcessBackend(Backend):
             inst = self._by_pid.get(pid)
             if inst is not None:
                 return inst.id
-            fields = _proc_stat(pid)
+            fields = iso.proc_stat(pid)
             if fields is None or int(fields[1]) <= 1:
                 return None
             pid = int(fields[1])
@@ -1267,15 +1267,6 @@ def _python_paths() -> list[str]:
 
 
 GPU_WATCH_S = 0.25  # the GPU watchdog's period: an instance over its slice is ended within a second
-
-
-def _proc_stat(pid: int) -> list[str] | None:
-    """Fields 3.. of /proc/<pid>/stat (state, ppid, ...), or None."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(") ", 1)[1].split()
-    except (OSError, IndexError):
-        return None
 
 
 def _gpu_env(gpu: float) -> dict[str, str]:

@@ -52,6 +52,7 @@ from traitlets import Float, Int, Unicode, Union
 
 from ..errors import FunctionAIError, NotFound, SessionClosed
 from ..sandbox.disk import open_in_session
+from ..sandbox.isolation import proc_stat
 from ..spec import MAX_LIFETIME_CAP_S, FunctionSpec
 from . import handler as _handler
 from .control import KernelControl, connect
@@ -435,17 +436,8 @@ def _make_link(target: str) -> str:
     raise SandboxKernelError("no directory with a short enough path for the kernel's sockets: " + "; ".join(tried))
 
 
-def _stat(pid: int) -> list[str] | None:
-    """Fields 3.. of /proc/<pid>/stat (state, ppid, ...), or None."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(") ", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
 def _running(pid: int, started: str) -> bool:
-    fields = _stat(pid)
+    fields = proc_stat(pid)
     return fields is not None and fields[0] not in ("Z", "X") and fields[19] == started
 
 
@@ -458,7 +450,7 @@ def _host_child(parent: int, inner_pid: int) -> tuple[int, str] | None:
     for entry in entries:
         if not entry.isdigit():
             continue
-        fields = _stat(int(entry))
+        fields = proc_stat(int(entry))
         if fields is None or int(fields[1]) != parent:
             continue
         try:

@@ -891,3 +891,13 @@ class IsolationReport:
         if self.disk:
             out.add("disk")
         return out
+
+
+def proc_stat(pid: int) -> list[str] | None:
+    """Fields 3.. of ``/proc/<pid>/stat`` (state, ppid, ..., start time at
+    index 19), or None when the process is gone or unreadable."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(") ", 1)[1].split()
+    except (OSError, IndexError):
+        return None

@@ -4,6 +4,7 @@ put notebooks on a server and open them."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -11,11 +12,12 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from ..test_cli_server import Server
+from ..test_cli_server import Server, start_server, stop_server
 
 SYSTEM_CHROMIUM = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 FLAGS = [
@@ -106,3 +108,17 @@ def open_notebook(browser: Browser, url: str, ncells: int) -> Page:
     # connected to its kernel (running cells before would ask which kernel to start)
     expect(page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]')).to_have_count(1)
     return page
+
+
+@contextlib.contextmanager
+def running_lab(root: Path) -> Iterator[Server]:
+    """``functionai lab`` under ``root``, set for tests: every cell in the DOM
+    (no virtualised notebook), in Lab and Notebook 7, and no toast ("get
+    Jupyter news?") over what the tests click."""
+    srv = start_server(root / "home", root / "data", command="lab")
+    try:
+        api(srv, "PUT", "lab/api/settings/@jupyterlab/notebook-extension:tracker", {"raw": json.dumps({"windowingMode": "none"})})
+        api(srv, "PUT", "lab/api/settings/@jupyterlab/apputils-extension:notification", {"raw": json.dumps({"fetchNews": "false", "doNotDisturbMode": True})})
+        yield srv
+    finally:
+        stop_server(srv)

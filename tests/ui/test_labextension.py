@@ -32,7 +32,7 @@ from jupyter_functionai.client import Client
 
 from ..test_cli_server import Server, start_server, stop_server, wait_until
 from ..test_mcp_stdio import COMMAND as STDIO_COMMAND
-from .browser import TIMEOUT_MS, api, open_notebook, put_notebook
+from .browser import TIMEOUT_MS, api, open_notebook, put_notebook, running_lab
 
 FUNCTION = "lab-echo"
 ECHO = "def handler(event, ctx):\n    ctx.session.state['n'] = ctx.session.state.get('n', 0) + 1\n    return ctx.session.state['n']\n"
@@ -41,16 +41,9 @@ SIDEBAR = "#functionai-sidebar"
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    root = tmp_path_factory.mktemp("labext")
-    srv = start_server(root / "home", root / "data", command="lab")
-    try:
-        # every cell in the DOM (no virtualised notebook), and no toast ("get Jupyter news?") over what the tests click
-        api(srv, "PUT", "lab/api/settings/@jupyterlab/notebook-extension:tracker", {"raw": json.dumps({"windowingMode": "none"})})
-        api(srv, "PUT", "lab/api/settings/@jupyterlab/apputils-extension:notification", {"raw": json.dumps({"fetchNews": "false", "doNotDisturbMode": True})})
+    with running_lab(tmp_path_factory.mktemp("labext")) as srv:
         Client(srv.url, srv.token).deploy(FUNCTION, ECHO)
         yield srv
-    finally:
-        stop_server(srv)
 
 
 class Errors:

@@ -14,7 +14,6 @@ with ``python -m playwright install chromium``.
 
 from __future__ import annotations
 
-import json
 import re
 import secrets
 from collections.abc import Iterator
@@ -24,24 +23,16 @@ from playwright.sync_api import Browser, Locator, Page, expect
 
 from jupyter_functionai.client import Client
 
-from ..test_cli_server import Server, start_server, stop_server, wait_until
-from .browser import api, open_notebook, put_notebook
+from ..test_cli_server import Server, wait_until
+from .browser import api, open_notebook, put_notebook, running_lab
 
 FUNCTION = "ui-echo"
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    root = tmp_path_factory.mktemp("lab")
-    srv = start_server(root / "home", root / "data", command="lab")
-    try:
-        # every cell in the DOM (no virtualised notebook), in Lab and in Notebook 7, and no
-        # toast ("get Jupyter news?") over the buttons to click
-        api(srv, "PUT", "lab/api/settings/@jupyterlab/notebook-extension:tracker", {"raw": json.dumps({"windowingMode": "none"})})
-        api(srv, "PUT", "lab/api/settings/@jupyterlab/apputils-extension:notification", {"raw": json.dumps({"fetchNews": "false", "doNotDisturbMode": True})})
+    with running_lab(tmp_path_factory.mktemp("lab")) as srv:
         yield srv
-    finally:
-        stop_server(srv)
 
 
 def run_all(page: Page) -> None:
