@@ -662,6 +662,23 @@ def cmd_coldstarts(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_usage(args: argparse.Namespace) -> int:
+    since = time.time() - args.hours * 3600 if args.hours else None
+    rows = _client(args).usage(args.name, session=args.session, since=since, step=args.step)
+    if args.json:
+        print_json(rows)
+    else:
+        print_table(
+            ("FROM", "FUNCTION", "SESSION", "CPU_S", "MEM_GIB_S", "GPU_S", "GPU_MEM_GIB_S", "ACTIVE_S", "IDLE_S"),
+            [
+                (_when(r.get("start")) if r.get("start") is not None else "all", r["function"], r.get("session") or "-", *(f"{r[m]:.2f}" for m in ("cpu_s", "mem_gib_s", "gpu_s", "gpu_mem_gib_s", "active_s", "idle_s")))
+                for r in rows
+            ],
+            "no usage recorded",
+        )
+    return EXIT_OK
+
+
 def cmd_logs(args: argparse.Namespace) -> int:
     rows = _client(args).invocations(args.name, session=args.session, limit=args.limit)
     if args.json:
@@ -1112,6 +1129,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("coldstarts", cmd_coldstarts, "list cold starts, newest first")
     p.add_argument("name", nargs="?", help="only this function's")
     p.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    _json_option(p)
+    p = command("usage", cmd_usage, "what functions and sessions used: CPU-s, memory GiB-s, GPU-s, active and idle seconds")
+    p.add_argument("name", nargs="?", help="only this function's")
+    p.add_argument("--session", help="only this session's")
+    p.add_argument("--hours", type=float, help="only the last this many hours")
+    p.add_argument("--step", type=float, help="per this many seconds (a multiple of 60)")
     _json_option(p)
     p = command("logs", cmd_logs, "recent invocations of a function with their logs")
     p.add_argument("name")

@@ -636,6 +636,14 @@ class AsyncClient:
     async def coldstarts(self, function: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
         return await self._json(_Request("GET", f"{API}/coldstarts", query={"function": function, "limit": limit}))
 
+    async def usage(
+        self, function: str | None = None, session: str | None = None, *, since: float | None = None, until: float | None = None, step: float | None = None
+    ) -> list[dict[str, Any]]:
+        """The usage ledger: per function and session (and per ``step``
+        seconds, a multiple of 60): ``cpu_s``, ``mem_gib_s``, ``gpu_s``,
+        ``gpu_mem_gib_s``, ``active_s``, ``idle_s``."""
+        return await self._json(_Request("GET", f"{API}/usage", query={"function": function, "session": session, "since": since, "until": until, "step": step}))
+
     async def gpus(self) -> dict[str, Any]:
         """The server's GPUs: devices, memory, MIG instances and the slice each
         instance holds; ``available`` false and ``reason`` where there are none."""
@@ -882,6 +890,7 @@ class Client(Blocking, twin=AsyncClient):
     instances = blocking(AsyncClient.instances)
     coldstarts = blocking(AsyncClient.coldstarts)
     gpus = blocking(AsyncClient.gpus)
+    usage = blocking(AsyncClient.usage)
     invocations = blocking(AsyncClient.invocations)
     create_key = blocking(AsyncClient.create_key)
     keys = blocking(AsyncClient.keys)

@@ -95,6 +95,11 @@ class AsyncEmbeddedClient:
     async def coldstarts(self, function: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
         return await self.runtime.coldstarts(function, 500 if limit is None else limit)
 
+    async def usage(
+        self, function: str | None = None, session: str | None = None, *, since: float | None = None, until: float | None = None, step: float | None = None
+    ) -> list[dict[str, Any]]:
+        return await self.runtime.usage(function, session, since, until, step)
+
     async def gpus(self) -> dict[str, Any]:
         return await asyncio.to_thread(self.runtime.gpus)
 
@@ -160,6 +165,7 @@ class EmbeddedClient(Blocking, twin=AsyncEmbeddedClient):
     sessions = blocking(AsyncEmbeddedClient.sessions)
     coldstarts = blocking(AsyncEmbeddedClient.coldstarts)
     gpus = blocking(AsyncEmbeddedClient.gpus)
+    usage = blocking(AsyncEmbeddedClient.usage)
     submit = blocking(AsyncEmbeddedClient.submit)
     task = blocking(AsyncEmbeddedClient.task)
     wait_task = blocking(AsyncEmbeddedClient.wait_task)

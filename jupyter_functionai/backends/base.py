@@ -58,6 +58,22 @@ class CallOutcome:
     state_json: str | None = None  # set when the session state changed
 
 
+@dataclass(frozen=True)
+class UsageSample:
+    """One live instance, now: its CPU time since it started (µs; None when
+    unknown), memory in use, the GPU it holds (cards: a slice counts as its
+    share of the card; memory in MiB), and whether a call is in flight."""
+
+    instance_id: str
+    function: str
+    session_id: str | None
+    cpu_usec: int | None
+    mem_bytes: int
+    gpu_cards: float = 0.0
+    gpu_mem_mib: int = 0
+    busy: bool = False
+
+
 class Instance(abc.ABC):
     """A started sandbox. Created ready and unbound; bound once to one session."""
 
@@ -136,6 +152,11 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def retire(self, fv: FunctionVersion) -> None:
         """``fv`` will start no more instances (its template may go)."""
+
+    def usage_samples(self) -> list[UsageSample]:
+        """What each live instance has used so far (the meter's input; a
+        backend that cannot tell returns [])."""
+        return []
 
     def check_placement(self, spec: FunctionSpec) -> None:
         """Raise InvalidSpec when ``spec`` asks for what this backend can

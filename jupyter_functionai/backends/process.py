@@ -53,6 +53,7 @@ from .base import (
     FunctionVersion,
     Instance,
     ProgressCallback,
+    UsageSample,
 )
 
 _PKG_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -1143,6 +1144,27 @@ class ProcessBackend(Backend):
             always = ["/tmp", "/dev/shm", "/var/tmp", self.state_dir, *_private_dirs()]
             plan = self._plans[(fv.name, fv.version)] = iso.plan_masks(keep, always)
         return plan
+
+    # -- metering --------------------------------------------------------------
+
+    def usage_samples(self) -> list[UsageSample]:
+        out = []
+        for inst in list(self._instances.values()):
+            if not inst.alive or inst.pid is None:
+                continue
+            cpu = self.cgroups.cpu_usage_usec(inst.cgroup) if inst.cgroup else None
+            mem = self.cgroups.memory_usage(inst.cgroup) if inst.cgroup else None
+            if cpu is None:
+                cpu = iso.process_cpu_usec(inst.pid)
+            if mem is None:
+                mem = iso.process_rss(inst.pid)
+            cards, gmem = 0.0, 0
+            sl = inst.gpu_slice
+            if sl is not None:
+                gmem = sl.memory_mib
+                cards = sl.share
+            out.append(UsageSample(inst.id, inst.fv.name, inst.bound_session, cpu, mem, cards, gmem, bool(inst._pending)))
+        return out
 
     # -- the GPU watchdog ----------------------------------------------------
 

@@ -37,6 +37,7 @@ class Slice:
     memory_mib: int
     whole: bool  # whole cards, not a slice
     mig: bool = False
+    share: float = 0.0  # the cards it holds: a slice counts as its part of its card (for metering)
 
     @property
     def mode(self) -> str:
@@ -176,7 +177,7 @@ class GpuAllocator:
         if best is None:
             raise NoCapacity(f"no GPU can take {_asked(share, memory_mib)} now: {self._describe(devices)}")
         _left, dev, uuid, need, mig = best
-        return Slice(owner, function, (uuid,), (dev.index,), need, whole=False, mig=mig)
+        return Slice(owner, function, (uuid,), (dev.index,), need, whole=False, mig=mig, share=round(need / dev.memory_total_mib, 6))
 
     def _whole(self, owner: str, share: float, devices: list[Device], function: str) -> Slice:
         count = math.ceil(share)
@@ -184,7 +185,7 @@ class GpuAllocator:
         if len(free) < count:
             raise NoCapacity(f"gpu={share:g} needs {count} whole card(s) with nothing on them; {len(free)} free now: {self._describe(devices)}")
         chosen = free[:count]
-        return Slice(owner, function, tuple(d.uuid for d in chosen), tuple(d.index for d in chosen), sum(d.memory_total_mib for d in chosen), whole=True)
+        return Slice(owner, function, tuple(d.uuid for d in chosen), tuple(d.index for d in chosen), sum(d.memory_total_mib for d in chosen), whole=True, share=float(count))
 
     def _describe(self, devices: list[Device]) -> str:
         parts = []

@@ -51,6 +51,7 @@ from ..errors import (
 )
 from ..spec import FunctionSpec
 from ..store import Store
+from .metering import Meter
 from .pool import InstancePool
 from .sessions import (
     CLOSED,
@@ -155,6 +156,8 @@ class Runtime:
         self.backend = backend
         self.backend.on_instance_exit(self._instance_exited)
         self.pool = InstancePool(self.backend, self._prebind, self._release_prebound)
+        #: per-second usage of every live instance, into the ledger (metering.py)
+        self.meter = Meter(self.backend, self.store)
         self.reap_interval = reap_interval
         self._uid_base, self._uid_span = uid_base, uid_span
         self._active: dict[str, FunctionVersion] = {}
@@ -201,6 +204,7 @@ class Runtime:
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._reaper(), name="fai-reaper"))
         self._tasks.append(loop.create_task(self._flusher(), name="fai-flusher"))
+        self.meter.start()
         for f in await asyncio.to_thread(self.store.list_functions):
             try:
                 fv = await asyncio.to_thread(self._load_version, f["name"], f["active_version"])
@@ -250,6 +254,7 @@ class Runtime:
         if reaper is not None:
             reaper.cancel()
             await asyncio.wait({reaper}, timeout=10)
+        await self.meter.close()  # the instances' last second, before they stop
         if self._tasks:
             await self.tasks.close()
         await self.pool.close()
@@ -899,6 +904,26 @@ class Runtime:
     async def coldstarts(self, function: str | None = None, limit: int = 500) -> list[dict[str, Any]]:
         await self.flush()
         return await asyncio.to_thread(self.store.list_coldstarts, function, limit)
+
+    async def usage(
+        self,
+        function: str | None = None,
+        session: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        step: float | None = None,
+    ) -> list[dict[str, Any]]:
+        """The usage ledger, up to now: totals per function and session (and per
+        ``step`` seconds, a multiple of 60, when given): ``cpu_s``, ``mem_gib_s``,
+        ``gpu_s``, ``gpu_mem_gib_s``, ``active_s``, ``idle_s``."""
+        if step is not None and (step < 60 or step % 60):
+            raise InvalidArgument(f"step must be a multiple of 60 seconds, got {step:g}")
+        if since is not None and until is not None and until < since:
+            raise InvalidArgument(f"until ({until:g}) is before since ({since:g})")
+        if self.meter.running:
+            self.meter.sample()
+            await self.meter.flush()
+        return await asyncio.to_thread(self.store.usage, function, session, since, until, step)
 
     def gpus(self) -> dict[str, Any]:
         """The GPUs the backend places instances on: devices (memory, MIG

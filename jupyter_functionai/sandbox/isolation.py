@@ -512,6 +512,22 @@ class CgroupManager:
             pass
         return False
 
+    def cpu_usage_usec(self, name: str) -> int | None:
+        """CPU time of everything in the cgroup ``name`` so far (µs), or None."""
+        try:
+            if self.version == 2:
+                for line in _read(os.path.join(self.bases[""], name, "cpu.stat")).splitlines():
+                    k, _, v = line.partition(" ")
+                    if k == "usage_usec":
+                        return int(v)
+            elif self.version == 1:
+                base = self.bases.get("cpuacct") or self.bases.get("cpu")
+                if base:
+                    return int(_read(os.path.join(base, name, "cpuacct.usage"))) // 1000
+        except (OSError, ValueError):
+            pass
+        return None
+
     def memory_usage(self, name: str) -> int | None:
         if self.version == 2:
             path = os.path.join(self.bases[""], name, "memory.current")
@@ -901,3 +917,25 @@ def proc_stat(pid: int) -> list[str] | None:
             return f.read().rsplit(") ", 1)[1].split()
     except (OSError, IndexError):
         return None
+
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def process_cpu_usec(pid: int) -> int | None:
+    """CPU time of ``pid`` and its reaped children so far (µs), or None."""
+    fields = proc_stat(pid)
+    if fields is None:
+        return None
+    ticks = sum(int(fields[i]) for i in (11, 12, 13, 14))  # utime stime cutime cstime
+    return ticks * 1_000_000 // _TICK
+
+
+def process_rss(pid: int) -> int:
+    """Resident memory of ``pid`` in bytes (0 when unreadable)."""
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, IndexError, ValueError):
+        return 0

@@ -252,6 +252,20 @@ class LatencyHandler(BaseHandler):
         self.write_json(await self.runtime.latency())
 
 
+class UsageHandler(BaseHandler):
+    @jupyter_auth
+    async def get(self) -> None:
+        self.write_json(
+            await self.runtime.usage(
+                self.get_query_argument("function", None),
+                self.get_query_argument("session", None),
+                query_float(self, "since", 0, float("inf")),
+                query_float(self, "until", 0, float("inf")),
+                query_float(self, "step", 60, 366 * 86400),
+            )
+        )
+
+
 class GpusHandler(BaseHandler):
     @jupyter_auth
     async def get(self) -> None:
@@ -564,6 +578,12 @@ ROUTES: list[Route] = [
         "/functionai/api/invocations",
         InvocationsHandler,
         {"get": Op("Recent invocations with their logs", returns="AnyList", query=("function", "session", "limit"))},
+    ),
+    Route(
+        f"{API}/usage",
+        "/functionai/api/usage",
+        UsageHandler,
+        {"get": Op("The usage ledger: per function and session (and per step seconds, a multiple of 60): cpu_s, mem_gib_s, gpu_s, gpu_mem_gib_s, active_s, idle_s", returns="AnyList", query=("function", "session", "since", "until", "step"))},
     ),
     Route(f"{API}/gpus", "/functionai/api/gpus", GpusHandler, {"get": Op("GPUs: devices, memory, MIG instances and the slice each instance holds; or why there are none", returns="Health", errors=())}),
     Route(f"{API}/latency", "/functionai/api/latency", LatencyHandler, {"get": Op("Per function over the last 5,000 invocations: calls, errors, p50 and p95 ms", returns="AnyList", errors=())}),

@@ -6,6 +6,7 @@
 - ``tasks``: durable tasks and their attempts
 - ``runs``: notebook runs and schedules
 - ``mcp``: hosted MCP servers, their tools, MCP sessions
+- ``usage``: the usage ledger (per instance and minute)
 - ``writer``: the one write path (acknowledged means committed)
 - ``migrations``: the schema version and the steps that bring an older database to it
 - ``_base``: the engine, SQLite pragmas, transactions, shared helpers
@@ -40,12 +41,13 @@ from .mcp import McpStore
 from .runs import RunsStore
 from .sessions import SESSION_FINAL_STATUSES, SessionsStore
 from .tasks import TASK_FINAL_STATES, TASK_STATES, TasksStore
+from .usage import UsageStore
 from .writer import Writer
 
 __all__ = ["SESSION_FINAL_STATUSES", "TABLES", "TASK_FINAL_STATES", "TASK_STATES", "Store", "metadata"]
 
 
-class Store(FunctionsStore, SessionsStore, KeysStore, RunsStore, TasksStore, McpStore):
+class Store(FunctionsStore, SessionsStore, KeysStore, RunsStore, TasksStore, McpStore, UsageStore):
     """Persistent state of the runtime; see the package docstring.
 
     ``schema_version`` is the version the database is at after opening;

@@ -124,11 +124,18 @@ def _sessions_principal(conn: Connection) -> None:
     conn.execute(text("UPDATE sessions SET principal = 'mcp' WHERE id IN (SELECT runtime_session FROM mcp_sessions)"))
 
 
+def _usage_ledger(conn: Connection) -> None:
+    from .usage import create_usage_table
+
+    create_usage_table(conn)
+
+
 #: The steps after the baseline, in order. Append only.
 STEPS: tuple[Step, ...] = (
     Step(2, "drop the unused counters table", _drop_counters),
     Step(3, "index tasks by seq", _index_tasks_seq),
     Step(4, "record the principal that opened each session", _sessions_principal),
+    Step(5, "the usage ledger (per instance and minute)", _usage_ledger),
 )
 
 #: The schema version this code writes.

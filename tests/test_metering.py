@@ -1,0 +1,149 @@
+"""The usage ledger (runtime/metering.py, store/usage.py), measured for real:
+a handler that burns CPU is billed what it burned, an idle session accrues
+idle time only, the ledger survives kill -9 of the runtime's process, and
+it is served over HTTP, by the CLI and the clients."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from jupyter_functionai.errors import InvalidArgument
+from jupyter_functionai.runtime import Runtime
+from jupyter_functionai.spec import FunctionSpec
+from jupyter_functionai.store import Store
+
+from .conftest import wait_for
+
+BURN = "import time\n\ndef handler(event, ctx):\n    t = time.process_time()\n    while time.process_time() - t < event['cpu']:\n        pass\n    return 'burned'\n"
+
+
+async def _meter_saw(rt: Runtime, session: str, what: str, cond: Any) -> None:
+    async def seen() -> bool:
+        rows = await rt.usage(session=session)
+        return bool(rows) and cond(rows[0])
+
+    await wait_for(seen, 30, what)
+
+
+@pytest.mark.asyncio
+async def test_a_handler_that_burns_2_cpu_seconds_is_billed_2(rt: Runtime) -> None:
+    await rt.deploy(FunctionSpec.from_code("burn", BURN))
+    await rt.invoke("burn", {"cpu": 0}, session="hot")  # started, then measured from here
+    before = (await rt.usage(session="hot"))[0]["cpu_s"]
+    await rt.invoke("burn", {"cpu": 2.0}, session="hot")
+    # the meter samples every second: wait until it has seen the call end (an idle second after it)
+    idle_then = (await rt.usage(session="hot"))[0]["idle_s"]
+    await _meter_saw(rt, "hot", "a sample after the call", lambda r: r["idle_s"] > idle_then)
+    row = (await rt.usage(session="hot"))[0]
+    billed = row["cpu_s"] - before
+    print(f"\nbilled {billed:.3f} CPU-s for a 2.0 CPU-s call; active {row['active_s']:.2f} s, idle {row['idle_s']:.2f} s")
+    assert 1.8 <= billed <= 2.2, row
+    assert row["active_s"] >= 1.0 and row["mem_gib_s"] > 0 and row["function"] == "burn"
+    assert row["gpu_s"] == 0 and row["gpu_mem_gib_s"] == 0
+
+
+@pytest.mark.asyncio
+async def test_an_idle_session_accrues_idle_time_only(rt: Runtime) -> None:
+    await rt.deploy(FunctionSpec.from_code("burn", BURN))
+    await rt.invoke("burn", {"cpu": 0}, session="quiet")
+    first = (await rt.usage(session="quiet"))[0]
+    await _meter_saw(rt, "quiet", "two more idle seconds", lambda r: r["idle_s"] >= first["idle_s"] + 2)
+    row = (await rt.usage(session="quiet"))[0]
+    assert row["active_s"] == first["active_s"]  # nothing ran meanwhile
+    assert row["cpu_s"] - first["cpu_s"] < 0.1, (first, row)
+    # per-minute rows with step; bad ranges are refused
+    per_minute = await rt.usage(session="quiet", step=60)
+    assert per_minute and all(r["start"] % 60 == 0 for r in per_minute)
+    assert sum(r["idle_s"] for r in per_minute) == pytest.approx(row["idle_s"], abs=1.5)
+    for bad in ({"step": 30}, {"step": 90}, {"since": 10.0, "until": 5.0}):
+        with pytest.raises(InvalidArgument):
+            await rt.usage(**bad)  # type: ignore[arg-type]
+
+
+RUNNER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from jupyter_functionai.runtime import Runtime
+    from jupyter_functionai.spec import FunctionSpec
+
+    BURN = {burn!r}
+
+    async def main():
+        rt = Runtime(sys.argv[1])
+        await rt.start()
+        await rt.deploy(FunctionSpec.from_code("burn", BURN))
+        await rt.invoke("burn", {{"cpu": 1.0}}, session="doomed")
+        print("burned", flush=True)
+        await asyncio.sleep(3600)
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_the_ledger_survives_kill_9(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    script = tmp_path / "runner.py"
+    script.write_text(RUNNER.format(burn=BURN))
+    proc = subprocess.Popen([sys.executable, str(script), str(state)], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "burned"
+        db = state / "functionai.db"
+
+        def billed() -> float:
+            with contextlib.closing(sqlite3.connect(db)) as con:  # what is committed, read by another process
+                (cpu,) = con.execute("SELECT coalesce(sum(cpu_s), 0) FROM usage WHERE session_id = 'doomed'").fetchone()
+            return float(cpu)
+
+        deadline = time.monotonic() + 60
+        while billed() < 0.9:  # the meter writes every few seconds
+            assert proc.poll() is None and time.monotonic() < deadline, "the runner wrote no usage"
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    with Store.open(db) as store:
+        rows = store.usage(session="doomed")
+    assert len(rows) == 1 and rows[0]["cpu_s"] >= 0.9 and rows[0]["function"] == "burn", rows
+
+
+def test_usage_over_http_the_cli_and_the_client(tmp_path: Path) -> None:
+    from jupyter_functionai.client import Client
+
+    from .test_cli_server import start_server, stop_server
+
+    srv = start_server(tmp_path / "home", tmp_path / "data")
+    try:
+        fai = Client(srv.url, srv.token)
+        fai.deploy("burn", BURN)
+        fai.invoke("burn", {"cpu": 0.3}, session="s1")
+        rows = fai.usage("burn")
+        assert [r["session"] for r in rows] == ["s1"] and rows[0]["cpu_s"] > 0 and set(rows[0]) >= {
+            "function", "session", "cpu_s", "mem_gib_s", "gpu_s", "gpu_mem_gib_s", "active_s", "idle_s"
+        }
+        with pytest.raises(InvalidArgument, match=r"step must be a multiple of 60 seconds, got 61") as bad:
+            fai.usage(step=61)
+        assert bad.value.status == 400
+        out = subprocess.run(
+            [sys.executable, "-m", "jupyter_functionai", "usage", "burn", "--json"], capture_output=True, text=True, timeout=60, env=srv.client_env()
+        )
+        assert out.returncode == 0, out.stderr
+        assert json.loads(out.stdout)[0]["session"] == "s1"
+        table = subprocess.run([sys.executable, "-m", "jupyter_functionai", "usage"], capture_output=True, text=True, timeout=60, env=srv.client_env())
+        assert table.returncode == 0 and "CPU_S" in table.stdout and "s1" in table.stdout, table.stdout + table.stderr
+    finally:
+        stop_server(srv)
