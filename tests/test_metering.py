@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import signal
 import sqlite3
 import subprocess
@@ -143,7 +144,18 @@ def test_usage_over_http_the_cli_and_the_client(tmp_path: Path) -> None:
         )
         assert out.returncode == 0, out.stderr
         assert json.loads(out.stdout)[0]["session"] == "s1"
-        table = subprocess.run([sys.executable, "-m", "jupyter_functionai", "usage"], capture_output=True, text=True, timeout=60, env=srv.client_env())
-        assert table.returncode == 0 and "CPU_S" in table.stdout and "s1" in table.stdout, table.stdout + table.stderr
+        # the README's lines, as printed (NAME: this function)
+        readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+        lines = [ln.split("#")[0].strip() for ln in readme.splitlines() if ln.startswith(".venv/bin/functionai usage")]
+        assert len(lines) == 2, lines
+        outs = []
+        for line in lines:
+            argv = [sys.executable, "-m", "jupyter_functionai", *(("burn" if a == "NAME" else a) for a in shlex.split(line)[1:])]
+            p = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=srv.client_env())
+            assert p.returncode == 0, (line, p.stderr)
+            outs.append(p.stdout)
+        assert "CPU_S" in outs[0] and "s1" in outs[0], outs[0]
+        hourly = json.loads(outs[1])
+        assert [r["session"] for r in hourly] == ["s1"] and hourly[0]["start"] % 3600 == 0
     finally:
         stop_server(srv)
