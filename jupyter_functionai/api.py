@@ -58,7 +58,14 @@ class FunctionAIClient(Protocol):
     def gpus(self) -> dict[str, Any]: ...
 
     def usage(
-        self, function: str | None = None, session: str | None = None, *, since: float | None = None, until: float | None = None, step: float | None = None
+        self,
+        function: str | None = None,
+        session: str | None = None,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        step: float | None = None,
+        by: str | None = None,
     ) -> list[dict[str, Any]]: ...
 
     def submit(self, name: str, event: Any = None, *, session: str | None = None, timeout: float | None = None, retries: int | None = None) -> dict[str, Any]: ...

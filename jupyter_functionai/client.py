@@ -637,12 +637,19 @@ class AsyncClient:
         return await self._json(_Request("GET", f"{API}/coldstarts", query={"function": function, "limit": limit}))
 
     async def usage(
-        self, function: str | None = None, session: str | None = None, *, since: float | None = None, until: float | None = None, step: float | None = None
+        self,
+        function: str | None = None,
+        session: str | None = None,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        step: float | None = None,
+        by: str | None = None,
     ) -> list[dict[str, Any]]:
         """The usage ledger: per function and session (and per ``step``
         seconds, a multiple of 60): ``cpu_s``, ``mem_gib_s``, ``gpu_s``,
         ``gpu_mem_gib_s``, ``active_s``, ``idle_s``."""
-        return await self._json(_Request("GET", f"{API}/usage", query={"function": function, "session": session, "since": since, "until": until, "step": step}))
+        return await self._json(_Request("GET", f"{API}/usage", query={"function": function, "session": session, "since": since, "until": until, "step": step, "by": by}))
 
     async def gpus(self) -> dict[str, Any]:
         """The server's GPUs: devices, memory, MIG instances and the slice each

@@ -96,9 +96,16 @@ class AsyncEmbeddedClient:
         return await self.runtime.coldstarts(function, 500 if limit is None else limit)
 
     async def usage(
-        self, function: str | None = None, session: str | None = None, *, since: float | None = None, until: float | None = None, step: float | None = None
+        self,
+        function: str | None = None,
+        session: str | None = None,
+        *,
+        since: float | None = None,
+        until: float | None = None,
+        step: float | None = None,
+        by: str | None = None,
     ) -> list[dict[str, Any]]:
-        return await self.runtime.usage(function, session, since, until, step)
+        return await self.runtime.usage(function, session, since, until, step, by or "session")
 
     async def gpus(self) -> dict[str, Any]:
         return await asyncio.to_thread(self.runtime.gpus)

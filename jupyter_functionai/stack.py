@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from .backends import backend_class
@@ -46,13 +47,14 @@ class Stack:
         task_lease_s: float = 15.0,
         warm_kernels: int = 0,
         schedule_grace_s: float = 60.0,
+        prices: Mapping[str, Any] | None = None,
     ) -> None:
         state_dir = os.path.realpath(os.path.expanduser(os.fspath(data_dir)))
         os.makedirs(state_dir, mode=0o700, exist_ok=True)
         self.store = Store(store_url) if store_url else Store.open(os.path.join(state_dir, "functionai.db"))
         try:
             engine = backend_class(backend)(state_dir, use_templates=use_templates)  # type: ignore[call-arg]
-            self.runtime = Runtime(state_dir, store=self.store, backend=engine, reap_interval=reap_interval, task_lease_s=task_lease_s)
+            self.runtime = Runtime(state_dir, store=self.store, backend=engine, reap_interval=reap_interval, task_lease_s=task_lease_s, prices=prices)
         except BaseException:
             self.store.close()
             raise

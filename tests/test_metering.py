@@ -68,7 +68,15 @@ async def test_an_idle_session_accrues_idle_time_only(rt: Runtime) -> None:
     per_minute = await rt.usage(session="quiet", step=60)
     assert per_minute and all(r["start"] % 60 == 0 for r in per_minute)
     assert sum(r["idle_s"] for r in per_minute) == pytest.approx(row["idle_s"], abs=1.5)
-    for bad in ({"step": 30}, {"step": 90}, {"since": 10.0, "until": 5.0}):
+    await rt.invoke("burn", {"cpu": 0}, session="other")
+    t0 = time.monotonic()
+    by_session = await rt.usage()
+    (per_function,) = await rt.usage(by="function")
+    between = time.monotonic() - t0  # each query first adds what the two live sessions idled meanwhile
+    assert per_function["session"] is None and len(by_session) == 2
+    extra = per_function["idle_s"] - sum(r["idle_s"] for r in by_session)
+    assert 0 <= extra <= 2 * between + 1e-3, (extra, between)
+    for bad in ({"step": 30}, {"step": 90}, {"since": 10.0, "until": 5.0}, {"by": "instance"}):
         with pytest.raises(InvalidArgument):
             await rt.usage(**bad)  # type: ignore[arg-type]
 
@@ -159,3 +167,25 @@ def test_usage_over_http_the_cli_and_the_client(tmp_path: Path) -> None:
         assert [r["session"] for r in hourly] == ["s1"] and hourly[0]["start"] % 3600 == 0
     finally:
         stop_server(srv)
+
+
+def test_a_price_table_turns_usage_into_cost() -> None:
+    from jupyter_functionai.runtime.metering import PriceTable
+
+    prices = PriceTable.from_dict({"cpu_s": 0.01, "mem_gib_s": 0.002, "gpu_s": 1.0, "gpu_mem_gib_s": 0.1, "idle_factor": 0.25, "currency": "USD"})
+    # half the time idle: memory and GPU at (0.5 + 0.25 * 0.5) of their price; CPU as used
+    row = {"cpu_s": 10.0, "mem_gib_s": 100.0, "gpu_s": 2.0, "gpu_mem_gib_s": 8.0, "active_s": 30.0, "idle_s": 30.0}
+    assert prices.cost(row) == pytest.approx(10 * 0.01 + (100 * 0.002 + 2 * 1.0 + 8 * 0.1) * 0.625)
+    assert prices.cost({**row, "idle_s": 0.0}) == pytest.approx(10 * 0.01 + 100 * 0.002 + 2 * 1.0 + 8 * 0.1)
+    for bad, says in (({"cpu": 1}, "unknown price table key"), ({"cpu_s": -1}, "number >= 0"), ({"idle_factor": 2}, "between 0 and 1"), ({"gpu_s": "1"}, "number >= 0")):
+        with pytest.raises(InvalidArgument, match=says):
+            PriceTable.from_dict(bad)
+
+
+@pytest.mark.asyncio
+async def test_usage_rows_carry_their_cost(tmp_path: Path) -> None:
+    async with Runtime.open(tmp_path / "state", prices={"cpu_s": 1.0, "idle_factor": 0.5, "currency": "EUR"}) as rt:
+        await rt.deploy(FunctionSpec.from_code("burn", BURN))
+        await rt.invoke("burn", {"cpu": 0.5}, session="paid")
+        (row,) = await rt.usage(session="paid")
+        assert row["currency"] == "EUR" and row["cost"] == pytest.approx(row["cpu_s"], abs=1e-6) and row["cost"] > 0

@@ -24,16 +24,59 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
 from typing import Any
 
 from ..backends.base import Backend, UsageSample
+from ..errors import InvalidArgument
 from ..store import Store
 from ..store.usage import BUCKET_S, MEASURES
 
 log = logging.getLogger(__name__)
 
 GIB = 1024**3
+PRICED = ("cpu_s", "mem_gib_s", "gpu_s", "gpu_mem_gib_s")
+
+
+@dataclass(frozen=True)
+class PriceTable:
+    """What a unit of each measure costs, and the fraction of the price that
+    an idle instance's memory and GPU are billed at (Function Compute bills
+    idle instances at a fraction). CPU-seconds are billed as used."""
+
+    cpu_s: float = 0.0
+    mem_gib_s: float = 0.0
+    gpu_s: float = 0.0
+    gpu_mem_gib_s: float = 0.0
+    idle_factor: float = 1.0
+    currency: str = ""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PriceTable:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InvalidArgument(f"unknown price table key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            if key == "currency":
+                if not isinstance(value, str) or len(value) > 16:
+                    raise InvalidArgument(f"prices.currency must be a short string, got {value!r:.40}")
+            elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise InvalidArgument(f"prices.{key} must be a number >= 0, got {value!r:.40}")
+            elif key == "idle_factor" and value > 1:
+                raise InvalidArgument(f"prices.idle_factor must be between 0 and 1, got {value!r}")
+            out[key] = value if key == "currency" else float(value)
+        return cls(**out)
+
+    def cost(self, row: Mapping[str, float]) -> float:
+        """The cost of one ledger row: memory and GPU billed at the idle factor
+        for the idle part of the time."""
+        busy, idle = row.get("active_s", 0.0), row.get("idle_s", 0.0)
+        share = busy / (busy + idle) if busy + idle > 0 else 1.0
+        held = row.get("mem_gib_s", 0.0) * self.mem_gib_s + row.get("gpu_s", 0.0) * self.gpu_s + row.get("gpu_mem_gib_s", 0.0) * self.gpu_mem_gib_s
+        return row.get("cpu_s", 0.0) * self.cpu_s + held * (share + self.idle_factor * (1.0 - share))
 
 
 class Meter:

@@ -23,7 +23,7 @@ import os
 import resource
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -51,7 +51,7 @@ from ..errors import (
 )
 from ..spec import FunctionSpec
 from ..store import Store
-from .metering import Meter
+from .metering import Meter, PriceTable
 from .pool import InstancePool
 from .sessions import (
     CLOSED,
@@ -143,7 +143,10 @@ class Runtime:
         use_templates: bool = True,
         isolate: bool = True,
         task_lease_s: float = 15.0,
+        prices: PriceTable | Mapping[str, Any] | None = None,
     ) -> None:
+        #: turns usage into cost (``usage()`` rows gain ``cost``); None: no prices
+        self.prices = PriceTable.from_dict(prices) if isinstance(prices, Mapping) else prices
         self.state_dir = os.path.realpath(os.path.expanduser(os.fspath(state_dir)))
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
         os.chmod(self.state_dir, 0o700)
@@ -912,18 +915,26 @@ class Runtime:
         since: float | None = None,
         until: float | None = None,
         step: float | None = None,
+        by: str = "session",
     ) -> list[dict[str, Any]]:
-        """The usage ledger, up to now: totals per function and session (and per
+        """The usage ledger, up to now (``by``: "session" or "function"): totals per function and session (and per
         ``step`` seconds, a multiple of 60, when given): ``cpu_s``, ``mem_gib_s``,
         ``gpu_s``, ``gpu_mem_gib_s``, ``active_s``, ``idle_s``."""
         if step is not None and (step < 60 or step % 60):
             raise InvalidArgument(f"step must be a multiple of 60 seconds, got {step:g}")
+        if by not in ("session", "function"):
+            raise InvalidArgument(f"by must be 'session' or 'function', got {by!r:.40}")
         if since is not None and until is not None and until < since:
             raise InvalidArgument(f"until ({until:g}) is before since ({since:g})")
         if self.meter.running:
             self.meter.sample()
             await self.meter.flush()
-        return await asyncio.to_thread(self.store.usage, function, session, since, until, step)
+        rows = await asyncio.to_thread(self.store.usage, function, session, since, until, step, by)
+        if self.prices is not None:
+            for row in rows:
+                row["cost"] = round(self.prices.cost(row), 6)
+                row["currency"] = self.prices.currency
+        return rows
 
     def gpus(self) -> dict[str, Any]:
         """The GPUs the backend places instances on: devices (memory, MIG

@@ -15,7 +15,7 @@ from typing import Any
 
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Bool, Float, Int, Type, Unicode, default
+from traitlets import Bool, Dict, Float, Int, Type, Unicode, default
 
 from .._version import __version__
 from ..backends import BACKENDS
@@ -76,6 +76,16 @@ class FunctionAI(ExtensionApp):
         help="A schedule's cron time found later than this (the server was down) is missed: its catch_up policy applies.",
     )
 
+    usage_prices = Dict(
+        {},
+        config=True,
+        help=(
+            "The price table that turns usage into cost (GET /functionai/api/usage rows gain cost and currency): "
+            "cpu_s, mem_gib_s, gpu_s, gpu_mem_gib_s (the price of one unit of each), idle_factor (0..1: the part "
+            "of the memory and GPU price an idle instance pays) and currency. Empty: no costs."
+        ),
+    )
+
     aliases = {
         "data-dir": "FunctionAI.data_dir",
         "backend": "FunctionAI.backend",
@@ -98,6 +108,7 @@ class FunctionAI(ExtensionApp):
             task_lease_s=self.task_lease_s,
             warm_kernels=self.warm_kernels,
             schedule_grace_s=self.schedule_grace_s,
+            prices=dict(self.usage_prices) or None,
         )
         self.runtime = self.stack.runtime
         self.settings.update(

@@ -262,6 +262,7 @@ class UsageHandler(BaseHandler):
                 query_float(self, "since", 0, float("inf")),
                 query_float(self, "until", 0, float("inf")),
                 query_float(self, "step", 60, 366 * 86400),
+                self.get_query_argument("by", "session"),
             )
         )
 
@@ -583,7 +584,7 @@ ROUTES: list[Route] = [
         f"{API}/usage",
         "/functionai/api/usage",
         UsageHandler,
-        {"get": Op("The usage ledger: per function and session (and per step seconds, a multiple of 60): cpu_s, mem_gib_s, gpu_s, gpu_mem_gib_s, active_s, idle_s", returns="AnyList", query=("function", "session", "since", "until", "step"))},
+        {"get": Op("The usage ledger: per function and session (and per step seconds, a multiple of 60): cpu_s, mem_gib_s, gpu_s, gpu_mem_gib_s, active_s, idle_s", returns="AnyList", query=("function", "session", "since", "until", "step", "by"))},
     ),
     Route(f"{API}/gpus", "/functionai/api/gpus", GpusHandler, {"get": Op("GPUs: devices, memory, MIG instances and the slice each instance holds; or why there are none", returns="Health", errors=())}),
     Route(f"{API}/latency", "/functionai/api/latency", LatencyHandler, {"get": Op("Per function over the last 5,000 invocations: calls, errors, p50 and p95 ms", returns="AnyList", errors=())}),

@@ -86,10 +86,12 @@ class UsageStore(StoreBase):
         since: float | None = None,
         until: float | None = None,
         step: float | None = None,
+        by: str = "session",
     ) -> list[dict[str, Any]]:
-        """Totals per (function, session), and per ``step`` seconds when
-        given (a multiple of a minute), oldest first. Each row: ``function``,
-        ``session``, ``start`` (None without ``step``), ``end``, and the measures."""
+        """Totals per (function, session) (``by="function"``: per function,
+        ``session`` None), and per ``step`` seconds when given (a multiple of
+        a minute), oldest first. Each row: ``function``, ``session``,
+        ``start`` (None without ``step``), ``end``, and the measures."""
         q = select(usage)
         if function is not None:
             q = q.where(usage.c.function == function)
@@ -104,10 +106,11 @@ class UsageStore(StoreBase):
         out: dict[tuple[str, str | None, float | None], dict[str, Any]] = {}
         for r in rows:
             start = math.floor(r["start"] / step) * step if step else None
-            key = (r["function"], r["session_id"], start)
+            sid = r["session_id"] if by == "session" else None
+            key = (r["function"], sid, start)
             acc = out.get(key)
             if acc is None:
-                acc = out[key] = {"function": r["function"], "session": r["session_id"], "start": start, "end": None, **{m: 0.0 for m in MEASURES}}
+                acc = out[key] = {"function": r["function"], "session": sid, "start": start, "end": None, **{m: 0.0 for m in MEASURES}}
             for m in MEASURES:
                 acc[m] += r[m]
             acc["end"] = max(acc["end"] or 0.0, r["start"] + BUCKET_S if step is None else start + step)  # type: ignore[operator]
