@@ -615,7 +615,7 @@ def _sandbox_error(name: str, exc: UserError, offset: int) -> SandboxError:
 
 FAI_USAGE = """usage: %fai ls | sessions [NAME] | invoke NAME [--session ID] JSON | close ID | url NAME
        %fai run NOTEBOOK [-p NAME VALUE ...] [--html] [--tag T] [--timeout S] [--no-wait]   (NOTEBOOK: a path under the server's root)
-       %fai panel [sessions|coldstarts|functions|tasks|tools|runs|all] [NAME]"""
+       %fai panel [sessions|coldstarts|functions|tasks|tools|runs|usage|all] [NAME]"""
 
 
 @magics_class
@@ -784,7 +784,7 @@ class FunctionAIMagics(Magics):
 
         kind, names = (rest[0], rest[1:]) if rest and rest[0].lower() in KINDS else ("all", rest)
         if len(names) > 1:
-            raise UsageError(f"unknown panel {rest[0]!r} in {line.strip()!r}: use sessions, coldstarts, functions, tasks, runs, tools or all\n{FAI_USAGE}")
+            raise UsageError(f"unknown panel {rest[0]!r} in {line.strip()!r}: use sessions, coldstarts, functions, tasks, runs, tools, usage or all\n{FAI_USAGE}")
         self._display_panel(lambda: panel(kind, self.client, function=names[0] if names else None))
 
     def _run(self, rest: list[str]) -> Any:

@@ -27,6 +27,7 @@ from jupyter_functionai.panels import (
     FunctionsPanel,
     SessionsPanel,
     TasksPanel,
+    UsagePanel,
     coldstart_chart,
     fmt_bytes,
     fmt_time,
@@ -197,6 +198,22 @@ def test_coldstarts_panel_draws_a_bar_per_real_start_coloured_by_path(client: Cl
     assert 'data-session="pan-f2"' in p.chart.value and f"{len(starts) + 1} start(s)" in plain(p.summary.value)
 
 
+def test_usage_panel_shows_the_ledger_per_function_and_per_session(client: Client, panels: list[Any]) -> None:
+    client.deploy("pan-use", COUNTER, timeout=30)
+    client.invoke("pan-use", None, session="pan-u1")
+    p = UsagePanel(client, interval=0.2)
+    panels.append(p)
+    wait_until(lambda: 'data-function="pan-use"' in p.table.value, 20, "the function's usage row")
+    rows = {r["function"]: r for r in client.usage(by="function")}
+    assert "pan-use" in rows and rows["pan-use"]["idle_s"] > 0
+    svg = ET.fromstring(p.chart.value)
+    assert [r.get("class") for r in svg.iter(f"{SVG}rect")] and all(r.get("class") == "fai-usage-bar" for r in svg.iter(f"{SVG}rect"))
+    one = UsagePanel(client, "pan-use", interval=0.2)  # one function: a row per session
+    panels.append(one)
+    wait_until(lambda: "pan-u1" in one.table.value, 20, "the session's usage row")
+    assert one.title == "functionai usage of pan-use, the last hour"
+
+
 def test_coldstart_chart_scale_legend_and_the_fresh_path() -> None:
     rows = [
         {"instance_id": "i-1", "function": "f", "version": 1, "path": "fresh", "spawn_ms": 30.0, "init_ms": 60.0, "first_call_ms": 10.0, "session_id": None, "at": 1.0},
@@ -278,8 +295,8 @@ def test_panel_factory_tabs_and_replacement(client: Client, panels: list[Any]) -
     client.open_session("pan-tabs", "pan-t")
     d = panel("all", client, function="pan-tabs", interval=0.2)
     panels.append(d)
-    assert isinstance(d, Dashboard) and d.titles == ("Function", "Sessions", "Cold starts", "Tasks")
-    fn, sess, cold, tasks = d.panels
+    assert isinstance(d, Dashboard) and d.titles == ("Function", "Sessions", "Cold starts", "Tasks", "Usage")
+    fn, sess, cold, tasks, _usage = d.panels
     assert fn.active and not sess.active and not cold.active and not tasks.active
     assert isinstance(tasks, TasksPanel) and tasks.data is None
     assert fn.data is not None and sess.data is None  # a hidden tab does not poll
@@ -380,7 +397,7 @@ def test_magics_display_the_panels_in_a_kernel(server: Server, client: Client, t
     assert "X-Functionai-Session-Id: pan-nb-s" in html.unescape(texts(views(out["functions"])[0]))
     assert "pan-nb-s" in texts(views(out["handle"])[0])
     assert "no MCP servers yet" in texts(views(out["tools"])[0])
-    assert state[views(out["all"])[0]]["state"]["titles"] == ["Functions", "Sessions", "Cold starts", "Tasks", "Runs", "Tools"]
+    assert state[views(out["all"])[0]]["state"]["titles"] == ["Functions", "Sessions", "Cold starts", "Tasks", "Usage", "Runs", "Tools"]
     assert state[views(out["deploy"])[0]]["model_name"] == "TabModel"
     assert client.session("pan-nb-s")["status"] == "live"
 

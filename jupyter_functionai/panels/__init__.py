@@ -7,9 +7,10 @@
     panel("tasks")                    # durable tasks: counts, progress bars, cancel / retry
     panel("tools", function="notes")  # MCP servers: tools, schemas, calls/errors/p50, sessions, try a tool
     panel("runs")                     # notebook runs and schedules: run now, pause / resume, cancel, outputs
-    panel()                           # all six in tabs
+    panel("usage")                    # the usage ledger, the last hour: CPU-s, GiB-s, GPU-s, active / idle, cost
+    panel()                           # all seven in tabs
 
-Also shown by ``%fai panel [sessions|coldstarts|functions|tasks|tools|runs] [NAME]``, by the
+Also shown by ``%fai panel [sessions|coldstarts|functions|tasks|tools|runs|usage] [NAME]``, by the
 output of a ``%%function`` cell and by ``FunctionHandle.panel()``.
 
 A panel is built from a client (:class:`~jupyter_functionai.client.Client` or
@@ -29,7 +30,7 @@ panel made again by the same notebook cell (the cell re-run) closes the one
 it replaces.
 
 One module per panel (``sessions``, ``coldstarts``, ``functions``, ``tasks``,
-``runs``, ``tools``), on ``base`` (the polling machinery), ``formatting``
+``runs``, ``tools``, ``usage``), on ``base`` (the polling machinery), ``formatting``
 (colours, durations, sizes) and ``render`` (isolation reports, curl examples,
 cold-start charts as SVG); ``dashboard`` puts them in tabs and holds the
 ``panel()`` factory. The JupyterLab sidebar (``labextension/``) shows the same
@@ -47,6 +48,7 @@ from .runs import RunsPanel, output_links
 from .sessions import SessionsPanel
 from .tasks import TasksPanel
 from .tools import ToolsPanel, params_summary, schema_skeleton, tool_result_html
+from .usage import UsagePanel, usage_chart
 
 __all__ = [
     "KINDS",
@@ -58,6 +60,7 @@ __all__ = [
     "SessionsPanel",
     "TasksPanel",
     "ToolsPanel",
+    "UsagePanel",
     "coldstart_chart",
     "coldstart_histograms",
     "curl_example",
@@ -71,4 +74,5 @@ __all__ = [
     "params_summary",
     "schema_skeleton",
     "tool_result_html",
+    "usage_chart",
 ]

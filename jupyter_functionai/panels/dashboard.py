@@ -17,6 +17,7 @@ from .runs import RunsPanel
 from .sessions import SessionsPanel
 from .tasks import TasksPanel
 from .tools import ToolsPanel
+from .usage import UsagePanel
 
 
 class Dashboard(widgets.Tab):
@@ -60,6 +61,7 @@ KINDS = {
     "run": "runs",
     "schedules": "runs",
     "schedule": "runs",
+    "usage": "usage",
     "all": "all",
 }
 
@@ -102,7 +104,7 @@ def panel(
     one, which stops polling."""
     which = KINDS.get(kind.lower())
     if which is None:
-        raise ValueError(f"unknown panel {kind!r}: use sessions, coldstarts, functions, tasks, tools, runs or all")
+        raise ValueError(f"unknown panel {kind!r}: use sessions, coldstarts, functions, tasks, tools, runs, usage or all")
     if client is None:
         from ..connect import connect
 
@@ -121,14 +123,17 @@ def panel(
         made = ToolsPanel(client, function, **kw)
     elif which == "runs":
         made = RunsPanel(client, **kw)
+    elif which == "usage":
+        made = UsagePanel(client, function, **kw)
     else:
         parts: list[_LivePanel] = [
             FunctionsPanel(client, function, session=session, active=True, **kw),
             SessionsPanel(client, function, active=False, **kw),
             ColdStartsPanel(client, function, active=False, **kw),
             TasksPanel(client, function, active=False, **kw),
+            UsagePanel(client, function, active=False, **kw),
         ]
-        titles = ["Function" if function else "Functions", "Sessions", "Cold starts", "Tasks"]
+        titles = ["Function" if function else "Functions", "Sessions", "Cold starts", "Tasks", "Usage"]
         if function is None:
             parts.extend([RunsPanel(client, active=False, **kw), ToolsPanel(client, active=False, **kw)])
             titles.extend(["Runs", "Tools"])

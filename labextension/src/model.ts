@@ -301,7 +301,76 @@ export function gpuLine(d: GpuDevice): string {
   return parts.join(' · ');
 }
 
+/** A row of the usage ledger (`GET usage`): totals per function (and session), per step. */
+export interface UsageRow {
+  function: string;
+  session: string | null;
+  start: number | null;
+  end: number | null;
+  cpu_s: number;
+  mem_gib_s: number;
+  gpu_s: number;
+  gpu_mem_gib_s: number;
+  active_s: number;
+  idle_s: number;
+  cost?: number;
+  currency?: string;
+}
+
+/** What the sidebar's Usage section shows: the last hour, in 5-minute steps. */
+export const USAGE_WINDOW_S = 3600;
+export const USAGE_STEP_S = 300;
+
+export function usagePath(nowMs: number): string {
+  const since = Math.floor(nowMs / 1000) - USAGE_WINDOW_S;
+  return `usage?by=function&step=${USAGE_STEP_S}&since=${since}`;
+}
+
+export interface UsageTotal {
+  function: string;
+  cpu_s: number;
+  mem_gib_s: number;
+  gpu_s: number;
+  active_s: number;
+  idle_s: number;
+  cost: number | null;
+  currency: string;
+}
+
+/** Per function over all the rows, the most CPU first. */
+export function usageByFunction(rows: readonly UsageRow[]): UsageTotal[] {
+  const by = new Map<string, UsageTotal>();
+  for (const r of rows) {
+    let t = by.get(r.function);
+    if (!t) {
+      t = { function: r.function, cpu_s: 0, mem_gib_s: 0, gpu_s: 0, active_s: 0, idle_s: 0, cost: null, currency: r.currency ?? '' };
+      by.set(r.function, t);
+    }
+    t.cpu_s += r.cpu_s;
+    t.mem_gib_s += r.mem_gib_s;
+    t.gpu_s += r.gpu_s;
+    t.active_s += r.active_s;
+    t.idle_s += r.idle_s;
+    if (typeof r.cost === 'number') {
+      t.cost = (t.cost ?? 0) + r.cost;
+    }
+  }
+  return [...by.values()].sort((a, b) => b.cpu_s - a.cpu_s || a.function.localeCompare(b.function));
+}
+
+/** CPU-seconds per step, all functions together, oldest first. */
+export function usageSteps(rows: readonly UsageRow[]): { start: number; cpu_s: number }[] {
+  const by = new Map<number, number>();
+  for (const r of rows) {
+    if (r.start !== null) {
+      by.set(r.start, (by.get(r.start) ?? 0) + r.cpu_s);
+    }
+  }
+  return [...by.entries()].sort((a, b) => a[0] - b[0]).map(([start, cpu_s]) => ({ start, cpu_s }));
+}
+
 export interface Snapshot {
+  usage: UsageRow[];
   gpus: GpuInventory;
   functions: FunctionRow[];
   sessions: SessionRow[];
@@ -645,7 +714,7 @@ export type Listener = (model: SidebarModel) => void;
  * after it (a burst of change events costs two fetches, not one each).
  */
 export class SidebarModel {
-  snapshot: Snapshot = { gpus: { available: false, reason: '', devices: [], slices: [] }, functions: [], sessions: [], coldstarts: [], latency: [], runs: [], schedules: [], tasks: [], mcpServers: [], mcpSessions: [] };
+  snapshot: Snapshot = { usage: [], gpus: { available: false, reason: '', devices: [], slices: [] }, functions: [], sessions: [], coldstarts: [], latency: [], runs: [], schedules: [], tasks: [], mcpServers: [], mcpSessions: [] };
   /** Why the last refresh failed (the last good snapshot is kept and shown dimmed), or null. */
   error: string | null = null;
   /** When the last refresh succeeded (ms since the epoch), or null before the first. */
@@ -804,7 +873,7 @@ export class SidebarModel {
       this.pending = null;
     }
     try {
-      const [functions, live, paused, coldstarts, latency, runs, schedules, tasks, mcpServers, mcpSessions, gpus] = await Promise.all([
+      const [functions, live, paused, coldstarts, latency, runs, schedules, tasks, mcpServers, mcpSessions, gpus, usage] = await Promise.all([
         this.fetcher.get<FunctionRow[]>('functions'),
         this.fetcher.get<SessionRow[]>('sessions?status=live'),
         this.fetcher.get<SessionRow[]>('sessions?status=paused'),
@@ -815,9 +884,10 @@ export class SidebarModel {
         this.fetcher.get<TaskRow[]>(`tasks?limit=${TASK_LIMIT}`),
         this.fetcher.get<McpServerRow[]>('mcp/servers'),
         this.fetcher.get<McpSessionRow[]>('mcp/sessions?status=active'),
-        this.fetcher.get<GpuInventory>('gpus')
+        this.fetcher.get<GpuInventory>('gpus'),
+        this.fetcher.get<UsageRow[]>(usagePath(Date.now()))
       ]);
-      this.snapshot = { gpus, functions, sessions: [...live, ...paused], coldstarts, latency, runs, schedules, tasks, mcpServers, mcpSessions };
+      this.snapshot = { usage, gpus, functions, sessions: [...live, ...paused], coldstarts, latency, runs, schedules, tasks, mcpServers, mcpSessions };
       this.error = null;
       this.updatedAt = Date.now();
     } catch (err) {

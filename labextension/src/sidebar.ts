@@ -33,6 +33,10 @@ import {
   formatMs,
   gpuLine,
   isolationSummary,
+  USAGE_STEP_S,
+  USAGE_WINDOW_S,
+  usageByFunction,
+  usageSteps,
   visibleRange
 } from './model';
 
@@ -81,6 +85,31 @@ function svg(tag: string, attrs: Record<string, string | number>): SVGElement {
   return node;
 }
 
+/** CPU-seconds per step as bars (the Usage section's chart). */
+function usageChart(steps: { start: number; cpu_s: number }[]): SVGElement {
+  const width = 300;
+  const height = 60;
+  const chart = svg('svg', { class: 'fai-usage-chart', width, height, viewBox: `0 0 ${width} ${height}`, role: 'img' });
+  const max = Math.max(...steps.map(s => s.cpu_s), 1e-9);
+  const slots = USAGE_WINDOW_S / USAGE_STEP_S;
+  const bar = width / slots;
+  const first = Math.floor(Date.now() / 1000 / USAGE_STEP_S) * USAGE_STEP_S - (slots - 1) * USAGE_STEP_S;
+  chart.setAttribute('aria-label', `CPU-seconds per ${USAGE_STEP_S / 60} minutes, the last hour`);
+  for (const s of steps) {
+    const i = Math.round((s.start - first) / USAGE_STEP_S);
+    if (i < 0 || i >= slots) {
+      continue;
+    }
+    const h = Math.max(1, (s.cpu_s / max) * (height - 2));
+    const rect = svg('rect', { class: 'fai-usage-bar', x: i * bar + 1, y: height - h, width: bar - 2, height: h, 'data-cpu-s': s.cpu_s.toFixed(3) });
+    const title = svg('title', {});
+    title.textContent = `${new Date(s.start * 1000).toLocaleTimeString()}: ${s.cpu_s.toFixed(2)} CPU-s`;
+    rect.appendChild(title);
+    chart.appendChild(rect);
+  }
+  return chart;
+}
+
 export interface SidebarActions {
   /** Ask before closing a session (a dialog in Lab); resolve true to close. */
   confirmClose(session: SessionRow): Promise<boolean>;
@@ -108,6 +137,7 @@ export class FunctionAISidebar extends Widget {
   private readonly tasksBody: HTMLDivElement;
   private readonly toolsBody: HTMLDivElement;
   private readonly gpusBody: HTMLDivElement;
+  private readonly usageBody: HTMLDivElement;
   private rows: SessionRow[] = [];
   private readonly closing = new Set<string>();
   private drawn = { start: -1, end: -1, version: -1 };
@@ -164,6 +194,9 @@ export class FunctionAISidebar extends Widget {
 
     this.gpusBody = el('div', { class: 'fai-gpus', role: 'list', 'aria-label': 'GPUs' });
     root.appendChild(this.section('GPUs', 'gpus', this.gpusBody));
+
+    this.usageBody = el('div', { class: 'fai-usage' });
+    root.appendChild(this.section('Usage (last hour)', 'usage', this.usageBody));
 
     this.model.subscribe(() => this.render());
     this.render();
@@ -227,7 +260,33 @@ export class FunctionAISidebar extends Widget {
     this.renderTasks();
     this.renderTools();
     this.renderGpus();
+    this.renderUsage();
     void this.handshake;
+  }
+
+  // -- usage ------------------------------------------------------------------------------
+
+  private renderUsage(): void {
+    const body = this.usageBody;
+    body.textContent = '';
+    const rows = this.model.snapshot.usage;
+    if (!rows.length) {
+      body.appendChild(el('div', { class: 'fai-empty' }, this.model.updatedAt === null ? 'loading…' : 'no usage in the last hour'));
+      return;
+    }
+    body.appendChild(usageChart(usageSteps(rows)));
+    for (const t of usageByFunction(rows)) {
+      const cost = t.cost !== null ? ` · ${t.cost.toFixed(4)} ${t.currency}`.trimEnd() : '';
+      body.appendChild(
+        el(
+          'div',
+          { class: 'fai-line fai-usage-row', 'data-function': t.function },
+          `${t.function} · ${t.cpu_s.toFixed(2)} CPU-s · ${t.mem_gib_s.toFixed(3)} GiB-s` +
+            (t.gpu_s ? ` · ${t.gpu_s.toFixed(1)} GPU-s` : '') +
+            ` · active ${formatDuration(t.active_s)}, idle ${formatDuration(t.idle_s)}${cost}`
+        )
+      );
+    }
   }
 
   // -- GPUs -------------------------------------------------------------------------------

@@ -29,6 +29,10 @@ import {
   paramsSummary,
   percentile,
   gpuLine,
+  UsageRow,
+  usageByFunction,
+  usagePath,
+  usageSteps,
   summariseFunctions,
   visibleRange
 } from '../src/model';
@@ -58,10 +62,11 @@ class TableFetcher implements Fetcher {
     if (this.fail) {
       throw this.fail;
     }
-    if (!(path in this.table)) {
+    const key = path.replace(/since=\d+/, 'since=*'); // (a time: any)
+    if (!(key in this.table)) {
       throw new ApiError(404, 'not_found', `no ${path}`);
     }
-    return this.table[path] as T;
+    return this.table[key] as T;
   }
 
   async post<T>(path: string, body: unknown): Promise<T> {
@@ -98,6 +103,7 @@ function table(sessions: SessionRow[] = [], paused: SessionRow[] = []): Record<s
     'mcp/servers': [],
     'mcp/sessions?status=active': [],
     gpus: { available: false, reason: 'no GPU found (no NVIDIA driver could be used)', devices: [], slices: [] },
+    'usage?by=function&step=300&since=*': [],
     latency: [
       { function: 'echo', calls: 3, errors: 0, p50_ms: 5, p95_ms: 9 },
       { function: 'other', calls: 1, errors: 0, p50_ms: 100, p95_ms: 100 }
@@ -154,6 +160,7 @@ describe('derived views', () => {
 
   it('summarises each function from sessions and invocations', () => {
     const snap = {
+      usage: [],
       gpus: table()['gpus'] as never,
       functions: table()['functions'] as never,
       sessions: [session('a', { calls: 2 }), session('b', { calls: 1, instance: { id: 'i-a', pid: 10 } }), session('c', { status: 'closed', calls: 7 })],
@@ -180,6 +187,42 @@ describe('derived views', () => {
     expect(visibleRange(1000, 1e9, 400, 40, 5)).toEqual({ start: 1000, end: 1000 });
     expect(visibleRange(3, 0, 400, 40)).toEqual({ start: 0, end: 3 });
     expect(visibleRange(0, 0, 400, 40)).toEqual({ start: 0, end: 0 });
+  });
+});
+
+describe('usage', () => {
+  const row = (fn: string, start: number, cpu: number, over: Partial<UsageRow> = {}): UsageRow => ({
+    function: fn,
+    session: null,
+    start,
+    end: start + 300,
+    cpu_s: cpu,
+    mem_gib_s: 1,
+    gpu_s: 0,
+    gpu_mem_gib_s: 0,
+    active_s: 10,
+    idle_s: 50,
+    ...over
+  });
+
+  it('asks for the last hour per function in 5-minute steps', () => {
+    expect(usagePath(7_200_000)).toBe('usage?by=function&step=300&since=3600');
+  });
+
+  it('totals per function, the most CPU first, with the cost when priced', () => {
+    const totals = usageByFunction([row('a', 0, 1), row('b', 0, 5, { cost: 0.5, currency: 'EUR' }), row('a', 300, 2), row('b', 300, 1, { cost: 0.25, currency: 'EUR' })]);
+    expect(totals.map(t => [t.function, t.cpu_s, t.idle_s, t.cost])).toEqual([
+      ['b', 6, 100, 0.75],
+      ['a', 3, 100, null]
+    ]);
+    expect(totals[0].currency).toBe('EUR');
+  });
+
+  it('sums CPU per step across functions, oldest first', () => {
+    expect(usageSteps([row('a', 300, 1), row('b', 0, 2), row('b', 300, 3)])).toEqual([
+      { start: 0, cpu_s: 2 },
+      { start: 300, cpu_s: 4 }
+    ]);
   });
 });
 

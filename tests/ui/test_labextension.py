@@ -139,6 +139,11 @@ def test_the_sidebar_follows_sessions_and_closes_them(lab: Server, browser: Brow
     total = float(bar.get_attribute("data-total-ms") or "nan")
     assert abs(total - (start["spawn_ms"] + start["init_ms"] + (start["first_call_ms"] or 0))) < 0.01, (total, start)
     expect(sidebar.locator(f'.fai-path-p50[data-path="{start["path"]}"]')).to_contain_text("p50")
+    # Usage: the metered function, its CPU-seconds as the ledger has them, and a bar in the chart
+    usage_row = sidebar.locator(f'.fai-usage-row[data-function="{FUNCTION}"]')
+    expect(usage_row).to_contain_text(re.compile(r"\d+\.\d\d CPU-s .* GiB-s .* idle"))
+    assert any(r["function"] == FUNCTION for r in client.usage(by="function"))
+    expect(sidebar.locator(".fai-usage-chart rect.fai-usage-bar").first).to_be_attached()
 
     # Close, from the sidebar (after its confirmation dialog): the session ends on the server
     row.locator("button.fai-close").click()
