@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shlex
 import signal
 import sqlite3
@@ -135,12 +136,18 @@ def test_usage_over_http_the_cli_and_the_client(tmp_path: Path) -> None:
 
     from .test_cli_server import start_server, stop_server
 
+    # the README's price table, as printed, in the server's config file
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    (snippet,) = [b for b in re.findall(r"^```python\n(.*?)^```", readme, re.M | re.S) if b.startswith("c.FunctionAI.usage_prices")]
+    (tmp_path / "home" / "config").mkdir(parents=True)
+    (tmp_path / "home" / "config" / "jupyter_server_config.py").write_text(snippet)
     srv = start_server(tmp_path / "home", tmp_path / "data")
     try:
         fai = Client(srv.url, srv.token)
         fai.deploy("burn", BURN)
         fai.invoke("burn", {"cpu": 0.3}, session="s1")
         rows = fai.usage("burn")
+        assert rows[0]["currency"] == "USD" and rows[0]["cost"] >= rows[0]["cpu_s"] * 0.00002 > 0, rows
         assert [r["session"] for r in rows] == ["s1"] and rows[0]["cpu_s"] > 0 and set(rows[0]) >= {
             "function", "session", "cpu_s", "mem_gib_s", "gpu_s", "gpu_mem_gib_s", "active_s", "idle_s"
         }
