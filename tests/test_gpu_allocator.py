@@ -234,3 +234,12 @@ async def test_the_watchdog_ends_an_instance_over_its_slice_and_spares_its_neigh
         assert (await rt.invoke("g", {}, session="modest")).value is not None
         assert {i.bound_session: i.pid for i in rt.live_instances()}.get("modest") == pids["modest"]
         assert [s.owner for s in backend.gpus.slices()] == [i.id for i in rt.live_instances() if i.bound_session == "modest"]
+
+
+def test_first_fit_is_there_for_comparison() -> None:
+    for policy, expected in (("best-fit", "GPU-fake-1"), ("first-fit", "GPU-fake-0")):
+        nvml = FakeNvml(card(0), card(1))
+        nvml.use(1, 40 * GIB)  # card 1 half full: the tighter fit for 8 GiB
+        assert GpuAllocator(nvml, policy=policy).allocate("small", memory_mib=8 * GIB).devices == (expected,), policy
+    with pytest.raises(ValueError, match="policy must be one of"):
+        GpuAllocator(None, "none", policy="random")

@@ -26,6 +26,7 @@ from ..errors import NoCapacity
 from .nvml import Device, Nvml, load
 
 GIB_MIB = 1024
+POLICIES = ("best-fit", "first-fit")
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,12 @@ class Slice:
 
 
 class GpuAllocator:
-    def __init__(self, nvml: Nvml | None, reason: str = "") -> None:
+    def __init__(self, nvml: Nvml | None, reason: str = "", *, policy: str = "best-fit") -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+        #: "best-fit" (the card a slice fills most tightly) or "first-fit" (the
+        #: first card it fits on, for comparison: benchmarks/gpu_packing.py)
+        self.policy = policy
         self.nvml = nvml
         self.reason = reason if nvml is None else (reason or "NVML")
         self._slices: dict[str, Slice] = {}
@@ -168,12 +174,16 @@ class GpuAllocator:
                     left = m.memory_mib - need
                     if best is None or left < best[0]:
                         best = (left, dev, m.uuid, m.memory_mib, True)
+                        if self.policy == "first-fit":
+                            break
                 continue
             if any(s.whole and dev.uuid in s.devices for s in self._slices.values()):
                 continue
             left = self._free_mib(dev) - need
             if left >= 0 and (best is None or left < best[0]):
                 best = (left, dev, dev.uuid, need, False)
+            if best is not None and self.policy == "first-fit":
+                break
         if best is None:
             raise NoCapacity(f"no GPU can take {_asked(share, memory_mib)} now: {self._describe(devices)}")
         _left, dev, uuid, need, mig = best
