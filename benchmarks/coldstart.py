@@ -1,4 +1,4 @@
-"""Cold start of a new session, end to end, on nine paths.
+"""Cold start of a new session, end to end, on eleven paths.
 
 Measured: the time from the caller asking for a *new* session's first call
 until that call's result is back at the caller (``time.perf_counter``), for a
@@ -8,7 +8,9 @@ does a small pandas computation.
 Paths::
 
     warm-pool            new session served by a pre-forked, isolated pool instance
+    warm-pool-nometer    the same with the usage meter off (what metering costs: (a) minus this)
     template-fork        new session forked from the template, full isolation (min_instances=0)
+    template-fork-nometer  the same with the usage meter off
     template-fork-noiso  the same fork with isolation switched off (isolate=False)
     template-fork-noseccomp  the same fork, full isolation but the spec's ``seccomp: "off"``
                          (what the default seccomp filter costs: (b) minus this)
@@ -62,7 +64,9 @@ except ImportError:  # run as a script, or loaded from the benchmarks directory
 
 PATHS = (
     "warm-pool",
+    "warm-pool-nometer",
     "template-fork",
+    "template-fork-nometer",
     "template-fork-warmup",
     "template-fork-noiso",
     "template-fork-noseccomp",
@@ -71,7 +75,7 @@ PATHS = (
     "jupyter-kernel",
     "fork-floor",
 )
-RUNTIME_PATHS = PATHS[:7]
+RUNTIME_PATHS = PATHS[:9]
 LETTER = {
     "warm-pool": "a",
     "template-fork": "b",
@@ -82,6 +86,8 @@ LETTER = {
     "template-fork-noseccomp": "g",
     "template-fork-nodisk": "h",
     "template-fork-warmup": "i",
+    "warm-pool-nometer": "j",
+    "template-fork-nometer": "k",
 }
 FN = "bench"
 
@@ -200,10 +206,12 @@ async def runtime_path(
 ) -> Samples:
     from jupyter_functionai import FunctionSpec, Runtime
 
-    pooled = name == "warm-pool"
+    pooled = name.startswith("warm-pool")
     kw = {
         "warm-pool": {"use_templates": True, "isolate": True},
+        "warm-pool-nometer": {"use_templates": True, "isolate": True, "metering": False},
         "template-fork": {"use_templates": True, "isolate": True},
+        "template-fork-nometer": {"use_templates": True, "isolate": True, "metering": False},
         "template-fork-noiso": {"use_templates": True, "isolate": False},
         "template-fork-noseccomp": {"use_templates": True, "isolate": True},
         "template-fork-nodisk": {"use_templates": True, "isolate": True},
@@ -411,6 +419,11 @@ def build_report(results: dict[str, Samples], meta: dict[str, Any]) -> dict[str,
         goals["(e)/(b) p50 >= 80"] = {"value": _num(e.p50 / base.p50), "target": 80.0, "pass": e.p50 / base.p50 >= 80}
     if a is not None:
         goals["(a) p50 <= 1 ms"] = {"value": _num(a.p50), "target": 1.0, "pass": a.p50 <= 1.0}
+    for on, off in (("warm-pool", "warm-pool-nometer"), ("template-fork", "template-fork-nometer")):
+        s_on, s_off = results.get(on), results.get(off)
+        if s_on is not None and s_off is not None and s_on.ms and s_off.ms:
+            over = s_on.p50 / s_off.p50 - 1
+            goals[f"metering costs {on} p50 <= 2%"] = {"value": _num(over * 100), "target": 2.0, "pass": over <= 0.02}
     return {"paths": paths, "ratios": ratios, "goals": goals, "meta": meta}
 
 

@@ -144,6 +144,7 @@ class Runtime:
         isolate: bool = True,
         task_lease_s: float = 15.0,
         prices: PriceTable | Mapping[str, Any] | None = None,
+        metering: bool = True,
     ) -> None:
         #: turns usage into cost (``usage()`` rows gain ``cost``); None: no prices
         self.prices = PriceTable.from_dict(prices) if isinstance(prices, Mapping) else prices
@@ -161,6 +162,7 @@ class Runtime:
         self.pool = InstancePool(self.backend, self._prebind, self._release_prebound)
         #: per-second usage of every live instance, into the ledger (metering.py)
         self.meter = Meter(self.backend, self.store)
+        self.metering = metering  # False: no meter runs (benchmarks/coldstart.py measures its cost)
         self.reap_interval = reap_interval
         self._uid_base, self._uid_span = uid_base, uid_span
         self._active: dict[str, FunctionVersion] = {}
@@ -207,7 +209,8 @@ class Runtime:
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._reaper(), name="fai-reaper"))
         self._tasks.append(loop.create_task(self._flusher(), name="fai-flusher"))
-        self.meter.start()
+        if self.metering:
+            self.meter.start()
         for f in await asyncio.to_thread(self.store.list_functions):
             try:
                 fv = await asyncio.to_thread(self._load_version, f["name"], f["active_version"])
