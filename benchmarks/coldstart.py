@@ -189,7 +189,7 @@ def _isolation_summary(iso: dict[str, Any]) -> dict[str, Any]:
 
 def _cold_path(name: str) -> str:
     """The ``cold_start.path`` a runtime path's samples must take."""
-    for variant in ("-noiso", "-noseccomp", "-nodisk", "-warmup"):
+    for variant in ("-noiso", "-noseccomp", "-nodisk", "-warmup", "-nometer"):
         name = name.removesuffix(variant)
     return name
 
