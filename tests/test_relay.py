@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from jupyter_functionai.client import AsyncClient
 from jupyter_functionai.kernel.relay import SOCKET_NAME, KernelRelay, refusal
 
@@ -78,3 +80,24 @@ def test_the_policy_lets_the_api_through_and_keeps_the_host_out() -> None:
     assert "network 'loopback'" in (refusal("POST", "/functionai/api/functions", spec, "none") or "")
     for method, path in [("GET", "/api/contents"), ("GET", "/functionai/../api/kernels"), ("GET", "/functionai//api"), ("GET", "/lab"), ("PUT", "/functionai/api/schedules/s1")]:
         assert refusal(method, path, b"", "host") is not None, (method, path)
+
+
+async def test_a_relay_whose_server_is_gone_says_so(tmp_path: Path) -> None:
+    from jupyter_functionai.errors import FunctionAIError
+
+    from .test_cli_server import free_port
+
+    where = tmp_path / "k"
+    where.mkdir()
+    fd = os.open(where, os.O_PATH | os.O_DIRECTORY)
+    try:
+        relay = KernelRelay(fd, f"http://127.0.0.1:{free_port()}/", "server-token")  # nothing listens there
+    finally:
+        os.close(fd)
+    relay.start()
+    try:
+        with pytest.raises(FunctionAIError) as ei:
+            await AsyncClient(f"unix:{where / SOCKET_NAME}", relay.key).health()
+        assert ei.value.status == 502 and ei.value.kind == "no_server" and "could not reach the functionai server" in str(ei.value)
+    finally:
+        await relay.close()

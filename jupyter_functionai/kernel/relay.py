@@ -156,9 +156,8 @@ class _RelayHandler(web.RequestHandler):
         self._client: httpclient.AsyncHTTPClient | None = None
 
     def on_connection_close(self) -> None:
-        self._gone = (
-            True  # the kernel hung up (an event stream it stopped reading): stop the forward
-        )
+        # the kernel hung up (an event stream it stopped reading): stop the forward
+        self._gone = True
         if self._client is not None:
             self._client.close()
 
@@ -220,6 +219,10 @@ class _RelayHandler(web.RequestHandler):
             return
         finally:
             client.close()
+        if resp.code == 599 and not self._started:  # no HTTP answer at all (refused, reset, timed out)
+            if not self._gone:
+                self._deny(502, "no_server", f"the relay could not reach the functionai server: {resp.error}")
+            return
         if not self._started:
             self.set_status(resp.code, resp.reason)
         if not self._finished and not self._gone:
