@@ -15,7 +15,7 @@ import pytest
 from jupyter_functionai import __version__, cli
 
 REPO = Path(__file__).resolve().parent.parent
-COLDSTART_PATHS = ("warm-pool", "template-fork", "template-fork-warmup", "template-fork-noiso", "template-fork-noseccomp", "template-fork-nodisk", "fresh", "jupyter-kernel", "fork-floor")
+COLDSTART_PATHS = ("warm-pool", "warm-pool-nometer", "template-fork", "template-fork-nometer", "template-fork-warmup", "template-fork-noiso", "template-fork-noseccomp", "template-fork-nodisk", "fresh", "jupyter-kernel", "fork-floor")
 CALL_LINE = re.compile(r"^\[(alice|bob) #(\d)\] instance=(\S+) uid=(\S+) (cold start \S+|warm) [\d.]+ ms$")
 
 
@@ -132,7 +132,7 @@ def _numeric(v: object) -> bool:
 
 def test_bench_coldstart_small_run_writes_all_paths(tmp_path: Path) -> None:
     out = tmp_path / "cs.json"
-    p = run_cli("bench", "coldstart", "--n", "3", "--kernel-n", "2", "--warmup", "1", "--json", str(out), timeout=110)
+    p = run_cli("bench", "coldstart", "--n", "3", "--kernel-n", "2", "--warmup", "1", "--json", str(out), timeout=200)
     assert p.returncode == 0, p.stdout + p.stderr
     data = json.loads(out.read_text())
     assert set(data["paths"]) == set(COLDSTART_PATHS)
@@ -150,7 +150,7 @@ def test_bench_coldstart_small_run_writes_all_paths(tmp_path: Path) -> None:
     assert data["paths"]["template-fork-warmup"]["isolation"]["namespaces"]
     assert set(data["ratios"]) == {f"{n}/template-fork" for n in COLDSTART_PATHS}
     assert data["ratios"]["template-fork/template-fork"] == {"p50": 1.0, "p95": 1.0}
-    assert set(data["goals"]) == {"(b) p50 <= 2x (f) p50", "(b) p95 <= 3x (f) p95", "(e)/(b) p50 >= 80", "(a) p50 <= 1 ms"}
+    assert set(data["goals"]) == {"(b) p50 <= 2x (f) p50", "(b) p95 <= 3x (f) p95", "(e)/(b) p50 >= 80", "(a) p50 <= 1 ms", "metering costs warm-pool p50 <= 2%", "metering costs template-fork p50 <= 2%"}
     for name in COLDSTART_PATHS:
         assert name in p.stdout
     assert re.search(r"\(a\) p50 <= 1 ms\s+(PASS|MISS)", p.stdout)

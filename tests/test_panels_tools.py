@@ -254,10 +254,10 @@ async def test_all_servers_a_stdio_one_the_selector_and_the_factory(server: Serv
     assert isinstance(one, ToolsPanel) and one.fixed_server == "pt" and list(one._blocks) == ["pt"]
     d = await asyncio.to_thread(panel, "all", client, interval=0.2, key="t2")
     panels.append(d)
-    assert isinstance(d, Dashboard) and d.titles == ("Functions", "Sessions", "Cold starts", "Tasks", "Runs", "Tools")
+    assert isinstance(d, Dashboard) and d.titles == ("Functions", "Sessions", "Cold starts", "Tasks", "Usage", "Runs", "Tools")
     tools_tab = d.panels[-1]
     assert isinstance(tools_tab, ToolsPanel) and tools_tab.data is None  # a hidden tab does not poll
-    d.selected_index = 5
+    d.selected_index = 6
     await asyncio.to_thread(wait_until, lambda: "pt-fx" in tools_tab._blocks, 10, "the Tools tab to load when shown")
     scoped = await asyncio.to_thread(panel, "all", client, function="pt-fx", interval=0.2, key="t3")  # about one function: no Tools tab
     panels.append(scoped)
