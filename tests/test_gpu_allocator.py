@@ -21,6 +21,8 @@ from jupyter_functionai.gpu.nvml import load
 from jupyter_functionai.runtime import Runtime
 from jupyter_functionai.spec import FunctionSpec
 
+from .conftest import wait_for
+
 GIB = 1024
 
 
@@ -221,8 +223,9 @@ async def test_the_watchdog_ends_an_instance_over_its_slice_and_spares_its_neigh
         pids = {i.bound_session: i.pid for i in rt.live_instances()}
         iso = next(i for i in rt.live_instances() if i.bound_session == "greedy").isolation
         assert iso["gpu"] == "GPU-fake-0 4096 MiB (watchdog)"
+        greedy = next(i for i in backend._instances.values() if i.bound_session == "greedy")
         call = asyncio.ensure_future(rt.invoke("g", {"sleep": 60}, session="greedy"))
-        await asyncio.sleep(0.5)  # (the call is under way; what follows does not depend on it having started)
+        await wait_for(lambda: bool(greedy._pending), 30, "the call to be in flight")
         nvml.list[0] = dataclasses.replace(
             nvml.list[0], memory_used_mib=9 * GIB, processes=(GpuProcess(pids["greedy"], 6 * GIB), GpuProcess(pids["modest"], 3 * GIB))
         )
