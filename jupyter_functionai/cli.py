@@ -509,6 +509,9 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         ("memory", "memory"),
         ("timeout", "timeout"),
         ("min_instances", "min_instances"),
+        ("max_instances", "max_instances"),
+        ("target_concurrency", "target_concurrency"),
+        ("cooldown", "cooldown"),
         ("idle_ttl", "idle_ttl"),
         ("network", "network"),
         ("description", "description"),
@@ -676,6 +679,29 @@ def cmd_usage(args: argparse.Namespace) -> int:
             ],
             "no usage recorded",
         )
+    return EXIT_OK
+
+
+def cmd_scaling(args: argparse.Namespace) -> int:
+    since = time.time() - args.hours * 3600 if args.hours else None
+    out = _client(args).scaling(args.name, since=since, limit=args.limit)
+    if args.json:
+        print_json(out)
+        return EXIT_OK
+    print_table(
+        ("FUNCTION", "MIN", "MAX", "TARGET", "READY", "IN_FLIGHT", "QUEUED", "PER_INSTANCE", "COOLDOWN_S"),
+        [
+            (n, f["min_instances"], f["max_instances"] or "-", f["target"], f["ready"], f["in_flight"], f["queued"], f["target_concurrency"], f"{f['scale_cooldown_s']:g}")
+            for n, f in sorted(out["functions"].items())
+        ],
+        "no function has a warm pool or max_instances",
+    )
+    print()
+    print_table(
+        ("WHEN", "FUNCTION", "CHANGE", "FROM", "TO", "IN_FLIGHT", "QUEUED"),
+        [(_when(e["at"]), e["function"], e["reason"], e["from"], e["to"], e["in_flight"], e["queued"]) for e in out["events"]],
+        "no scale events",
+    )
     return EXIT_OK
 
 
@@ -1090,6 +1116,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory", help="memory limit: MiB or a size like 512Mi, 1G")
     p.add_argument("--timeout", type=float, help="per-call timeout in seconds")
     p.add_argument("--min-instances", type=int, help="instances kept warm")
+    p.add_argument("--max-instances", type=int, help="at most this many sessionless calls at once (the rest queue); the warm pool scales with the load up to it")
+    p.add_argument("--target-concurrency", type=int, help="sessionless calls per warm instance the autoscaler aims at (default 1)")
+    p.add_argument("--cooldown", type=float, help="seconds the load stays lower before the pool shrinks back (default 60)")
     p.add_argument("--idle-ttl", type=float, help="seconds before an idle session's instance stops")
     p.add_argument("--network", choices=("none", "loopback", "host"), help="network policy")
     p.add_argument("--env", type=_kv, action="append", metavar="NAME=VALUE", help="an environment variable (repeatable)")
@@ -1135,6 +1164,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--session", help="only this session's")
     p.add_argument("--hours", type=float, help="only the last this many hours")
     p.add_argument("--step", type=float, help="per this many seconds (a multiple of 60)")
+    _json_option(p)
+    p = command("scaling", cmd_scaling, "scaling on load: each function's warm-pool target and load now, and the scale events")
+    p.add_argument("name", nargs="?", help="only this function's")
+    p.add_argument("--hours", type=float, help="only the events of the last this many hours")
+    p.add_argument("--limit", type=int, default=50, help="at most this many events, the newest (default 50)")
     _json_option(p)
     p = command("logs", cmd_logs, "recent invocations of a function with their logs")
     p.add_argument("name")

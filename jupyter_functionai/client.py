@@ -656,6 +656,12 @@ class AsyncClient:
         instance holds; ``available`` false and ``reason`` where there are none."""
         return await self._json(_Request("GET", f"{API}/gpus"))
 
+    async def scaling(self, function: str | None = None, *, since: float | None = None, limit: int | None = None) -> dict[str, Any]:
+        """Scaling on load: ``functions`` (per function with a warm pool or a
+        ceiling: ``min_instances``, ``max_instances``, ``target``, ``ready``,
+        ``in_flight``, ``queued``) and ``events`` (the scale events, oldest first)."""
+        return await self._json(_Request("GET", f"{API}/scaling", query={"function": function, "since": since, "limit": limit}))
+
     async def invocations(self, function: str | None = None, session: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
         return await self._json(_Request("GET", f"{API}/invocations", query={"function": function, "session": session, "limit": limit}))
 
@@ -897,6 +903,7 @@ class Client(Blocking, twin=AsyncClient):
     instances = blocking(AsyncClient.instances)
     coldstarts = blocking(AsyncClient.coldstarts)
     gpus = blocking(AsyncClient.gpus)
+    scaling = blocking(AsyncClient.scaling)
     usage = blocking(AsyncClient.usage)
     invocations = blocking(AsyncClient.invocations)
     create_key = blocking(AsyncClient.create_key)

@@ -338,7 +338,8 @@ def function(name: Any = None, *, client: FunctionAIClient | None = None, **spec
     decorator is not), with the notebook names it uses carried like
     ``%%function`` carries them. ``name`` defaults to the function's name;
     ``spec`` takes the FunctionSpec keywords (memory, cpu, gpu, timeout,
-    min_instances, idle_ttl, network, session=False, ...).
+    min_instances, max_instances, target_concurrency, cooldown, idle_ttl,
+    network, session=False, ...).
     """
     if callable(name):
         raise TypeError(
@@ -646,6 +647,9 @@ class FunctionAIMagics(Magics):
     @argument("--memory", default=None, help="memory, e.g. 512Mi")
     @argument("--timeout", type=float, default=None, help="seconds per call")
     @argument("--min-instances", type=int, default=None, help="warm instances to keep")
+    @argument("--max-instances", type=int, default=None, help="at most this many sessionless calls at once (the rest queue); the warm pool scales with the load up to it")
+    @argument("--target-concurrency", type=int, default=None, help="sessionless calls per warm instance the autoscaler aims at (default 1)")
+    @argument("--cooldown", type=float, default=None, help="seconds the load stays lower before the pool shrinks (default 60)")
     @argument("--idle-ttl", type=float, default=None, help="seconds before an idle session ends")
     @argument("--no-session", action="store_true", help="disable sessions")
     @argument("--network", default=None, help="network policy")
@@ -666,7 +670,7 @@ class FunctionAIMagics(Magics):
             raise UsageError(f"the cell defines no handler: add `def {args.handler}(event, ctx): ...` (or name another with --handler); nothing was deployed")
         carry = build_carry(cell, self.shell.user_ns if self.shell is not None else {})
         fields: dict[str, Any] = {}
-        for key in ("gpu", "gpu_memory", "cpu", "memory", "timeout", "min_instances", "idle_ttl", "network"):
+        for key in ("gpu", "gpu_memory", "cpu", "memory", "timeout", "min_instances", "max_instances", "target_concurrency", "cooldown", "idle_ttl", "network"):
             value = getattr(args, key)
             if value is not None:
                 fields[key] = value

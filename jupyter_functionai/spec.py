@@ -623,6 +623,7 @@ _FLAT_KEYS: dict[str, tuple[str, str]] = {
     "gpu_memory": ("resources", "gpu_memory_mb"),
     "gpu_memory_mb": ("resources", "gpu_memory_mb"),
     "timeout": ("", "timeout_s"),
+    "cooldown": ("", "scale_cooldown_s"),
     "idle_ttl": ("session", "idle_ttl_s"),
     "idle_ttl_s": ("session", "idle_ttl_s"),
     "max_lifetime": ("session", "max_lifetime_s"),
@@ -642,6 +643,15 @@ class FunctionSpec:
     concurrency: int = 1
     session: SessionPolicy = SessionPolicy()
     min_instances: int = 0
+    # Scaling on load (runtime/scaling.py): sessionless calls beyond
+    # ``max_instances`` at once queue (0: no ceiling, and no scaling: the warm
+    # pool stays at ``min_instances``); the warm pool grows to
+    # ceil(calls in flight and queued / ``target_concurrency``), at most
+    # ``max_instances``, and shrinks back to ``min_instances`` once the load
+    # has stayed lower for ``scale_cooldown_s``.
+    max_instances: int = 0
+    target_concurrency: int = 1
+    scale_cooldown_s: float = 60.0
     env: Mapping[str, str] = field(default_factory=FrozenEnv)
     network: str = "none"
     isolation_required: frozenset[str] = frozenset()
@@ -705,6 +715,11 @@ class FunctionSpec:
         )
         _set(self, "concurrency", _int("concurrency", self.concurrency, 1, 1000))
         _set(self, "min_instances", _int("min_instances", self.min_instances, 0, 1000))
+        _set(self, "max_instances", _int("max_instances", self.max_instances, 0, 1000))
+        if self.max_instances and self.max_instances < self.min_instances:
+            raise InvalidSpec("max_instances", self.max_instances, f"must not be below min_instances ({self.min_instances}); 0 means no ceiling")
+        _set(self, "target_concurrency", _int("target_concurrency", self.target_concurrency, 1, 1000))
+        _set(self, "scale_cooldown_s", _float_range("scale_cooldown_s", self.scale_cooldown_s, 0.0, 86400.0))
         _set(self, "env", _validate_env(self.env))
         network = _str("network", self.network)
         if network not in NETWORK_POLICIES:
@@ -763,8 +778,10 @@ class FunctionSpec:
 
     # ------------------------------------------------------------ conversion
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict; ``FunctionSpec.from_dict`` gives ``self`` back."""
-        return {
+        """A JSON-serialisable dict; ``FunctionSpec.from_dict`` gives ``self`` back.
+        The scaling fields appear only when one differs from its default, so the
+        specs stored before they existed read back equal."""
+        out = {
             "name": self.name,
             "source": self.source.to_dict(),
             "handler": self.handler,
@@ -783,6 +800,9 @@ class FunctionSpec:
             "description": self.description,
             "warmup": self.warmup,
         }
+        if (self.max_instances, self.target_concurrency, self.scale_cooldown_s) != (0, 1, 60.0):
+            out.update(max_instances=self.max_instances, target_concurrency=self.target_concurrency, scale_cooldown_s=self.scale_cooldown_s)
+        return out
 
     def replace(self, **changes: Any) -> FunctionSpec:
         """A copy with ``changes`` applied and validated (flat keys allowed too)."""

@@ -136,8 +136,8 @@ def test_v1_database_opens_with_every_row(v1: Path) -> None:
 
     after = _counts(v1)
     print("row counts after (head, read with sqlite3):", after)
-    # step 5 added the usage ledger, empty
-    assert after == {**{k: v for k, v in before.items() if k != "counters"}, "schema_version": 1, "usage": 0}
+    # step 5 added the usage ledger, step 6 the scale events, both empty
+    assert after == {**{k: v for k, v in before.items() if k != "counters"}, "schema_version": 1, "usage": 0, "scale_events": 0}
     rows_after = _rows(v1)
     for name, rows in rows_before.items():
         if name == "sessions":  # step 4 added sessions.principal: NULL (the server's owner) for each old row

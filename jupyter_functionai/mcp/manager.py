@@ -95,7 +95,7 @@ LATENCY_WINDOW = 1000  # the durations kept per tool, for p50/p95
 MAX_TRACKED_TOOLS = 256  # per server: calls to further (unknown) names are not counted
 _SPEC_KEYS = frozenset(
     {"cpu", "gpu", "memory", "memory_mb", "disk", "disk_mb", "timeout", "timeout_s", "idle_ttl", "idle_ttl_s", "max_lifetime", "max_lifetime_s",
-     "min_instances", "network", "env", "limits", "concurrency", "isolation_required", "description"}
+     "min_instances", "max_instances", "target_concurrency", "cooldown", "scale_cooldown_s", "network", "env", "limits", "concurrency", "isolation_required", "description"}
 )
 
 Notify = Callable[[dict[str, Any]], Awaitable[None]]

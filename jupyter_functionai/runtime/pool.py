@@ -1,6 +1,7 @@
 """InstancePool: pre-forked, fully isolated, pre-bound instances.
 
-Per function version the pool keeps ``spec.min_instances`` instances ready so
+Per function version the pool keeps a target of instances ready (the spec's
+``min_instances``, or what the autoscaler, ``scaling.py``, sets) so
 a new session's first call skips the fork, the sandbox setup and the binding:
 each pooled instance already runs as its own fresh uid in its own working
 directory (``prebind``), re-seeded and optionally primed by the spec's
@@ -16,7 +17,8 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from ..backends.base import Backend, FunctionVersion, Instance
 from ..errors import FunctionAIError, NoCapacity
@@ -31,6 +33,10 @@ class _Slot:
         self.filling: asyncio.Task[None] | None = None
         self.failures = 0
         self.last_error: str | None = None
+        self.target = fv.spec.min_instances
+
+    def alive(self) -> int:
+        return sum(1 for i in self.ready if i.alive)
 
 
 class InstancePool:
@@ -46,6 +52,9 @@ class InstancePool:
         self._slots: dict[str, _Slot] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._closed = False
+        #: how many instances a function's pool may hold ready now (None: no
+        #: ceiling); the autoscaler sets it, to keep ready + busy within max_instances
+        self.cap: Callable[[str], int | None] = lambda name: None
 
     def configure(self, fv: FunctionVersion) -> None:
         """Make ``fv`` the pooled version of its function (draining an older one)."""
@@ -55,7 +64,27 @@ class InstancePool:
             slot = None
         if slot is None:
             slot = self._slots[fv.name] = _Slot(fv)
+        else:
+            slot.fv = fv  # the same version: its spec's target may be new
         self._refill(slot)
+
+    def set_target(self, name: str, n: int) -> None:
+        """Keep ``n`` instances of ``name`` ready: fork up to it, or drain the
+        ready ones beyond it (newest first; the oldest are the most primed)."""
+        slot = self._slots.get(name)
+        if slot is None:
+            return
+        slot.target = n
+        slot.ready = deque(i for i in slot.ready if i.alive)
+        extra = [slot.ready.pop() for _ in range(max(0, len(slot.ready) - n))]
+        for inst in extra:
+            self._spawn(self._discard(inst, "scaled down"))
+        self._refill(slot)
+
+    def _want(self, slot: _Slot) -> bool:
+        ready = slot.alive()
+        cap = self.cap(slot.fv.name)
+        return ready < slot.target and (cap is None or ready < cap)
 
     def remove(self, name: str) -> None:
         slot = self._slots.pop(name, None)
@@ -90,7 +119,7 @@ class InstancePool:
 
     def sizes(self) -> dict[str, dict[str, object]]:
         return {
-            n: {"version": s.fv.version, "ready": sum(1 for i in s.ready if i.alive), "target": s.fv.spec.min_instances, "last_error": s.last_error}
+            n: {"version": s.fv.version, "ready": s.alive(), "target": s.target, "last_error": s.last_error}
             for n, s in self._slots.items()
         }
 
@@ -101,7 +130,7 @@ class InstancePool:
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while sum(1 for i in slot.ready if i.alive) < slot.fv.spec.min_instances:
+        while slot.alive() < slot.target:
             if slot.filling is None or slot.filling.done():
                 if slot.failures >= 3:
                     raise NoCapacity(f"the warm pool of {name!r} cannot be filled: {slot.last_error}")
@@ -116,14 +145,14 @@ class InstancePool:
     def _refill(self, slot: _Slot) -> None:
         if self._closed or (slot.filling is not None and not slot.filling.done()):
             return
-        if sum(1 for i in slot.ready if i.alive) >= slot.fv.spec.min_instances:
+        if not self._want(slot):
             return
         slot.filling = asyncio.get_running_loop().create_task(self._fill(slot), name=f"fai-pool-{slot.fv.name}")
 
     async def _fill(self, slot: _Slot) -> None:
         while not self._closed and self._slots.get(slot.fv.name) is slot:
             slot.ready = deque(i for i in slot.ready if i.alive)
-            if len(slot.ready) >= slot.fv.spec.min_instances:
+            if not self._want(slot):
                 return
             inst = None
             try:
@@ -149,10 +178,13 @@ class InstancePool:
         if slot.filling is not None:
             slot.filling.cancel()
         for inst in slot.ready:
-            task = asyncio.get_running_loop().create_task(self._discard(inst, "pool drained"))
-            self._background.add(task)  # kept until it ends: the loop holds only weak references
-            task.add_done_callback(self._background.discard)
+            self._spawn(self._discard(inst, "pool drained"))
         slot.ready.clear()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)  # kept until it ends: the loop holds only weak references
+        task.add_done_callback(self._background.discard)
 
     async def _discard(self, inst: Instance, reason: str) -> None:
         await inst.stop(reason)

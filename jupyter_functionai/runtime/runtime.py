@@ -53,6 +53,7 @@ from ..spec import FunctionSpec
 from ..store import Store
 from .metering import Meter, PriceTable
 from .pool import InstancePool
+from .scaling import Autoscaler
 from .sessions import (
     CLOSED,
     ENDED,
@@ -160,6 +161,8 @@ class Runtime:
         self.backend = backend
         self.backend.on_instance_exit(self._instance_exited)
         self.pool = InstancePool(self.backend, self._prebind, self._release_prebound)
+        #: grows and shrinks warm pools with the sessionless load (scaling.py)
+        self.scaler = Autoscaler(self.pool, lambda event: self._defer(self.store.add_scale_event, event))
         #: per-second usage of every live instance, into the ledger (metering.py)
         self.meter = Meter(self.backend, self.store)
         self.metering = metering  # False: no meter runs (benchmarks/coldstart.py measures its cost)
@@ -217,8 +220,10 @@ class Runtime:
             except FunctionAIError as exc:
                 log.warning("function %s could not be loaded: %s", f["name"], exc)
                 continue
-            if fv.spec.min_instances:
+            if self.scaler.scales(fv.spec):
                 self.pool.configure(fv)
+            self.scaler.configure(fv)
+        self.scaler.start()
         await self.tasks.start()
 
     def _reconcile(self) -> None:
@@ -263,6 +268,7 @@ class Runtime:
         await self.meter.close()  # the instances' last second, before they stop
         if self._tasks:
             await self.tasks.close()
+        await self.scaler.close()
         await self.pool.close()
         for sess in list(self._sessions.values()):
             if sess.instance is not None:
@@ -345,10 +351,11 @@ class Runtime:
     def _activate(self, fv: FunctionVersion) -> None:
         old = self._active.get(fv.name)
         self._active[fv.name] = fv
-        if fv.spec.min_instances:
+        if self.scaler.scales(fv.spec):
             self.pool.configure(fv)
         else:
             self.pool.remove(fv.name)
+        self.scaler.configure(fv)
         if old is not None and old.version != fv.version:
             self._spawn(self._retire_if_unused(old))
 
@@ -386,6 +393,7 @@ class Runtime:
             for sess in [s for s in self._sessions.values() if s.function == name]:
                 await self.close_session(sess.id, reason="function deleted")
             self.pool.remove(name)
+            self.scaler.remove(name)
             fv = self._active.pop(name, None)
             if fv is not None:
                 await self.backend.retire(fv)
@@ -440,7 +448,8 @@ class Runtime:
         if session is not None:
             check_session_id(session)
         if session is None or not fv.spec.session.enabled:
-            return await self._invoke_ephemeral(fv, event, size, limit, on_progress, on_chunk, extra)
+            async with self.scaler.admit(fv, limit) as left:  # max_instances: queue for a place
+                return await self._invoke_ephemeral(fv, event, size, left, on_progress, on_chunk, extra)
         sess = await self._session(session, fv, principal)
         if trace is not None:
             trace["session"] = time.perf_counter()
@@ -938,6 +947,19 @@ class Runtime:
                 row["cost"] = round(self.prices.cost(row), 6)
                 row["currency"] = self.prices.currency
         return rows
+
+    async def scaling(self, function: str | None = None, since: float | None = None, limit: int = 200) -> dict[str, Any]:
+        """Scaling on load (``scaling.py``): per function with a warm pool or a
+        ceiling, its bounds, target, ready instances and load now
+        (``functions``); and the scale events (``events``, oldest first, the
+        newest ``limit``)."""
+        if function is not None:
+            self.function(function)  # NotFound for an unknown one
+        self.scaler.settle()
+        await self.store.writer.flush()
+        events = await asyncio.to_thread(self.store.list_scale_events, function, since, limit)
+        now = {n: v for n, v in self.scaler.snapshot().items() if (function is None or n == function) and (v["max_instances"] or v["min_instances"])}
+        return {"functions": now, "events": events}
 
     def gpus(self) -> dict[str, Any]:
         """The GPUs the backend places instances on: devices (memory, MIG

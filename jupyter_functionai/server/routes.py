@@ -267,6 +267,18 @@ class UsageHandler(BaseHandler):
         )
 
 
+class ScalingHandler(BaseHandler):
+    @jupyter_auth
+    async def get(self) -> None:
+        self.write_json(
+            await self.runtime.scaling(
+                self.get_query_argument("function", None),
+                query_float(self, "since", 0, float("inf")),
+                query_int(self, "limit", 200),
+            )
+        )
+
+
 class GpusHandler(BaseHandler):
     @jupyter_auth
     async def get(self) -> None:
@@ -586,6 +598,12 @@ ROUTES: list[Route] = [
         UsageHandler,
         {"get": Op("The usage ledger: per function and session (and per step seconds, a multiple of 60): cpu_s, mem_gib_s, gpu_s, gpu_mem_gib_s, active_s, idle_s", returns="AnyList", query=("function", "session", "since", "until", "step", "by"))},
     ),
+    Route(
+        f"{API}/scaling",
+        "/functionai/api/scaling",
+        ScalingHandler,
+        {"get": Op("Scaling on load: per function its min/max instances, target, ready instances, calls in flight and queued; and the scale events, oldest first", returns="Health", query=("function", "since", "limit"))},
+    ),
     Route(f"{API}/gpus", "/functionai/api/gpus", GpusHandler, {"get": Op("GPUs: devices, memory, MIG instances and the slice each instance holds; or why there are none", returns="Health", errors=())}),
     Route(f"{API}/latency", "/functionai/api/latency", LatencyHandler, {"get": Op("Per function over the last 5,000 invocations: calls, errors, p50 and p95 ms", returns="AnyList", errors=())}),
     Route(
@@ -718,6 +736,9 @@ SCHEMAS: dict[str, Any] = {
             "concurrency": {"type": "integer"},
             "session": _ANY,
             "min_instances": {"type": "integer"},
+            "max_instances": {"type": "integer"},
+            "target_concurrency": {"type": "integer"},
+            "scale_cooldown_s": {"type": "number"},
             "env": {"type": "object", "additionalProperties": {"type": "string"}},
             "network": {"type": "string", "enum": ["none", "loopback", "host"]},
             "isolation_required": {"type": "array", "items": {"type": "string"}},

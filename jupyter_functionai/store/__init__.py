@@ -39,6 +39,7 @@ from .functions import FunctionsStore
 from .keys import KeysStore
 from .mcp import McpStore
 from .runs import RunsStore
+from .scaling import ScalingStore
 from .sessions import SESSION_FINAL_STATUSES, SessionsStore
 from .tasks import TASK_FINAL_STATES, TASK_STATES, TasksStore
 from .usage import UsageStore
@@ -47,7 +48,7 @@ from .writer import Writer
 __all__ = ["SESSION_FINAL_STATUSES", "TABLES", "TASK_FINAL_STATES", "TASK_STATES", "Store", "metadata"]
 
 
-class Store(FunctionsStore, SessionsStore, KeysStore, RunsStore, TasksStore, McpStore, UsageStore):
+class Store(FunctionsStore, SessionsStore, KeysStore, RunsStore, TasksStore, McpStore, UsageStore, ScalingStore):
     """Persistent state of the runtime; see the package docstring.
 
     ``schema_version`` is the version the database is at after opening;

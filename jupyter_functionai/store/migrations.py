@@ -130,12 +130,19 @@ def _usage_ledger(conn: Connection) -> None:
     create_usage_table(conn)
 
 
+def _scale_events(conn: Connection) -> None:
+    from .scaling import create_scale_events_table
+
+    create_scale_events_table(conn)
+
+
 #: The steps after the baseline, in order. Append only.
 STEPS: tuple[Step, ...] = (
     Step(2, "drop the unused counters table", _drop_counters),
     Step(3, "index tasks by seq", _index_tasks_seq),
     Step(4, "record the principal that opened each session", _sessions_principal),
     Step(5, "the usage ledger (per instance and minute)", _usage_ledger),
+    Step(6, "scale events (the autoscaler's changes of a warm-pool target)", _scale_events),
 )
 
 #: The schema version this code writes.
