@@ -57,6 +57,8 @@ class FunctionAIClient(Protocol):
 
     def gpus(self) -> dict[str, Any]: ...
 
+    def scaling(self, function: str | None = None, *, since: float | None = None, limit: int | None = None) -> dict[str, Any]: ...
+
     def usage(
         self,
         function: str | None = None,

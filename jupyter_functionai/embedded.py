@@ -110,6 +110,9 @@ class AsyncEmbeddedClient:
     async def gpus(self) -> dict[str, Any]:
         return await asyncio.to_thread(self.runtime.gpus)
 
+    async def scaling(self, function: str | None = None, *, since: float | None = None, limit: int | None = None) -> dict[str, Any]:
+        return await self.runtime.scaling(function, since, 200 if limit is None else limit)
+
     async def submit(self, name: str, event: Any = None, *, session: str | None = None, timeout: float | None = None, retries: int | None = None) -> dict[str, Any]:
         return await self.runtime.tasks.submit(name, event, session=session, timeout=timeout, retries=retries)
 
@@ -172,6 +175,7 @@ class EmbeddedClient(Blocking, twin=AsyncEmbeddedClient):
     sessions = blocking(AsyncEmbeddedClient.sessions)
     coldstarts = blocking(AsyncEmbeddedClient.coldstarts)
     gpus = blocking(AsyncEmbeddedClient.gpus)
+    scaling = blocking(AsyncEmbeddedClient.scaling)
     usage = blocking(AsyncEmbeddedClient.usage)
     submit = blocking(AsyncEmbeddedClient.submit)
     task = blocking(AsyncEmbeddedClient.task)

@@ -287,6 +287,23 @@ def test_functions_panel_lists_every_function(client: Client, panels: list[Any])
     assert "pan-list-b" in plain(p.info.value)
 
 
+def test_functions_panel_shows_scaling_and_the_scale_events(client: Client, panels: list[Any]) -> None:
+    nap = "import time\n\ndef handler(event, ctx):\n    time.sleep(event)\n    return 'ok'\n"
+    client.deploy("pan-scale", nap, session=False, max_instances=2, target_concurrency=1, cooldown=600, timeout=30)
+    calls = [threading.Thread(target=client.invoke, args=("pan-scale", 0.3)) for _ in range(3)]
+    for t in calls:
+        t.start()
+    for t in calls:
+        t.join(60)
+    p = FunctionsPanel(client, "pan-scale", interval=0.2)
+    panels.append(p)
+    wait_until(lambda: "scale events" in plain(p.info.value), 10, "the scale events in the panel")
+    text = plain(p.info.value)
+    assert "max instances 2 (scales at 1 per instance, cooldown 10 min 0 s)" in text, text
+    assert re.search(r"up 0 → 2 \(in flight 2, queued \d\)", text), text
+    assert "load: 0 in flight, 0 queued" in text, text
+
+
 # -- the factory, tabs, the embedded runtime ----------------------------------------------------------------
 
 

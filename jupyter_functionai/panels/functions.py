@@ -73,6 +73,9 @@ class FunctionsPanel(_LivePanel):
         describe = getattr(self.client, "function", None)
         if callable(describe):
             out["pool"] = describe(name).get("pool")
+        scaling = getattr(self.client, "scaling", None)
+        if callable(scaling):
+            out["scaling"] = scaling(name, limit=5)
         return out
 
     def _render(self) -> None:
@@ -126,10 +129,19 @@ class FunctionsPanel(_LivePanel):
             "sessions " + (f"on (idle TTL {_esc(fmt_duration(sess.get('idle_ttl_s')))})" if sess.get("enabled", True) else "off"),
             f"min instances {_esc(spec.get('min_instances', 0))}",
         ]
+        if spec.get("max_instances"):
+            facts.append(
+                f"max instances {_esc(spec['max_instances'])} (scales at {_esc(spec.get('target_concurrency', 1))} per instance, "
+                f"cooldown {_esc(fmt_duration(spec.get('scale_cooldown_s', 60)))})"
+            )
         pool = data.get("pool")
         if isinstance(pool, dict):
             facts.append(f"pool {_esc(pool.get('ready'))}/{_esc(pool.get('target'))} ready" + (f" ({_esc(pool['last_error'])})" if pool.get("last_error") else ""))
-        self.info.value = " · ".join(facts)
+        scaling = data.get("scaling") or {}
+        now = (scaling.get("functions") or {}).get(name)
+        if now and now.get("max_instances"):
+            facts.append(f'<span class="fai-load">load: {_esc(now["in_flight"])} in flight, {_esc(now["queued"])} queued</span>')
+        self.info.value = " · ".join(facts) + self._scale_events_html(scaling.get("events") or [])
         self.rollback_button.disabled = n == active
         self.rollback_button.button_style = "" if n == active else "warning"
         self.rollback_button.description = f"Roll back to v{n}" if active is not None and n < active else (f"Activate v{n}" if n != active else f"v{n} is active")
@@ -141,6 +153,17 @@ class FunctionsPanel(_LivePanel):
             f'<pre class="fai-source-code" style="max-height:320px;overflow:auto;margin:4px 0;padding:6px;'
             f'background:var(--jp-layout-color2, #f5f5f5)">{_esc(source)}</pre></details>'
         )
+
+    @staticmethod
+    def _scale_events_html(events: list[dict[str, Any]]) -> str:
+        if not events:
+            return ""
+        rows = "".join(
+            f'<li class="fai-scale-event" data-reason="{_esc(e.get("reason"))}">{_esc(fmt_time(e.get("at")))}: {_esc(e.get("reason"))} '
+            f"{_esc(e.get('from'))} → {_esc(e.get('to'))} (in flight {_esc(e.get('in_flight'))}, queued {_esc(e.get('queued'))})</li>"
+            for e in reversed(events)
+        )
+        return f'<div class="fai-scale-events">scale events, newest first:<ul style="margin:2px 0">{rows}</ul></div>'
 
     def _endpoint_html(self, name: str, sessions: list[dict[str, Any]], sessions_on: bool) -> str:
         url = str(getattr(self.client, "url", ""))

@@ -172,6 +172,9 @@ class InstancePool:
             if self._closed or self._slots.get(slot.fv.name) is not slot:
                 await self._discard(inst, "pool drained")
                 return
+            if not self._want(slot):  # the target came down (or the ceiling filled) during the fork
+                await self._discard(inst, "scaled down")
+                return
             slot.ready.append(inst)
 
     def _drain(self, slot: _Slot) -> None:
