@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -186,5 +188,17 @@ def test_scaling_over_http_the_cli_and_the_client(tmp_path: Path) -> None:
         assert p.returncode == 0, p.stderr
         spec = fai.function("nap")["spec"]
         assert (spec["max_instances"], spec["target_concurrency"], spec["scale_cooldown_s"]) == (3, 2, 5.0), spec
+        # the README's lines, as printed, from the checkout
+        root = Path(__file__).resolve().parent.parent
+        lines = [ln.split("#")[0].strip() for ln in (root / "README.md").read_text().splitlines() if ln.startswith((".venv/bin/functionai deploy examples/my_agent.py --name burst", ".venv/bin/functionai scaling"))]
+        assert len(lines) == 2, lines
+        outs = []
+        for line in lines:
+            p = subprocess.run([sys.executable, "-m", "jupyter_functionai", *shlex.split(line)[1:]], capture_output=True, text=True, timeout=120, env=env, cwd=root)
+            assert p.returncode == 0, (line, p.stderr)
+            outs.append(p.stdout)
+        spec = fai.function("burst")["spec"]
+        assert (spec["max_instances"], spec["scale_cooldown_s"]) == (8, 30.0), spec
+        assert re.search(r"^burst +0 +8 +0 ", outs[1], re.M), outs[1]
     finally:
         stop_server(srv)
