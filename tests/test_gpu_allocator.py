@@ -239,6 +239,41 @@ async def test_the_watchdog_ends_an_instance_over_its_slice_and_spares_its_neigh
         assert [s.owner for s in backend.gpus.slices()] == [i.id for i in rt.live_instances() if i.bound_session == "modest"]
 
 
+def test_the_watchdog_counts_use_off_the_slice_card_and_without_a_slice() -> None:
+    """CUDA_VISIBLE_DEVICES is only an environment variable: code in a sandbox
+    can unset it and open another card. Memory an instance's process holds on
+    a card that is not its slice's, or any GPU memory of an instance without a
+    slice, is over what it may use; the host's own processes are not judged."""
+    nvml = FakeNvml(card(0, gib=16), card(1, gib=16))
+    gpus = GpuAllocator(nvml)
+    mine = gpus.allocate("i-a", memory_mib=4 * GIB)
+    assert mine.indexes == (0,)
+    owners = {101: "i-a", 102: "i-a", 201: "i-cpu"}
+    nvml.list[0] = dataclasses.replace(nvml.list[0], processes=(GpuProcess(101, 3 * GIB),))
+    assert gpus.over_slice(owners.get) == []  # within its slice on its own card
+    nvml.list[1] = dataclasses.replace(nvml.list[1], processes=(GpuProcess(102, 100), GpuProcess(999, 8 * GIB)))
+    assert gpus.over_slice(owners.get) == [("i-a", 100, 0)]  # 100 MiB on card 1, which it holds nothing of
+    nvml.list[1] = dataclasses.replace(nvml.list[1], processes=(GpuProcess(201, 512), GpuProcess(999, 8 * GIB)))
+    assert gpus.over_slice(owners.get) == [("i-cpu", 512, 0)]  # a CPU function on a GPU; pid 999 is the host's
+
+
+async def test_an_instance_without_a_slice_that_uses_a_gpu_is_stopped(tmp_path: Path) -> None:
+    from jupyter_functionai.errors import GpuOutOfMemory
+
+    nvml = FakeNvml(card(0, gib=16))
+    backend = ProcessBackend(str(tmp_path / "state"), gpus=GpuAllocator(nvml))
+    async with Runtime.open(tmp_path / "state", backend=backend, reap_interval=0.05) as rt:
+        await rt.deploy(FunctionSpec.from_code("cpu", SLOW, timeout=120))
+        await rt.invoke("cpu", {}, session="c")
+        (inst,) = [i for i in backend._instances.values() if i.bound_session == "c"]
+        call = asyncio.ensure_future(rt.invoke("cpu", {"sleep": 60}, session="c"))
+        await wait_for(lambda: bool(inst._pending), 30, "the call to be in flight")
+        nvml.list[0] = dataclasses.replace(nvml.list[0], memory_used_mib=GIB, processes=(GpuProcess(inst.pid, GIB),))
+        with pytest.raises(GpuOutOfMemory, match="on a card it holds no slice of") as ei:
+            await asyncio.wait_for(call, 60)
+        assert ei.value.details["slice_mib"] == 0
+
+
 def test_first_fit_is_there_for_comparison() -> None:
     for policy, expected in (("best-fit", "GPU-fake-1"), ("first-fit", "GPU-fake-0")):
         nvml = FakeNvml(card(0), card(1))

@@ -427,7 +427,9 @@ class ProcessInstance(Instance):
         if self.gpu_over is not None:
             used, held = self.gpu_over
             return GpuOutOfMemory(
-                f"the instance used {used} MiB of GPU memory, more than its slice of {held} MiB, and was stopped",
+                f"the instance used {used} MiB of GPU memory, more than its slice of {held} MiB, and was stopped"
+                if held
+                else f"the instance used {used} MiB of GPU memory on a card it holds no slice of, and was stopped",
                 instance_id=self.id,
                 used_mib=used,
                 slice_mib=held,
@@ -1024,8 +1026,8 @@ class ProcessBackend(Backend):
         self._instances[iid] = inst
         msg = await inst._await_control("ready")
         inst.set_isolation(msg.get("isolation", {}))
-        if inst.gpu_slice is not None:
-            self._watch_gpus()
+        if self.gpus.available:
+            self._watch_gpus()  # every instance: one without a slice may use no GPU memory at all
         elapsed = (time.perf_counter() - t0) * 1000
         if binding is not None:
             t1 = time.perf_counter()
@@ -1178,7 +1180,7 @@ class ProcessBackend(Backend):
     async def _gpu_watchdog(self) -> None:
         while not self._closing:
             await asyncio.sleep(GPU_WATCH_S)
-            if not self.gpus.slices():
+            if not self._instances:
                 continue
             try:
                 over = await asyncio.to_thread(self.gpus.over_slice, self._instance_of_pid)
@@ -1189,7 +1191,7 @@ class ProcessBackend(Backend):
                 inst = self._instances.get(iid)
                 if inst is not None and inst.alive and inst.gpu_over is None:
                     inst.gpu_over = (used, held)
-                    self.log_event(f"instance {iid}: {used} MiB of GPU memory over its slice of {held} MiB: stopped")
+                    self.log_event(f"instance {iid}: {used} MiB of GPU memory over its {held} MiB on a card: stopped")
                     inst._kill()
 
     def _instance_of_pid(self, pid: int) -> str | None:

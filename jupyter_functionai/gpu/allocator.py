@@ -133,21 +133,35 @@ class GpuAllocator:
             return self._slices.pop(owner, None)
 
     def over_slice(self, owner_of: Callable[[int], str | None]) -> list[tuple[str, int, int]]:
-        """``(owner, used MiB, slice MiB)`` for each slice whose processes use
-        more GPU memory than it holds (``owner_of`` maps a process id to the
-        instance it belongs to). MIG instances and whole cards are left out:
-        the hardware bounds them."""
-        with self._lock:
-            watched = {o: s for o, s in self._slices.items() if not s.whole and not s.mig}
-        if not watched or self.nvml is None:
+        """``(owner, used MiB, allowed MiB)`` for each instance whose processes
+        use more GPU memory than it may (``owner_of`` maps a process id to the
+        instance it belongs to, None for the host's own). On its slice's card
+        it may use the slice; on any other card, or with no slice at all,
+        nothing: ``CUDA_VISIBLE_DEVICES`` is only an environment variable,
+        which code in the sandbox can change. Within a MIG instance or a whole
+        card the hardware bounds it, so those are not summed."""
+        if self.nvml is None:
             return []
-        used: dict[str, int] = {}
+        with self._lock:
+            slices = dict(self._slices)
+        used: dict[tuple[str, int], int] = {}  # (owner, card) -> MiB
         for dev in self.nvml.devices():
             for proc in dev.processes:
                 owner = owner_of(proc.pid)
-                if owner in watched and dev.uuid in watched[owner].devices:
-                    used[owner] = used.get(owner, 0) + proc.used_mib
-        return [(o, u, watched[o].memory_mib) for o, u in used.items() if u > watched[o].memory_mib]
+                if owner is not None:
+                    used[(owner, dev.index)] = used.get((owner, dev.index), 0) + proc.used_mib
+        worst: dict[str, tuple[int, int]] = {}
+        for (owner, card), mib in used.items():
+            s = slices.get(owner)
+            if s is not None and card in s.indexes:
+                if s.whole or s.mig:
+                    continue
+                cap = s.memory_mib
+            else:
+                cap = 0  # a card not its own, or no slice at all
+            if mib > cap and (owner not in worst or mib - cap > worst[owner][0] - worst[owner][1]):
+                worst[owner] = (mib, cap)
+        return [(o, mib, cap) for o, (mib, cap) in worst.items()]
 
     # -- placement (under the lock) -----------------------------------------------------
 
