@@ -38,6 +38,7 @@ from ..errors import (
     UserError,
 )
 from ..gpu import GpuAllocator, Slice
+from ..gpu.mps import MpsControl
 from ..sandbox import disk as sdisk
 from ..sandbox import isolation as iso
 from ..sandbox import seccomp
@@ -646,8 +647,15 @@ class ProcessBackend(Backend):
 
     def __init__(self, state_dir: str, *, use_templates: bool = True, cgroups: bool = True, isolate: bool = True, gpus: GpuAllocator | None = None) -> None:
         self.isolate = isolate
-        #: where GPU instances are placed (gpu/): the machine's NVML, or "no GPU found"
-        self.gpus = gpus if gpus is not None else GpuAllocator.from_machine()
+        #: where GPU instances are placed (gpu/): the machine's NVML, or "no GPU found";
+        #: MPS holds slices where it is installed and instances share one uid (gpu/mps.py)
+        self.gpus = gpus if gpus is not None else GpuAllocator.from_machine(
+            MpsControl.from_machine(
+                os.path.join(os.path.realpath(state_dir), "mps"),
+                [sys.executable, "-m", "jupyter_functionai.sandbox.mps_launch"],
+                shared_uid=os.geteuid() != 0 or not isolate,
+            )
+        )
         self._gpu_watch: asyncio.Task[None] | None = None
         self.state_dir = os.path.realpath(state_dir)
         self.log_dir = os.path.join(self.state_dir, "logs")
@@ -974,7 +982,10 @@ class ProcessBackend(Backend):
         inst.template = template
         if spec.resources.wants_gpu and self.gpus.available:
             try:  # pinned to its card (or MIG instance) before it exists; released in _died
-                inst.gpu_slice = self.gpus.allocate(iid, spec.resources.gpu, memory_mib=spec.resources.gpu_memory_mb, function=fv.name)
+                if self.gpus.mps is not None and self.gpus.mps.usable:  # may start the card's MPS daemon: off the loop
+                    inst.gpu_slice = await asyncio.to_thread(self.gpus.allocate, iid, spec.resources.gpu, memory_mib=spec.resources.gpu_memory_mb, function=fv.name)
+                else:
+                    inst.gpu_slice = self.gpus.allocate(iid, spec.resources.gpu, memory_mib=spec.resources.gpu_memory_mb, function=fv.name)
             except BaseException:
                 await inst.stop("no GPU capacity")
                 self._cleanup_cgroup(cg_name)
@@ -997,7 +1008,11 @@ class ProcessBackend(Backend):
             "max_state_bytes": spec.limits.max_state_bytes,
             "max_payload_bytes": spec.limits.max_payload_bytes,
             "concurrency": spec.concurrency,
-            "env": {**_gpu_env(spec.resources.gpu), **(inst.gpu_slice.env() if inst.gpu_slice else {}), **spec.env},
+            # the slice's pinning and MPS limits win over the spec's env (code in the
+            # sandbox can still change its own: the NVML watchdog is what holds then)
+            "env": {**_gpu_env(spec.resources.gpu), **spec.env, **(inst.gpu_slice.env() if inst.gpu_slice else {})},
+            # an MPS client: its card's pipe directory, and the card's shm as its /dev/shm
+            "mps": {"pipe": inst.gpu_slice.mps_dirs.pipe, "shm": inst.gpu_slice.mps_dirs.shm} if inst.gpu_slice and inst.gpu_slice.mps_dirs else None,
             "tmp_mb": min(spec.resources.memory_mb, 1024),
             "state_dir": self.state_dir,
             "masks": self.mask_plan(fv),
@@ -1254,6 +1269,8 @@ class ProcessBackend(Backend):
             await asyncio.sleep(0.02)
         if self._pending_cgroups:
             self.log_event(f"{len(self._pending_cgroups)} cgroup(s) could not be removed: {sorted(self._pending_cgroups)[:5]}")
+        for err in await asyncio.to_thread(self.gpus.close):  # the MPS daemons, once their clients are gone
+            self.log_event(f"MPS: {err}")
 
 
 DISK_REFILL_DELAY_S = 0.1  # after a session took a blank disk image, before more are made

@@ -16,6 +16,7 @@ when the instance stops. Without NVML the allocator reports "no GPU found"
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 from collections.abc import Callable
@@ -23,9 +24,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import NoCapacity
+from .mps import MpsControl, MpsDirs, MpsError
 from .nvml import Device, Nvml, load
 
 GIB_MIB = 1024
+MPS_SERVER = "nvidia-cuda-mps-server"
 POLICIES = ("best-fit", "first-fit")
 
 
@@ -39,19 +42,22 @@ class Slice:
     whole: bool  # whole cards, not a slice
     mig: bool = False
     share: float = 0.0  # the cards it holds: a slice counts as its part of its card (for metering)
+    mps: dict[str, str] | None = None  # the MPS client's environment, where MPS holds the slice (mps.py)
+    mps_dirs: MpsDirs | None = None
 
     @property
     def mode(self) -> str:
         """How the slice is held to: MIG partitions it in hardware; a card of
-        its own needs nothing; else the runtime's NVML watchdog (and the
-        framework's own cap, told FUNCTIONAI_GPU_MEMORY_MIB)."""
-        return "mig" if self.mig else "whole card" if self.whole else "watchdog"
+        its own needs nothing; MPS caps its memory and SMs; else the runtime's
+        NVML watchdog (and the framework's own cap, told FUNCTIONAI_GPU_MEMORY_MIB).
+        The watchdog watches MPS slices too."""
+        return "mig" if self.mig else "whole card" if self.whole else "mps" if self.mps else "watchdog"
 
     def describe(self) -> str:
         return f"{','.join(self.devices)} {self.memory_mib} MiB ({self.mode})"
 
     def env(self) -> dict[str, str]:
-        return {"CUDA_VISIBLE_DEVICES": ",".join(self.devices), "FUNCTIONAI_GPU_MEMORY_MIB": str(self.memory_mib)}
+        return {"CUDA_VISIBLE_DEVICES": ",".join(self.devices), "FUNCTIONAI_GPU_MEMORY_MIB": str(self.memory_mib), **(self.mps or {})}
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -66,7 +72,7 @@ class Slice:
 
 
 class GpuAllocator:
-    def __init__(self, nvml: Nvml | None, reason: str = "", *, policy: str = "best-fit") -> None:
+    def __init__(self, nvml: Nvml | None, reason: str = "", *, policy: str = "best-fit", mps: MpsControl | None = None) -> None:
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
         #: "best-fit" (the card a slice fills most tightly) or "first-fit" (the
@@ -76,11 +82,13 @@ class GpuAllocator:
         self.reason = reason if nvml is None else (reason or "NVML")
         self._slices: dict[str, Slice] = {}
         self._lock = threading.Lock()
+        #: the MPS control daemons, where MPS holds slices (None: never)
+        self.mps = mps
 
     @classmethod
-    def from_machine(cls) -> GpuAllocator:
+    def from_machine(cls, mps: MpsControl | None = None) -> GpuAllocator:
         nvml, reason = load()
-        return cls(nvml, reason)
+        return cls(nvml, reason, mps=mps if nvml is not None else None)
 
     @property
     def available(self) -> bool:
@@ -106,7 +114,22 @@ class GpuAllocator:
             else:
                 placed = self._slice(owner, share, memory_mib, devices, function)
             self._slices[owner] = placed
+        if placed.whole or placed.mig or self.mps is None or not self.mps.usable:
             return placed
+        # MPS holds the slice: its card's daemon runs before the instance starts
+        try:
+            dirs = self.mps.ensure(placed.devices[0])
+        except MpsError:
+            return placed  # the watchdog holds it; mps.reason says why MPS is not used
+        placed = dataclasses.replace(placed, mps=self.mps.client_env(dirs, placed.memory_mib, placed.share), mps_dirs=dirs)
+        with self._lock:
+            if self._slices.get(owner) is not None:
+                self._slices[owner] = placed
+        return placed
+
+    def close(self) -> list[str]:
+        """Stop the MPS daemons this allocator started (what failed, if anything)."""
+        return self.mps.close() if self.mps is not None else []
 
     def never_fits(self, share: float = 0.0, *, memory_mib: int = 0) -> str | None:
         """Why no card here could take this request even with nothing else on
@@ -233,8 +256,14 @@ class GpuAllocator:
                 row = d.to_dict()
                 row["free_mib"] = self._free_mib(d) if not d.mig_enabled else None
                 row["slices"] = [s.to_dict() for s in self._slices.values() if d.uuid in s.devices or any(m.uuid in s.devices for m in d.mig)]
+                # how a slice placed here now is held to (the isolation report names each instance's)
+                row["enforcement"] = "mig" if d.mig_enabled else "mps" if self.mps is not None and self.mps.usable else "watchdog"
+                # MPS servers NVML sees on the card, ours or anyone's
+                row["mps_server_pids"] = [p.pid for p in d.processes if p.name == MPS_SERVER]
                 out.append(row)
-            return {"available": True, "reason": self.reason, "devices": out, "slices": [s.to_dict() for s in self._slices.values()]}
+            slices = [s.to_dict() for s in self._slices.values()]
+        mps = self.mps.state() if self.mps is not None else {"used": False, "reason": "MPS is off for this backend", "daemons": []}
+        return {"available": True, "reason": self.reason, "devices": out, "slices": slices, "mps": mps}
 
 
 def _asked(share: float, memory_mib: int) -> str:

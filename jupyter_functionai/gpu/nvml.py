@@ -18,6 +18,7 @@ MIB = 1024 * 1024
 class GpuProcess:
     pid: int
     used_mib: int
+    name: str = ""  # the host's /proc/<pid>/comm ("nvidia-cuda-mps-server" for an MPS server)
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ class Device:
             "memory_used_mib": self.memory_used_mib,
             "mig_enabled": self.mig_enabled,
             "mig": [{"index": m.index, "uuid": m.uuid, "memory_mib": m.memory_mib} for m in self.mig],
-            "processes": [{"pid": p.pid, "used_mib": p.used_mib} for p in self.processes],
+            "processes": [{"pid": p.pid, "used_mib": p.used_mib, "name": p.name} for p in self.processes],
         }
 
 
@@ -92,7 +93,7 @@ class RealNvml:
                         continue
                     mig.append(MigInstance(j, _text(n.nvmlDeviceGetUUID(mh)), int(n.nvmlDeviceGetMemoryInfo(mh).total // MIB)))
             try:
-                procs = tuple(GpuProcess(int(p.pid), int((p.usedGpuMemory or 0) // MIB)) for p in n.nvmlDeviceGetComputeRunningProcesses(h))
+                procs = tuple(GpuProcess(int(p.pid), int((p.usedGpuMemory or 0) // MIB), _comm(int(p.pid))) for p in n.nvmlDeviceGetComputeRunningProcesses(h))
             except n.NVMLError:
                 procs = ()
             out.append(
@@ -135,6 +136,14 @@ def load() -> tuple[RealNvml | None, str]:
         nvml.close()
         return None, f"NVML could not count the devices ({exc})"
     return nvml, f"NVIDIA driver {nvml.driver()}"
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 
 
 def _text(value: Any) -> str:

@@ -274,6 +274,11 @@ class Worker:
                 _bind_workdir(workdir, msg.get("disk"), uid, report)
             except OSError as exc:
                 report.missing["tmp"] = f"binding the working directory failed: {exc}"
+            if self.cfg.get("mps"):
+                try:
+                    _bind_mps(self.cfg["mps"])
+                except OSError as exc:
+                    report.missing["mps"] = f"binding the card's MPS directories failed: {exc}"
             os.chdir(workdir)
         _close_state_fd()
         _close_premounted()  # attached by now, or not to be: unattached, the mount goes
@@ -621,6 +626,27 @@ def _bind_workdir(workdir: str, disk: dict[str, Any] | None, uid: int | None, re
         iso.mount(None, workdir, None, iso.MS_REMOUNT | iso.MS_BIND | iso.MS_NOSUID | iso.MS_NODEV | iso.mount_flags_of(workdir))
     finally:
         os.close(fd)
+
+
+def _bind_mps(mps: dict[str, str]) -> None:
+    """An MPS client instance (gpu/mps.py): its card's pipe directory where the
+    environment says (inside the masked state directory), and its card's shm
+    directory as ``/dev/shm``, where the card's MPS server shares memory with
+    its clients. Nothing else of the state directory or of the host's
+    ``/dev/shm`` comes with them."""
+    assert _STATE_FD is not None
+    state_dir = os.readlink(f"/proc/self/fd/{_STATE_FD}")
+    for path, target in ((mps["pipe"], mps["pipe"]), (mps["shm"], "/dev/shm")):
+        rel = os.path.relpath(path, state_dir)
+        if rel.startswith(".."):
+            raise OSError(f"{path} is outside the state directory")
+        fd = os.open(rel, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=_STATE_FD)
+        try:
+            os.makedirs(target, exist_ok=True)
+            iso.mount(f"/proc/self/fd/{fd}", target, None, iso.MS_BIND)
+            iso.mount(None, target, None, iso.MS_REMOUNT | iso.MS_BIND | iso.MS_NOSUID | iso.MS_NODEV | iso.mount_flags_of(target))
+        finally:
+            os.close(fd)
 
 
 def _open_image_rw(image: str, scratch: str) -> int:
