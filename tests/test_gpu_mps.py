@@ -12,10 +12,13 @@ the launcher with a stand-in control binary."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 import textwrap
 import uuid
 from pathlib import Path
@@ -157,6 +160,43 @@ def test_the_real_launcher_gives_the_daemon_its_cards_shm_and_quit_stops_it(tmp_
         assert mps.state()["daemons"] == []
     finally:
         host_marker.unlink()
+
+
+def test_as_a_normal_user_the_daemon_and_its_client_share_the_cards_shm_and_nothing_else(tmp_path: Path) -> None:
+    """The path MPS is for: a server run by a normal user. The real launcher
+    (a user namespace, then a mount namespace) starts the stand-in daemon with
+    the card's shm as /dev/shm; the slice instance, as the same user, finds
+    the daemon's pid file in its pipe directory and the daemon's shared file
+    in its /dev/shm, and neither sees the host's /dev/shm."""
+    from .test_isolation_nonroot import HERE, _as_user, _user
+
+    pw = _user()
+    assert pw is not None
+    parent = pw.pw_dir if os.path.isdir(pw.pw_dir) and os.path.realpath(pw.pw_dir) != "/" else "/var/tmp"
+    base = Path(tempfile.mkdtemp(prefix="fai-mps-", dir=parent))
+    host_marker = Path("/dev/shm") / f"fai-host-{uuid.uuid4().hex[:8]}"
+    host_marker.write_text("the host's")
+    try:
+        control = base / "nvidia-cuda-mps-control"
+        # the stand-in also leaves the shared file an MPS server would
+        control.write_text(FAKE_CONTROL.replace('    exit 0\n', '    echo mps > /dev/shm/cuda.shm.0.1.1\n    exit 0\n'))
+        control.chmod(0o755)
+        for p in (base, control):
+            os.chown(p, pw.pw_uid, pw.pw_gid)
+        cfg = {"state": str(base / "state"), "control": str(control)}
+        env = {"PATH": "/usr/bin:/bin", "HOME": str(base), "PYTHONPATH": os.path.dirname(HERE)}
+        proc = _as_user(pw, [sys.executable, os.path.join(HERE, "mps_nonroot_probe.py"), json.dumps(cfg)], env, 240)
+        assert proc.returncode == 0, f"the probe failed as {pw.pw_name}:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+    finally:
+        host_marker.unlink()
+        shutil.rmtree(base, ignore_errors=True)
+    assert out["gpu"] == "GPU-fake-0 4096 MiB (mps)" and "mps" not in out["missing"], out
+    assert out["env"]["CUDA_MPS_PINNED_DEVICE_MEM_LIMIT"] == "0=4096M" and out["env"]["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] == "25"
+    assert out["pipe"] == [PID_FILE] and out["daemon_pid"] is not None
+    assert "cuda.shm.0.1.1" in out["shm"] and host_marker.name not in out["shm"], out["shm"]
+    assert host_marker.name not in out["daemon_shm_seen"], out["daemon_shm_seen"]
+    assert out["daemons_after"] == []  # quit with the runtime
 
 
 SEE = textwrap.dedent("""
