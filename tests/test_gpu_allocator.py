@@ -281,3 +281,27 @@ def test_first_fit_is_there_for_comparison() -> None:
         assert GpuAllocator(nvml, policy=policy).allocate("small", memory_mib=8 * GIB).devices == (expected,), policy
     with pytest.raises(ValueError, match="policy must be one of"):
         GpuAllocator(None, "none", policy="random")
+
+
+def test_the_device_script_runs_its_plumbing_without_a_gpu(tmp_path: Path) -> None:
+    """benchmarks/gpu_slices.py is what a lent GPU runs; its dry run (numpy,
+    a stand-in NVML fed by what each instance says it uses) must place the
+    slice sessions, run them at once and see the greedy neighbour stopped."""
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    out = tmp_path / "slices.json"
+    p = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "gpu_slices.py"), "--cpu-dry-run", "--seconds", "2", "--size", "64", "--max-sessions", "4",
+         "--host-memory", "512MiB", "--json", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=root,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["sessions"] == 3 and res["mode"] == "GPU-dry-0 4096 MiB (watchdog)", res  # 4 placed, one closed for the neighbour
+    assert res["alone"]["failed"] == [] and res["with_greedy"]["failed"] == []
+    greedy = res["with_greedy"]["greedy"]
+    assert greedy["stopped"] and (greedy["used_mib"], greedy["slice_mib"]) == (8192, 4096), greedy
+    assert "slice sessions on one card: 3 of 4 GiB" in p.stdout
