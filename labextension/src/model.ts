@@ -186,6 +186,54 @@ export interface FunctionSummary {
   sessions: number;
   calls: number;
   p50_ms: number | null;
+  /** scaling on load, for a function with a warm pool or max_instances */
+  scaling: string | null;
+}
+
+/** A function's scaling now (`GET scaling`: `functions`). */
+export interface ScalingNow {
+  min_instances: number;
+  max_instances: number;
+  target: number;
+  ready: number;
+  in_flight: number;
+  queued: number;
+}
+
+/** A change of a warm-pool target (`GET scaling`: `events`). */
+export interface ScaleEvent {
+  function: string;
+  at: number;
+  from: number;
+  to: number;
+  in_flight: number;
+  queued: number;
+  reason: string;
+}
+
+export interface Scaling {
+  functions: Record<string, ScalingNow>;
+  events: ScaleEvent[];
+}
+
+/** The last scale events fetched with the rest. */
+export const SCALE_EVENT_LIMIT = 50;
+
+/** A function's scaling in a line: bounds, target and ready, load, the last change. */
+export function scalingLine(now: ScalingNow | undefined, events: readonly ScaleEvent[]): string | null {
+  if (!now) {
+    return null;
+  }
+  const bounds = now.max_instances ? `scales ${now.min_instances}–${now.max_instances}` : `warm pool ${now.min_instances}`;
+  const parts = [bounds, `target ${now.target}, ${now.ready} ready`];
+  if (now.max_instances) {
+    parts.push(`${now.in_flight} in flight, ${now.queued} queued`);
+  }
+  const last = events.length ? events[events.length - 1] : null;
+  if (last) {
+    parts.push(`last: ${last.reason} ${last.from} → ${last.to} at ${new Date(last.at * 1000).toLocaleTimeString()}`);
+  }
+  return parts.join(' · ');
 }
 
 export interface PathSummary {
@@ -264,6 +312,8 @@ export interface GpuSlice {
   memory_mib: number;
   whole: boolean;
   mig: boolean;
+  /** how it is held to: mig, whole card, mps or watchdog */
+  mode?: string;
 }
 
 export interface GpuDevice {
@@ -276,6 +326,8 @@ export interface GpuDevice {
   mig_enabled: boolean;
   mig: { index: number; uuid: string; memory_mib: number }[];
   slices: GpuSlice[];
+  /** how a slice placed here now is held to */
+  enforcement?: string;
 }
 
 export interface GpuInventory {
@@ -297,6 +349,9 @@ export function gpuLine(d: GpuDevice): string {
     if (d.free_mib !== null) {
       parts.push(`${gib(d.free_mib)} free`);
     }
+  }
+  if (d.enforcement) {
+    parts.push(`slices held by ${d.enforcement}`);
   }
   return parts.join(' · ');
 }
@@ -381,6 +436,7 @@ export interface Snapshot {
   tasks: TaskRow[];
   mcpServers: McpServerRow[];
   mcpSessions: McpSessionRow[];
+  scaling: Scaling;
 }
 
 /** The three parts of a cold start, in the order they happen. */
@@ -547,7 +603,11 @@ export function summariseFunctions(snap: Snapshot): FunctionSummary[] {
       instances: instances.size,
       sessions: mine.length,
       calls: mine.reduce((n, s) => n + (s.calls || 0), 0),
-      p50_ms: lat ? lat.p50_ms : null
+      p50_ms: lat ? lat.p50_ms : null,
+      scaling: scalingLine(
+        snap.scaling.functions[f.name],
+        snap.scaling.events.filter(e => e.function === f.name)
+      )
     };
   });
 }
@@ -714,7 +774,20 @@ export type Listener = (model: SidebarModel) => void;
  * after it (a burst of change events costs two fetches, not one each).
  */
 export class SidebarModel {
-  snapshot: Snapshot = { usage: [], gpus: { available: false, reason: '', devices: [], slices: [] }, functions: [], sessions: [], coldstarts: [], latency: [], runs: [], schedules: [], tasks: [], mcpServers: [], mcpSessions: [] };
+  snapshot: Snapshot = {
+    usage: [],
+    gpus: { available: false, reason: '', devices: [], slices: [] },
+    functions: [],
+    sessions: [],
+    coldstarts: [],
+    latency: [],
+    runs: [],
+    schedules: [],
+    tasks: [],
+    mcpServers: [],
+    mcpSessions: [],
+    scaling: { functions: {}, events: [] }
+  };
   /** Why the last refresh failed (the last good snapshot is kept and shown dimmed), or null. */
   error: string | null = null;
   /** When the last refresh succeeded (ms since the epoch), or null before the first. */
@@ -873,7 +946,7 @@ export class SidebarModel {
       this.pending = null;
     }
     try {
-      const [functions, live, paused, coldstarts, latency, runs, schedules, tasks, mcpServers, mcpSessions, gpus, usage] = await Promise.all([
+      const [functions, live, paused, coldstarts, latency, runs, schedules, tasks, mcpServers, mcpSessions, gpus, usage, scaling] = await Promise.all([
         this.fetcher.get<FunctionRow[]>('functions'),
         this.fetcher.get<SessionRow[]>('sessions?status=live'),
         this.fetcher.get<SessionRow[]>('sessions?status=paused'),
@@ -885,9 +958,10 @@ export class SidebarModel {
         this.fetcher.get<McpServerRow[]>('mcp/servers'),
         this.fetcher.get<McpSessionRow[]>('mcp/sessions?status=active'),
         this.fetcher.get<GpuInventory>('gpus'),
-        this.fetcher.get<UsageRow[]>(usagePath(Date.now()))
+        this.fetcher.get<UsageRow[]>(usagePath(Date.now())),
+        this.fetcher.get<Scaling>(`scaling?limit=${SCALE_EVENT_LIMIT}`)
       ]);
-      this.snapshot = { usage, gpus, functions, sessions: [...live, ...paused], coldstarts, latency, runs, schedules, tasks, mcpServers, mcpSessions };
+      this.snapshot = { usage, gpus, functions, sessions: [...live, ...paused], coldstarts, latency, runs, schedules, tasks, mcpServers, mcpSessions, scaling };
       this.error = null;
       this.updatedAt = Date.now();
     } catch (err) {

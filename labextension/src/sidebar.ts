@@ -303,7 +303,7 @@ export class FunctionAISidebar extends Widget {
       const row = el('div', { class: 'fai-gpu', role: 'listitem', 'data-gpu-uuid': d.uuid });
       row.appendChild(el('div', { class: 'fai-line' }, gpuLine(d)));
       for (const s of d.slices) {
-        const what = s.whole ? 'whole card' : `${(s.memory_mib / 1024).toFixed(0)} GiB${s.mig ? ' (MIG)' : ''}`;
+        const what = s.whole ? 'whole card' : `${(s.memory_mib / 1024).toFixed(0)} GiB (${s.mode ?? (s.mig ? 'mig' : 'watchdog')})`;
         row.appendChild(el('div', { class: 'fai-line fai-dim fai-gpu-slice', 'data-instance-id': s.instance_id }, `${s.function} · ${s.instance_id} · ${what}`));
       }
       body.appendChild(row);
@@ -332,6 +332,9 @@ export class FunctionAISidebar extends Widget {
           `${f.instances} instance${f.instances === 1 ? '' : 's'} · ${f.sessions} session${f.sessions === 1 ? '' : 's'} · p50 ${formatMs(f.p50_ms)}`
         )
       );
+      if (f.scaling) {
+        row.appendChild(el('div', { class: 'fai-line fai-dim fai-function-scaling' }, f.scaling));
+      }
       const tools = el('div', { class: 'fai-line fai-tools' });
       const copyUrl = el('button', { class: 'fai-button', 'aria-label': `Copy the endpoint of ${f.name}` }, 'Copy endpoint');
       copyUrl.addEventListener('click', () => this.actions.copy(this.actions.endpoint(f.name), 'endpoint'));

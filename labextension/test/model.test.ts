@@ -29,6 +29,7 @@ import {
   paramsSummary,
   percentile,
   gpuLine,
+  scalingLine,
   UsageRow,
   usageByFunction,
   usagePath,
@@ -104,6 +105,7 @@ function table(sessions: SessionRow[] = [], paused: SessionRow[] = []): Record<s
     'mcp/sessions?status=active': [],
     gpus: { available: false, reason: 'no GPU found (no NVIDIA driver could be used)', devices: [], slices: [] },
     'usage?by=function&step=300&since=*': [],
+    'scaling?limit=50': { functions: {}, events: [] },
     latency: [
       { function: 'echo', calls: 3, errors: 0, p50_ms: 5, p95_ms: 9 },
       { function: 'other', calls: 1, errors: 0, p50_ms: 100, p95_ms: 100 }
@@ -170,10 +172,23 @@ describe('derived views', () => {
       schedules: [],
       tasks: [],
       mcpServers: [],
-      mcpSessions: []
+      mcpSessions: [],
+      scaling: { functions: {}, events: [] }
     };
     const [echo] = summariseFunctions(snap);
-    expect(echo).toEqual({ name: 'echo', version: 2, latest: 3, instances: 1, sessions: 2, calls: 3, p50_ms: 5 });
+    expect(echo).toEqual({ name: 'echo', version: 2, latest: 3, instances: 1, sessions: 2, calls: 3, p50_ms: 5, scaling: null });
+  });
+
+  it('says how a function scales, its load now and its last scale event', () => {
+    const now = { min_instances: 1, max_instances: 8, target: 3, ready: 2, in_flight: 1, queued: 0 };
+    const events = [
+      { function: 'echo', at: 10, from: 1, to: 3, in_flight: 3, queued: 2, reason: 'up' },
+      { function: 'echo', at: 20, from: 3, to: 1, in_flight: 0, queued: 0, reason: 'down' }
+    ];
+    const line = scalingLine(now, events) ?? '';
+    expect(line.startsWith('scales 1–8 · target 3, 2 ready · 1 in flight, 0 queued · last: down 3 → 1 at ')).toBe(true);
+    expect(scalingLine({ ...now, max_instances: 0, target: 2, ready: 2 }, [])).toBe('warm pool 1 · target 2, 2 ready');
+    expect(scalingLine(undefined, events)).toBeNull();
   });
 
   it('lists open sessions newest first', () => {
@@ -232,6 +247,10 @@ describe('GPUs', () => {
 
   it('sums what the slices hold on a card and says what is free', () => {
     expect(gpuLine(dev)).toBe('GPU 0 · H100 · 10 GiB of 80 GiB in use · 30 GiB held by slices · 50 GiB free');
+  });
+
+  it('names how the slices of a card are held to', () => {
+    expect(gpuLine({ ...dev, enforcement: 'mps' })).toBe('GPU 0 · H100 · 10 GiB of 80 GiB in use · 30 GiB held by slices · 50 GiB free · slices held by mps');
   });
 
   it('counts MIG instances instead of free memory', () => {

@@ -110,6 +110,24 @@ def test_the_version_has_one_source() -> None:
     assert __version__ == source == built
 
 
+def test_the_sidebar_shows_how_a_function_scales_and_its_last_scale_event(lab: Server, browser: Browser) -> None:
+    client = Client(lab.url, lab.token)
+    client.deploy("ui-scaled", "def handler(event, ctx):\n    return event\n", session=False, max_instances=2, cooldown=600)
+    for _ in range(2):
+        client.invoke("ui-scaled", {})
+    now = client.scaling("ui-scaled")
+    assert now["events"] and now["events"][-1]["reason"] == "up", now
+    page, errors = open_lab(browser, lab, "scaling")
+    sidebar = open_sidebar(page)
+    line = sidebar.locator('.fai-function[data-function="ui-scaled"] .fai-function-scaling')
+    expect(line).to_contain_text("scales 0\u20132 · target ")  # an en dash
+    expect(line).to_contain_text(f"last: up 0 → {now['events'][-1]['to']} at ")
+    # a function without a pool or a ceiling has no such line
+    expect(sidebar.locator(f'.fai-function[data-function="{FUNCTION}"] .fai-function-scaling')).to_have_count(0)
+    assert errors.seen == []
+    page.close()
+
+
 def test_the_sidebar_follows_sessions_and_closes_them(lab: Server, browser: Browser) -> None:
     client = Client(lab.url, lab.token)
     page, errors = open_lab(browser, lab, "sessions")
