@@ -127,6 +127,27 @@ async def test_queued_calls_run_in_arrival_order(rt: Runtime) -> None:
     assert order == [0, 1, 2, 3, 4]
 
 
+@pytest.mark.asyncio
+async def test_a_new_version_with_a_higher_ceiling_lets_queued_calls_in(rt: Runtime) -> None:
+    await rt.deploy(FunctionSpec.from_code("lift", NAP, session=False, max_instances=1))
+    first = asyncio.ensure_future(rt.invoke("lift", {"s": 3.0}))
+
+    async def one_runs() -> bool:
+        return bool((await snapshot(rt, "lift"))["in_flight"] == 1)
+
+    await wait_for(one_runs, 30, "the first call in flight")
+    second = asyncio.ensure_future(rt.invoke("lift", {"s": 0}))
+
+    async def one_waits() -> bool:
+        return bool((await snapshot(rt, "lift"))["queued"] == 1)
+
+    await wait_for(one_waits, 30, "the second call queued")
+    await rt.deploy(FunctionSpec.from_code("lift", NAP, session=False, max_instances=2))
+    started_second, _ = (await second).value
+    _, ended_first = (await first).value
+    assert started_second < ended_first  # it ran beside the first, not after it
+
+
 def test_scaling_fields_are_validated_and_old_specs_read_back_equal() -> None:
     with pytest.raises(InvalidSpec, match=r"max_instances: 1 is not valid: must not be below min_instances \(2\)"):
         FunctionSpec.from_code("x", NAP, min_instances=2, max_instances=1)

@@ -104,6 +104,7 @@ class Autoscaler:
         if bounded != load.target:
             self._change(fv.name, load, bounded, "configured")
         self.pool.set_target(fv.name, load.target)
+        self._wake(load)  # a higher ceiling (or none) lets queued calls in
 
     def remove(self, name: str) -> None:
         load = self._loads.pop(name, None)
@@ -155,7 +156,7 @@ class Autoscaler:
                     load.waiters.remove(waiter)
                 raise
             left = max(0.0, limit - (self._clock() - started))
-            # the place was taken for this call by _leave (in_flight already counted)
+            # the place was taken for this call by _wake (in_flight already counted)
         else:
             load.in_flight += 1
             self._grow(fv.name, load)
@@ -165,14 +166,20 @@ class Autoscaler:
             self._leave(fv.name, load)
 
     def _leave(self, name: str, load: _Load) -> None:
-        """A call's place is free: hand it to the first live waiter, or give it up."""
-        while load.waiters:
+        """A call's place is free: the first waiters take what room the ceiling
+        has now (it may have moved with a new version's spec)."""
+        load.in_flight -= 1
+        self._wake(load)
+        self.pool.refill(name)  # room under the ceiling again
+
+    @staticmethod
+    def _wake(load: _Load) -> None:
+        cap = load.spec.max_instances
+        while load.waiters and (not cap or load.in_flight < cap):
             waiter = load.waiters.popleft()
             if not waiter.done():
-                waiter.set_result(None)  # in_flight unchanged: the place changes hands
-                return
-        load.in_flight -= 1
-        self.pool.refill(name)  # room under the ceiling again
+                load.in_flight += 1  # the place is the waiter's from now on
+                waiter.set_result(None)
 
     def _cap(self, name: str) -> int | None:
         """How many instances the pool of ``name`` may hold ready now (None: any)."""
