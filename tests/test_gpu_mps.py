@@ -82,6 +82,19 @@ def test_one_daemon_per_card_started_on_its_first_slice_and_stopped_at_close(tmp
     assert gpus.snapshot()["mps"]["daemons"] == []
 
 
+def test_a_daemon_an_earlier_run_left_is_adopted_not_started_twice(tmp_path: Path) -> None:
+    """A server killed with -9 cannot quit its daemons: the next run finds the
+    card's daemon by its pid file, uses it, and quits it when it closes."""
+    first = FakeRunner()
+    GpuAllocator(FakeNvml(card(0, gib=16)), mps=MpsControl(str(tmp_path / "mps"), first)).allocate("i-a", memory_mib=GIB)
+    assert first.calls == [("start", "GPU-fake-0")]  # ... and the run dies without close()
+    again = FakeRunner()
+    gpus = GpuAllocator(FakeNvml(card(0, gib=16)), mps=MpsControl(str(tmp_path / "mps"), again))
+    assert gpus.allocate("i-b", memory_mib=GIB).mode == "mps"
+    assert again.calls == []
+    assert gpus.close() == [] and again.calls == [("quit", "GPU-fake-0")]
+
+
 def test_mig_instances_and_whole_cards_need_no_daemon(tmp_path: Path) -> None:
     from jupyter_functionai.gpu import MigInstance
 

@@ -106,7 +106,9 @@ class CommandRunner:
 
 class MpsControl:
     """The control daemons of this runtime, one per card, started on the first
-    slice placed on a card and stopped by :meth:`close`."""
+    slice placed on a card and stopped by :meth:`close`. A daemon an earlier
+    run left behind (killed before it could stop it) is found by its pid file
+    in the card's pipe directory and adopted, not started twice."""
 
     def __init__(self, root: str, runner: Runner | None, reason: str = "") -> None:
         self.root = root
@@ -145,6 +147,9 @@ class MpsControl:
             if dirs is not None and _daemon_pid(dirs) is not None:
                 return dirs
             dirs = self.dirs(uuid)
+            if _daemon_pid(dirs) is not None:  # left running by an earlier run of this runtime (kill -9): ours, adopted
+                self._started[uuid] = dirs
+                return dirs
             for d in (dirs.pipe, dirs.log, dirs.shm):
                 os.makedirs(d, mode=0o700, exist_ok=True)
             # the clients reach the pipe directory and use shm as their /dev/shm
