@@ -9,6 +9,7 @@ the CLI."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import re
 import shlex
@@ -90,7 +91,7 @@ async def test_after_the_cooldown_the_pool_shrinks_back_to_min_instances(rt: Run
     # down in one step or several (the last calls may outlast a cooldown: 4 -> 2 -> 1),
     # never below min_instances nor below the load it saw, ending at min_instances
     downs = [e for e in events if e["reason"] == "down"]
-    assert downs[0]["from"] == 4 and all(a["to"] == b["from"] for a, b in zip(downs, downs[1:], strict=False)), events
+    assert downs[0]["from"] == 4 and all(a["to"] == b["from"] for a, b in itertools.pairwise(downs)), events
     assert all(e["to"] >= max(1, e["in_flight"] + e["queued"]) for e in downs), events
     assert downs[-1]["to"] == 1, events
     # what the pool held beyond min_instances is drained and stopped
