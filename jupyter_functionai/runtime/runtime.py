@@ -944,7 +944,7 @@ class Runtime:
         rows = await asyncio.to_thread(self.store.usage, function, session, since, until, step, by)
         if self.prices is not None:
             for row in rows:
-                row["cost"] = round(self.prices.cost(row), 6)
+                row["cost"] = round(self.prices.cost(row), 10)  # per-second prices are micro-amounts: 6 places lost up to 3 %
                 row["currency"] = self.prices.currency
         return rows
 
