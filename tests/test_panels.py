@@ -99,6 +99,41 @@ def test_tasks_panel_counts_progress_cancel_and_retry(client: Client, panels: li
     wait_until(lambda: plain(p.row(bad["id"]).cells[3].value) == "2/2", 10, "the attempts to update")
 
 
+class _MovesBetweenReads:
+    """The real client, except that between the panel's read of the running
+    tasks and its read of the queued ones, the queued task really starts."""
+
+    def __init__(self, client: Client, blocker: str, queued: str) -> None:
+        self.client, self.blocker, self.queued, self.armed = client, blocker, queued, True
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+    def tasks(self, function: str | None = None, state: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        if state == "queued" and self.armed:
+            self.armed = False
+            self.client.cancel_task(self.blocker)
+            wait_until(lambda: self.client.task(self.queued)["state"] == "running", 30, "the queued task to start")
+        return self.client.tasks(function, state=state, limit=limit)
+
+
+def test_tasks_panel_keeps_a_task_that_starts_while_the_panel_reads(client: Client, panels: list[Any]) -> None:
+    client.deploy("pan-move", STEPPER, timeout=30, tasks={"concurrency": 1})
+    first = client.submit("pan-move", "go")
+    wait_until(lambda: client.task(first["id"])["state"] == "running", 30, "the first task to run")
+    second = client.submit("pan-move", "go")
+    assert client.task(second["id"])["state"] == "queued"
+    p = TasksPanel(_MovesBetweenReads(client, first["id"], second["id"]), "pan-move", live=False, active=False)  # type: ignore[arg-type]
+    panels.append(p)
+    assert p.refresh()
+    # the second task was queued for the "running" read and running for the
+    # "queued" one: it is still shown, as running, with a Cancel button
+    assert plain(p.row(second["id"]).cells[2].value) == "running" and p.row(second["id"]).button.description == "Cancel"
+    assert plain(p.row(first["id"]).cells[2].value) == "cancelled"
+    client.cancel_task(second["id"])
+
+
+
 # -- sessions ---------------------------------------------------------------------------------------
 
 

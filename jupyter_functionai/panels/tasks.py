@@ -107,8 +107,23 @@ class TasksPanel(_LivePanel):
     def _fetch(self) -> dict[str, Any]:
         counts = self.client.task_counts()
         active = [*self.client.tasks(self.function, state="running", limit=200), *self.client.tasks(self.function, state="queued", limit=200)]
-        recent = [t for t in self.client.tasks(self.function, limit=self.recent + len(active)) if t.get("state") not in ("queued", "running")]
-        return {"counts": counts, "tasks": active + recent[: self.recent]}
+        latest = self.client.tasks(self.function, limit=self.recent + len(active))
+        # Three reads are not one snapshot: a task can move between them (queued
+        # when "running" is read, running when "queued" is). The last read wins
+        # for a task it holds, and a task read as active stays shown, so a row
+        # never blinks out while its task changes state.
+        newest = {str(t["id"]): t for t in latest}
+        seen: set[str] = set()
+        tasks: list[dict[str, Any]] = []
+        for t in active:
+            tid = str(t["id"])
+            if tid not in seen:
+                seen.add(tid)
+                tasks.append(newest.get(tid, t))
+        rest = [t for t in latest if str(t["id"]) not in seen]
+        moved = [t for t in rest if t.get("state") in ("queued", "running")]
+        finished = [t for t in rest if t.get("state") not in ("queued", "running")]
+        return {"counts": counts, "tasks": tasks + moved + finished[: self.recent]}
 
     def shown(self) -> list[dict[str, Any]]:
         return list((self.data or {}).get("tasks", []))
