@@ -196,3 +196,24 @@ async def test_usage_rows_carry_their_cost(tmp_path: Path) -> None:
         await rt.invoke("burn", {"cpu": 0.5}, session="paid")
         (row,) = await rt.usage(session="paid")
         assert row["currency"] == "EUR" and row["cost"] == pytest.approx(row["cpu_s"], abs=1e-6) and row["cost"] > 0
+
+
+@pytest.mark.asyncio
+async def test_the_meter_writes_are_not_changes_the_sidebar_refetches_for(rt: Runtime) -> None:
+    """The events stream (GET /functionai/api/events) counts the writer's
+    ``changes``: the ledger's own writes (every few seconds while an instance
+    lives, and at each usage read) are committed but are not changes, or
+    every sidebar would refetch everything every few seconds, and each usage
+    fetch would set off the next."""
+    await rt.deploy(FunctionSpec.from_code("burn", BURN))
+    await rt.invoke("burn", {"cpu": 0}, session="quiet")
+    await rt.flush()
+    writer = rt.store.writer
+    changes, committed = writer.changes, writer.committed
+    for _ in range(3):
+        await rt.usage(session="quiet")  # samples and flushes the meter: a ledger write each time
+    assert writer.committed >= committed + 3
+    assert writer.changes == changes
+    await rt.close_session("quiet")
+    await rt.flush()
+    assert writer.changes > changes  # a real change still counts

@@ -75,6 +75,23 @@ async def test_a_burst_is_held_to_max_instances_and_grows_the_pool_for_the_next(
 
 
 @pytest.mark.asyncio
+async def test_reading_the_scaling_state_is_not_a_change(rt: Runtime) -> None:
+    """The sidebar refetches on each change the events stream counts; reading
+    the scaling state must not count as one, or each read would set off the
+    next.  A read that hands over a scale event not yet stored is one."""
+    await rt.deploy(FunctionSpec.from_code("calm", NAP, session=False, max_instances=2, cooldown=600))
+    await rt.flush()
+    writer = rt.store.writer
+    changes = writer.changes
+    for _ in range(3):
+        await rt.scaling()
+    assert writer.changes == changes
+    await rt.invoke("calm", {"s": 0})
+    (up,) = (await rt.scaling("calm"))["events"]  # the read stores the event it reports
+    assert up["to"] == 1 and writer.changes > changes
+
+
+@pytest.mark.asyncio
 async def test_after_the_cooldown_the_pool_shrinks_back_to_min_instances(rt: Runtime) -> None:
     await rt.deploy(FunctionSpec.from_code("tide", NAP, session=False, min_instances=1, max_instances=4, cooldown=0.5))
     await rt.pool.wait_full("tide", timeout=60)

@@ -955,8 +955,8 @@ class Runtime:
         newest ``limit``)."""
         if function is not None:
             self.function(function)  # NotFound for an unknown one
-        self.scaler.settle()
-        await self.store.writer.flush()
+        if self.scaler.settle():
+            await self.store.writer.flush()
         events = await asyncio.to_thread(self.store.list_scale_events, function, since, limit)
         now = {n: v for n, v in self.scaler.snapshot().items() if (function is None or n == function) and (v["max_instances"] or v["min_instances"])}
         return {"functions": now, "events": events}

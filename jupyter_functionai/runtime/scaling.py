@@ -233,10 +233,12 @@ class Autoscaler:
             return
         self._write(event)
 
-    def _settle(self, load: _Load) -> None:
-        if load.rising is not None:
-            event, load.rising = load.rising, None
-            self._write(event)
+    def _settle(self, load: _Load) -> bool:
+        if load.rising is None:
+            return False
+        event, load.rising = load.rising, None
+        self._write(event)
+        return True
 
     def _write(self, e: dict[str, Any]) -> None:
         log.info(
@@ -252,10 +254,13 @@ class Autoscaler:
 
     # -- reading ------------------------------------------------------------------------
 
-    def settle(self) -> None:
-        """Hand the growth not yet recorded to the store's write path now."""
+    def settle(self) -> bool:
+        """Hand the growth not yet recorded to the store's write path now;
+        True if there was any."""
+        handed = False
         for load in self._loads.values():
-            self._settle(load)
+            handed = self._settle(load) or handed
+        return handed
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """Per function: its bounds, target, ready instances and load now."""

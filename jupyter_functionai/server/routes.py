@@ -88,8 +88,9 @@ class EventsHandler(BaseHandler):
     instead of polling.
 
     A change is a committed store write (a session opened or closed, a cold
-    start, a task, a run, an invocation's log line: every write goes through
-    the one writer, which counts them) or a live instance come or gone.  The
+    start, a task, a run, an invocation's log line, a scale event: every
+    write goes through the one writer, which counts them; the usage meter's
+    own writes and flushes are not changes) or a live instance come or gone.  The
     check is two integers every :data:`EVENTS_TICK` seconds, however many
     clients listen; at most one event per tick.  A ``: keep-alive`` comment
     goes out every :data:`EVENTS_KEEPALIVE` seconds, and a stream ends after
@@ -106,7 +107,7 @@ class EventsHandler(BaseHandler):
         self.set_header("X-Accel-Buffering", "no")
 
         def mark() -> tuple[int, int]:
-            return rt.store.writer.committed, len(rt.live_instances())
+            return rt.store.writer.changes, len(rt.live_instances())
 
         loop = asyncio.get_running_loop()
         started = last_sent = loop.time()

@@ -62,7 +62,7 @@ class ScalingStore(StoreBase):
         if since is not None:
             q = q.where(scale_events.c.at >= since)
         q = q.order_by(scale_events.c.at.desc(), scale_events.c.id.desc()).limit(max(1, int(limit)))
-        with self._tx() as conn:
+        with self._tx(write=False) as conn:
             rows = [dict(r._mapping) for r in conn.execute(q)]
         return [
             {

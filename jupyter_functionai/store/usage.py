@@ -101,7 +101,7 @@ class UsageStore(StoreBase):
             q = q.where(usage.c.start >= math.floor(since / BUCKET_S) * BUCKET_S)
         if until is not None:
             q = q.where(usage.c.start < until)
-        with self._tx() as conn:
+        with self._tx(write=False) as conn:
             rows = [dict(r._mapping) for r in conn.execute(q.order_by(usage.c.start))]
         out: dict[tuple[str, str | None, float | None], dict[str, Any]] = {}
         for r in rows:

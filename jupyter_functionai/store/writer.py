@@ -48,6 +48,8 @@ T = TypeVar("T")
 DEFER_ATTEMPTS = 3
 #: Writes applied in one transaction at most (a burst is split into several).
 MAX_BATCH = 1024
+#: writes that change nothing a user sees (see Writer.changes)
+QUIET = frozenset({"_noop", "add_usage"})
 
 
 @dataclass
@@ -70,6 +72,10 @@ class Writer:
         self._draining = False  # a _drain is queued on the thread or running: it takes what is queued
         self._closed = False
         self.committed = 0  # writes committed
+        #: writes committed that change what a user sees: all but the usage
+        #: ledger's own samples and flushes (the events stream counts these,
+        #: so a live instance's meter does not make every sidebar refetch)
+        self.changes = 0
         self.batches = 0  # transactions
         self.failed = 0  # writes that failed for good (their callers were told, or they were deferred)
         self.retried = 0  # deferred writes tried again after a failure
@@ -164,6 +170,7 @@ class Writer:
             return
         self.batches += 1
         self.committed += len(batch)
+        self.changes += sum(1 for op in batch if _name(op.fn) not in QUIET)
         for op, result in zip(batch, results, strict=True):
             _resolve(op, result, None)
 
@@ -194,6 +201,8 @@ class Writer:
                 return
             self.batches += 1
             self.committed += 1
+            if _name(op.fn) not in QUIET:
+                self.changes += 1
             _resolve(op, result, None)
             return
 

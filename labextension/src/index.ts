@@ -161,8 +161,15 @@ export class LiveUpdates {
     });
     source.addEventListener('changed', () => this.changed());
     source.onerror = () => {
-      // EventSource retries by itself (the server's `retry`); poll meanwhile
+      // EventSource retries by itself (the server's `retry`); poll meanwhile.
+      // Only the drop itself reschedules: each failed retry fires this again,
+      // every `retry` ms, and rearming the poll each time (its period is
+      // longer) would put it off for as long as the server stays down.
+      if (!this.connected) {
+        return;
+      }
       this.connected = false;
+      void this.model.refresh(); // the stream dropped: is the server still there?
       this.schedule();
     };
   }
