@@ -4,6 +4,7 @@ the base URL ``/a%40b/`` and authentication on."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 from typing import Any
 
@@ -211,6 +212,55 @@ async def test_gateway_lean_route_answers_as_the_handler_does(api, jp_serverapp)
             assert "X-Functionai-Cold-Start" in lean.headers and lean.headers["X-Functionai-Instance-Id"]
             again = await invoke(api, "echo", "y", session=lean_sid)
             assert again.headers["X-Functionai-Instance-Id"] == lean.headers["X-Functionai-Instance-Id"] and json.loads(again.body)["n"] == 2
+
+
+async def test_gateway_lean_route_writes_its_access_line_only_where_debug_is_written(api, jp_serverapp):
+    """A success's access line is a DEBUG record (as Jupyter's own request
+    log): written when a handler of the server's log takes DEBUG, and not
+    even made when none does (the lean route checks, at most once a second)."""
+    from jupyter_server.base.handlers import log as jupyter_log
+
+    route = jp_serverapp.web_app.settings["functionai_lean_route"]
+    logger = jupyter_log()
+    made: list[logging.LogRecord] = []
+
+    class Count(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            made.append(record)
+            return True
+
+    class Keep(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__(logging.DEBUG)
+            self.lines: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.lines.append(record.getMessage())
+
+    await deploy(api, "echo", ECHO)
+    count, keep, level = Count(), Keep(), logger.level
+    logger.addFilter(count)
+    try:
+        logger.setLevel(logging.DEBUG)
+        quiet = [h for lg in (logger, *(p for p in [logger.parent] if p and logger.propagate)) for h in lg.handlers]
+        saved = [(h, h.level) for h in quiet]
+        for h in quiet:
+            h.setLevel(logging.INFO)
+        route._debug = (None, 0.0, False)  # (forget the last look)
+        served = route.served
+        assert (await invoke(api, "echo", 1, session="log-a")).code == 200
+        assert route.served == served + 1
+        assert not [r for r in made if "/functionai/invoke/echo" in r.getMessage() and r.levelno == logging.DEBUG]
+        logger.addHandler(keep)
+        route._debug = (None, 0.0, False)
+        assert (await invoke(api, "echo", 2, session="log-a")).code == 200
+        assert any(line.startswith("200 POST ") and "functionai/invoke/echo (token@" in line for line in keep.lines), keep.lines
+    finally:
+        logger.removeFilter(count)
+        logger.removeHandler(keep)
+        logger.setLevel(level)
+        for h, lv in saved:
+            h.setLevel(lv)
 
 
 async def test_gateway_lean_route_leaves_a_custom_authorizer_in_charge(api, jp_serverapp):

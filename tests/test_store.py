@@ -523,3 +523,18 @@ def test_deleting_and_pruning_runs_take_their_task_and_attempts(store: Store) ->
     assert store.get_run("t2") is None
     with store.engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT task_id FROM task_attempts").fetchall() == [("t3",)]
+
+
+def test_usage_rows_add_to_their_minute_and_survive_reopen(store: Store, reopen: Callable[[], Store]) -> None:
+    """The meter hands the ledger (instance, minute) rows every few seconds: a
+    row for a minute already written adds to it, a new minute or instance
+    makes a new row, in one statement for the whole batch."""
+    base = {"function": "f", "session_id": "s", "cpu_s": 1.0, "mem_gib_s": 0.5, "active_s": 2.0}
+    assert store.add_usage([{**base, "instance_id": "i1", "start": 60.0}, {**base, "instance_id": "i2", "start": 60.0}]) == 2
+    assert store.add_usage([{**base, "instance_id": "i1", "start": 60.0, "idle_s": 3.0}, {**base, "instance_id": "i1", "start": 120.0}]) == 2
+    assert store.add_usage([]) == 0
+    again = reopen()
+    rows = {(r["start"], r["session"]): r for r in again.usage(step=60, by="session")}
+    first = rows[(60.0, "s")]
+    assert first["cpu_s"] == pytest.approx(3.0) and first["active_s"] == pytest.approx(6.0) and first["idle_s"] == pytest.approx(3.0)
+    assert rows[(120.0, "s")]["cpu_s"] == pytest.approx(1.0) and rows[(120.0, "s")]["idle_s"] == 0.0
