@@ -121,6 +121,17 @@ def reach(data: str, desc: dict) -> dict:
     }
 
 
+def clean(image: str) -> bool:
+    """Whether the image was unmounted cleanly (ext4's valid-fs flag)."""
+    from jupyter_functionai.sandbox.disk import is_clean
+
+    fd = os.open(image, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return is_clean(fd)
+    finally:
+        os.close(fd)
+
+
 async def main(data: str) -> dict:
     out: dict = {}
     async with Runtime.open(data) as rt:
@@ -156,6 +167,7 @@ async def main(data: str) -> dict:
         out["a_rm_files"] = await call("capped", {"op": "rm", "names": ["many", "again"]}, "a")
         out["a_keep"] = await call("capped", {"op": "write", "name": "keep.txt", "text": "A-KEEP"}, "a")
         out["paused"] = await rt.pause_session("a")
+        out["a_clean_after_pause"] = clean(image) if os.path.exists(image) else None
         out["a_resumed"] = await call("capped", {"op": "read", "name": "keep.txt"}, "a")
         out["a_resumed_stat"] = await call("capped", {"op": "stat"}, "a")
         out["a_crash"] = await call("capped", {"op": "crash", "name": "crash.txt"}, "a")

@@ -59,6 +59,12 @@ from .base import (
 
 _PKG_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 READY_TIMEOUT = 60.0
+#: How long an instance told to stop in order (its fuse2fs disk flushing) may
+#: take before it is killed.
+ORDERLY_STOP_S = 3.0
+#: Stops that kill at once: the instance is running something (a call past
+#: its time, a cancelled call) or is not to be trusted with a grace period.
+ABRUPT_STOPS = frozenset({"timeout", "cancelled", "start failed", "bind failed", "no GPU capacity"})
 log = logging.getLogger(__name__)
 TEMPLATE_TIMEOUT = 300.0
 
@@ -601,6 +607,8 @@ class ProcessInstance(Instance):
         self._release_disk_loop()
         if self._stop_reason is None:
             self._stop_reason = reason
+            if reason not in ABRUPT_STOPS and self._fault is None and self.gpu_over is None:
+                await self._stop_in_order()
         self._kill()
         if self.writer is not None:
             self.writer.close()
@@ -608,6 +616,23 @@ class ProcessInstance(Instance):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(self._reader_task), 5.0)
         await self._died()
+
+    async def _stop_in_order(self) -> None:
+        """A session disk served by fuse2fs (a normal user's cap) lives in a
+        user-space file system whose cache dies with the instance: a file
+        written just before a pause may not be in the image yet (the kernel
+        hands fuse2fs a closed file's release asynchronously). So such an
+        instance is first told to stop, which makes fuse2fs unmount and flush
+        the image; it is killed if it has not exited within
+        :data:`ORDERLY_STOP_S`. (A kernel-mounted image, root's, is flushed
+        by the kernel whatever ends the instance.)"""
+        if self.owner.disk_mechanism != "fuse2fs" or not self.fv.spec.resources.disk_mb:
+            return
+        if self._dead or self.writer is None or self.pid is None or self._exit.done():
+            return
+        with contextlib.suppress(Exception):
+            self.writer.write(encode({"op": "stop"}))
+            await asyncio.wait_for(asyncio.shield(self._exit), ORDERLY_STOP_S)
 
     @property
     def alive(self) -> bool:

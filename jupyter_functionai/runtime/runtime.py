@@ -270,9 +270,9 @@ class Runtime:
             await self.tasks.close()
         await self.scaler.close()
         await self.pool.close()
-        for sess in list(self._sessions.values()):
-            if sess.instance is not None:
-                await self._pause(sess, "runtime closed")
+        # all at once: an instance stopping in order (its fuse2fs disk
+        # flushing) may take a moment, and a shutdown must not add them up
+        await asyncio.gather(*(self._pause(sess, "runtime closed") for sess in list(self._sessions.values()) if sess.instance is not None))
         await self.backend.close()
         self._flush_event.set()
         if flusher is not None:
