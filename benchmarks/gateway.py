@@ -274,15 +274,30 @@ GOAL_C32_FRACTION = 0.7  # gateway req/s at c=32 over the bare tornado handler's
 GOAL_ADDED_P50_MS = 0.7  # gateway p50 at c=1 minus in-process p50, at most
 
 
-async def measure(n: int, rounds: int, root: str, port: int, token: str, bare_port: int) -> tuple[dict[str, Any], dict[str, list[float]]]:
+def cpu_s(pid: int | None) -> float:
+    """CPU time (user + system) process ``pid`` has used, in seconds."""
+    if pid is None:
+        return 0.0
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measure(
+    n: int, rounds: int, root: str, port: int, token: str, bare_port: int, pids: dict[str, int] | None = None
+) -> tuple[dict[str, Any], dict[str, list[float]]]:
     """Every path, in ``rounds`` rounds whose order alternates: pooled
-    summaries per path, and each path's req/s per round."""
+    summaries per path, and each path's req/s per round. ``pids`` (path ->
+    the serving process) adds that process's CPU time per request to the
+    path's summary (``server_cpu_ms``)."""
     from jupyter_functionai import FunctionSpec, Runtime
 
     per = max(64, n // rounds)
     lat: dict[str, list[float]] = {}
     wall: dict[str, float] = {}
+    cpu: dict[str, float] = {}
     per_round: dict[str, list[float]] = {}
+    pids = pids or {}
     async with Runtime.open(os.path.join(root, "inproc")) as rt:
         await rt.deploy(FunctionSpec.from_code("echo", HANDLER))
         steps = {
@@ -297,11 +312,15 @@ async def measure(n: int, rounds: int, root: str, port: int, token: str, bare_po
         for r in range(rounds):
             log(f"[gateway] round {r + 1} of {rounds}")
             for name in names if r % 2 == 0 else names[::-1]:
+                c0 = cpu_s(pids.get(name))
                 ls, w = await steps[name]()
+                cpu[name] = cpu.get(name, 0.0) + cpu_s(pids.get(name)) - c0
                 lat.setdefault(name, []).extend(ls)
                 wall[name] = wall.get(name, 0.0) + w
                 per_round.setdefault(name, []).append(len(ls) / w)
     paths = {name: summary(lat[name], wall[name]) for name in steps}
+    for name in pids:
+        paths[name]["server_cpu_ms"] = round(cpu[name] * 1000 / len(lat[name]), 4)
     return paths, per_round
 
 
@@ -326,7 +345,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         bare = start_bare(bare_port)
         asyncio.run(wait_health(port, token))
         asyncio.run(deploy_over_http(port, token))
-        paths, per_round = asyncio.run(measure(args.n, args.rounds, root, port, token, bare_port))
+        pids = {"http-c32": server.pid, "bare-tornado-c32": bare.pid}
+        paths, per_round = asyncio.run(measure(args.n, args.rounds, root, port, token, bare_port, pids))
         if args.kernel_n:
             log("[gateway] jupyter kernel execute c=1")
             paths["jupyter-kernel-c1"] = kernel_round_trip(args.kernel_n)
@@ -353,6 +373,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "http_over_bare_tornado_p50_c1": round(paths["http-c1"]["p50_ms"] / paths["bare-tornado-c1"]["p50_ms"], 2),
         "http_c32_rps": paths["http-c32"]["rps"],
         "bare_tornado_c32_rps": paths["bare-tornado-c32"]["rps"],
+        # where the throughput goes: the serving process's CPU per request at c=32
+        "http_c32_server_cpu_ms": paths["http-c32"].get("server_cpu_ms"),
+        "bare_tornado_c32_server_cpu_ms": paths["bare-tornado-c32"].get("server_cpu_ms"),
     }
     if "jupyter-kernel-c1" in paths:
         ratios["kernel_over_http_p50"] = round(paths["jupyter-kernel-c1"]["p50_ms"] / paths["http-c1"]["p50_ms"], 2)
