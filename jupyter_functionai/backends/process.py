@@ -63,8 +63,9 @@ READY_TIMEOUT = 60.0
 #: take before it is killed.
 ORDERLY_STOP_S = 3.0
 #: Stops that kill at once: the instance is running something (a call past
-#: its time, a cancelled call) or is not to be trusted with a grace period.
-ABRUPT_STOPS = frozenset({"timeout", "cancelled", "start failed", "bind failed", "no GPU capacity"})
+#: its time, a cancelled call), is not to be trusted with a grace period, or
+#: its disk is thrown away with it (a sessionless call's).
+ABRUPT_STOPS = frozenset({"timeout", "cancelled", "start failed", "bind failed", "no GPU capacity", "ephemeral call done"})
 log = logging.getLogger(__name__)
 TEMPLATE_TIMEOUT = 300.0
 
